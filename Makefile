@@ -1,0 +1,30 @@
+# Two commands do all set-up on a fresh machine:
+#   make demo   - create .venv, install, train the small Moving MNIST model (embedded data)
+#   make test   - create .venv, install, run the test suite
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+WORKDIR ?= workdirs/demo
+
+.PHONY: venv demo test lint clean
+
+$(BIN)/.installed: requirements.txt requirements-dev.txt setup.cfg
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+venv: $(BIN)/.installed
+
+demo: venv
+	$(BIN)/python -m msrnn_jax.main --config=configs/mmnist.py:cpu --workdir=$(WORKDIR)
+
+test: venv
+	$(BIN)/python -m pytest tests
+
+lint: venv
+	$(BIN)/ruff check msrnn_jax configs experiments tests
+
+clean:
+	rm -rf $(VENV) workdirs
