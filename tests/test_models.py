@@ -1,0 +1,284 @@
+"""Model library: registry, shapes, parameter counts, cell equations, remat, gradients, errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from msrnn_jax import cells, models
+
+RNG = np.random.default_rng(1)
+BASES = ("convlstm", "trajgru", "predrnn", "predrnn_pp", "mim", "motionrnn", "predrnn_v2")
+
+
+def _frames(b=2, t=4, h=16, w=16, c=1, seed=0):
+  return jax.random.uniform(jax.random.key(seed), (b, t, h, w, c))
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _shapes(tree):
+  return jax.tree.map(lambda x: (tuple(x.shape), x.dtype), tree)
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_shapes_and_ms_params_equal_plain(base):
+  """Output and carry shapes; MS-X has exactly X's parameter tree."""
+  x = _frames(b=2, t=5, h=16, w=24)
+  trees = {}
+  for name in (base, f"ms_{base}"):
+    model = models.create(name, hidden=8, num_layers=6, in_len=3, links=3)
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    (preds, aux) = jax.eval_shape(model.apply, variables, x)
+    assert preds.shape == (2, 4, 16, 24, 1) and preds.dtype == jnp.float32
+    states, m, prev = aux["carry"]
+    init_states, init_m, _ = model.initial_carry(2, 16, 24)
+    assert _shapes(states) == _shapes(init_states)
+    assert prev.shape == (2, 16, 24, 1)
+    levels = model.pyramid_levels()
+    for l, state in enumerate(states):
+      assert state[0].shape == (2, 16 >> levels[l], 24 >> levels[l], 8)
+    if cells.CELLS[base].uses_memory:
+      assert m.shape == init_m.shape == (2, 16 >> levels[-1], 24 >> levels[-1], 8)
+    else:
+      assert m is None
+    trees[name] = _shapes(variables)
+  assert trees[base] == trees[f"ms_{base}"]
+
+
+def test_ms_levels_and_motion_states():
+  model = models.create("ms_motionrnn", hidden=8)
+  assert model.pyramid_levels() == (0, 1, 2, 2, 1, 0)
+  states, _, _ = model.initial_carry(1, 64, 64)
+  # F/D maps at half each layer's resolution: 32, 16, 8, 8, 16, 32, 18 channels.
+  assert [s[4].shape[1] for s in states] == [32, 16, 8, 8, 16, 32]
+  assert states[0][5].shape[-1] == 18
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("convlstm", 1_772_737),
+    ("predrnn", 3_594_817),
+    ("predrnn_pp", 4_869_953),  # reference 5,608,513 minus its 5 unused GHU pairs
+    ("mim", 7_361_473),
+    ("motionrnn", 7_560_547),  # spec says 7,561,547; the reference's module list sums to this
+    ("trajgru", 2_157_661),  # L = 13
+])
+def test_parameter_counts_at_paper_setting(name, expected):
+  for n in (name, f"ms_{name}"):
+    model = models.create(n, hidden=64, num_layers=6, kernel_size=3, channels=1, links=13)
+    variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 3, 64, 64, 1)))
+    assert _count(variables) == expected
+  if name == "motionrnn":
+    assert abs(expected - 7_561_547) / 7_561_547 < 0.01
+
+
+def test_trajgru_links_change_count():
+  model = models.create("trajgru", links=10)
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 3, 32, 32, 1)))
+  assert _count(variables) == 1_915_705
+
+
+# ----- single steps against numpy ------------------------------------------------------------
+
+
+def _np_conv(x, k, b):
+  """'same' 2-D convolution (cross-correlation like PyTorch), NHWC/HWIO, in numpy."""
+  kh, kw = k.shape[:2]
+  ph, pw = kh // 2, kw // 2
+  xp = np.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+  h, w = x.shape[1:3]
+  out = np.zeros(x.shape[:3] + (k.shape[3],), np.float64)
+  for i in range(kh):
+    for j in range(kw):
+      out += np.einsum("nhwc,cd->nhwd", xp[:, i:i + h, j:j + w], k[i, j])
+  return out + b
+
+
+def _sig(x):
+  return 1.0 / (1.0 + np.exp(-x))
+
+
+def _np_params(tree):
+  return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+@pytest.mark.parametrize("impl", ["xla", "matmul"])
+def test_convlstm_step_matches_numpy(impl):
+  hd = 4
+  cell = cells.ConvLSTMCell(hidden=hd, impl=impl)
+  x, h, c = (np.asarray(RNG.normal(size=(2, 5, 6, hd)), np.float32) for _ in range(3))
+  variables = cell.init(jax.random.key(0), x, (h, c))
+  h1, (h2, c1), _, _ = cell.apply(variables, x, (h, c))
+  p = _np_params(variables["params"])
+  gates = _np_conv(x, p["conv_x"]["kernel"], p["conv_x"]["bias"]) + _np_conv(
+      h, p["conv_h"]["kernel"], p["conv_h"]["bias"])
+  i, f, g, o = np.split(gates, 4, axis=-1)
+  c_ref = _sig(f) * c + _sig(i) * np.tanh(g)
+  h_ref = _sig(o) * np.tanh(c_ref)
+  np.testing.assert_allclose(c1, c_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(h1, h_ref, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(h1, h2)
+
+
+def test_stlstm_step_matches_numpy():
+  hd = 4
+  cell = cells.STLSTMCell(hidden=hd, impl="matmul")
+  x, h, c, m = (np.asarray(RNG.normal(size=(2, 5, 6, hd)), np.float32) for _ in range(4))
+  variables = cell.init(jax.random.key(0), x, (h, c), m)
+  h1, (_, c1), m1, extras = cell.apply(variables, x, (h, c), m)
+  p = _np_params(variables["params"])
+
+  def conv(name, v):
+    return _np_conv(v, p[name]["kernel"], p[name]["bias"])
+
+  i, f, g, o = np.split(conv("conv_x", x) + conv("conv_h", h), 4, axis=-1)
+  c_ref = _sig(f) * c + _sig(i) * np.tanh(g)
+  im, fm, gm = np.split(conv("conv_xm", x) + conv("conv_mm", m), 3, axis=-1)
+  m_ref = _sig(fm) * m + _sig(im) * np.tanh(gm)
+  o = _sig(o + conv("conv_co", c_ref) + conv("conv_mo", m_ref))
+  last = np.einsum("nhwc,cd->nhwd", np.concatenate([c_ref, m_ref], -1),
+                   p["conv_last"]["kernel"][0, 0]) + p["conv_last"]["bias"]
+  h_ref = o * np.tanh(last)
+  for got, want in ((c1, c_ref), (m1, m_ref), (h1, h_ref),
+                    (extras["delta_m"], _sig(im) * np.tanh(gm))):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_init_bounds():
+  cell = cells.ConvLSTMCell(hidden=16)
+  x = np.zeros((1, 4, 4, 16), np.float32)
+  p = cell.init(jax.random.key(0), x, (x, x))["params"]["conv_x"]
+  bound = 1.0 / np.sqrt(16 * 9)
+  for a in (p["kernel"], p["bias"]):
+    assert np.abs(a).max() <= bound
+    assert np.abs(a).max() > 0.9 * bound  # uniform over the whole range
+  flax_p = cells.ConvLSTMCell(hidden=16, initializer="flax").init(
+      jax.random.key(0), x, (x, x))["params"]["conv_x"]
+  assert not np.any(flax_p["bias"])
+
+
+# ----- whole-model behaviour -------------------------------------------------------------------
+
+
+def _loss_fn(model, x, mask):
+  def loss(params):
+    preds, aux = model.apply({"params": params}, x, mask)
+    return jnp.mean((preds - x[:, 1:]) ** 2) + jnp.mean(jnp.abs(preds)) + 0.01 * aux["decouple_loss"]
+  return loss
+
+
+def test_remat_modes_same_loss_grads_and_tree():
+  x = _frames(b=2, t=4, h=8, w=8)
+  mask = jnp.asarray(RNG.uniform(size=(2, 3)) > 0.5, jnp.float32)
+  results = {}
+  for remat in ("none", "step", "cell"):
+    model = models.create("ms_mim", hidden=4, num_layers=3, in_len=2, remat=remat)
+    params = model.init(jax.random.key(0), x)["params"]
+    results[remat] = (params,) + jax.jit(jax.value_and_grad(_loss_fn(model, x, mask)))(params)
+  p0, l0, g0 = results["none"]
+  for remat in ("step", "cell"):
+    p, l, g = results[remat]
+    assert jax.tree.structure(p) == jax.tree.structure(p0)
+    np.testing.assert_allclose(l, l0, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g, g0)
+
+
+# Parameters that are unused by design (documented in the cell docstrings).
+def _unused(base, path, num_layers):
+  if base in ("mim", "motionrnn") and "layer_0" in path and any(
+      f"'{n}'" in path for n in ("n_x", "n_h", "n_ox", "n_on", "s_x", "s_c", "s_o")):
+    return True
+  return base == "motionrnn" and f"layer_{num_layers - 1}" in path and "'motion_" in path
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_every_parameter_gets_gradient(base):
+  n = 3
+  model = models.create(f"ms_{base}", hidden=4, num_layers=n, in_len=2, links=2)
+  x = _frames(b=2, t=4, h=8, w=8)
+  params = model.init(jax.random.key(0), x)["params"]
+  grads = jax.jit(jax.grad(_loss_fn(model, x, jnp.ones((2, 3)))))(params)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    key = jax.tree_util.keystr(path)
+    assert np.all(np.isfinite(g)), key
+    if _unused(base, key, n):
+      assert not np.any(g), f"{key} documented as unused but has a gradient"
+    else:
+      assert np.any(g), f"{key} got no gradient"
+
+
+def test_not_retraced_on_second_call():
+  model = models.create("ms_convlstm", hidden=4, num_layers=3, in_len=2)
+  x = _frames(b=1, t=3, h=8, w=8)
+  params = model.init(jax.random.key(0), x)["params"]
+  traces = []
+
+  @jax.jit
+  def fwd(p, x):
+    traces.append(1)
+    return model.apply({"params": p}, x)[0]
+
+  a = fwd(params, x)
+  b = fwd(params, x + 0.5)
+  assert len(traces) == 1
+  assert not np.allclose(a, b)
+
+
+def test_scheduled_sampling_and_causality():
+  model = models.create("ms_predrnn", hidden=4, num_layers=3, in_len=2)
+  x = _frames(b=1, t=5, h=8, w=8)
+  params = model.init(jax.random.key(0), x)
+  truth_fed, _ = model.apply(params, x, jnp.ones((1, 4)))
+  own_fed, _ = model.apply(params, x)  # evaluation: predictions fed back after in_len
+  forced, _ = model.apply(params, x, jnp.zeros((1, 4)))  # input phase forced to truth
+  np.testing.assert_allclose(own_fed, forced, rtol=1e-6)
+  # Steps 0..in_len-1 see the same inputs; afterwards the inputs differ.
+  np.testing.assert_allclose(truth_fed[:, :2], own_fed[:, :2], rtol=1e-6)
+  assert not np.allclose(truth_fed[:, 2:], own_fed[:, 2:])
+  # Causality: the prediction of frame t+1 does not depend on frames > t.
+  x2 = x.at[:, 3:].set(0.0)
+  changed, _ = model.apply(params, x2, jnp.ones((1, 4)))
+  np.testing.assert_allclose(changed[:, :3], truth_fed[:, :3], rtol=1e-6)
+
+
+def test_predict_any_horizon_equals_manual_rollout():
+  model = models.create("convlstm", hidden=4, num_layers=2, in_len=3)
+  x = _frames(b=2, t=6, h=8, w=8)
+  variables = model.init(jax.random.key(0), x)
+  out = models.predict(model, variables, x[:, :3], horizon=7)
+  assert out.shape == (2, 7, 8, 8, 1)
+  preds, _ = model.apply(variables, x)  # in_len 3, 3 future steps fed back
+  np.testing.assert_allclose(out[:, :3], preds[:, 2:], rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params():
+  x = _frames(b=1, t=3, h=8, w=8)
+  m32 = models.create("ms_convlstm", hidden=8, num_layers=3, in_len=2)
+  m16 = models.create("ms_convlstm", hidden=8, num_layers=3, in_len=2, dtype="bfloat16")
+  params = m16.init(jax.random.key(0), x)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  y16, _ = m16.apply(params, x)
+  y32, _ = m32.apply(params, x)
+  assert y16.dtype == jnp.float32
+  np.testing.assert_allclose(y16, y32, atol=5e-2)
+
+
+def test_bad_inputs_raise_clear_errors():
+  with pytest.raises(ValueError, match="valid: convlstm, ms_convlstm"):
+    models.create("convlstmm")
+  with pytest.raises(ValueError, match="Unknown model option"):
+    models.create("convlstm", hiden=4)
+  ms = models.create("ms_convlstm", hidden=4)
+  with pytest.raises(ValueError, match="height 30 is not a multiple of 4"):
+    ms.init(jax.random.key(0), jnp.zeros((1, 3, 30, 32, 1)))
+  motion = models.create("ms_motionrnn", hidden=4)
+  with pytest.raises(ValueError, match="width 36 is not a multiple of 8"):
+    motion.init(jax.random.key(0), jnp.zeros((1, 3, 32, 36, 1)))
+  with pytest.raises(ValueError, match="3 channels but the model expects 1"):
+    ms.init(jax.random.key(0), jnp.zeros((1, 3, 32, 32, 3)))
+  with pytest.raises(ValueError, match=r"\[batch, time, height, width, channels\]"):
+    ms.init(jax.random.key(0), jnp.zeros((3, 32, 32, 1)))
+  with pytest.raises(ValueError, match="Unknown remat"):
+    models.create("convlstm", remat="layer").init(jax.random.key(0), jnp.zeros((1, 3, 8, 8, 1)))
