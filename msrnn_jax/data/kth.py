@@ -26,6 +26,7 @@ import re
 from typing import Any
 
 import numpy as np
+import tqdm
 
 from msrnn_jax.data import common
 from msrnn_jax.data import config as config_lib
@@ -211,7 +212,8 @@ class MsrnnKth(common.MsrnnBuilder):
     seq_len = p["train_len"] if split == "train" else p["test_len"]
     groups, records, shape = [], [], None
     offset = 0
-    for name in chosen:
+    # tfds' own bar counts records without a total; this one shows progress in videos.
+    for name in tqdm.tqdm(chosen, desc=f"KTH {split} videos", unit="video", leave=False):
       v = videos[name]
       raw = read_png_folder(v["path"]) if v["kind"] == "png" else read_avi(v["path"])
       shape = common.check_same_size(raw.shape[1:], shape, v["path"])

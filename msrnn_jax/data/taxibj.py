@@ -127,6 +127,11 @@ def load_frames(paths: list[str], channels: str) -> dict[str, Any]:
   order = np.argsort(minutes_all, kind="stable")
   if len(order) == 0:
     raise ValueError(f"no complete day (all 48 slots) in {paths}; check the files.")
+  twice = np.nonzero(np.diff(minutes_all[order]) == 0)[0]
+  if len(twice):
+    key = np.concatenate(keys)[order][twice[0]]
+    raise ValueError(f"the half-hour {key} appears twice across {paths}; list each year file "
+                     "once in taxibj_years.")
   return dict(frames=np.concatenate(frames)[order], minutes=minutes_all[order],
               keys=np.concatenate(keys)[order], dropped_days=dropped)
 

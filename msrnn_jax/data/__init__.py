@@ -1,0 +1,37 @@
+"""Data sets of msrnn_jax: Moving MNIST, KTH, TaxiBJ, HKO-7 and synthetic sequences.
+
+Each real data set is a tfds ``GeneratorBasedBuilder`` that reads raw files from
+``config.data.manual_dir`` and writes ArrayRecord files under ``config.data.data_dir``
+(no TensorFlow needed); batches come from grain. See docs/data.md.
+
+Public API::
+
+  default_config()                       # the config.data section
+  get_builder(data_cfg)                  # prepared tfds builder
+  train_dataset(data_cfg, global_batch=, seed=, process_index=, process_count=)
+  eval_batches(data_cfg, split, global_batch=, process_index=, process_count=, max_examples=)
+  sequence_lengths(data_cfg, split)      # (in_len, out_len)
+"""
+
+from msrnn_jax.data.config import dataset_preset, default_config
+from msrnn_jax.data.pipeline import (
+    eval_batches,
+    example_source,
+    get_builder,
+    num_examples,
+    sequence_lengths,
+    steps_per_epoch,
+    train_dataset,
+)
+
+__all__ = [
+    "dataset_preset",
+    "default_config",
+    "eval_batches",
+    "example_source",
+    "get_builder",
+    "num_examples",
+    "sequence_lengths",
+    "steps_per_epoch",
+    "train_dataset",
+]
