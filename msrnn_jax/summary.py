@@ -1,0 +1,145 @@
+"""Summaries: TensorBoard event files, a JSONL log and a terminal progress line.
+
+clu's ``metric_writers`` import TensorFlow (1.4 GB). By default we write
+TensorBoard files with the lean ``tensorboardX``; if TensorFlow happens to be
+installed, clu's default writer is used instead. Every scalar also goes to
+``<workdir>/metrics.jsonl``, one JSON object per line.
+"""
+
+import importlib.util
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+
+class Writer:
+  """Scalars, images and hparams to TensorBoard + JSONL (process 0 only).
+
+  Args:
+    workdir: output directory.
+    enabled: False on non-zero processes (writes nothing).
+    backend: ``'auto'`` (clu if TensorFlow is importable, else tensorboardX),
+      ``'tensorboardx'`` or ``'clu'``.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True, backend: str = "auto"):
+    self.enabled = enabled
+    self._jsonl = None
+    self._tb = None
+    self._clu = None
+    if not enabled:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    if backend == "auto":
+      backend = "clu" if importlib.util.find_spec("tensorflow") else "tensorboardx"
+    if backend == "clu":
+      from clu import metric_writers  # imports TensorFlow
+      self._clu = metric_writers.create_default_writer(workdir)
+    else:
+      from tensorboardX import SummaryWriter
+      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+
+  def write_scalars(self, step: int, scalars: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    scalars = {k: float(v) for k, v in scalars.items()}
+    self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+    self._jsonl.flush()
+    if self._clu is not None:
+      self._clu.write_scalars(step, scalars)
+    else:
+      for k, v in scalars.items():
+        self._tb.add_scalar(k, v, step)
+
+  def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
+    """Images ``[height, width, channels]`` in [0, 1]."""
+    if not self.enabled:
+      return
+    if self._clu is not None:
+      self._clu.write_images(step, {k: v[None] for k, v in images.items()})
+    else:
+      for k, v in images.items():
+        self._tb.add_image(k, np.clip(v, 0, 1), step, dataformats="HWC")
+
+  def write_hparams(self, hparams: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    flat = {k: (v if isinstance(v, int | float | str | bool) else str(v))
+            for k, v in _flatten(hparams).items()}
+    if self._clu is not None:
+      self._clu.write_hparams(flat)
+    else:
+      self._tb.add_text("hparams", "\n".join(f"    {k}: {v}" for k, v in sorted(flat.items())), 0)
+
+  def flush(self) -> None:
+    if self._tb is not None:
+      self._tb.flush()
+    if self._clu is not None:
+      self._clu.flush()
+
+  def close(self) -> None:
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._jsonl = None
+    if self._tb is not None:
+      self._tb.close()
+    if self._clu is not None:
+      self._clu.close()
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+class Progress:
+  """A live terminal line: step, loss, steps/s and ETA.
+
+  On a terminal the line is rewritten in place; otherwise (logs, CI) one line
+  is printed per report.
+  """
+
+  def __init__(self, total_steps: int, start_step: int = 0, stream=None):
+    self.total = total_steps
+    self.stream = stream or sys.stderr
+    self._t0 = time.time()
+    self._s0 = start_step
+    self._tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+
+  def rate(self, step: int) -> float:
+    dt = time.time() - self._t0
+    return (step - self._s0) / dt if dt > 0 else 0.0
+
+  def report(self, step: int, **values: float) -> str:
+    rate = self.rate(step)
+    eta = (self.total - step) / rate if rate > 0 else float("nan")
+    parts = [f"step {step}/{self.total}"] + [f"{k} {v:.4g}" for k, v in values.items()]
+    parts += [f"{rate:.3g} steps/s", f"ETA {_fmt_time(eta)}"]
+    line = " | ".join(parts)
+    if self._tty:
+      self.stream.write("\r" + line.ljust(100))
+      if step >= self.total:
+        self.stream.write("\n")
+    else:
+      self.stream.write(line + "\n")
+    self.stream.flush()
+    return line
+
+
+def _fmt_time(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return "?"
+  seconds = int(seconds)
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"

@@ -1,0 +1,392 @@
+"""Training and evaluation: ``train_and_evaluate(config, workdir)``.
+
+The loop follows the reference (msrnn_reference.md section 5): Adam with a
+constant learning rate, L2 + L1 loss summed over pixels over all T-1
+next-frame predictions, scheduled sampling decaying linearly per iteration
+(reverse scheduled sampling for PredRNN-V2). Steps are jitted with the batch
+sharded over every device. The run is resumable exactly: the batch of step s
+is ``train_dataset[s]`` and the sampling masks come from
+``fold_in(rng, s)``, so a checkpoint of (params, Adam state, step, rng) plus
+the schedule position is all that is needed.
+"""
+
+import functools
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from msrnn_jax import data, losses, metrics, models, sampling, sharding, summary, visualize
+from msrnn_jax.checkpointing import Checkpointer
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training.
+
+  Attributes:
+    step: number of optimizer steps taken.
+    params: model parameters.
+    opt_state: Adam state.
+    rng: base PRNG key (raw uint32[2]); step s uses ``fold_in(rng, s)``.
+  """
+
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  rng: jax.Array
+
+
+def create_model(config: ml_collections.ConfigDict, in_len: int | None = None) -> models.Predictor:
+  """The model of ``config.model`` for the frames of ``config.data``."""
+  options = {k: v for k, v in config.model.items() if k != "name"}
+  return models.create(config.model.name, channels=config.data.channels,
+                       in_len=in_len or config.data.in_len, **options)
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam with the reference's constant learning rate (no clipping or decay)."""
+  return optax.adam(config.train.learning_rate)
+
+
+def sampling_mode(config: ml_collections.ConfigDict) -> str:
+  """'linear', 'reverse' or 'none' (resolving 'auto' by model)."""
+  mode = config.train.scheduled_sampling
+  valid = ("auto", "linear", "reverse", "none")
+  if mode not in valid:
+    raise ValueError(f"train.scheduled_sampling={mode!r} is unknown; valid: {', '.join(valid)}.")
+  if mode == "auto":
+    return "reverse" if config.model.name.endswith("predrnn_v2") else "linear"
+  return mode
+
+
+def schedule(mode: str, step: int, total_steps: int, steps_per_epoch: int) -> tuple[float, float]:
+  """``(eta, eta_context)``: truth probabilities of the prediction and context phases."""
+  if mode == "linear":
+    return float(sampling.linear_eta(step, total_steps)), 1.0
+  if mode == "reverse":
+    epochs = max(1, round(total_steps / steps_per_epoch))
+    eta_r, eta = sampling.reverse_etas(step // steps_per_epoch, epochs)
+    return eta, eta_r
+  return 1.0, 1.0
+
+
+def create_train_state(model: models.Predictor, tx: optax.GradientTransformation,
+                       frames_shape: tuple[int, ...], seed: int) -> TrainState:
+  """Initialises parameters on a zero batch of ``frames_shape``."""
+  rng = jax.random.PRNGKey(seed)
+  init_rng, rng = jax.random.split(rng)
+  params = model.init(init_rng, jnp.zeros(frames_shape, jnp.float32))["params"]
+  return TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params),
+                    rng=rng)
+
+
+def make_train_step(model: models.Predictor, tx: optax.GradientTransformation, in_len: int,
+                    decouple_weight: float) -> Callable:
+  """A jitted ``(state, frames, eta, eta_context) -> (state, TrainMetrics)``."""
+
+  def train_step(state: TrainState, frames: jax.Array, eta: jax.Array, eta_context: jax.Array):
+    b, t = frames.shape[:2]
+    mask = sampling.sample_mask(jax.random.fold_in(state.rng, state.step), b, t, in_len, eta,
+                                eta_context)
+
+    def loss_fn(params):
+      preds, aux = model.apply({"params": params}, frames, mask)
+      loss, terms = losses.training_loss(preds, frames, aux["decouple_loss"], decouple_weight)
+      return loss, terms
+
+    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    batch_metrics = metrics.TrainMetrics.single_from_model_output(
+        loss=jnp.full((b,), loss), mse=terms["mse"], mae=terms["mae"])
+    return new_state, batch_metrics
+
+  return jax.jit(train_step, donate_argnums=(0,))
+
+
+def _radar(data_cfg: ml_collections.ConfigDict) -> bool:
+  return data_cfg.name == "hko7" or (data_cfg.name == "synthetic"
+                                     and data_cfg.synthetic_like == "hko7")
+
+
+def make_eval_step(model: models.Predictor, radar: bool) -> Callable:
+  """A jitted ``(params, frames, valid) -> (stats, baseline_stats, preds)``."""
+  stats_fn = functools.partial(metrics.frame_stats, with_radar=radar)
+
+  def eval_step(params, frames, valid):
+    preds, _ = model.apply({"params": params}, frames)
+    truth = frames[:, 1:]
+    baseline = metrics.copy_last_frame_baseline(frames, model.in_len)
+    return stats_fn(preds, truth, valid), stats_fn(baseline, truth, valid), preds
+
+  return jax.jit(eval_step)
+
+
+def _host(x: jax.Array) -> np.ndarray:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+def evaluate(config: ml_collections.ConfigDict, params: Any, mesh: jax.sharding.Mesh, split: str,
+             max_examples: int | None = None) -> dict[str, Any]:
+  """Evaluates ``params`` on a split with both protocols and the copy-last baseline.
+
+  Returns:
+    dict with ``result`` and ``baseline`` (see ``metrics.EvalAccumulator.result``)
+    and ``samples``: (context, truth, prediction) arrays of the first
+    ``config.eval.num_visualize`` sequences.
+  """
+  in_len, out_len = data.sequence_lengths(config.data, split)
+  model = create_model(config, in_len=in_len)
+  step = make_eval_step(model, _radar(config.data))
+  acc, base = metrics.EvalAccumulator(), metrics.EvalAccumulator()
+  num_vis = config.eval.num_visualize
+  vis = []
+  batches = data.eval_batches(config.data, split, global_batch=config.eval.batch_size,
+                              process_index=jax.process_index(),
+                              process_count=jax.process_count(), max_examples=max_examples)
+  for batch in batches:
+    global_batch = sharding.shard_batch(batch, mesh)
+    stats, base_stats, preds = step(params, global_batch["frames"], global_batch["mask"])
+    acc.update(stats)
+    base.update(base_stats)
+    if sum(len(v[0]) for v in vis) < num_vis:
+      frames = _host(global_batch["frames"])
+      keep = _host(global_batch["mask"])
+      vis.append((frames[keep], _host(preds)[keep]))
+  if acc.count == 0:
+    raise ValueError(f"the {split!r} split yielded no examples; check config.data.")
+  frames = np.concatenate([v[0] for v in vis])[:num_vis]
+  preds = np.concatenate([v[1] for v in vis])[:num_vis]
+  samples = (frames[:, :in_len], frames[:, in_len:], np.clip(preds[:, in_len - 1:], 0.0, 1.0))
+  return {"result": acc.result(in_len), "baseline": base.result(in_len), "samples": samples}
+
+
+def write_evaluation(evaluation: dict[str, Any], workdir: str, split: str) -> dict[str, str]:
+  """Results JSON/CSV, per-frame plot and prediction grid (PNG + GIF) in ``workdir``."""
+  paths = metrics.write_results(evaluation["result"], workdir, split)
+  metrics.write_results(evaluation["baseline"], workdir, f"{split}_copy_last")
+  paths["plot"] = os.path.join(workdir, f"{split}_per_frame.png")
+  visualize.plot_per_frame(evaluation["result"], paths["plot"])
+  paths["grid"] = os.path.join(workdir, f"{split}_predictions.png")
+  paths["gif"] = os.path.join(workdir, f"{split}_predictions.gif")
+  visualize.prediction_grid(*evaluation["samples"], paths["grid"], paths["gif"])
+  return paths
+
+
+def _scalars(prefix: str, result: dict[str, Any], keys=("mse", "mae", "ssim", "psnr")):
+  out = {}
+  for protocol in ("all", "future"):
+    for k in keys:
+      if k in result[protocol]:
+        out[f"{prefix}/{k}_{protocol}"] = result[protocol][k]
+  return out
+
+
+def check_workdir(workdir: str) -> str:
+  """Absolute workdir; its parent must exist (we do not create whole trees by accident)."""
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  parent = os.path.dirname(workdir)
+  if not os.path.isdir(parent):
+    raise FileNotFoundError(
+        f"the parent of workdir {workdir} does not exist; create {parent} first or choose "
+        f"another --workdir.")
+  os.makedirs(workdir, exist_ok=True)
+  return workdir
+
+
+class _Stop:
+  """Turns SIGTERM/SIGINT into a flag so the loop can checkpoint and exit."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # not the main thread
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("signal %d received: saving a checkpoint and stopping.", signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+  """Trains (resuming from ``workdir`` if it has a checkpoint), then evaluates.
+
+  Args:
+    config: the full configuration (``configs/default.py``).
+    workdir: output directory: checkpoints, TensorBoard files,
+      ``metrics.jsonl``, results and pictures.
+
+  Returns:
+    The final train state.
+  """
+  workdir = check_workdir(workdir)
+  sharding.initialize_distributed(config.distributed)
+  lead = jax.process_index() == 0
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.train.batch_size, "train.batch_size")
+  sharding.check_batch_size(config.eval.batch_size, "eval.batch_size")
+  mode = sampling_mode(config)
+  in_len = config.data.in_len
+
+  train_ds = data.train_dataset(config.data, global_batch=config.train.batch_size,
+                                seed=config.seed, process_index=jax.process_index(),
+                                process_count=jax.process_count())
+  steps_per_epoch = data.steps_per_epoch(config.data, config.train.batch_size)
+  total_steps = (config.train.num_steps if config.train.num_steps > 0
+                 else config.train.epochs * steps_per_epoch)
+  eval_every = (config.train.eval_every_steps if config.train.eval_every_steps > 0
+                else steps_per_epoch)
+  eval_examples = None if config.train.eval_examples < 0 else config.train.eval_examples
+
+  model = create_model(config)
+  tx = create_optimizer(config)
+  first = train_ds[0]["frames"]
+  global_shape = (config.train.batch_size,) + first.shape[1:]
+  replicated = sharding.replicated(mesh)
+  state = jax.jit(functools.partial(create_train_state, model, tx, global_shape, config.seed),
+                  out_shardings=replicated)()
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
+  if ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(state)
+    logging.info("resumed from step %d (data position %d).", int(state.step), meta["data_position"])
+
+  writer = summary.Writer(workdir, enabled=lead, backend=config.summary_backend)
+  writer.write_hparams(config.to_dict())
+  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+  logging.info("model %s: %d parameters; %d steps (%d per epoch); devices: %s", config.model.name,
+               n_params, total_steps, steps_per_epoch, jax.devices())
+  train_step = make_train_step(model, tx, in_len, config.train.decouple_weight)
+  progress = summary.Progress(total_steps, int(state.step))
+  running = None
+  last_saved = ckpt.latest_step()
+
+  def save(step: int, eta: float, eta_context: float) -> None:
+    nonlocal last_saved
+    meta = {"step": step, "data_position": step, "eta": eta, "eta_context": eta_context,
+            "total_steps": total_steps, "seed": config.seed, "model": config.model.name}
+    ckpt.save(step, state, meta)
+    last_saved = step
+
+  step = int(state.step)
+  with _Stop() as stop:
+    while step < total_steps:
+      eta, eta_context = schedule(mode, step, total_steps, steps_per_epoch)
+      batch = sharding.shard_batch(train_ds[step], mesh)
+      state, batch_metrics = train_step(state, batch["frames"], jnp.float32(eta),
+                                        jnp.float32(eta_context))
+      step += 1
+      loss = float(batch_metrics.loss.compute())
+      if not np.isfinite(loss):
+        ckpt.close()
+        raise FloatingPointError(
+            f"non-finite training loss ({loss}) at step {step}; the last good checkpoint "
+            f"(step {last_saved}) is kept in {ckpt.directory}. Lower train.learning_rate or "
+            f"check the data for NaNs.")
+      running = batch_metrics if running is None else running.merge(batch_metrics)
+      if step % config.train.log_every_steps == 0 or step == total_steps:
+        values = {f"train/{k}": v for k, v in running.compute().items()}
+        values["train/eta"] = eta
+        values["train/steps_per_s"] = progress.rate(step)
+        writer.write_scalars(step, values)
+        progress.report(step, loss=values["train/loss"], eta=eta)
+        running = None
+      if step % eval_every == 0 and step < total_steps:
+        ev = evaluate(config, state.params, mesh, "validation", max_examples=eval_examples)
+        writer.write_scalars(step, _scalars("valid", ev["result"]))
+        writer.write_images(step, {"valid/predictions": visualize.to_rgb(
+            np.concatenate(ev["samples"][1:], axis=1)[0])})
+      if step % config.train.checkpoint_every_steps == 0 or step == total_steps or stop.requested:
+        save(step, eta, eta_context)
+      if stop.requested:
+        ckpt.close()
+        writer.close()
+        logging.warning("stopped at step %d; rerun with the same workdir to continue.", step)
+        return state
+  if last_saved != step:
+    save(step, *schedule(mode, step, total_steps, steps_per_epoch))
+  ckpt.close()
+
+  t0 = time.time()
+  max_examples = None if config.eval.max_examples < 0 else config.eval.max_examples
+  ev = evaluate(config, state.params, mesh, config.eval.split, max_examples=max_examples)
+  if lead:
+    paths = write_evaluation(ev, workdir, config.eval.split)
+    writer.write_scalars(step, _scalars(config.eval.split, ev["result"]))
+    writer.write_scalars(step, _scalars(f"{config.eval.split}_copy_last", ev["baseline"]))
+    _log_summary(ev, config.eval.split, time.time() - t0, paths)
+  writer.close()
+  return state
+
+
+def _log_summary(ev: dict[str, Any], split: str, seconds: float, paths: dict[str, str]) -> None:
+  rows = []
+  for label, res in (("model", ev["result"]), ("copy-last", ev["baseline"])):
+    for protocol in ("all", "future"):
+      r = res[protocol]
+      rows.append(f"  {label:9s} {protocol:6s} MSE {r['mse']:9.3f}  MAE {r['mae']:9.3f}  "
+                  f"SSIM {r['ssim']:.4f}  PSNR {r['psnr']:.2f}")
+  print(f"{split} evaluation ({ev['result']['num_examples']} sequences, {seconds:.0f} s):\n"
+        + "\n".join(rows) + f"\n  results: {paths['json']}\n  pictures: {paths['grid']}",
+        flush=True)
+
+
+def restore_params(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
+                   frames_shape: tuple[int, ...]) -> tuple[Any, int]:
+  """Parameters of the latest checkpoint in ``workdir`` (and its step)."""
+  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(
+        f"no checkpoint in {directory}; train first with --mode=train --workdir={workdir}.")
+  ckpt = Checkpointer(directory, keep=config.train.keep_checkpoints)
+  model = create_model(config)
+  tx = create_optimizer(config)
+  target = jax.jit(functools.partial(create_train_state, model, tx, frames_shape, config.seed),
+                   out_shardings=sharding.replicated(mesh))()
+  state, _ = ckpt.restore(target)
+  ckpt.close()
+  return state.params, int(state.step)
+
+
+def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """``--mode=eval``: evaluates the latest checkpoint and writes the results."""
+  mesh = sharding.make_mesh()
+  sharding.check_batch_size(config.eval.batch_size, "eval.batch_size")
+  in_len, out_len = data.sequence_lengths(config.data, "train")
+  size = config.data.image_size
+  shape = (jax.device_count(), in_len + out_len, size, size, config.data.channels)
+  params, step = restore_params(config, workdir, mesh, shape)
+  max_examples = None if config.eval.max_examples < 0 else config.eval.max_examples
+  t0 = time.time()
+  ev = evaluate(config, params, mesh, config.eval.split, max_examples=max_examples)
+  if jax.process_index() == 0:
+    paths = write_evaluation(ev, workdir, config.eval.split)
+    with open(os.path.join(workdir, f"{config.eval.split}_checkpoint.json"), "w") as f:
+      json.dump({"step": step}, f)
+    _log_summary(ev, config.eval.split, time.time() - t0, paths)
+  return ev
