@@ -1,0 +1,255 @@
+"""Training loop, sharding, resume, schedules, CLI and bad input."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import test as test_config
+from msrnn_jax import data, inference, losses, sampling, sharding, summary, train
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(**train_overrides):
+  config = test_config.get_config()
+  for k, v in train_overrides.items():
+    setattr(config.train, k, v)
+  return config
+
+
+def _params(workdir):
+  config = _config()
+  mesh = sharding.make_mesh()
+  params, step = train.restore_params(config, str(workdir), mesh, (4, 4, 16, 16, 1))
+  return jax.tree.map(np.asarray, params), step
+
+
+def test_loss_matches_numpy():
+  rng = np.random.default_rng(0)
+  frames = rng.uniform(size=(3, 5, 4, 6, 2)).astype(np.float32)
+  preds = rng.uniform(size=(3, 4, 4, 6, 2)).astype(np.float32)
+  loss, terms = losses.training_loss(jnp.asarray(preds), jnp.asarray(frames))
+  d = preds.astype(np.float64) - frames[:, 1:]
+  want = (d ** 2).sum(axis=(2, 3, 4)).mean() + np.abs(d).sum(axis=(2, 3, 4)).mean()
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
+  np.testing.assert_allclose(terms["mse"], (d ** 2).sum(axis=(2, 3, 4)).mean(axis=1), rtol=1e-5)
+
+
+def test_schedules():
+  assert float(sampling.linear_eta(0, 100)) == 1.0
+  assert float(sampling.linear_eta(25, 100)) == pytest.approx(0.75)
+  assert float(sampling.linear_eta(150, 100)) == 0.0
+  # Reverse scheduled sampling, E = 30: start 10, end 20, scale 2 (hand-computed).
+  assert sampling.reverse_etas(5, 30) == (0.5, 0.5)
+  eta_r, eta = sampling.reverse_etas(14, 30)
+  assert eta_r == pytest.approx(1 - 0.5 * np.exp(-2.0))
+  assert eta == pytest.approx(0.5 - 0.5 * 0.4)
+  assert sampling.reverse_etas(25, 30) == (1.0, 0.0)
+  mask = sampling.sample_mask(jax.random.key(0), 4000, 8, 3, eta=0.25, eta_context=1.0)
+  mask = np.asarray(mask)
+  assert np.all(mask[:, :3] == 1.0)
+  assert abs(mask[:, 3:].mean() - 0.25) < 0.02
+  rev = np.asarray(sampling.sample_mask(jax.random.key(1), 4000, 8, 3, eta=0.0, eta_context=0.5))
+  assert np.all(rev[:, 0] == 1.0) and abs(rev[:, 1:3].mean() - 0.5) < 0.03
+  assert np.all(rev[:, 3:] == 0.0)
+
+
+def _state_and_step(config, model_name=None, lr=None):
+  if model_name:
+    config.model.name = model_name
+  if lr:
+    config.train.learning_rate = lr
+  model = train.create_model(config)
+  tx = train.create_optimizer(config)
+  shape = (4, config.data.in_len + config.data.out_len, 16, 16, 1)
+  state = train.create_train_state(model, tx, shape, seed=0)
+  step = train.make_train_step(model, tx, config.data.in_len, config.train.decouple_weight)
+  return state, step
+
+
+def _batch(seed=0):
+  config = _config()
+  ds = data.train_dataset(config.data, global_batch=4, seed=seed)
+  return jnp.asarray(ds[0]["frames"])
+
+
+def test_one_step_changes_every_parameter():
+  config = _config()
+  state, step = _state_and_step(config)
+  before = jax.tree.map(np.array, state.params)
+  new_state, m = step(state, _batch(), jnp.float32(1.0), jnp.float32(1.0))
+  assert np.isfinite(float(m.loss.compute()))
+  assert int(new_state.step) == 1
+  for path, a in jax.tree_util.tree_leaves_with_path(before):
+    b = new_state.params
+    for k in path:
+      b = b[k.key]
+    assert not np.array_equal(a, np.asarray(b)), jax.tree_util.keystr(path)
+
+
+def test_tiny_model_overfits_fixed_batch():
+  config = _config()
+  config.model.hidden = 8
+  state, step = _state_and_step(config, lr=1e-2)
+  frames = _batch()
+  first = None
+  for _ in range(120):
+    state, m = step(state, frames, jnp.float32(1.0), jnp.float32(1.0))
+    loss = float(m.loss.compute())
+    first = first or loss
+  assert loss < first / 5, (first, loss)
+
+
+def test_sharded_step_equals_single_device():
+  assert jax.device_count() == 4, "conftest sets 4 CPU devices"
+  config = _config()
+  state, step = _state_and_step(config)
+  frames = _batch()
+  mesh = sharding.make_mesh()
+  # Host copies: the step donates its state buffers.
+  state = jax.tree.map(np.asarray, state)
+  single = jax.device_put((state, frames), jax.devices()[0])
+  s1, m1 = step(*single, jnp.float32(0.5), jnp.float32(1.0))
+  sharded_state = jax.device_put(state, sharding.replicated(mesh))
+  sharded_frames = sharding.shard_batch({"frames": np.asarray(frames)}, mesh)["frames"]
+  assert len(sharded_frames.sharding.device_set) == 4
+  s4, m4 = step(sharded_state, sharded_frames, jnp.float32(0.5), jnp.float32(1.0))
+  np.testing.assert_allclose(m4.loss.compute(), m1.loss.compute(), rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+               s4.params, s1.params)
+
+
+def test_batch_not_divisible_by_devices():
+  with pytest.raises(ValueError, match="not divisible by the 4 devices"):
+    sharding.check_batch_size(6, "train.batch_size")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """One straight 4-step run of configs/test.py (checkpoints at 2 and 4)."""
+  workdir = tmp_path_factory.mktemp("runs") / "straight"
+  train.train_and_evaluate(_config(), str(workdir))
+  return workdir
+
+
+def test_run_writes_outputs(trained):
+  for name in ("test.json", "test.csv", "test_per_frame.csv", "test_copy_last.json",
+               "test_per_frame.png", "test_predictions.png", "test_predictions.gif",
+               "metrics.jsonl"):
+    assert (trained / name).is_file(), name
+  assert list((trained / "tensorboard").iterdir())
+  result = json.loads((trained / "test.json").read_text())
+  assert result["num_examples"] == 10 and set(result) >= {"all", "future", "per_frame"}
+  lines = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
+  assert [x["step"] for x in lines if "train/loss" in x] == [2, 4]
+
+
+def test_resume_is_exact(trained, tmp_path):
+  """Kill after step 2 (simulated by dropping later checkpoints), rerun: same params."""
+  workdir = tmp_path / "resumed"
+  train.train_and_evaluate(_config(), str(workdir))
+  import shutil
+  shutil.rmtree(workdir / "checkpoints" / "4")
+  (workdir / "test.json").unlink()
+  train.train_and_evaluate(_config(), str(workdir))
+  straight, s1 = _params(trained)
+  resumed, s2 = _params(workdir)
+  assert s1 == s2 == 4
+  jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+  assert (workdir / "test.json").is_file()
+
+
+def test_sigterm_saves_and_stops(tmp_path, monkeypatch):
+  original = summary.Progress.report
+
+  def report_then_term(self, step, **values):
+    original(self, step, **values)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  monkeypatch.setattr(summary.Progress, "report", report_then_term)
+  config = _config(checkpoint_every_steps=100)
+  state = train.train_and_evaluate(config, str(tmp_path / "w"))
+  assert int(state.step) == 2
+  assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["2"]
+  assert not (tmp_path / "w" / "test.json").exists()
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good(tmp_path, monkeypatch):
+  real = data.train_dataset
+
+  class Poisoned:
+    def __init__(self, ds):
+      self.ds = ds
+
+    def __getitem__(self, step):
+      batch = dict(self.ds[step])
+      if step == 2:
+        batch["frames"] = np.full_like(batch["frames"], np.nan)
+      return batch
+
+  monkeypatch.setattr(data, "train_dataset", lambda *a, **k: Poisoned(real(*a, **k)))
+  with pytest.raises(FloatingPointError, match=r"at step 3; the last good checkpoint \(step 2\)"):
+    train.train_and_evaluate(_config(), str(tmp_path / "w"))
+  assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["2"]
+
+
+def test_bad_workdir_and_predict_inputs(tmp_path, trained):
+  with pytest.raises(FileNotFoundError, match="does not exist; create"):
+    train.check_workdir(str(tmp_path / "missing" / "run"))
+  config = _config()
+  bad = tmp_path / "bad.npy"
+  np.save(bad, np.zeros((3, 16, 16), np.uint8))
+  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    inference.predict_file(config, str(tmp_path / "empty"), str(bad), str(tmp_path / "p.npy"))
+  np.save(bad, np.zeros((3, 16, 16, 3), np.float32))
+  with pytest.raises(ValueError, match="3 channels; the model expects 1"):
+    inference.predict_file(config, str(trained), str(bad), str(tmp_path / "p.npy"))
+  np.save(bad, np.full((3, 16, 16), 2.0, np.float32))
+  with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
+    inference.predict_file(config, str(trained), str(bad), str(tmp_path / "p.npy"))
+  np.save(bad, np.zeros((16, 16), np.float32))
+  with pytest.raises(ValueError, match=r"expected \(T, H, W\) or \(T, H, W, C\)"):
+    inference.predict_file(config, str(trained), str(bad), str(tmp_path / "p.npy"))
+
+
+def _main(*args, check=True):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  proc = subprocess.run([sys.executable, "-m", "msrnn_jax.main", *args], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=600)
+  if check:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+def test_main_train_eval_predict(tmp_path):
+  workdir = tmp_path / "cli"
+  _main("--config=configs/test.py", f"--workdir={workdir}")
+  assert (workdir / "test.json").is_file()
+  (workdir / "test.json").unlink()
+  _main("--config=configs/test.py", f"--workdir={workdir}", "--mode=eval")
+  assert json.loads((workdir / "test_checkpoint.json").read_text())["step"] == 4
+  assert (workdir / "test.json").is_file()
+  context = (np.random.default_rng(0).uniform(size=(2, 16, 16)) * 255).astype(np.uint8)
+  np.save(tmp_path / "ctx.npy", context)
+  _main("--config=configs/test.py", f"--workdir={workdir}", "--mode=predict",
+        f"--input={tmp_path / 'ctx.npy'}", f"--output={tmp_path / 'pred.npy'}", "--horizon=5")
+  pred = np.load(tmp_path / "pred.npy")
+  assert pred.shape == (5, 16, 16, 1) and pred.min() >= 0 and pred.max() <= 1
+  assert (tmp_path / "pred.png").is_file()
+  # Bad input: one line saying what to do, exit code 2, no traceback.
+  proc = _main("--config=configs/test.py", f"--workdir={tmp_path / 'none'}", "--mode=predict",
+               f"--input={tmp_path / 'ctx.npy'}", f"--output={tmp_path / 'p.npy'}", check=False)
+  assert proc.returncode == 2
+  assert "error: no checkpoint in" in proc.stderr and "Traceback" not in proc.stderr
+  proc = _main("--config=configs/test.py", f"--workdir={workdir}", "--config.train.nonexistent=1",
+               check=False)
+  assert proc.returncode != 0 and "nonexistent" in proc.stderr
