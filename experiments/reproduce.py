@@ -1,0 +1,174 @@
+"""Reproduce the paper's comparisons on equal budgets: MS beats plain, skips matter.
+
+Trains each model of a list on the same data with the same budget (steps,
+batch, learning rate) for each seed, evaluates with both protocols, and
+writes one JSON per run plus a summary (mean and spread over seeds) as
+Markdown, CSV and a bar chart. Rerunning skips finished runs (and resumes
+interrupted ones from their checkpoints).
+
+CPU recipe (embedded Moving MNIST, see experiments/README.md):
+
+    python experiments/reproduce.py --out=experiments/results/reproduce_cpu
+
+Paper scale (GPU): ``--config=configs/mmnist.py --set=train.num_steps=-1``.
+"""
+
+import csv
+import json
+import os
+import pathlib
+import sys
+
+from absl import app, flags, logging
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", "configs/mmnist.py:cpu", "Base config file[:variant].")
+flags.DEFINE_list("models", ["copy_last", "convlstm", "ms_convlstm_noskip", "ms_convlstm",
+                             "predrnn", "ms_predrnn"],
+                  "Models: registry names, '<name>_noskip' (MS without skips), 'copy_last'.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (parameter init, data order, sampling).")
+flags.DEFINE_multi_string("set", [], "Config overrides key=value, e.g. train.num_steps=500.")
+flags.DEFINE_string("out", "experiments/results/reproduce", "Output folder.")
+
+METRICS = ("mse", "mae", "ssim", "psnr")
+
+
+def load_config(spec: str):
+  """Loads ``file.py[:variant]`` like ``--config`` does."""
+  import importlib.util
+  path, _, variant = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("reproduce_base_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(variant) if variant else module.get_config()
+
+
+def apply_overrides(config, overrides: list[str]):
+  """``key.sub=value`` strings; values parsed as Python literals when possible."""
+  import ast
+  for item in overrides:
+    key, sep, value = item.partition("=")
+    if not sep:
+      raise ValueError(f"--set expects key=value, got {item!r}.")
+    try:
+      value = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      pass
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    if leaf not in node:
+      raise ValueError(f"config has no key {key!r}; valid under it: {', '.join(node.keys())}.")
+    node[leaf] = value
+  return config
+
+
+def run_config(base, model: str, seed: int):
+  """The config of one run: the model name (and skip topology) and the seed."""
+  config = base.copy_and_resolve_references()
+  if model.endswith("_noskip"):
+    config.model.name = model[:-len("_noskip")]
+    config.model.skip = "none"
+  else:
+    config.model.name = model
+  config.seed = seed
+  return config
+
+
+def run_one(base, model: str, seed: int, out: str) -> dict:
+  """Trains and evaluates one (model, seed) unless its result exists."""
+  from msrnn_jax import train
+  path = os.path.join(out, f"{model}_seed{seed}.json")
+  if os.path.exists(path):
+    logging.info("skipping %s seed %d: %s exists", model, seed, path)
+    with open(path) as f:
+      return json.load(f)
+  source = "ms_convlstm" if model == "copy_last" else model
+  workdir = os.path.join(out, "runs", f"{source}_seed{seed}")
+  os.makedirs(os.path.dirname(workdir), exist_ok=True)
+  split = base.eval.split
+  if model == "copy_last":
+    # The baseline is evaluated on the same test data by every run; reuse one.
+    result_file = os.path.join(workdir, f"{split}_copy_last.json")
+    if not os.path.exists(result_file):
+      train.train_and_evaluate(run_config(base, source, seed), workdir)
+  else:
+    result_file = os.path.join(workdir, f"{split}.json")
+    if not os.path.exists(result_file):
+      train.train_and_evaluate(run_config(base, model, seed), workdir)
+  with open(result_file) as f:
+    result = json.load(f)
+  record = {"model": model, "seed": seed, "steps": base.train.num_steps,
+            "all": result["all"], "future": result["future"],
+            "per_frame": result["per_frame"], "num_examples": result["num_examples"]}
+  with open(path, "w") as f:
+    json.dump(record, f, indent=2)
+  return record
+
+
+def summarize(records: list[dict], models: list[str], out: str) -> list[dict]:
+  """Mean and standard deviation over seeds; writes summary.md, summary.csv, summary.png."""
+  import numpy as np
+  rows = []
+  for model in models:
+    runs = [r for r in records if r["model"] == model]
+    row = {"model": model, "seeds": len(runs)}
+    for protocol in ("all", "future"):
+      for m in METRICS:
+        vals = np.array([r[protocol][m] for r in runs])
+        row[f"{m}_{protocol}"] = float(vals.mean())
+        row[f"{m}_{protocol}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
+    rows.append(row)
+  with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  lines = ["| model | seeds | MSE all | MSE future | MAE future | SSIM future | PSNR future |",
+           "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    def cell(key):
+      return f"{r[key]:.2f} ± {r[key + '_std']:.2f}" if "ssim" not in key else \
+          f"{r[key]:.4f} ± {r[key + '_std']:.4f}"
+    lines.append(f"| {r['model']} | {r['seeds']} | {cell('mse_all')} | {cell('mse_future')} | "
+                 f"{cell('mae_future')} | {cell('ssim_future')} | {cell('psnr_future')} |")
+  with open(os.path.join(out, "summary.md"), "w") as f:
+    f.write("\n".join(lines) + "\n")
+  _bar_chart(rows, os.path.join(out, "summary.png"))
+  print("\n".join(lines))
+  return rows
+
+
+def _bar_chart(rows: list[dict], path: str) -> None:
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(figsize=(9, 3.5))
+  FigureCanvasAgg(fig)
+  for i, (metric, label) in enumerate((("mse_future", "MSE (future frames)"),
+                                       ("ssim_future", "SSIM (future frames)"))):
+    ax = fig.add_subplot(1, 2, i + 1)
+    names = [r["model"] for r in rows]
+    ax.bar(range(len(rows)), [r[metric] for r in rows],
+           yerr=[r[metric + "_std"] for r in rows], capsize=3, color="tab:blue")
+    ax.set_xticks(range(len(rows)), names, rotation=35, ha="right", fontsize=8)
+    ax.set_title(label)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def main(argv):
+  del argv
+  base = apply_overrides(load_config(FLAGS.config), FLAGS.set)
+  os.makedirs(FLAGS.out, exist_ok=True)
+  seeds = [int(s) for s in FLAGS.seeds]
+  records = []
+  for seed in seeds:
+    for model in FLAGS.models:
+      records.append(run_one(base, model, seed, FLAGS.out))
+  summarize(records, FLAGS.models, FLAGS.out)
+
+
+if __name__ == "__main__":
+  app.run(main)
