@@ -28,12 +28,12 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
     config.data.mmnist_num_test = 200
     config.model.hidden = 16
     config.train.batch_size = 8
-    config.train.num_steps = 600
+    config.train.num_steps = 300
     config.train.learning_rate = 1e-3
     config.train.log_every_steps = 20
-    config.train.eval_every_steps = 200
+    config.train.eval_every_steps = 150
     config.train.eval_examples = 64
-    config.train.checkpoint_every_steps = 200
+    config.train.checkpoint_every_steps = 150
     config.eval.batch_size = 8
   elif variant:
     raise ValueError(f"unknown variant {variant!r} of configs/mmnist.py; valid: 'cpu'.")

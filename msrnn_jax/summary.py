@@ -57,14 +57,15 @@ class Writer:
         self._tb.add_scalar(k, v, step)
 
   def write_images(self, step: int, images: dict[str, np.ndarray]) -> None:
-    """Images ``[height, width, channels]`` in [0, 1]."""
+    """Images ``[height, width, channels]``: uint8, or floats in [0, 1]."""
     if not self.enabled:
       return
+    images = {k: v if v.dtype == np.uint8 else np.clip(v, 0.0, 1.0) for k, v in images.items()}
     if self._clu is not None:
       self._clu.write_images(step, {k: v[None] for k, v in images.items()})
     else:
       for k, v in images.items():
-        self._tb.add_image(k, np.clip(v, 0, 1), step, dataformats="HWC")
+        self._tb.add_image(k, v, step, dataformats="HWC")
 
   def write_hparams(self, hparams: dict[str, Any]) -> None:
     if not self.enabled:

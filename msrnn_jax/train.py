@@ -176,6 +176,13 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, mesh: jax.sharding.
   return {"result": acc.result(in_len), "baseline": base.result(in_len), "samples": samples}
 
 
+def truth_vs_prediction(samples: tuple[np.ndarray, ...]) -> np.ndarray:
+  """uint8 RGB image of the first sequence: truth frames above predicted frames."""
+  _, truth, pred = samples
+  rows = [np.concatenate(list(visualize.to_rgb(x[0])), axis=1) for x in (truth, pred)]
+  return np.concatenate(rows, axis=0)
+
+
 def write_evaluation(evaluation: dict[str, Any], workdir: str, split: str) -> dict[str, str]:
   """Results JSON/CSV, per-frame plot and prediction grid (PNG + GIF) in ``workdir``."""
   paths = metrics.write_results(evaluation["result"], workdir, split)
@@ -319,8 +326,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if step % eval_every == 0 and step < total_steps:
         ev = evaluate(config, state.params, mesh, "validation", max_examples=eval_examples)
         writer.write_scalars(step, _scalars("valid", ev["result"]))
-        writer.write_images(step, {"valid/predictions": visualize.to_rgb(
-            np.concatenate(ev["samples"][1:], axis=1)[0])})
+        writer.write_images(step, {"valid/predictions": truth_vs_prediction(ev["samples"])})
       if step % config.train.checkpoint_every_steps == 0 or step == total_steps or stop.requested:
         save(step, eta, eta_context)
       if stop.requested:

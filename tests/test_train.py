@@ -151,6 +151,9 @@ def test_run_writes_outputs(trained):
   assert result["num_examples"] == 10 and set(result) >= {"all", "future", "per_frame"}
   lines = [json.loads(x) for x in (trained / "metrics.jsonl").read_text().splitlines()]
   assert [x["step"] for x in lines if "train/loss" in x] == [2, 4]
+  # Periodic validation at step 2 (eval_every_steps=2), final test metrics at 4.
+  assert [x["step"] for x in lines if "valid/mse_all" in x] == [2]
+  assert [x["step"] for x in lines if "test/mse_future" in x] == [4]
 
 
 def test_resume_is_exact(trained, tmp_path):
