@@ -128,12 +128,14 @@ def summarize(records: list[dict], models: list[str], out: str) -> list[dict]:
     writer.writerows(rows)
   lines = ["| model | seeds | MSE all | MSE future | MAE future | SSIM future | PSNR future |",
            "|---|---|---|---|---|---|---|"]
+  def cell(row, key):
+    digits = 4 if "ssim" in key else 2
+    return f"{row[key]:.{digits}f} ± {row[key + '_std']:.{digits}f}"
+
   for r in rows:
-    def cell(key):
-      return f"{r[key]:.2f} ± {r[key + '_std']:.2f}" if "ssim" not in key else \
-          f"{r[key]:.4f} ± {r[key + '_std']:.4f}"
-    lines.append(f"| {r['model']} | {r['seeds']} | {cell('mse_all')} | {cell('mse_future')} | "
-                 f"{cell('mae_future')} | {cell('ssim_future')} | {cell('psnr_future')} |")
+    cells = " | ".join(cell(r, k) for k in ("mse_all", "mse_future", "mae_future", "ssim_future",
+                                            "psnr_future"))
+    lines.append(f"| {r['model']} | {r['seeds']} | {cells} |")
   with open(os.path.join(out, "summary.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   _bar_chart(rows, os.path.join(out, "summary.png"))

@@ -29,7 +29,6 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 SKIPS = ("none", "unet", "unet3p", "full")
 
