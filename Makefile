@@ -18,6 +18,7 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt setup.cfg
 venv: $(BIN)/.installed
 
 demo: venv
+	mkdir -p $(dir $(WORKDIR))
 	$(BIN)/python -m msrnn_jax.main --config=configs/mmnist.py:cpu --workdir=$(WORKDIR)
 
 test: venv
