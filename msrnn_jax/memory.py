@@ -287,8 +287,9 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
     ``seq_len``, ``steps`` (T-1), ``model_options``, ``size_multiple``,
     ``params``, ``param_bytes``; XLA's memory analysis ``temp_bytes``,
     ``argument_bytes``, ``output_bytes``, ``alias_bytes``, ``total_bytes``
-    (temp + argument + output - alias); ``flops`` (per training step) and
-    ``flops_method``; the paper's estimate ``paper_units`` (U),
+    (temp + argument + output - alias); ``flops`` (per training step),
+    ``flops_method`` and ``flops_rolled_raw`` (the rolled program's
+    under-count, when compiled); the paper's estimate ``paper_units`` (U),
     ``paper_out_bytes`` (M_out), ``paper_all_bytes`` (M_all, eq. 2) with
     R = ``seq_len``; ``implied_units`` (maps per layer and step that the
     compiled program holds: ``(total - 4 M_par) / 2`` over ``R b c hw
@@ -313,13 +314,13 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
 
   steps = seq_len - 1
   unroll = max(1, min(model.scan_unroll, steps))
-  flop_count, method = float("nan"), flops
+  flop_count, method, rolled_raw = float("nan"), flops, None
   if flops != "none":
     if unroll >= steps or steps == 1:
       # Already fully unrolled (or a single trip): the count is exact.
       flop_count, method = _flops(compiled), "exact"
     elif flops == "rolled":
-      flop_count = _flops(compiled)
+      flop_count = rolled_raw = _flops(compiled)
     elif flops == "unrolled":
       _, full, _, _ = _compile(model.clone(scan_unroll=steps), tx, frames_shape, in_len,
                                decouple_weight)
@@ -331,6 +332,7 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
           model.clone(scan_unroll=1), tx, frames_shape, in_len, decouple_weight)[1]
       two = _compile(model.clone(scan_unroll=2), tx, frames_shape, in_len, decouple_weight)[1]
       c1, c2 = _flops(one), _flops(two)
+      rolled_raw = c1
       per_step = (c2 - c1) / (1 + steps % 2)
       flop_count = c1 + (steps - 1) * per_step
 
@@ -357,7 +359,7 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
       "hidden": model.hidden, "num_layers": model.num_layers,
       "size_multiple": model.size_multiple(), "params": params, "param_bytes": 4 * params,
       **{f"{k}_bytes": v for k, v in mem.items()}, "total_bytes": total,
-      "flops": flop_count, "flops_method": method,
+      "flops": flop_count, "flops_method": method, "flops_rolled_raw": rolled_raw,
       "paper_units": units, "paper_out_bytes": est["out_bytes"],
       "paper_all_bytes": est["all_bytes"], "implied_units": implied,
       "lower_s": lower_s, "compile_s": compile_s,
@@ -369,7 +371,7 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
 def find_max_resolution(model_name: str, budget_bytes: float = DEFAULT_BUDGET_BYTES, *,
                         batch_per_device: int = 1, seq_len: int = 20,
                         lo: int | None = None, hi: int | None = None, max_size: int = 1 << 15,
-                        channels: int = 1,
+                        channels: int = 1, known: dict[int, int] | None = None,
                         analyze_fn: Callable[..., dict[str, Any]] | None = None,
                         **model_options: Any) -> dict[str, Any]:
   """Largest square frame whose training step fits ``budget_bytes`` per device.
@@ -393,6 +395,8 @@ def find_max_resolution(model_name: str, budget_bytes: float = DEFAULT_BUDGET_BY
       does not fit (up to ``max_size``).
     max_size: cap of the doubling search.
     channels: frame channels.
+    known: ``{size: total_bytes}`` already measured with the same settings
+      (e.g. by a sweep); used instead of compiling those sizes again.
     analyze_fn: replaces :func:`analyze` (for tests); same signature.
     **model_options: ``models.create`` options (``remat``, ``hidden``...).
 
@@ -428,7 +432,7 @@ def find_max_resolution(model_name: str, budget_bytes: float = DEFAULT_BUDGET_BY
     raise ValueError(f"hi={hi} must be larger than lo={lo}.")
 
   evaluations: list[list[int]] = []
-  cache: dict[int, int] = {}
+  cache: dict[int, int] = {int(k): int(v) for k, v in (known or {}).items()}
 
   def total(size: int) -> int:
     if size not in cache:

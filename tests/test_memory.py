@@ -1,9 +1,11 @@
 """Tests of msrnn_jax.memory: compile-only analysis, the paper's formula, the finder.
 
-Tiny models (hidden 4, 3 layers, 16x16, T=4) so every compile takes a second or two.
+Tiny models (hidden 4, 3 layers, 16x16, T=4) and few compiles (about eight)
+keep the file fast; XLA's heavier optimisation passes are switched off while
+it runs (the tests check relations between figures, not their values).
 """
 
-
+import jax
 import pytest
 
 from msrnn_jax import memory
@@ -11,9 +13,23 @@ from msrnn_jax import memory
 TINY = dict(hidden=4, num_layers=3, seq_len=4)
 
 
-def test_analysis_ms_below_plain():
-  plain = memory.analyze("convlstm", image_size=16, flops="none", **TINY)
-  ms = memory.analyze("ms_convlstm", image_size=16, flops="none", **TINY)
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compiles():
+  old = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)
+
+
+@pytest.fixture(scope="module")
+def tiny_pair():
+  """(plain, MS) analyses of the tiny ConvLSTM at 16x16."""
+  return (memory.analyze("convlstm", image_size=16, flops="none", **TINY),
+          memory.analyze("ms_convlstm", image_size=16, flops="none", **TINY))
+
+
+def test_analysis_ms_below_plain(tiny_pair):
+  plain, ms = tiny_pair
   for r in (plain, ms):
     assert r["total_bytes"] == (r["temp_bytes"] + r["argument_bytes"] + r["output_bytes"]
                                 - r["alias_bytes"])
@@ -28,16 +44,15 @@ def test_analysis_ms_below_plain():
 
 
 def test_flops_multiply_matches_unrolled_program():
-  # L = T-1 = 4 recurrent steps (even) and 3 (odd) exercise both remainders.
-  for seq_len in (5, 4):
-    opts = dict(hidden=4, num_layers=3, seq_len=seq_len, image_size=8)
-    rolled = memory.analyze("convlstm", flops="rolled", **opts)
-    multiplied = memory.analyze("convlstm", flops="multiply", **opts)
-    exact = memory.analyze("convlstm", flops="rolled", scan_unroll=seq_len - 1, **opts)
-    assert exact["flops_method"] == "exact"
-    assert multiplied["flops"] == pytest.approx(exact["flops"], rel=0.03)
-    # The rolled loop's body is counted once: far fewer FLOPs.
-    assert rolled["flops"] < 0.6 * exact["flops"]
+  # L = T-1 = 3 recurrent steps: odd, so the scan_unroll=2 program has a
+  # remainder step outside its loop.
+  opts = dict(hidden=4, num_layers=3, seq_len=4, image_size=8)
+  multiplied = memory.analyze("convlstm", flops="multiply", **opts)
+  exact = memory.analyze("convlstm", flops="rolled", scan_unroll=3, **opts)
+  assert exact["flops_method"] == "exact"
+  assert multiplied["flops"] == pytest.approx(exact["flops"], rel=0.03)
+  # The rolled loop's body alone is counted once: far fewer FLOPs.
+  assert multiplied["flops_rolled_raw"] < 0.6 * exact["flops"]
 
 
 def test_paper_estimate_hand_values():
@@ -85,20 +100,16 @@ def test_finder_search_logic_with_fake_costs():
   assert res["hi_fits"] and res["size"] == 8192 and res["next_size"] is None
 
 
-def test_finder_real_compile_on_tiny_budget():
-  opts = dict(TINY, remat="step")
-  m = memory.analyze("ms_convlstm", image_size=16, flops="none", **opts)["total_bytes"]
-  n = memory.analyze("ms_convlstm", image_size=24, flops="none", **opts)["total_bytes"]
-  assert m < n
-  budget = (m + n) // 2
-  res = memory.find_max_resolution("ms_convlstm", budget, lo=8, hi=32, **opts)
+def test_finder_real_compile_on_tiny_budget(tiny_pair):
+  ms16 = tiny_pair[1]["total_bytes"]
+  budget = int(ms16 * 1.15)
+  res = memory.find_max_resolution("ms_convlstm", budget, lo=16, known={16: ms16}, **TINY)
   assert res["multiple"] == 2
+  assert res["size"] >= 16 and res["next_size"] == res["size"] + 2
   assert res["bytes"] <= budget < res["next_bytes"]
-  assert res["next_size"] == res["size"] + 2
-  assert 16 <= res["size"] < 24
-  # The reported sizes are what a direct analysis says.
-  again = memory.analyze("ms_convlstm", image_size=res["next_size"], flops="none", **opts)
-  assert again["total_bytes"] == res["next_bytes"] > budget
+  # Every figure came from a real compile (16 was given), at most a handful.
+  assert 2 <= len(res["evaluations"]) <= 5
+  assert [16, ms16] not in res["evaluations"]
 
 
 def test_bad_inputs_raise_clear_errors():
@@ -112,7 +123,6 @@ def test_bad_inputs_raise_clear_errors():
     memory.analyze("convlstm", image_size=8, flops="exact", **TINY)
   with pytest.raises(ValueError, match="seq_len must be >= 2"):
     memory.analyze("convlstm", image_size=8, hidden=4, num_layers=3, seq_len=1)
-  with pytest.raises(ValueError, match="even 8x8 needs"):
-    tiny_budget = 4 * 4 * memory.param_count("convlstm", **{k: TINY[k] for k in
-                                                             ("hidden", "num_layers")}) + 10
-    memory.find_max_resolution("convlstm", tiny_budget, lo=8, **TINY)
+  with pytest.raises(ValueError, match="even 8x8 needs.*remat='step'"):
+    memory.find_max_resolution("convlstm", 1e9, lo=8,
+                               analyze_fn=lambda *a, **k: {"total_bytes": 2e9}, **TINY)
