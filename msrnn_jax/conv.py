@@ -1,20 +1,28 @@
-"""Convolutions for the recurrent cells, with a CPU-friendly kernel gradient.
+"""Convolutions for the recurrent cells, with CPU-friendly gradients.
 
-Inside a rolled ``nn.scan`` (a while loop), XLA:CPU computes the kernel
-gradient (dK) of a convolution on a slow generic path, ~50x slower than the
-same convolution outside a loop (see ``docs/performance.md``). The ``matmul``
-implementation keeps XLA's fast forward convolution and input gradient but
-computes dK as one matrix product over im2col patches of the input, which XLA
-runs on its fast dot kernels wherever it sits.
+On XLA:CPU the stock convolution gradients are slow in two ways (figures in
+``docs/performance.md``): the kernel gradient (dK) runs on a generic path at
+a fifth of the matmul rate, and inside a rolled ``nn.scan`` (a while loop)
+the input gradient (dX) keeps its kernel in a transposed layout that misses
+the fast convolution library (~10x slower) while dK slows down ~50x. The
+``matmul`` implementations keep XLA's forward convolution and replace both
+gradients with forms XLA:CPU runs on its fast kernels wherever they sit:
+
+* dX: an explicit forward convolution of the output gradient with the
+  flipped, in/out-swapped kernel, materialised in the canonical HWIO layout.
+* dK: one matrix product per kernel tap, ``dK[i, j] = X_ij^T dY`` with
+  ``X_ij`` the input shifted by the tap, taken from a channel-major copy of
+  the padded input so the contraction axis (batch x pixels) is contiguous
+  in both operands, the layout XLA:CPU's dot library prefers.
 
 Implementations (config key ``model.conv_impl``):
 
 * ``xla``: ``jax.lax.conv_general_dilated`` with autodiff (GPU default).
-* ``matmul``: custom VJP; forward and dX by XLA, dK by im2col + dot
-  (CPU default). Equal to ``xla`` to float32 rounding.
-* ``matmul_bf16``: as ``matmul`` but the dK product takes bfloat16 operands
-  with float32 accumulation (faster on CPUs with AMX/AVX512-BF16; gradients
-  differ at the 1e-3 relative level).
+* ``matmul``: the custom VJP above, float32 throughout (CPU default). Equal
+  to ``xla`` to float32 rounding.
+* ``matmul_bf16``: as ``matmul`` but the dK products take bfloat16 operands
+  with float32 accumulation (faster on CPUs with AVX512-BF16 or AMX; kernel
+  gradients differ at the 1e-3 relative level, see ``docs/performance.md``).
 * ``auto``: ``matmul`` on CPU, ``xla`` elsewhere.
 
 Layouts are NHWC activations and HWIO kernels throughout.
@@ -33,6 +41,9 @@ INITS = ("torch", "flax")
 
 _DN = ("NHWC", "HWIO", "NHWC")
 
+Padding = tuple[tuple[int, int], tuple[int, int]]
+Pair = tuple[int, int]
+
 
 def resolve_impl(impl: str) -> str:
   """Maps ``auto`` to the implementation suited to the default backend."""
@@ -49,40 +60,107 @@ def _xla_conv(x, kernel, stride, padding, lhs_dilation):
       lhs_dilation=lhs_dilation, dimension_numbers=_DN)
 
 
-def _patches(x, kh, kw, out_h, out_w, stride, padding, lhs_dilation):
-  """im2col: (N, out_h, out_w, kh*kw*C) slices of the padded, dilated input.
+def _dilate_pad(x: jax.Array, padding: Padding, lhs_dilation: Pair) -> jax.Array:
+  """The input as the convolution window sees it: dilated, then edge-padded.
 
-  Column order is (kh, kw, C), matching a row-major reshape of an HWIO kernel.
+  ``lax.pad``'s interior padding inserts the ``lhs_dilation - 1`` zeros and
+  its edge padding may be negative (cropping), as in the convolution.
   """
-  if lhs_dilation != (1, 1):
-    n, h, w, c = x.shape
-    dh, dw = lhs_dilation
-    z = jnp.zeros((n, (h - 1) * dh + 1, (w - 1) * dw + 1, c), x.dtype)
-    x = z.at[:, ::dh, ::dw, :].set(x)
-  x = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
-  sh, sw = stride
-  cols = []
-  for i in range(kh):
-    for j in range(kw):
-      cols.append(jax.lax.slice(
-          x, (0, i, j, 0),
-          (x.shape[0], i + (out_h - 1) * sh + 1, j + (out_w - 1) * sw + 1, x.shape[3]),
-          (1, sh, sw, 1)))
-  return cols[0] if len(cols) == 1 else jnp.concatenate(cols, axis=-1)
+  (top, bottom), (left, right) = padding
+  dh, dw = lhs_dilation
+  return jax.lax.pad(x, jnp.zeros((), x.dtype),
+                     ((0, 0, 0), (top, bottom, dh - 1), (left, right, dw - 1), (0, 0, 0)))
 
 
-def _kernel_grad(x, dy, kernel_shape, stride, padding, lhs_dilation, bf16):
-  """dK[kh, kw, ci, co] = sum_{n,p} patch[n, p, kh, kw, ci] * dy[n, p, co]."""
+def input_grad(dy: jax.Array, kernel: jax.Array, in_hw: Pair, stride: Pair, padding: Padding,
+               lhs_dilation: Pair) -> jax.Array:
+  """dX of ``conv(x, kernel)`` as a forward convolution of ``dy``.
+
+  The transposed convolution: ``dy`` dilated by the stride, padded so every
+  input position sees the taps that touched it, correlated with the flipped
+  kernel whose in/out axes are swapped, with the input dilation as stride.
+  Swapping the axes with an explicit transpose (instead of through
+  ``dimension_numbers``, as autodiff does) keeps the kernel in the HWIO
+  layout XLA:CPU's fast convolution needs, also inside while loops.
+
+  Args:
+    dy: output gradient ``[batch, out_h, out_w, out_channels]``.
+    kernel: ``[kh, kw, in_channels, out_channels]``.
+    in_hw: the input's spatial size.
+    stride: the forward window stride.
+    padding: the forward explicit padding.
+    lhs_dilation: the forward input dilation.
+
+  Returns:
+    ``[batch, in_h, in_w, in_channels]``.
+  """
+  pads = []
+  for axis in range(2):
+    k = kernel.shape[axis]
+    lo = padding[axis][0]
+    dilated_in = (in_hw[axis] - 1) * lhs_dilation[axis] + 1
+    before = k - 1 - lo
+    after = dilated_in + lo - 1 - (dy.shape[1 + axis] - 1) * stride[axis]
+    pads.append((before, after))
+  flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+  return jax.lax.conv_general_dilated(
+      dy, flipped.astype(dy.dtype), window_strides=lhs_dilation, padding=pads,
+      lhs_dilation=stride, dimension_numbers=_DN)
+
+
+def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int], stride: Pair,
+                padding: Padding, lhs_dilation: Pair, bf16: bool = False) -> jax.Array:
+  """dK of ``conv(x, kernel)`` as one matrix product per kernel tap.
+
+  ``dK[i, j, ci, co] = sum_p X_ij[ci, p] dY[p, co]`` over p = (batch, out_y,
+  out_x), where ``X_ij`` is the padded, dilated input shifted by tap (i, j)
+  and subsampled by the stride. The taps are strided slices of one
+  channel-major copy of the padded input, so each product contracts an axis
+  that is contiguous in both operands (``[C, P] @ [P, O]``), which XLA:CPU
+  runs on its fast dot kernels (also inside while loops and for bfloat16
+  operands, where a single im2col product over an NHWC patch matrix is not).
+
+  Args:
+    x: input ``[batch, h, w, in_channels]``.
+    dy: output gradient ``[batch, out_h, out_w, out_channels]``.
+    kernel_shape: ``(kh, kw, in_channels, out_channels)``.
+    stride: window stride.
+    padding: explicit padding.
+    lhs_dilation: input dilation.
+    bf16: bfloat16 operands with float32 accumulation.
+
+  Returns:
+    float32 ``[kh, kw, in_channels, out_channels]``.
+  """
   kh, kw, ci, co = kernel_shape
   n, oh, ow, _ = dy.shape
-  cols = _patches(x, kh, kw, oh, ow, stride, padding, lhs_dilation)
-  a = cols.reshape(n * oh * ow, kh * kw * ci)
-  b = dy.reshape(n * oh * ow, co)
-  if bf16:
-    a, b = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
-  dk = jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())),
-                           preferred_element_type=jnp.float32)
-  return dk.reshape(kernel_shape)
+  dtype = jnp.bfloat16 if bf16 else jnp.result_type(x.dtype, dy.dtype)
+  xt = jnp.transpose(_dilate_pad(x.astype(dtype), padding, lhs_dilation), (3, 0, 1, 2))
+  # Materialise the channel-major copy once; otherwise XLA fuses the
+  # transpose into each of the kh*kw slices and transposes kh*kw times.
+  xt = jax.lax.optimization_barrier(xt)
+  b = dy.astype(dtype).reshape(n * oh * ow, co)
+  sh, sw = stride
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      a = jax.lax.slice(xt, (0, 0, i, j), (ci, n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1),
+                        (1, 1, sh, sw)).reshape(ci, n * oh * ow)
+      taps.append(jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())),
+                                      preferred_element_type=jnp.float32))
+  return jnp.stack(taps).reshape(kh, kw, ci, co)
+
+
+# Named jits: inlined by XLA, but visible in jaxprs (``pjit[name=...]``), which
+# is how tests check that the configured implementation reaches the cells.
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def conv_dk_matmul(x, dy, kernel_shape, stride, padding, lhs_dilation):
+  return kernel_grad(x, dy, kernel_shape, stride, padding, lhs_dilation, bf16=False)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def conv_dk_matmul_bf16(x, dy, kernel_shape, stride, padding, lhs_dilation):
+  return kernel_grad(x, dy, kernel_shape, stride, padding, lhs_dilation, bf16=True)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
@@ -96,11 +174,10 @@ def _matmul_conv_fwd(x, kernel, stride, padding, lhs_dilation, bf16):
 
 def _matmul_conv_bwd(stride, padding, lhs_dilation, bf16, res, dy):
   x, kernel = res
-  # dX through XLA's own transposed convolution: fast on every backend.
-  _, vjp_x = jax.vjp(lambda x_: _xla_conv(x_, kernel, stride, padding, lhs_dilation), x)
-  (dx,) = vjp_x(dy)
-  dk = _kernel_grad(x, dy, kernel.shape, stride, padding, lhs_dilation, bf16)
-  return dx, dk.astype(kernel.dtype)
+  dx = input_grad(dy, kernel, x.shape[1:3], stride, padding, lhs_dilation)
+  dk_fn = conv_dk_matmul_bf16 if bf16 else conv_dk_matmul
+  dk = dk_fn(x, dy, tuple(kernel.shape), stride, padding, lhs_dilation)
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
 _matmul_conv.defvjp(_matmul_conv_fwd, _matmul_conv_bwd)

@@ -1,0 +1,386 @@
+"""Convolution speed: forward / dX / dK / total GFLOP/s of each implementation vs a matmul.
+
+Measures, in one process, the float32 matmul rate (2048^3) and the forward,
+input-gradient (dX), kernel-gradient (dK) and total (forward + dX + dK, one
+``value_and_grad``) rates of each ``conv_impl`` at the ConvLSTM gate
+convolution (3x3, 128 -> 256 channels, i.e. ``fused_conv`` of X and H at
+hidden 64; batch 4) at 64x64 and at the MS pyramid's 32x32 and 16x16.
+Cases are interleaved round by round (every case once per round) and the
+ratio to the matmul is taken per round, so slow drifts of a shared machine
+cancel; medians are reported.
+
+``--mode=scan`` measures the same inside a rolled ``lax.scan`` of
+``--steps`` steps (a while loop, as ``nn.scan`` runs the model), where
+XLA:CPU's stock gradients are much slower; the figures are per step.
+``--dk-variants`` adds the kernel-gradient formulations explored for
+``docs/performance.md``.
+
+    python experiments/conv_bench.py                   # single ops, tuned malloc
+    python experiments/conv_bench.py --mode=scan
+    python experiments/conv_bench.py --dk-variants --sizes=64
+    python experiments/conv_bench.py --no-malloc-tuning
+
+Implementations: ``xla`` (stock autodiff), ``matmul``, ``matmul_bf16`` (see
+``msrnn_jax.conv``) and ``matmul_v1`` (this repository's first custom VJP:
+dX by autodiff, dK by one NHWC im2col product, kept for comparison).
+"""
+
+import argparse
+import functools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from msrnn_jax import cpu_malloc  # noqa: E402
+
+_DN = ("NHWC", "HWIO", "NHWC")
+IMPLS = ("xla", "matmul", "matmul_bf16", "matmul_v1")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--mode", choices=("single", "scan"), default="single")
+  p.add_argument("--sizes", default="64,32,16", help="square spatial sizes")
+  p.add_argument("--batch", type=int, default=4)
+  p.add_argument("--cin", type=int, default=128)
+  p.add_argument("--cout", type=int, default=256)
+  p.add_argument("--kernel", type=int, default=3)
+  p.add_argument("--impls", default=",".join(IMPLS))
+  p.add_argument("--dk-variants", action="store_true",
+                 help="also time alternative kernel-gradient formulations (single mode)")
+  p.add_argument("--rounds", type=int, default=9, help="interleaved rounds (timed calls per case)")
+  p.add_argument("--budget", type=float, default=30.0,
+                 help="stop timing a case once its timed calls exceed this many seconds")
+  p.add_argument("--steps", type=int, default=4, help="scan length in --mode=scan")
+  p.add_argument("--no-malloc-tuning", action="store_true",
+                 help="leave glibc malloc as is (see msrnn_jax/cpu_malloc.py)")
+  p.add_argument("--out", default=None,
+                 help="JSON path (default experiments/results/conv_bench_<mode>.json)")
+  return p.parse_args(argv)
+
+
+# --- reference formulations (kept out of msrnn_jax: comparison only) -------------------------
+
+def _dk_im2col_nhwc(x, dy, kshape, bf16=False, transposed_dy=False):
+  """One product over an NHWC im2col patch matrix [P, kh*kw*C] (stride 1, SAME)."""
+  import jax
+  import jax.numpy as jnp
+  kh, kw, c, o = kshape
+  n, h, w, _ = x.shape
+  dt = jnp.bfloat16 if bf16 else x.dtype
+  xp = jnp.pad(x.astype(dt), ((0, 0), (kh // 2,) * 2, (kw // 2,) * 2, (0, 0)))
+  cols = jnp.concatenate([xp[:, i:i + h, j:j + w] for i in range(kh) for j in range(kw)], -1)
+  a = cols.reshape(n * h * w, kh * kw * c)
+  b = dy.astype(dt).reshape(n * h * w, o)
+  if transposed_dy:  # dK^T = dY^T @ patches: contraction axis last in the left operand
+    dk = jax.lax.dot_general(b.T, a, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+    return dk.T.reshape(kshape)
+  dk = jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+  return dk.reshape(kshape)
+
+
+def _dk_flat_cm(x, dy, kshape, bf16=False):
+  """One product over channel-major patches built by flat 1-D shifts (stride 1, SAME).
+
+  With rows padded to width W+kw-1 and flattened, tap (i, j) is the shift
+  i*(W+kw-1)+j of one contiguous row per channel; dY gets zero columns.
+  """
+  import jax
+  import jax.numpy as jnp
+  kh, kw, c, o = kshape
+  n, h, w, _ = x.shape
+  dt = jnp.bfloat16 if bf16 else x.dtype
+  hp, wp = h + kh - 1, w + kw - 1
+  length = h * wp
+  xp = jnp.pad(x.astype(dt), ((0, 0), (kh // 2,) * 2, (kw // 2,) * 2, (0, 0)))
+  xt = jnp.transpose(xp, (3, 0, 1, 2)).reshape(c, n, hp * wp)
+  xt = jax.lax.optimization_barrier(jnp.pad(xt, ((0, 0), (0, 0), (0, kw - 1))))
+  a = jnp.stack([jax.lax.slice_in_dim(xt, i * wp + j, i * wp + j + length, axis=2)
+                 for i in range(kh) for j in range(kw)]).reshape(kh * kw * c, n * length)
+  b = jnp.pad(dy.astype(dt), ((0, 0), (0, 0), (0, kw - 1), (0, 0))).reshape(n * length, o)
+  return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())),
+                             preferred_element_type=jnp.float32).reshape(kshape)
+
+
+def _dk_rowshift(x, dy, kshape, bf16=False):
+  """One product per tap on contiguous row ranges of the flattened padded NHWC input."""
+  import jax
+  import jax.numpy as jnp
+  kh, kw, c, o = kshape
+  n, h, w, _ = x.shape
+  dt = jnp.bfloat16 if bf16 else x.dtype
+  hp, wp = h + kh - 1, w + kw - 1
+  rows = n * hp * wp
+  xf = jnp.pad(x.astype(dt), ((0, 0), (kh // 2,) * 2, (kw // 2,) * 2, (0, 0))).reshape(rows, c)
+  xf = jnp.pad(xf, ((0, (kh - 1) * wp + kw - 1), (0, 0)))
+  dyt = jnp.pad(dy.astype(dt), ((0, 0), (0, kh - 1), (0, kw - 1), (0, 0))).reshape(rows, o).T
+  taps = [jax.lax.dot_general(dyt, jax.lax.slice_in_dim(xf, i * wp + j, i * wp + j + rows),
+                              (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+          for i in range(kh) for j in range(kw)]
+  return jnp.transpose(jnp.stack(taps).reshape(kh, kw, o, c), (0, 1, 3, 2))
+
+
+def _dk_taps_cm_no_barrier(x, dy, kshape, bf16=False):
+  """``msrnn_jax.conv.kernel_grad`` without materialising the channel-major copy."""
+  import jax
+  import jax.numpy as jnp
+  kh, kw, c, o = kshape
+  n, h, w, _ = x.shape
+  dt = jnp.bfloat16 if bf16 else x.dtype
+  xt = jnp.transpose(jnp.pad(x.astype(dt), ((0, 0), (kh // 2,) * 2, (kw // 2,) * 2, (0, 0))),
+                     (3, 0, 1, 2))
+  b = dy.astype(dt).reshape(n * h * w, o)
+  return jnp.stack([jax.lax.dot_general(xt[:, :, i:i + h, j:j + w].reshape(c, -1), b,
+                                        (((1,), (0,)), ((), ())),
+                                        preferred_element_type=jnp.float32)
+                    for i in range(kh) for j in range(kw)]).reshape(kshape)
+
+
+# --- timing -----------------------------------------------------------------------------------
+
+def timed_rounds(cases: dict[str, tuple[Callable, tuple, float]], rounds: int,
+                 budget: float) -> dict[str, list[float]]:
+  """Calls every case once per round (after one warm-up call); returns seconds per call."""
+  import jax
+  for fn, args, _ in cases.values():
+    jax.block_until_ready(fn(*args))
+  times = {name: [] for name in cases}
+  for _ in range(rounds):
+    for name, (fn, args, _) in cases.items():
+      if times[name] and sum(times[name]) > budget:
+        continue
+      t0 = time.perf_counter()
+      out = fn(*args)
+      jax.block_until_ready(out)
+      times[name].append(time.perf_counter() - t0)
+      del out
+  return times
+
+
+def summarize(times: dict[str, list[float]], flops: dict[str, float],
+              matmul_key: str = "matmul") -> dict[str, dict[str, float]]:
+  """Median seconds and GFLOP/s per case; ratio to the matmul of the same rounds."""
+  mm = times[matmul_key]
+  mm_flops = flops[matmul_key]
+  out = {}
+  for name, ts in times.items():
+    gf = [flops[name] / t / 1e9 for t in ts]
+    ratios = [flops[name] / t / (mm_flops / m) for t, m in zip(ts, mm, strict=False)]
+    out[name] = {"seconds": statistics.median(ts), "gflops": statistics.median(gf),
+                 "ratio_to_matmul": statistics.median(ratios), "calls": len(ts)}
+  return out
+
+
+def conv_flops(b, h, w, cin, cout, k):
+  return 2.0 * b * h * w * cin * cout * k * k
+
+
+def build_single(args, size, impls):
+  """Cases for one spatial size: matmul, then fwd/dX/dK/total per implementation."""
+  import jax
+  import jax.numpy as jnp
+
+  from msrnn_jax import conv
+  b, k = args.batch, args.kernel
+  keys = jax.random.split(jax.random.key(0), 4)
+  x = jax.random.normal(keys[0], (b, size, size, args.cin))
+  kern = jax.random.normal(keys[1], (k, k, args.cin, args.cout)) * 0.03
+  dy = jax.random.normal(keys[2], (b, size, size, args.cout))
+  a = jax.random.normal(keys[3], (2048, 2048))
+  f = conv_flops(b, size, size, args.cin, args.cout, k)
+  pad = ((k // 2, k // 2),) * 2
+  one = (1, 1)
+
+  def xla_conv(x_, k_):
+    return jax.lax.conv_general_dilated(x_, k_, one, pad, dimension_numbers=_DN)
+
+  cases = {"matmul": (jax.jit(lambda p, q: p @ q), (a, a), 2.0 * 2048**3)}
+  for impl in impls:
+    if impl == "xla":
+      dx = lambda x_, k_, g: jax.vjp(lambda z: xla_conv(z, k_), x_)[1](g)[0]  # noqa: E731
+      dk = lambda x_, k_, g: jax.vjp(lambda z: xla_conv(x_, z), k_)[1](g)[0]  # noqa: E731
+      conv_impl = "xla"
+    elif impl == "matmul_v1":
+      dx = lambda x_, k_, g: jax.vjp(lambda z: xla_conv(z, k_), x_)[1](g)[0]  # noqa: E731
+      dk = lambda x_, k_, g: _dk_im2col_nhwc(x_, g, k_.shape)  # noqa: E731
+      conv_impl = None
+    else:
+      bf16 = impl == "matmul_bf16"
+      dx = lambda x_, k_, g: conv.input_grad(g, k_, x_.shape[1:3], one, pad, one)  # noqa: E731
+      dk = functools.partial(
+          lambda x_, k_, g, bf16: conv.kernel_grad(x_, g, k_.shape, one, pad, one, bf16),
+          bf16=bf16)
+      conv_impl = impl
+    if conv_impl is None:  # matmul_v1: rebuild its custom VJP from the two pieces
+      fwd_fn = jax.custom_vjp(xla_conv)
+      fwd_fn.defvjp(lambda x_, k_: (xla_conv(x_, k_), (x_, k_)),
+                    lambda res, g, dx=dx, dk=dk: (dx(res[0], res[1], g), dk(res[0], res[1], g)))
+    else:
+      fwd_fn = functools.partial(lambda x_, k_, ci: conv.conv2d(x_, k_, impl=ci), ci=conv_impl)
+
+    def total(x_, k_, g, fwd_fn=fwd_fn):
+      return jax.value_and_grad(lambda p, q: jnp.sum(fwd_fn(p, q) * g), (0, 1))(x_, k_)
+
+    cases[f"{impl}/fwd"] = (jax.jit(fwd_fn), (x, kern), f)
+    cases[f"{impl}/dX"] = (jax.jit(dx), (x, kern, dy), f)
+    cases[f"{impl}/dK"] = (jax.jit(dk), (x, kern, dy), f)
+    cases[f"{impl}/total"] = (jax.jit(total), (x, kern, dy), 3 * f)
+  if args.dk_variants:
+    kshape = kern.shape
+    variants = {
+        "im2col_nhwc": functools.partial(_dk_im2col_nhwc, kshape=kshape),
+        "im2col_nhwc_dyT": functools.partial(_dk_im2col_nhwc, kshape=kshape, transposed_dy=True),
+        "im2col_nhwc_bf16": functools.partial(_dk_im2col_nhwc, kshape=kshape, bf16=True),
+        "flat_cm": functools.partial(_dk_flat_cm, kshape=kshape),
+        "flat_cm_bf16": functools.partial(_dk_flat_cm, kshape=kshape, bf16=True),
+        "rowshift": functools.partial(_dk_rowshift, kshape=kshape),
+        "rowshift_bf16": functools.partial(_dk_rowshift, kshape=kshape, bf16=True),
+        "taps_cm_no_barrier": functools.partial(_dk_taps_cm_no_barrier, kshape=kshape),
+        "taps_cm_no_barrier_bf16": functools.partial(_dk_taps_cm_no_barrier, kshape=kshape,
+                                                     bf16=True),
+    }
+    ref = jax.jit(lambda x_, g: jax.vjp(
+        lambda z: jax.lax.conv_general_dilated(x_, z, one, pad, dimension_numbers=_DN,
+                                               precision="highest"), kern)[1](g)[0])(x, dy)
+    for name, fn in variants.items():
+      fn = jax.jit(fn)
+      err = float(jnp.max(jnp.abs(fn(x, dy) - ref)) / jnp.max(jnp.abs(ref)))
+      if err > (1e-2 if "bf16" in name else 1e-5):
+        raise AssertionError(f"dK variant {name} is wrong: relative error {err:.2e}")
+      cases[f"variant/{name}/dK"] = (fn, (x, dy), f)
+  return cases
+
+
+def build_scan(args, size, impls):
+  """Cases for one size inside a rolled lax.scan of args.steps steps (per-step FLOPs x steps)."""
+  import jax
+  import jax.numpy as jnp
+
+  from msrnn_jax import conv
+  b, k, t = args.batch, args.kernel, args.steps
+  keys = jax.random.split(jax.random.key(0), 4)
+  xs = jax.random.normal(keys[0], (t, b, size, size, args.cin))
+  kern = jax.random.normal(keys[1], (k, k, args.cin, args.cout)) * 0.03
+  dys = jax.random.normal(keys[2], (t, b, size, size, args.cout))
+  a = jax.random.normal(keys[3], (2048, 2048))
+  f = conv_flops(b, size, size, args.cin, args.cout, k) * t
+  pad = ((k // 2, k // 2),) * 2
+  one = (1, 1)
+
+  def xla_conv(x_, k_):
+    return jax.lax.conv_general_dilated(x_, k_, one, pad, dimension_numbers=_DN)
+
+  def scan_sum(step, init, seq, unroll=1):
+    return jax.lax.scan(lambda c, s: (c + step(s), None), init, seq, unroll=unroll)[0]
+
+  cases = {"matmul": (jax.jit(lambda p, q: p @ q), (a, a), 2.0 * 2048**3)}
+  zeros_x = jnp.zeros(xs.shape[1:])
+  zeros_k = jnp.zeros(kern.shape)
+  for impl in impls + (["xla_unrolled"] if "xla" in impls else []):
+    unroll = t if impl == "xla_unrolled" else 1
+    if impl in ("xla", "xla_unrolled"):
+      fwd_fn = xla_conv
+      dx = lambda g, k_: jax.vjp(lambda z: xla_conv(z, k_), zeros_x)[1](g)[0]  # noqa: E731
+      dk = lambda x_, g: jax.vjp(lambda z: xla_conv(x_, z), kern)[1](g)[0]  # noqa: E731
+    elif impl == "matmul_v1":
+      dx = lambda g, k_: jax.vjp(lambda z: xla_conv(z, k_), zeros_x)[1](g)[0]  # noqa: E731
+      dk = lambda x_, g: _dk_im2col_nhwc(x_, g, kern.shape)  # noqa: E731
+      fwd_fn = jax.custom_vjp(xla_conv)
+      fwd_fn.defvjp(lambda x_, k_: (xla_conv(x_, k_), (x_, k_)),
+                    lambda res, g, dk=dk: (jax.vjp(lambda z: xla_conv(z, res[1]), res[0])[1](g)[0],
+                                           dk(res[0], g)))
+    else:
+      bf16 = impl == "matmul_bf16"
+      fwd_fn = functools.partial(lambda x_, k_, ci: conv.conv2d(x_, k_, impl=ci), ci=impl)
+      dx = lambda g, k_: conv.input_grad(g, k_, xs.shape[2:4], one, pad, one)  # noqa: E731
+      dk = functools.partial(
+          lambda x_, g, bf16: conv.kernel_grad(x_, g, kern.shape, one, pad, one, bf16), bf16=bf16)
+
+    def fwd(xs_, k_, fwd_fn=fwd_fn, unroll=unroll):
+      return scan_sum(lambda x_: fwd_fn(x_, k_), jnp.zeros(dys.shape[1:]), xs_, unroll)
+
+    def dx_scan(dys_, k_, dx=dx, unroll=unroll):
+      return scan_sum(lambda g: dx(g, k_), zeros_x, dys_, unroll)
+
+    def dk_scan(xs_, dys_, dk=dk, unroll=unroll):
+      return scan_sum(lambda s: dk(*s), zeros_k, (xs_, dys_), unroll)
+
+    def total(k_, xs_, dys_, fwd_fn=fwd_fn, unroll=unroll):
+      # tanh makes the backward pass need the forward output, as in a cell.
+      def loss(k_, xs_):
+        return scan_sum(lambda s: jnp.sum(jnp.tanh(fwd_fn(s[0], k_)) * s[1]), 0.0, (xs_, dys_),
+                        unroll)
+      return jax.value_and_grad(loss, (0, 1))(k_, xs_)
+
+    cases[f"{impl}/fwd"] = (jax.jit(fwd), (xs, kern), f)
+    cases[f"{impl}/dX"] = (jax.jit(dx_scan), (dys, kern), f)
+    cases[f"{impl}/dK"] = (jax.jit(dk_scan), (xs, dys), f)
+    cases[f"{impl}/total"] = (jax.jit(total), (kern, xs, dys), 3 * f)
+  return cases
+
+
+def print_table(size, args, summary, impls):
+  mm = summary["matmul"]
+  print(f"\n{args.batch}x{size}x{size}, {args.cin} -> {args.cout}, {args.kernel}x{args.kernel}"
+        + (f", rolled scan of {args.steps} steps (per step)" if args.mode == "scan" else "")
+        + f": fp32 matmul 2048^3 {mm['gflops']:.0f} GFLOP/s")
+  print(f"{'impl':14s} {'fwd':>12s} {'dX':>12s} {'dK':>12s} {'total':>12s}   GFLOP/s (x matmul)")
+  names = list(impls) + (["xla_unrolled"] if args.mode == "scan" and "xla" in impls else [])
+  for impl in names:
+    cells = []
+    for part in ("fwd", "dX", "dK", "total"):
+      r = summary.get(f"{impl}/{part}")
+      cells.append(f"{r['gflops']:5.0f} ({r['ratio_to_matmul']:.2f})" if r else "-")
+    print(f"{impl:14s} " + " ".join(f"{c:>12s}" for c in cells))
+  variants = [n for n in summary if n.startswith("variant/")]
+  for n in variants:
+    r = summary[n]
+    print(f"  dK {n[8:-3]:24s} {r['gflops']:5.0f} ({r['ratio_to_matmul']:.2f})"
+          f"  {r['seconds'] * 1e3:7.1f} ms")
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  # Before JAX allocates anything: see msrnn_jax/cpu_malloc.py.
+  tuned = False if args.no_malloc_tuning else cpu_malloc.keep_freed_memory()
+  import jax
+
+  impls = [i for i in args.impls.split(",") if i]
+  unknown = set(impls) - set(IMPLS)
+  if unknown:
+    raise SystemExit(f"unknown --impls {sorted(unknown)}; valid: {', '.join(IMPLS)}")
+  load0 = os.getloadavg()
+  results = {}
+  for size in (int(s) for s in args.sizes.split(",")):
+    build = build_single if args.mode == "single" else build_scan
+    cases = build(args, size, impls)
+    times = timed_rounds(cases, args.rounds, args.budget)
+    summary = summarize(times, {n: c[2] for n, c in cases.items()})
+    results[str(size)] = summary
+    print_table(size, args, summary, impls)
+  load1 = os.getloadavg()
+  cores = os.cpu_count() or 1
+  if max(load0[0], load1[0]) > cores:
+    print(f"\nWARNING: load average {load0[0]:.1f} -> {load1[0]:.1f} on {cores} cores: other "
+          "processes shared the CPU, absolute figures are inflated (ratios less so).")
+  record = {
+      "mode": args.mode, "settings": vars(args), "malloc_tuned": tuned,
+      "jax": jax.__version__, "backend": jax.default_backend(), "cpu_count": cores,
+      "machine": platform.machine(), "loadavg_start": load0, "loadavg_end": load1,
+      "results": results,
+  }
+  out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                 f"conv_bench_{args.mode}.json")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w") as fh:
+    json.dump(record, fh, indent=1)
+  print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+  main()
