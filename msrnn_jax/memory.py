@@ -338,11 +338,18 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
 
   b, _, h, w, _ = frames_shape
   units = cell_units(model.cell, model.links)
-  est = paper_estimate(model.num_layers, model.multiscale and model.levels is None, seq_len,
-                       units, b, model.hidden, h, w, params=params)
-  map_bytes = 4 * seq_len * b * model.hidden * h * w
+  bits = 16 if model.dtype in ("bfloat16", "float16") else 32
+  est = paper_estimate(model.num_layers, False, seq_len, units, b, model.hidden, h, w,
+                       params=params, bits=bits)
+  # Eq. 3 with N replaced by the model's own sum_l 4**-level: eq. 4-5 for the
+  # mirror pyramid, and also right for custom ``levels``. Parameters stay
+  # float32 whatever the compute dtype.
   weight = float(sum(4.0 ** -lv for lv in model.pyramid_levels()))
-  implied = (total - 4 * 4 * params) / 2 / (map_bytes * weight)
+  out_bytes = est["out_bytes"] * weight / model.num_layers
+  par_bytes = 4 * params
+  all_bytes = 4 * par_bytes + 2 * out_bytes
+  map_bytes = bits // 8 * seq_len * b * model.hidden * h * w
+  implied = (total - 4 * par_bytes) / 2 / (map_bytes * weight)
 
   peak = None
   if measure_peak is None:
@@ -360,8 +367,8 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
       "size_multiple": model.size_multiple(), "params": params, "param_bytes": 4 * params,
       **{f"{k}_bytes": v for k, v in mem.items()}, "total_bytes": total,
       "flops": flop_count, "flops_method": method, "flops_rolled_raw": rolled_raw,
-      "paper_units": units, "paper_out_bytes": est["out_bytes"],
-      "paper_all_bytes": est["all_bytes"], "implied_units": implied,
+      "paper_units": units, "paper_out_bytes": out_bytes, "paper_all_bytes": all_bytes,
+      "implied_units": implied,
       "lower_s": lower_s, "compile_s": compile_s,
       "host_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
       "peak_bytes": peak, "backend": jax.default_backend(),

@@ -1,0 +1,249 @@
+"""Training-step speed: step time, compile time and achieved GFLOP/s.
+
+For each model, the real jitted training step (``train.make_train_step``:
+forward, loss, backward, Adam; state donated) is compiled ahead of time and
+run on random frames:
+
+* the rolled ``nn.scan`` path (``scan_unroll=1``, the library default) and
+  the fully unrolled loop (``scan_unroll=T-1``): compile time, median step
+  time over ``--repeats`` (>= 5) timed steps after ``--warmup`` steps, and
+  compiled memory;
+* FLOPs per step from XLA's cost analysis of the unrolled program (a rolled
+  loop's body is counted once, see ``msrnn_jax/memory.py``), hence GFLOP/s of
+  both paths;
+* the scan path's compile time at T=20 and T=40 (compile only), which should
+  hardly grow since the loop body is compiled once.
+
+Shapes: the default is CPU-sized (6 layers x 16 channels, 32x32, T=10,
+batch 2, all 12 models); ``--paper`` uses the paper's shape (6 x 64, 64x64,
+T=20, batch 4; convlstm, ms_convlstm, predrnn, ms_predrnn; slow: tens of
+seconds per step on 2 cores); ``--quick`` is CI-sized. Results go to
+``experiments/results/benchmark[_paper|_quick].json`` (resumable: models
+already there are skipped) and a table is printed::
+
+    python experiments/benchmark.py
+    python experiments/benchmark.py --paper
+    python experiments/benchmark.py --quick
+    python experiments/benchmark.py --models ms_mim,mim --repeats 7
+
+Timings on a shared machine are inflated by other processes; compare rows
+measured back to back. glibc is told to keep freed memory for reuse
+(``msrnn_jax/cpu_malloc.py``) unless ``--no-malloc-tuning`` is given.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from msrnn_jax import cpu_malloc, memory, models, train  # noqa: E402
+
+CELLS = ("convlstm", "trajgru", "predrnn", "predrnn_pp", "mim", "motionrnn")
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+SHAPES = {
+    "cpu": dict(hidden=16, num_layers=6, size=32, seq_len=10, batch=2,
+                models=tuple(n for c in CELLS for n in (c, f"ms_{c}"))),
+    "paper": dict(hidden=64, num_layers=6, size=64, seq_len=20, batch=4,
+                  models=("convlstm", "ms_convlstm", "predrnn", "ms_predrnn")),
+    "quick": dict(hidden=8, num_layers=6, size=16, seq_len=6, batch=2,
+                  models=("convlstm", "ms_convlstm")),
+}
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  mode = p.add_mutually_exclusive_group()
+  mode.add_argument("--paper", action="store_true", help="the paper's shape (slow)")
+  mode.add_argument("--quick", action="store_true", help="CI-sized run")
+  p.add_argument("--models", default=None, help="comma-separated model names")
+  p.add_argument("--repeats", type=int, default=5, help="timed steps (median reported), >= 5")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+  p.add_argument("--no-unrolled", action="store_true", help="skip the fully unrolled path")
+  p.add_argument("--no-compile-t40", action="store_true",
+                 help="skip the T=20 vs T=40 compile-time comparison")
+  p.add_argument("--conv-impl", default="auto")
+  p.add_argument("--no-malloc-tuning", action="store_true",
+                 help="leave glibc malloc as is; by default freed memory is kept for reuse "
+                      "(msrnn_jax/cpu_malloc.py), else every step re-faults its temporaries")
+  p.add_argument("--out", default=None, help="output JSON path")
+  p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+  args = p.parse_args(argv)
+  if args.repeats < 5:
+    p.error("--repeats must be >= 5")
+  args.shape = "paper" if args.paper else "quick" if args.quick else "cpu"
+  args.out = args.out or os.path.join(
+      RESULTS, "benchmark" + ("" if args.shape == "cpu" else f"_{args.shape}") + ".json")
+  return args
+
+
+def compile_step(model, tx, shape, in_len):
+  """AOT-compiles the train step on abstract arguments.
+
+  Returns:
+    ``(compiled, wall seconds, process CPU seconds)``.
+  """
+  state = jax.eval_shape(lambda: train.create_train_state(model, tx, shape, 0))
+  step = train.make_train_step(model, tx, in_len, 0.01)
+  scalar = jax.ShapeDtypeStruct((), jnp.float32)
+  t0, c0 = time.perf_counter(), time.process_time()
+  compiled = step.lower(state, jax.ShapeDtypeStruct(shape, jnp.float32), scalar,
+                        scalar).compile()
+  return compiled, time.perf_counter() - t0, time.process_time() - c0
+
+
+def flops_of(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, list | tuple):
+    cost = cost[0] if cost else {}
+  return float((cost or {}).get("flops", float("nan")))
+
+
+def total_bytes(compiled) -> int:
+  ma = compiled.memory_analysis()
+  return (ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes
+          - ma.alias_size_in_bytes)
+
+
+def time_steps(compiled, model, tx, shape, warmup: int,
+               repeats: int) -> tuple[list[float], list[float]]:
+  """Runs the compiled step on a real state.
+
+  Returns:
+    Per-step wall seconds and per-step process CPU seconds (all threads).
+    On a shared machine the CPU time is the steadier figure: it does not
+    count time spent waiting for a core.
+  """
+  state = jax.jit(lambda: train.create_train_state(model, tx, shape, 0))()
+  frames = jax.random.uniform(jax.random.PRNGKey(1), shape, jnp.float32)
+  # eta = 0.5: scheduled sampling mixes truth and predictions, as in training.
+  eta, eta_c = jnp.asarray(0.5, jnp.float32), jnp.asarray(1.0, jnp.float32)
+  times, cpu = [], []
+  for i in range(warmup + repeats):
+    t0, c0 = time.perf_counter(), time.process_time()
+    state, metrics = compiled(state, frames, eta, eta_c)
+    jax.block_until_ready((state, metrics))
+    if i >= warmup:
+      times.append(time.perf_counter() - t0)
+      cpu.append(time.process_time() - c0)
+  del state
+  return times, cpu
+
+
+def bench_model(name: str, args, sh: dict) -> dict:
+  t = sh["seq_len"]
+  in_len = t // 2
+  shape = (sh["batch"], t, sh["size"], sh["size"], 1)
+  tx = optax.adam(3e-4)
+  opts = dict(hidden=sh["hidden"], num_layers=sh["num_layers"], channels=1, in_len=in_len,
+              conv_impl=args.conv_impl)
+  out = {"model": name, "params": memory.param_count(name, hidden=sh["hidden"],
+                                                      num_layers=sh["num_layers"])}
+  paths = {"scan": 1} if args.no_unrolled else {"scan": 1, "unrolled": t - 1}
+  for path, unroll in paths.items():
+    model = models.create(name, scan_unroll=unroll, **opts)
+    compiled, compile_s, compile_cpu_s = compile_step(model, tx, shape, in_len)
+    times, cpu = time_steps(compiled, model, tx, shape, args.warmup, args.repeats)
+    out[path] = {"compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
+                 "step_s": statistics.median(times), "step_min_s": min(times), "times": times,
+                 "step_cpu_s": statistics.median(cpu), "cpu_times": cpu,
+                 "total_bytes": total_bytes(compiled), "raw_flops": flops_of(compiled)}
+    print(f"  {name} {path}: compile {compile_s:.1f}s ({compile_cpu_s:.1f} CPU-s), step "
+          f"{statistics.median(times):.3f}s (min {min(times):.3f}, max {max(times):.3f}; "
+          f"CPU {statistics.median(cpu):.3f}s)", flush=True)
+  if "unrolled" in out:
+    out["flops"] = out["unrolled"]["raw_flops"]
+  else:
+    out["flops"] = memory.analyze(name, image_size=sh["size"], batch_per_device=sh["batch"],
+                                  seq_len=t, flops="multiply", hidden=sh["hidden"],
+                                  num_layers=sh["num_layers"], conv_impl=args.conv_impl)["flops"]
+  for path in paths:
+    out[path]["gflops_per_s"] = out["flops"] / out[path]["step_s"] / 1e9
+  if not args.no_compile_t40:
+    for tt in (20, 40):
+      model = models.create(name, scan_unroll=1, **{**opts, "in_len": tt // 2})
+      _, secs, cpu_secs = compile_step(model, tx, (sh["batch"], tt, sh["size"], sh["size"], 1),
+                                       tt // 2)
+      out[f"scan_compile_s_T{tt}"] = secs
+      out[f"scan_compile_cpu_s_T{tt}"] = cpu_secs
+    print(f"  {name} scan compile T=20 {out['scan_compile_s_T20']:.1f}s "
+          f"({out['scan_compile_cpu_s_T20']:.1f} CPU-s), T=40 {out['scan_compile_s_T40']:.1f}s "
+          f"({out['scan_compile_cpu_s_T40']:.1f} CPU-s)", flush=True)
+  return out
+
+
+def table(results: dict, markdown: bool = False) -> str:
+  rows = results["models"]
+  cols = ["model", "path", "compile s", "step s", "step CPU s", "GFLOP", "GFLOP/s",
+          "mem GB", "MS/plain", "scan/unrolled", "compile T40/T20"]
+  out = []
+  for name, r in rows.items():
+    for path in ("scan", "unrolled"):
+      if path not in r:
+        continue
+      p = r[path]
+      ms = su = ct = ""
+      plain = rows.get(name[3:], {}) if name.startswith("ms_") else {}
+      if path in plain:
+        ms = f"{p['step_s'] / plain[path]['step_s']:.2f} ({p['step_cpu_s'] / plain[path]['step_cpu_s']:.2f})"
+      if path == "scan" and "unrolled" in r:
+        su = f"{p['step_s'] / r['unrolled']['step_s']:.2f} ({p['step_cpu_s'] / r['unrolled']['step_cpu_s']:.2f})"
+      if path == "scan" and "scan_compile_s_T40" in r:
+        ct = (f"{r['scan_compile_s_T40'] / r['scan_compile_s_T20']:.2f} "
+              f"({r['scan_compile_cpu_s_T40'] / r['scan_compile_cpu_s_T20']:.2f})")
+      out.append([name, path, f"{p['compile_s']:.1f}", f"{p['step_s']:.3f}",
+                  f"{p['step_cpu_s']:.3f}", f"{r['flops'] / 1e9:.2f}", f"{p['gflops_per_s']:.1f}",
+                  f"{p['total_bytes'] / 1e9:.3f}", ms, su, ct])
+  if markdown:
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in out])
+  widths = [max([len(c)] + [len(r[i]) for r in out]) for i, c in enumerate(cols)]
+  fmt = lambda r: " ".join(v.ljust(w) if i < 2 else v.rjust(w)  # noqa: E731
+                           for i, (v, w) in enumerate(zip(r, widths, strict=True)))
+  note = "ratios: wall (process CPU time)"
+  return "\n".join([note, fmt(cols), "-" * len(fmt(cols))] + [fmt(r) for r in out])
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  # Before JAX allocates anything (see msrnn_jax/cpu_malloc.py): without it,
+  # large temporaries come from fresh mmaps each step and page faults, not
+  # arithmetic, dominate the bigger (plain, unrolled) programs.
+  malloc_tuned = False if args.no_malloc_tuning else cpu_malloc.keep_freed_memory()
+  sh = SHAPES[args.shape]
+  names = args.models.split(",") if args.models else list(sh["models"])
+  settings = {k: v for k, v in sh.items() if k != "models"}
+  settings.update(conv_impl=args.conv_impl, repeats=args.repeats, warmup=args.warmup,
+                  malloc_tuned=malloc_tuned,
+                  backend=jax.default_backend(), device=str(jax.devices()[0].device_kind))
+  results = {"settings": settings, "models": {}}
+  if os.path.exists(args.out):
+    with open(args.out) as f:
+      old = json.load(f)
+    if old.get("settings") == settings:
+      results = old
+  print(f"shape {args.shape}: {settings}", flush=True)
+  for name in names:
+    if name in results["models"] and ("unrolled" in results["models"][name]
+                                      or args.no_unrolled):
+      continue
+    print(f"{name}:", flush=True)
+    results["models"][name] = bench_model(name, args, sh)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out + ".tmp", "w") as f:
+      json.dump(results, f, indent=1)
+    os.replace(args.out + ".tmp", args.out)
+  print(table(results, args.markdown))
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
