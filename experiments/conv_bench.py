@@ -13,12 +13,17 @@ cancel; medians are reported.
 ``--steps`` steps (a while loop, as ``nn.scan`` runs the model), where
 XLA:CPU's stock gradients are much slower; the figures are per step.
 ``--dk-variants`` adds the kernel-gradient formulations explored for
-``docs/performance.md``.
+``docs/performance.md`` (``matmul``'s dK is ``flat_cm``, ``matmul_bf16``'s
+is ``taps_cm_bf16``). ``--mode=step`` times whole training steps
+(``train.make_train_step``: forward, loss, backward, Adam) of one model per
+implementation, the stock one fully unrolled (``xla_unrolled``; rolled it is
+~50x slower, see the scan mode), with FLOPs from ``memory.analyze``.
 
-    python experiments/conv_bench.py                   # single ops, tuned malloc
+    python experiments/conv_bench.py                   # single ops
     python experiments/conv_bench.py --mode=scan
-    python experiments/conv_bench.py --dk-variants --sizes=64
-    python experiments/conv_bench.py --no-malloc-tuning
+    python experiments/conv_bench.py --dk-variants
+    python experiments/conv_bench.py --malloc-tuning
+    python experiments/conv_bench.py --mode=step --model=ms_convlstm
 
 Implementations: ``xla`` (stock autodiff), ``matmul``, ``matmul_bf16`` (see
 ``msrnn_jax.conv``) and ``matmul_v1`` (this repository's first custom VJP:
@@ -36,7 +41,6 @@ import time
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from msrnn_jax import cpu_malloc  # noqa: E402
 
 _DN = ("NHWC", "HWIO", "NHWC")
 IMPLS = ("xla", "matmul", "matmul_bf16", "matmul_v1")
@@ -44,7 +48,7 @@ IMPLS = ("xla", "matmul", "matmul_bf16", "matmul_v1")
 
 def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--mode", choices=("single", "scan"), default="single")
+  p.add_argument("--mode", choices=("single", "scan", "step"), default="single")
   p.add_argument("--sizes", default="64,32,16", help="square spatial sizes")
   p.add_argument("--batch", type=int, default=4)
   p.add_argument("--cin", type=int, default=128)
@@ -57,11 +61,38 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--budget", type=float, default=30.0,
                  help="stop timing a case once its timed calls exceed this many seconds")
   p.add_argument("--steps", type=int, default=4, help="scan length in --mode=scan")
-  p.add_argument("--no-malloc-tuning", action="store_true",
-                 help="leave glibc malloc as is (see msrnn_jax/cpu_malloc.py)")
+  p.add_argument("--model", default="ms_convlstm", help="--mode=step: model name")
+  p.add_argument("--seq", type=int, default=20, help="--mode=step: frames per sequence")
+  p.add_argument("--hidden", type=int, default=64, help="--mode=step: hidden channels")
+  p.add_argument("--layers", type=int, default=6, help="--mode=step: layers")
+  p.add_argument("--step-impls", default="xla_unrolled,matmul_v1,matmul,matmul_bf16",
+                 help="--mode=step: implementations (also 'xla', rolled: very slow)")
+  p.add_argument("--malloc-tuning", action="store_true",
+                 help="make glibc keep freed memory (see keep_freed_memory)")
   p.add_argument("--out", default=None,
                  help="JSON path (default experiments/results/conv_bench_<mode>.json)")
   return p.parse_args(argv)
+
+
+def keep_freed_memory() -> bool:
+  """Makes glibc serve large blocks from the heap and keep freed memory for reuse.
+
+  XLA:CPU allocates each execution's temporaries with malloc; glibc serves
+  blocks above its mmap threshold (<= 32 MiB) with fresh mmaps and unmaps
+  them on free, so every execution of a program with large temporaries
+  page-faults them in again (the kernel zero-fills each page). On the 2-core
+  VM of docs/performance.md that made single-op timings of patch-building
+  formulations 2-7x slower; whole training steps did not change measurably
+  (their loop bodies reuse buffers). Must run before JAX allocates.
+  """
+  import ctypes
+  try:
+    mallopt = ctypes.CDLL("libc.so.6").mallopt
+  except (OSError, AttributeError):
+    return False
+  mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+  # M_MMAP_MAX = -4, M_TRIM_THRESHOLD = -1, M_ARENA_MAX = -8 (glibc malloc.h).
+  return all(mallopt(param, value) == 1 for param, value in ((-4, 0), (-1, 2**31 - 1), (-8, 1)))
 
 
 # --- reference formulations (kept out of msrnn_jax: comparison only) -------------------------
@@ -82,29 +113,6 @@ def _dk_im2col_nhwc(x, dy, kshape, bf16=False, transposed_dy=False):
     return dk.T.reshape(kshape)
   dk = jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
   return dk.reshape(kshape)
-
-
-def _dk_flat_cm(x, dy, kshape, bf16=False):
-  """One product over channel-major patches built by flat 1-D shifts (stride 1, SAME).
-
-  With rows padded to width W+kw-1 and flattened, tap (i, j) is the shift
-  i*(W+kw-1)+j of one contiguous row per channel; dY gets zero columns.
-  """
-  import jax
-  import jax.numpy as jnp
-  kh, kw, c, o = kshape
-  n, h, w, _ = x.shape
-  dt = jnp.bfloat16 if bf16 else x.dtype
-  hp, wp = h + kh - 1, w + kw - 1
-  length = h * wp
-  xp = jnp.pad(x.astype(dt), ((0, 0), (kh // 2,) * 2, (kw // 2,) * 2, (0, 0)))
-  xt = jnp.transpose(xp, (3, 0, 1, 2)).reshape(c, n, hp * wp)
-  xt = jax.lax.optimization_barrier(jnp.pad(xt, ((0, 0), (0, 0), (0, kw - 1))))
-  a = jnp.stack([jax.lax.slice_in_dim(xt, i * wp + j, i * wp + j + length, axis=2)
-                 for i in range(kh) for j in range(kw)]).reshape(kh * kw * c, n * length)
-  b = jnp.pad(dy.astype(dt), ((0, 0), (0, 0), (0, kw - 1), (0, 0))).reshape(n * length, o)
-  return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())),
-                             preferred_element_type=jnp.float32).reshape(kshape)
 
 
 def _dk_rowshift(x, dy, kshape, bf16=False):
@@ -232,14 +240,17 @@ def build_single(args, size, impls):
     cases[f"{impl}/total"] = (jax.jit(total), (x, kern, dy), 3 * f)
   if args.dk_variants:
     kshape = kern.shape
+    taps = functools.partial(conv._dk_taps, kernel_shape=kshape, stride=one, padding=pad,
+                             lhs_dilation=one)
     variants = {
         "im2col_nhwc": functools.partial(_dk_im2col_nhwc, kshape=kshape),
         "im2col_nhwc_dyT": functools.partial(_dk_im2col_nhwc, kshape=kshape, transposed_dy=True),
         "im2col_nhwc_bf16": functools.partial(_dk_im2col_nhwc, kshape=kshape, bf16=True),
-        "flat_cm": functools.partial(_dk_flat_cm, kshape=kshape),
-        "flat_cm_bf16": functools.partial(_dk_flat_cm, kshape=kshape, bf16=True),
+        "flat_cm_bf16": lambda x_, g: conv._dk_flat(x_, g, kshape, pad, one,
+                                                    jnp.bfloat16).reshape(kshape),
         "rowshift": functools.partial(_dk_rowshift, kshape=kshape),
         "rowshift_bf16": functools.partial(_dk_rowshift, kshape=kshape, bf16=True),
+        "taps_cm": lambda x_, g: taps(x_, g, dtype=jnp.float32).reshape(kshape),
         "taps_cm_no_barrier": functools.partial(_dk_taps_cm_no_barrier, kshape=kshape),
         "taps_cm_no_barrier_bf16": functools.partial(_dk_taps_cm_no_barrier, kshape=kshape,
                                                      bf16=True),
@@ -324,6 +335,86 @@ def build_scan(args, size, impls):
   return cases
 
 
+def _v1_conv():
+  """matmul_v1 as a drop-in for ``conv._matmul_conv`` (3x3-style SAME, stride 1 only)."""
+  import jax
+
+  def xla_conv(x, k, stride, padding, lhs_dilation):
+    return jax.lax.conv_general_dilated(x, k, stride, padding, lhs_dilation=lhs_dilation,
+                                        dimension_numbers=_DN)
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+  def v1(x, k, stride, padding, lhs_dilation, bf16):
+    return xla_conv(x, k, stride, padding, lhs_dilation)
+
+  def fwd(x, k, stride, padding, lhs_dilation, bf16):
+    kh, kw = k.shape[:2]
+    if stride != (1, 1) or lhs_dilation != (1, 1) or padding != ((kh // 2,) * 2, (kw // 2,) * 2):
+      raise NotImplementedError("matmul_v1 here covers stride-1 SAME convolutions only")
+    return xla_conv(x, k, stride, padding, lhs_dilation), (x, k)
+
+  def bwd(stride, padding, lhs_dilation, bf16, res, g):
+    x, k = res
+    dx = jax.vjp(lambda z: xla_conv(z, k, stride, padding, lhs_dilation), x)[1](g)[0]
+    return dx, _dk_im2col_nhwc(x, g, k.shape, bf16)
+
+  v1.defvjp(fwd, bwd)
+  return v1
+
+
+def run_steps(args) -> dict:
+  """Whole training steps per implementation, interleaved; GFLOP/s from memory.analyze."""
+  import jax
+  import optax
+
+  from msrnn_jax import conv, memory, models, train
+  impls = [i for i in args.step_impls.split(",") if i]
+  size, b, t = int(args.sizes.split(",")[0]), args.batch, args.seq
+  opts = dict(hidden=args.hidden, num_layers=args.layers)
+  flops = memory.analyze(args.model, image_size=size, batch_per_device=b, seq_len=t,
+                         flops="multiply", conv_impl="xla", **opts)["flops"]
+  print(f"{args.model} {b}x{t}x{size}x{size}, hidden {args.hidden}: {flops / 1e12:.3f} TFLOP/step")
+  tx = optax.adam(3e-4)
+  frames = jax.random.uniform(jax.random.key(1), (b, t, size, size, 1))
+  steps, states, compile_s = {}, {}, {}
+  stock = conv._matmul_conv
+  for impl in impls:
+    conv_impl = {"xla_unrolled": "xla", "matmul_v1": "matmul"}.get(impl, impl)
+    model = models.create(args.model, conv_impl=conv_impl, in_len=t // 2,
+                          scan_unroll=t - 1 if impl == "xla_unrolled" else 1, **opts)
+    state = jax.jit(functools.partial(train.create_train_state, model, tx, frames.shape, 0))()
+    step = train.make_train_step(model, tx, t // 2, 0.01)
+    eta = jax.numpy.float32(0.5)
+    t0 = time.perf_counter()
+    if impl == "matmul_v1":
+      conv._matmul_conv = _v1_conv()
+    try:
+      steps[impl] = step.lower(state, frames, eta, eta).compile()
+    finally:
+      conv._matmul_conv = stock
+    compile_s[impl] = time.perf_counter() - t0
+    states[impl] = state
+    print(f"  compiled {impl} in {compile_s[impl]:.1f} s", flush=True)
+  cases = {}
+  for impl in impls:
+    def call(impl=impl):
+      states[impl], m = steps[impl](states[impl], frames, eta, eta)
+      return m
+    cases[impl] = (call, (), flops)
+  a = jax.random.normal(jax.random.key(3), (2048, 2048))
+  cases = {"matmul": (jax.jit(lambda p, q: p @ q), (a, a), 2.0 * 2048**3), **cases}
+  times = timed_rounds(cases, args.rounds, args.budget)
+  summary = summarize(times, {n: c[2] for n, c in cases.items()})
+  print(f"fp32 matmul 2048^3: {summary['matmul']['gflops']:.0f} GFLOP/s")
+  for impl in impls:
+    r = summary[impl]
+    r["compile_s"] = compile_s[impl]
+    print(f"{impl:14s} step {r['seconds']:7.2f} s  {r['gflops']:5.0f} GFLOP/s "
+          f"({r['ratio_to_matmul']:.2f} x matmul)  compile {compile_s[impl]:5.1f} s  "
+          f"[{r['calls']} steps]")
+  return {"model": args.model, "flops_per_step": flops, "steps": summary}
+
+
 def print_table(size, args, summary, impls):
   mm = summary["matmul"]
   print(f"\n{args.batch}x{size}x{size}, {args.cin} -> {args.cout}, {args.kernel}x{args.kernel}"
@@ -346,8 +437,8 @@ def print_table(size, args, summary, impls):
 
 def main(argv=None):
   args = parse_args(argv)
-  # Before JAX allocates anything: see msrnn_jax/cpu_malloc.py.
-  tuned = False if args.no_malloc_tuning else cpu_malloc.keep_freed_memory()
+  # Before JAX allocates anything.
+  tuned = keep_freed_memory() if args.malloc_tuning else False
   import jax
 
   impls = [i for i in args.impls.split(",") if i]
@@ -356,7 +447,9 @@ def main(argv=None):
     raise SystemExit(f"unknown --impls {sorted(unknown)}; valid: {', '.join(IMPLS)}")
   load0 = os.getloadavg()
   results = {}
-  for size in (int(s) for s in args.sizes.split(",")):
+  if args.mode == "step":
+    results = run_steps(args)
+  for size in (int(s) for s in args.sizes.split(",") if args.mode != "step"):
     build = build_single if args.mode == "single" else build_scan
     cases = build(args, size, impls)
     times = timed_rounds(cases, args.rounds, args.budget)

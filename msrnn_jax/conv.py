@@ -10,10 +10,10 @@ gradients with forms XLA:CPU runs on its fast kernels wherever they sit:
 
 * dX: an explicit forward convolution of the output gradient with the
   flipped, in/out-swapped kernel, materialised in the canonical HWIO layout.
-* dK: one matrix product per kernel tap, ``dK[i, j] = X_ij^T dY`` with
-  ``X_ij`` the input shifted by the tap, taken from a channel-major copy of
-  the padded input so the contraction axis (batch x pixels) is contiguous
-  in both operands, the layout XLA:CPU's dot library prefers.
+* dK: matrix products ``dK[i, j] = X_ij^T dY`` with ``X_ij`` the input
+  shifted by kernel tap (i, j), taken from a channel-major copy of the
+  padded input so the contraction axis (batch x pixels) is contiguous in
+  both operands, the layout XLA:CPU's dot library prefers.
 
 Implementations (config key ``model.conv_impl``):
 
@@ -108,17 +108,62 @@ def input_grad(dy: jax.Array, kernel: jax.Array, in_hw: Pair, stride: Pair, padd
       lhs_dilation=stride, dimension_numbers=_DN)
 
 
+def _dk_flat(x, dy, kernel_shape, padding, lhs_dilation, dtype):
+  """Stride-1 dK as one product over flat-shifted channel-major patches.
+
+  Padded rows of width ``wp`` flattened per image make tap (i, j) the
+  contiguous range starting at ``i * wp + j``; dY gets ``kw - 1`` zero
+  columns so the products that wrap around a row edge vanish. One
+  ``[kh*kw*C, P'] @ [P', O]`` product, ``P' = P * wp / out_w`` (3% more
+  FLOPs at 64x64, 12% at 16x16).
+  """
+  kh, kw, ci, co = kernel_shape
+  n, oh, _, _ = dy.shape
+  xp = _dilate_pad(x.astype(dtype), padding, lhs_dilation)
+  hp, wp = xp.shape[1:3]
+  length = oh * wp
+  xt = jnp.transpose(xp, (3, 0, 1, 2)).reshape(ci, n, hp * wp)
+  # Materialise the channel-major copy once; otherwise XLA fuses the
+  # transpose into each of the kh*kw slices and transposes kh*kw times.
+  xt = jax.lax.optimization_barrier(jnp.pad(xt, ((0, 0), (0, 0), (0, kw - 1))))
+  a = jnp.stack([jax.lax.slice_in_dim(xt, i * wp + j, i * wp + j + length, axis=2)
+                 for i in range(kh) for j in range(kw)]).reshape(kh * kw * ci, n * length)
+  b = jnp.pad(dy.astype(dtype), ((0, 0), (0, 0), (0, kw - 1), (0, 0))).reshape(n * length, co)
+  return jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _dk_taps(x, dy, kernel_shape, stride, padding, lhs_dilation, dtype):
+  """dK as one ``[C, P] @ [P, O]`` product per tap, any stride."""
+  kh, kw, ci, co = kernel_shape
+  n, oh, ow, _ = dy.shape
+  xt = jnp.transpose(_dilate_pad(x.astype(dtype), padding, lhs_dilation), (3, 0, 1, 2))
+  xt = jax.lax.optimization_barrier(xt)  # as in _dk_flat
+  b = dy.astype(dtype).reshape(n * oh * ow, co)
+  sh, sw = stride
+  taps = []
+  for i in range(kh):
+    for j in range(kw):
+      a = jax.lax.slice(xt, (0, 0, i, j), (ci, n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1),
+                        (1, 1, sh, sw)).reshape(ci, n * oh * ow)
+      taps.append(jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())),
+                                      preferred_element_type=jnp.float32))
+  return jnp.stack(taps)
+
+
 def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int], stride: Pair,
                 padding: Padding, lhs_dilation: Pair, bf16: bool = False) -> jax.Array:
-  """dK of ``conv(x, kernel)`` as one matrix product per kernel tap.
+  """dK of ``conv(x, kernel)`` as matrix products with a contiguous contraction axis.
 
   ``dK[i, j, ci, co] = sum_p X_ij[ci, p] dY[p, co]`` over p = (batch, out_y,
   out_x), where ``X_ij`` is the padded, dilated input shifted by tap (i, j)
-  and subsampled by the stride. The taps are strided slices of one
-  channel-major copy of the padded input, so each product contracts an axis
-  that is contiguous in both operands (``[C, P] @ [P, O]``), which XLA:CPU
-  runs on its fast dot kernels (also inside while loops and for bfloat16
-  operands, where a single im2col product over an NHWC patch matrix is not).
+  and subsampled by the stride. The shifted inputs are taken from one
+  channel-major copy of the padded input, so the contraction axis is
+  contiguous in both operands (``[C, P] @ [P, O]``), the layout XLA:CPU's
+  dot library takes, also inside while loops. Two forms, chosen by
+  measurement (``docs/performance.md``): float32 stride-1 convolutions use
+  one product over flat-shifted patches (:func:`_dk_flat`); bfloat16
+  operands and strided convolutions one product per tap (:func:`_dk_taps`),
+  which avoids concatenating bfloat16 patches (XLA:CPU does that in float32).
 
   Args:
     x: input ``[batch, h, w, in_channels]``.
@@ -132,23 +177,12 @@ def kernel_grad(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int], stride
   Returns:
     float32 ``[kh, kw, in_channels, out_channels]``.
   """
-  kh, kw, ci, co = kernel_shape
-  n, oh, ow, _ = dy.shape
   dtype = jnp.bfloat16 if bf16 else jnp.result_type(x.dtype, dy.dtype)
-  xt = jnp.transpose(_dilate_pad(x.astype(dtype), padding, lhs_dilation), (3, 0, 1, 2))
-  # Materialise the channel-major copy once; otherwise XLA fuses the
-  # transpose into each of the kh*kw slices and transposes kh*kw times.
-  xt = jax.lax.optimization_barrier(xt)
-  b = dy.astype(dtype).reshape(n * oh * ow, co)
-  sh, sw = stride
-  taps = []
-  for i in range(kh):
-    for j in range(kw):
-      a = jax.lax.slice(xt, (0, 0, i, j), (ci, n, i + (oh - 1) * sh + 1, j + (ow - 1) * sw + 1),
-                        (1, 1, sh, sw)).reshape(ci, n * oh * ow)
-      taps.append(jax.lax.dot_general(a, b, (((1,), (0,)), ((), ())),
-                                      preferred_element_type=jnp.float32))
-  return jnp.stack(taps).reshape(kh, kw, ci, co)
+  if tuple(stride) == (1, 1) and dtype == jnp.float32:
+    dk = _dk_flat(x, dy, kernel_shape, padding, lhs_dilation, dtype)
+  else:
+    dk = _dk_taps(x, dy, kernel_shape, stride, padding, lhs_dilation, dtype)
+  return dk.reshape(tuple(kernel_shape))
 
 
 # Named jits: inlined by XLA, but visible in jaxprs (``pjit[name=...]``), which
