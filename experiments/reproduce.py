@@ -24,13 +24,17 @@ from absl import app, flags, logging
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", "configs/mmnist.py:cpu", "Base config file[:variant].")
-flags.DEFINE_list("models", ["copy_last", "convlstm", "ms_convlstm_noskip", "ms_convlstm",
-                             "predrnn", "ms_predrnn"],
-                  "Models: registry names, '<name>_noskip' (MS without skips), 'copy_last'.")
-flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (parameter init, data order, sampling).")
-flags.DEFINE_multi_string("set", [], "Config overrides key=value, e.g. train.num_steps=500.")
-flags.DEFINE_string("out", "experiments/results/reproduce", "Output folder.")
+
+
+def define_flags() -> None:
+  """Defined only when run as a script, so importing this module (tests) adds no flags."""
+  flags.DEFINE_string("config", "configs/mmnist.py:cpu", "Base config file[:variant].")
+  flags.DEFINE_list("models", ["copy_last", "convlstm", "ms_convlstm_noskip", "ms_convlstm",
+                               "predrnn", "ms_predrnn"],
+                    "Models: registry names, '<name>_noskip' (MS without skips), 'copy_last'.")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (parameter init, data order, sampling).")
+  flags.DEFINE_multi_string("set", [], "Config overrides key=value, e.g. train.num_steps=500.")
+  flags.DEFINE_string("out", "experiments/results/reproduce", "Output folder.")
 
 METRICS = ("mse", "mae", "ssim", "psnr")
 
@@ -173,4 +177,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
