@@ -14,7 +14,8 @@ cancel; medians are reported.
 XLA:CPU's stock gradients are much slower; the figures are per step.
 ``--dk-variants`` adds the kernel-gradient formulations explored for
 ``docs/performance.md`` (``matmul``'s dK is ``flat_cm``, ``matmul_bf16``'s
-is ``taps_cm_bf16``). ``--mode=step`` times whole training steps
+is ``taps_cm_bf16``), in single calls or, with ``--mode=scan``, accumulated
+over the rolled scan. ``--mode=step`` times whole training steps
 (``train.make_train_step``: forward, loss, backward, Adam) of one model per
 implementation, the stock one fully unrolled (``xla_unrolled``; rolled it is
 ~50x slower, see the scan mode), with FLOPs from ``memory.analyze``.
@@ -56,7 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--kernel", type=int, default=3)
   p.add_argument("--impls", default=",".join(IMPLS))
   p.add_argument("--dk-variants", action="store_true",
-                 help="also time alternative kernel-gradient formulations (single mode)")
+                 help="also time alternative kernel-gradient formulations")
   p.add_argument("--rounds", type=int, default=9, help="interleaved rounds (timed calls per case)")
   p.add_argument("--budget", type=float, default=30.0,
                  help="stop timing a case once its timed calls exceed this many seconds")
@@ -149,6 +150,29 @@ def _dk_taps_cm_no_barrier(x, dy, kshape, bf16=False):
                     for i in range(kh) for j in range(kw)]).reshape(kshape)
 
 
+def dk_variants(kshape, pad) -> dict[str, Callable]:
+  """The alternative kernel-gradient formulations, ``(x, dy) -> dK`` (stride-1, SAME)."""
+  import jax.numpy as jnp
+
+  from msrnn_jax import conv
+  one = (1, 1)
+  taps = functools.partial(conv._dk_taps, kernel_shape=kshape, stride=one, padding=pad,
+                           lhs_dilation=one)
+  return {
+      "im2col_nhwc": functools.partial(_dk_im2col_nhwc, kshape=kshape),
+      "im2col_nhwc_dyT": functools.partial(_dk_im2col_nhwc, kshape=kshape, transposed_dy=True),
+      "im2col_nhwc_bf16": functools.partial(_dk_im2col_nhwc, kshape=kshape, bf16=True),
+      "flat_cm_bf16": lambda x_, g: conv._dk_flat(x_, g, kshape, pad, one,
+                                                  jnp.bfloat16).reshape(kshape),
+      "rowshift": functools.partial(_dk_rowshift, kshape=kshape),
+      "rowshift_bf16": functools.partial(_dk_rowshift, kshape=kshape, bf16=True),
+      "taps_cm": lambda x_, g: taps(x_, g, dtype=jnp.float32).reshape(kshape),
+      "taps_cm_no_barrier": functools.partial(_dk_taps_cm_no_barrier, kshape=kshape),
+      "taps_cm_no_barrier_bf16": functools.partial(_dk_taps_cm_no_barrier, kshape=kshape,
+                                                   bf16=True),
+  }
+
+
 # --- timing -----------------------------------------------------------------------------------
 
 def timed_rounds(cases: dict[str, tuple[Callable, tuple, float]], rounds: int,
@@ -239,22 +263,7 @@ def build_single(args, size, impls):
     cases[f"{impl}/dK"] = (jax.jit(dk), (x, kern, dy), f)
     cases[f"{impl}/total"] = (jax.jit(total), (x, kern, dy), 3 * f)
   if args.dk_variants:
-    kshape = kern.shape
-    taps = functools.partial(conv._dk_taps, kernel_shape=kshape, stride=one, padding=pad,
-                             lhs_dilation=one)
-    variants = {
-        "im2col_nhwc": functools.partial(_dk_im2col_nhwc, kshape=kshape),
-        "im2col_nhwc_dyT": functools.partial(_dk_im2col_nhwc, kshape=kshape, transposed_dy=True),
-        "im2col_nhwc_bf16": functools.partial(_dk_im2col_nhwc, kshape=kshape, bf16=True),
-        "flat_cm_bf16": lambda x_, g: conv._dk_flat(x_, g, kshape, pad, one,
-                                                    jnp.bfloat16).reshape(kshape),
-        "rowshift": functools.partial(_dk_rowshift, kshape=kshape),
-        "rowshift_bf16": functools.partial(_dk_rowshift, kshape=kshape, bf16=True),
-        "taps_cm": lambda x_, g: taps(x_, g, dtype=jnp.float32).reshape(kshape),
-        "taps_cm_no_barrier": functools.partial(_dk_taps_cm_no_barrier, kshape=kshape),
-        "taps_cm_no_barrier_bf16": functools.partial(_dk_taps_cm_no_barrier, kshape=kshape,
-                                                     bf16=True),
-    }
+    variants = dk_variants(kern.shape, pad)
     ref = jax.jit(lambda x_, g: jax.vjp(
         lambda z: jax.lax.conv_general_dilated(x_, z, one, pad, dimension_numbers=_DN,
                                                precision="highest"), kern)[1](g)[0])(x, dy)
@@ -332,6 +341,10 @@ def build_scan(args, size, impls):
     cases[f"{impl}/dX"] = (jax.jit(dx_scan), (dys, kern), f)
     cases[f"{impl}/dK"] = (jax.jit(dk_scan), (xs, dys), f)
     cases[f"{impl}/total"] = (jax.jit(total), (kern, xs, dys), 3 * f)
+  if args.dk_variants:
+    for name, fn in dk_variants(kern.shape, pad).items():
+      scan_fn = jax.jit(lambda xs_, dys_, fn=fn: scan_sum(lambda s: fn(*s), zeros_k, (xs_, dys_)))
+      cases[f"variant/{name}/dK"] = (scan_fn, (xs, dys), f)
   return cases
 
 
