@@ -27,8 +27,9 @@ already there are skipped) and a table is printed::
     python experiments/benchmark.py --models ms_mim,mim --repeats 7
 
 Timings on a shared machine are inflated by other processes; compare rows
-measured back to back. glibc is told to keep freed memory for reuse
-(``msrnn_jax/cpu_malloc.py``) unless ``--no-malloc-tuning`` is given.
+measured back to back. glibc malloc is left as the library leaves it;
+``--malloc-tuning`` makes it keep freed memory for reuse (see
+``conv_bench.keep_freed_memory`` and docs/performance.md).
 """
 
 import argparse
@@ -43,7 +44,7 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from msrnn_jax import cpu_malloc, memory, models, train  # noqa: E402
+from msrnn_jax import memory, models, train  # noqa: E402
 
 CELLS = ("convlstm", "trajgru", "predrnn", "predrnn_pp", "mim", "motionrnn")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -71,9 +72,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--no-compile-t40", action="store_true",
                  help="skip the T=20 vs T=40 compile-time comparison")
   p.add_argument("--conv-impl", default="auto")
-  p.add_argument("--no-malloc-tuning", action="store_true",
-                 help="leave glibc malloc as is; by default freed memory is kept for reuse "
-                      "(msrnn_jax/cpu_malloc.py), else every step re-faults its temporaries")
+  p.add_argument("--malloc-tuning", action="store_true",
+                 help="make glibc keep freed memory for reuse (conv_bench.keep_freed_memory); "
+                      "the library itself does not")
   p.add_argument("--out", default=None, help="output JSON path")
   p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
   args = p.parse_args(argv)
@@ -214,10 +215,13 @@ def table(results: dict, markdown: bool = False) -> str:
 
 def main(argv=None) -> None:
   args = parse_args(argv)
-  # Before JAX allocates anything (see msrnn_jax/cpu_malloc.py): without it,
-  # large temporaries come from fresh mmaps each step and page faults, not
-  # arithmetic, dominate the bigger (plain, unrolled) programs.
-  malloc_tuned = False if args.no_malloc_tuning else cpu_malloc.keep_freed_memory()
+  # Before JAX allocates anything. Off by default so that the figures are what
+  # a user of the library gets; on, large temporaries of the unrolled programs
+  # stop being page-faulted in again every step (docs/performance.md).
+  malloc_tuned = False
+  if args.malloc_tuning:
+    from conv_bench import keep_freed_memory  # same directory, on sys.path[0] as a script
+    malloc_tuned = keep_freed_memory()
   sh = SHAPES[args.shape]
   names = args.models.split(",") if args.models else list(sh["models"])
   settings = {k: v for k, v in sh.items() if k != "models"}
