@@ -97,6 +97,30 @@ def test_pyramid_matches_numpy(shape, factor):
                              rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape,factor", [((2, 7, 5, 3), 2), ((1, 9, 10, 4), 4)])
+def test_downsample_gradient_matches_autodiff_and_stores_uint8(shape, factor):
+  import contextlib
+  import io
+
+  import flax.linen as nn
+  from jax.ad_checkpoint import print_saved_residuals
+
+  x = _rand(*shape)
+  x = x.at[0, 0, 1].set(x[0, 0, 0])  # a tie: both route to the first maximum
+  dy = _rand(shape[0], shape[1] // factor, shape[2] // factor, shape[3])
+  ref = jax.vjp(lambda v: nn.max_pool(v, (factor, factor), strides=(factor, factor)), x)[1](dy)[0]
+  ours = jax.vjp(lambda v: pyramid.downsample(v, factor), x)[1](dy)[0]
+  np.testing.assert_array_equal(ours, ref)
+  # The gradient keeps a uint8 window index at the pooled size, not the input.
+  out = io.StringIO()
+  with contextlib.redirect_stdout(out):
+    print_saved_residuals(lambda v: pyramid.downsample(v, factor), x)
+  res = [line.split()[0] for line in out.getvalue().splitlines() if line.strip()]
+  assert res == ["u8[" + ",".join(map(str, dy.shape)) + "]"], res
+  with pytest.raises(ValueError, match="uint8"):
+    pyramid.downsample(jnp.zeros((1, 32, 32, 1)), 32)
+
+
 def test_resample_round_levels():
   x = jnp.asarray(RNG.normal(size=(1, 8, 8, 2)), jnp.float32)
   assert pyramid.resample(x, 0, 2).shape == (1, 2, 2, 2)
