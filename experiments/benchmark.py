@@ -87,31 +87,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def compile_step(model, tx, shape, in_len):
-  """AOT-compiles the train step on abstract arguments.
+  """AOT-compiles the train step on abstract arguments (``memory.compile_train_step``).
 
   Returns:
     ``(compiled, wall seconds, process CPU seconds)``.
   """
-  state = jax.eval_shape(lambda: train.create_train_state(model, tx, shape, 0))
-  step = train.make_train_step(model, tx, in_len, 0.01)
-  scalar = jax.ShapeDtypeStruct((), jnp.float32)
   t0, c0 = time.perf_counter(), time.process_time()
-  compiled = step.lower(state, jax.ShapeDtypeStruct(shape, jnp.float32), scalar,
-                        scalar).compile()
+  _, compiled, _, _ = memory.compile_train_step(model, tx, shape, in_len, 0.01)
   return compiled, time.perf_counter() - t0, time.process_time() - c0
-
-
-def flops_of(compiled) -> float:
-  cost = compiled.cost_analysis()
-  if isinstance(cost, list | tuple):
-    cost = cost[0] if cost else {}
-  return float((cost or {}).get("flops", float("nan")))
-
-
-def total_bytes(compiled) -> int:
-  ma = compiled.memory_analysis()
-  return (ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes
-          - ma.alias_size_in_bytes)
 
 
 def available_bytes() -> int | None:
@@ -162,11 +145,11 @@ def bench_model(name: str, args, sh: dict) -> dict:
   for path, unroll in paths.items():
     model = models.create(name, scan_unroll=unroll, **opts)
     compiled, compile_s, compile_cpu_s = compile_step(model, tx, shape, in_len)
-    need, have = total_bytes(compiled), available_bytes()
+    need, have = memory.memory_sizes(compiled)["total"], available_bytes()
     if have is not None and need > 0.9 * have:
       # E.g. unrolled PredRNN at the paper's shape needs ~32 GB on a 24 GB host.
       out[path] = {"compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
-                   "total_bytes": need, "raw_flops": flops_of(compiled),
+                   "total_bytes": need, "raw_flops": memory.flops_of(compiled),
                    "skipped": f"needs {need / 1e9:.1f} GB, {have / 1e9:.1f} GB available"}
       print(f"  {name} {path}: compile {compile_s:.1f}s; not run: {out[path]['skipped']}",
             flush=True)
@@ -175,7 +158,7 @@ def bench_model(name: str, args, sh: dict) -> dict:
     out[path] = {"compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
                  "step_s": statistics.median(times), "step_min_s": min(times), "times": times,
                  "step_cpu_s": statistics.median(cpu), "cpu_times": cpu,
-                 "total_bytes": total_bytes(compiled), "raw_flops": flops_of(compiled)}
+                 "total_bytes": need, "raw_flops": memory.flops_of(compiled)}
     print(f"  {name} {path}: compile {compile_s:.1f}s ({compile_cpu_s:.1f} CPU-s), step "
           f"{statistics.median(times):.3f}s (min {min(times):.3f}, max {max(times):.3f}; "
           f"CPU {statistics.median(cpu):.3f}s)", flush=True)

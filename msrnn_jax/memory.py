@@ -217,8 +217,12 @@ def param_count(model_name: str, channels: int = 1, **model_options: Any) -> int
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(variables["params"])))
 
 
-def _compile(model, tx, frames_shape, in_len, decouple_weight):
-  """Lowers and compiles the real train step on abstract arguments."""
+def compile_train_step(model, tx, frames_shape, in_len, decouple_weight):
+  """Lowers and compiles the real train step on abstract arguments.
+
+  Returns:
+    ``(abstract state, compiled, lowering seconds, compile seconds)``.
+  """
   state = _abstract_state(model, tx, frames_shape)
   step = train.make_train_step(model, tx, in_len, decouple_weight)
   scalar = jax.ShapeDtypeStruct((), jnp.float32)
@@ -230,7 +234,20 @@ def _compile(model, tx, frames_shape, in_len, decouple_weight):
   return state, compiled, t1 - t0, t2 - t1
 
 
-def _flops(compiled) -> float:
+def memory_sizes(compiled) -> dict[str, int]:
+  """XLA's per-device memory analysis: temp, argument, output, alias and
+  total (= temp + argument + output - alias) bytes."""
+  ma = compiled.memory_analysis()
+  if ma is None:
+    raise NotImplementedError(f"memory_analysis() is not available on {jax.default_backend()}.")
+  mem = {k: int(getattr(ma, f"{k}_size_in_bytes"))
+         for k in ("temp", "argument", "output", "alias")}
+  mem["total"] = mem["temp"] + mem["argument"] + mem["output"] - mem["alias"]
+  return mem
+
+
+def flops_of(compiled) -> float:
+  """XLA's FLOP count of a compiled program (a rolled loop body counts once)."""
   cost = compiled.cost_analysis()
   # Older jax returned a list with one dict per computation.
   if isinstance(cost, list | tuple):
@@ -302,14 +319,9 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
   model, frames_shape, in_len = _build(model_name, image_size, batch_per_device, seq_len, in_len,
                                        channels, model_options)
   tx = optax.adam(learning_rate)
-  state, compiled, lower_s, compile_s = _compile(model, tx, frames_shape, in_len,
+  state, compiled, lower_s, compile_s = compile_train_step(model, tx, frames_shape, in_len,
                                                  decouple_weight)
-  ma = compiled.memory_analysis()
-  if ma is None:
-    raise NotImplementedError(f"memory_analysis() is not available on {jax.default_backend()}.")
-  mem = {k: int(getattr(ma, f"{k}_size_in_bytes"))
-         for k in ("temp", "argument", "output", "alias")}
-  total = mem["temp"] + mem["argument"] + mem["output"] - mem["alias"]
+  mem = memory_sizes(compiled)
   params = int(sum(math.prod(x.shape) for x in jax.tree.leaves(state.params)))
 
   steps = seq_len - 1
@@ -318,20 +330,20 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
   if flops != "none":
     if unroll >= steps or steps == 1:
       # Already fully unrolled (or a single trip): the count is exact.
-      flop_count, method = _flops(compiled), "exact"
+      flop_count, method = flops_of(compiled), "exact"
     elif flops == "rolled":
-      flop_count = rolled_raw = _flops(compiled)
+      flop_count = rolled_raw = flops_of(compiled)
     elif flops == "unrolled":
-      _, full, _, _ = _compile(model.clone(scan_unroll=steps), tx, frames_shape, in_len,
+      _, full, _, _ = compile_train_step(model.clone(scan_unroll=steps), tx, frames_shape, in_len,
                                decouple_weight)
-      flop_count = _flops(full)
+      flop_count = flops_of(full)
     else:
       # c(u) = outside + (u + L mod u) * step for u = 1, 2 (jax unrolls the
       # remainder of an unrolled scan outside its loop).
-      one = compiled if unroll == 1 else _compile(
+      one = compiled if unroll == 1 else compile_train_step(
           model.clone(scan_unroll=1), tx, frames_shape, in_len, decouple_weight)[1]
-      two = _compile(model.clone(scan_unroll=2), tx, frames_shape, in_len, decouple_weight)[1]
-      c1, c2 = _flops(one), _flops(two)
+      two = compile_train_step(model.clone(scan_unroll=2), tx, frames_shape, in_len, decouple_weight)[1]
+      c1, c2 = flops_of(one), flops_of(two)
       rolled_raw = c1
       per_step = (c2 - c1) / (1 + steps % 2)
       flop_count = c1 + (steps - 1) * per_step
@@ -349,7 +361,7 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
   par_bytes = 4 * params
   all_bytes = 4 * par_bytes + 2 * out_bytes
   map_bytes = bits // 8 * seq_len * b * model.hidden * h * w
-  implied = (total - 4 * par_bytes) / 2 / (map_bytes * weight)
+  implied = (mem["total"] - 4 * par_bytes) / 2 / (map_bytes * weight)
 
   peak = None
   if measure_peak is None:
@@ -365,7 +377,7 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
       "remat": model.remat, "scan_unroll": unroll, "conv_impl": model.conv_impl,
       "hidden": model.hidden, "num_layers": model.num_layers,
       "size_multiple": model.size_multiple(), "params": params, "param_bytes": 4 * params,
-      **{f"{k}_bytes": v for k, v in mem.items()}, "total_bytes": total,
+      **{f"{k}_bytes": v for k, v in mem.items()},
       "flops": flop_count, "flops_method": method, "flops_rolled_raw": rolled_raw,
       "paper_units": units, "paper_out_bytes": out_bytes, "paper_all_bytes": all_bytes,
       "implied_units": implied,
