@@ -18,7 +18,9 @@ Every cell is a Flax module called once per time step as::
 Equations follow the authors' PyTorch code (``docs/model.md``); the gate
 chunks are split in the reference's order. Convolutions whose outputs are
 summed are fused into one call over stacked inputs (same parameters, same
-numbers, faster).
+numbers, faster). The LSTM-style gate arithmetic goes through the fused
+custom-VJP functions of ``msrnn_jax.gates`` (same values; the backward pass
+keeps about half the residuals of autodiff).
 """
 
 from typing import Any, ClassVar
@@ -28,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from msrnn_jax.conv import Conv, fused_conv
+from msrnn_jax.gates import gated_tanh, lstm_update, memory_update
 
 State = tuple[jax.Array, ...]
 
@@ -138,9 +141,7 @@ class ConvLSTMCell(CellBase):
 
   def __call__(self, x, state, m=None, diag=None):
     h, c = state
-    i, f, g, o = jnp.split(fused_conv([self.conv_x, self.conv_h], [x, h]), 4, axis=-1)
-    c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
-    h = nn.sigmoid(o) * jnp.tanh(c)
+    h, c = lstm_update(fused_conv([self.conv_x, self.conv_h], [x, h]), c)
     return h, (h, c), m, {}
 
 
@@ -216,14 +217,15 @@ class STLSTMCell(CellBase):
   def __call__(self, x, state, m, diag=None):
     h, c = state
     i, f, g, o = jnp.split(fused_conv([self.conv_x, self.conv_h], [x, h]), 4, axis=-1)
-    delta_c = nn.sigmoid(i) * jnp.tanh(g)
-    c = nn.sigmoid(f) * c + delta_c
+    c = memory_update(i, f, g, c)
     im, fm, gm = jnp.split(fused_conv([self.conv_xm, self.conv_mm], [x, m]), 3, axis=-1)
-    delta_m = nn.sigmoid(im) * jnp.tanh(gm)
-    m = nn.sigmoid(fm) * m + delta_m
-    o = nn.sigmoid(o + fused_conv([self.conv_co, self.conv_mo], [c, m]))
-    h = o * jnp.tanh(self.conv_last(jnp.concatenate([c, m], axis=-1)))
-    return h, (h, c), m, {"delta_c": delta_c, "delta_m": delta_m}
+    m = memory_update(im, fm, gm, m)
+    h = gated_tanh(o + fused_conv([self.conv_co, self.conv_mo], [c, m]),
+                   self.conv_last(jnp.concatenate([c, m], axis=-1)))
+    # Only PredRNN-V2's decoupling loss reads the increments; elsewhere XLA
+    # drops them as dead code.
+    extras = {"delta_c": gated_tanh(i, g), "delta_m": gated_tanh(im, gm)}
+    return h, (h, c), m, extras
 
 
 class CausalLSTMCell(CellBase):
@@ -274,9 +276,9 @@ class CausalLSTMCell(CellBase):
       h, c = state
       extra = ()
     i, f, g = jnp.split(self.conv_a(jnp.concatenate([x, h, c], axis=-1)), 3, axis=-1)
-    c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
+    c = memory_update(i, f, g, c)
     im, fm, gm = jnp.split(self.conv_b(jnp.concatenate([x, c, m], axis=-1)), 3, axis=-1)
-    m = nn.sigmoid(fm) * jnp.tanh(self.conv_m(m)) + nn.sigmoid(im) * jnp.tanh(gm)
+    m = gated_tanh(fm, self.conv_m(m)) + gated_tanh(im, gm)
     o = jnp.tanh(self.conv_o(jnp.concatenate([x, c, m], axis=-1)))
     h = o * jnp.tanh(self.conv_last(jnp.concatenate([c, m], axis=-1)))
     return h, (h, c) + extra, m, {}
@@ -334,22 +336,22 @@ class MIMCell(CellBase):
     if self.layer > 0 or self.is_initializing():
       xd = x - diag
       i_n, f_n, g_n = jnp.split(fused_conv([self.n_x, self.n_h], [xd, n]), 3, axis=-1)
-      n = nn.sigmoid(f_n) * n + nn.sigmoid(i_n) * jnp.tanh(g_n)
-      o_n = nn.sigmoid(fused_conv([self.n_ox, self.n_on], [xd, n]))
-      dif = o_n * jnp.tanh(n)
+      n = memory_update(i_n, f_n, g_n, n)
+      dif = gated_tanh(fused_conv([self.n_ox, self.n_on], [xd, n]), n)
       i_s, f_s, g_s, o_s = jnp.split(fused_conv([self.s_x, self.s_c], [dif, c]), 4, axis=-1)
-      s = nn.sigmoid(f_s) * s + nn.sigmoid(i_s) * jnp.tanh(g_s)
-      t = nn.sigmoid(o_s + self.s_o(s)) * jnp.tanh(s)
+      s = memory_update(i_s, f_s, g_s, s)
+      t = gated_tanh(o_s + self.s_o(s), s)
     i, f, g, o = jnp.split(fused_conv([self.conv_x, self.conv_h], [x, h]), 4, axis=-1)
     if self.layer == 0:
-      c = nn.sigmoid(f) * c + nn.sigmoid(i) * jnp.tanh(g)
+      c = memory_update(i, f, g, c)
     else:
-      c = t + nn.sigmoid(i) * jnp.tanh(g)
+      c = t + gated_tanh(i, g)
     im, fm, gm = jnp.split(fused_conv([self.conv_xm, self.conv_mm], [x, m]), 3, axis=-1)
-    m = nn.sigmoid(fm) * m + nn.sigmoid(im) * jnp.tanh(gm)
-    o = nn.sigmoid(o + fused_conv([self.conv_co, self.conv_mo], [c, m]))
-    h = o * jnp.tanh(self.conv_last(jnp.concatenate([c, m], axis=-1)))
-    return h, c, n, s, m, o
+    m = memory_update(im, fm, gm, m)
+    o = o + fused_conv([self.conv_co, self.conv_mo], [c, m])
+    h = gated_tanh(o, self.conv_last(jnp.concatenate([c, m], axis=-1)))
+    # MotionRNN's highway reads the output gate; MIM alone drops it.
+    return h, c, n, s, m, nn.sigmoid(o)
 
   def __call__(self, x, state, m, diag=None):
     h, c, n, s, m, _ = self.mim(x, state, m, diag)

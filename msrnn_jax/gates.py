@@ -1,0 +1,104 @@
+"""The cells' gate arithmetic, fused, with hand-written gradients.
+
+Autodiff of ``sigmoid(f) * c + sigmoid(i) * tanh(g)`` keeps, per time step,
+the activations *and* their derivative coefficients (``s(1 - s)``,
+``1 - tanh^2``) as residuals for the backward pass: about twice the maps the
+gradient needs. Inside the time loop those residuals are written once per
+step and read back in the backward pass, so they cost memory and memory
+bandwidth. The functions here are ``jax.custom_vjp``s that keep only their
+inputs (the gate pre-activations and the old state) and recompute the cheap
+non-linearities in the backward pass, where XLA fuses them with the
+gradient arithmetic into one loop.
+
+Effect at the paper's shape (ConvLSTM, 6 x 64, 64x64, batch 4, T=20, no
+remat): the training step's compiled memory falls from 6.46 GB to 3.70 GB;
+figures and speed in ``docs/performance.md``. Values equal the plain
+expressions exactly (same operations); gradients equal autodiff's to
+float32 rounding (tested in ``tests/test_gates.py``).
+
+Gate chunks follow the reference's order ``i, f, g[, o]``.
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def _sigmoid(x: jax.Array) -> jax.Array:
+  return jax.nn.sigmoid(x)
+
+
+@jax.custom_vjp
+def lstm_update(gates: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """ConvLSTM's state update from its gate pre-activations.
+
+  ``C' = s(f) C + s(i) tanh(g)``, ``H' = s(o) tanh(C')``.
+
+  Args:
+    gates: ``[..., 4 * hidden]``, chunks ``i, f, g, o``.
+    c: the cell state ``[..., hidden]``.
+
+  Returns:
+    ``(H', C')``, each ``[..., hidden]``.
+  """
+  i, f, g, o = jnp.split(gates, 4, axis=-1)
+  c = _sigmoid(f) * c + _sigmoid(i) * jnp.tanh(g)
+  return _sigmoid(o) * jnp.tanh(c), c
+
+
+def _lstm_update_fwd(gates, c):
+  return lstm_update(gates, c), (gates, c)
+
+
+def _lstm_update_bwd(res, cotangents):
+  gates, c = res
+  dh, dc_new = cotangents
+  i, f, g, o = jnp.split(gates, 4, axis=-1)
+  si, sf, so, tg = _sigmoid(i), _sigmoid(f), _sigmoid(o), jnp.tanh(g)
+  tc = jnp.tanh(sf * c + si * tg)
+  # Total gradient reaching C': through H' and directly.
+  dc = dc_new + dh * so * (1.0 - tc * tc)
+  dgates = jnp.concatenate([dc * tg * si * (1.0 - si), dc * c * sf * (1.0 - sf),
+                            dc * si * (1.0 - tg * tg), dh * tc * so * (1.0 - so)], axis=-1)
+  return dgates, dc * sf
+
+
+lstm_update.defvjp(_lstm_update_fwd, _lstm_update_bwd)
+
+
+@jax.custom_vjp
+def memory_update(i: jax.Array, f: jax.Array, g: jax.Array, c: jax.Array) -> jax.Array:
+  """An LSTM memory update ``s(f) C + s(i) tanh(g)`` (all ``[..., hidden]``)."""
+  return _sigmoid(f) * c + _sigmoid(i) * jnp.tanh(g)
+
+
+def _memory_update_fwd(i, f, g, c):
+  return memory_update(i, f, g, c), (i, f, g, c)
+
+
+def _memory_update_bwd(res, dc_new):
+  i, f, g, c = res
+  si, sf, tg = _sigmoid(i), _sigmoid(f), jnp.tanh(g)
+  return (dc_new * tg * si * (1.0 - si), dc_new * c * sf * (1.0 - sf),
+          dc_new * si * (1.0 - tg * tg), dc_new * sf)
+
+
+memory_update.defvjp(_memory_update_fwd, _memory_update_bwd)
+
+
+@jax.custom_vjp
+def gated_tanh(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``s(a) tanh(b)``: an output gate applied to a squashed state."""
+  return _sigmoid(a) * jnp.tanh(b)
+
+
+def _gated_tanh_fwd(a, b):
+  return gated_tanh(a, b), (a, b)
+
+
+def _gated_tanh_bwd(res, dy):
+  a, b = res
+  sa, tb = _sigmoid(a), jnp.tanh(b)
+  return dy * tb * sa * (1.0 - sa), dy * sa * (1.0 - tb * tb)
+
+
+gated_tanh.defvjp(_gated_tanh_fwd, _gated_tanh_bwd)
