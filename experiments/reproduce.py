@@ -11,6 +11,9 @@ CPU recipe (embedded Moving MNIST, see experiments/README.md):
     python experiments/reproduce.py --out=experiments/results/reproduce_cpu
 
 Paper scale (GPU): ``--config=configs/mmnist.py --set=train.num_steps=-1``.
+
+``--summarize_only`` trains nothing and summarises the finished runs (e.g. while
+other seeds are still training).
 """
 
 import csv
@@ -35,6 +38,8 @@ def define_flags() -> None:
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (parameter init, data order, sampling).")
   flags.DEFINE_multi_string("set", [], "Config overrides key=value, e.g. train.num_steps=500.")
   flags.DEFINE_string("out", "experiments/results/reproduce", "Output folder.")
+  flags.DEFINE_bool("summarize_only", False,
+                    "Train nothing: summarise the finished runs of --models/--seeds in --out.")
 
 METRICS = ("mse", "mae", "ssim", "psnr")
 
@@ -113,12 +118,30 @@ def run_one(base, model: str, seed: int, out: str) -> dict:
   return record
 
 
+def finished_records(models: list[str], seeds: list[int], out: str) -> list[dict]:
+  """The records of the (model, seed) runs in ``out`` that have finished."""
+  records = []
+  for seed in seeds:
+    for model in models:
+      path = os.path.join(out, f"{model}_seed{seed}.json")
+      if os.path.exists(path):
+        with open(path) as f:
+          records.append(json.load(f))
+  return records
+
+
 def summarize(records: list[dict], models: list[str], out: str) -> list[dict]:
-  """Mean and standard deviation over seeds; writes summary.md, summary.csv, summary.png."""
+  """Mean and standard deviation over seeds; writes summary.md, summary.csv, summary.png.
+
+  Models without a finished run are left out of the summary.
+  """
   import numpy as np
   rows = []
   for model in models:
     runs = [r for r in records if r["model"] == model]
+    if not runs:
+      logging.warning("no finished run of %s; left out of the summary", model)
+      continue
     row = {"model": model, "seeds": len(runs)}
     for protocol in ("all", "future"):
       for m in METRICS:
@@ -169,10 +192,10 @@ def main(argv):
   base = apply_overrides(load_config(FLAGS.config), FLAGS.set)
   os.makedirs(FLAGS.out, exist_ok=True)
   seeds = [int(s) for s in FLAGS.seeds]
-  records = []
-  for seed in seeds:
-    for model in FLAGS.models:
-      records.append(run_one(base, model, seed, FLAGS.out))
+  if FLAGS.summarize_only:
+    records = finished_records(FLAGS.models, seeds, FLAGS.out)
+  else:
+    records = [run_one(base, model, seed, FLAGS.out) for seed in seeds for model in FLAGS.models]
   summarize(records, FLAGS.models, FLAGS.out)
 
 

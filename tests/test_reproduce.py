@@ -41,5 +41,10 @@ def test_reproduce_runs_writes_and_skips(reproduce, tmp_path, monkeypatch):
   monkeypatch.setattr(train, "train_and_evaluate", fail)
   again = [reproduce.run_one(base, m, 0, str(tmp_path)) for m in models]
   assert again == records
+  # Summaries of what has finished: an unrun model or seed is left out.
+  finished = reproduce.finished_records(models + ["predrnn"], [0, 1], str(tmp_path))
+  assert finished == records
+  rows = reproduce.summarize(finished, models + ["predrnn"], str(tmp_path))
+  assert [r["model"] for r in rows] == models
   with pytest.raises(ValueError, match="no key 'train.nope'"):
     reproduce.apply_overrides(base, ["train.nope=1"])
