@@ -95,19 +95,14 @@ def run_one(base, model: str, seed: int, out: str) -> dict:
     logging.info("skipping %s seed %d: %s exists", model, seed, path)
     with open(path) as f:
       return json.load(f)
+  # The copy-last baseline is evaluated on the same test data by every run; reuse
+  # MS-ConvLSTM's.
   source = "ms_convlstm" if model == "copy_last" else model
-  workdir = os.path.join(out, "runs", f"{source}_seed{seed}")
+  result_file = _result_file(base, model, seed, out)
+  workdir = os.path.dirname(result_file)
   os.makedirs(os.path.dirname(workdir), exist_ok=True)
-  split = base.eval.split
-  if model == "copy_last":
-    # The baseline is evaluated on the same test data by every run; reuse one.
-    result_file = os.path.join(workdir, f"{split}_copy_last.json")
-    if not os.path.exists(result_file):
-      train.train_and_evaluate(run_config(base, source, seed), workdir)
-  else:
-    result_file = os.path.join(workdir, f"{split}.json")
-    if not os.path.exists(result_file):
-      train.train_and_evaluate(run_config(base, model, seed), workdir)
+  if not os.path.exists(result_file):
+    train.train_and_evaluate(run_config(base, source, seed), workdir)
   with open(result_file) as f:
     result = json.load(f)
   record = {"model": model, "seed": seed, "steps": base.train.num_steps,
@@ -118,15 +113,22 @@ def run_one(base, model: str, seed: int, out: str) -> dict:
   return record
 
 
-def finished_records(models: list[str], seeds: list[int], out: str) -> list[dict]:
-  """The records of the (model, seed) runs in ``out`` that have finished."""
+def _result_file(base, model: str, seed: int, out: str) -> str:
+  """Where training writes the evaluation of a (model, seed) run."""
+  source = "ms_convlstm" if model == "copy_last" else model
+  workdir = os.path.join(out, "runs", f"{source}_seed{seed}")
+  suffix = "_copy_last" if model == "copy_last" else ""
+  return os.path.join(workdir, f"{base.eval.split}{suffix}.json")
+
+
+def finished_records(base, models: list[str], seeds: list[int], out: str) -> list[dict]:
+  """The records of the (model, seed) runs in ``out`` whose evaluation exists (no training)."""
   records = []
   for seed in seeds:
     for model in models:
-      path = os.path.join(out, f"{model}_seed{seed}.json")
-      if os.path.exists(path):
-        with open(path) as f:
-          records.append(json.load(f))
+      if (os.path.exists(os.path.join(out, f"{model}_seed{seed}.json"))
+          or os.path.exists(_result_file(base, model, seed, out))):
+        records.append(run_one(base, model, seed, out))
   return records
 
 
@@ -193,7 +195,7 @@ def main(argv):
   os.makedirs(FLAGS.out, exist_ok=True)
   seeds = [int(s) for s in FLAGS.seeds]
   if FLAGS.summarize_only:
-    records = finished_records(FLAGS.models, seeds, FLAGS.out)
+    records = finished_records(base, FLAGS.models, seeds, FLAGS.out)
   else:
     records = [run_one(base, model, seed, FLAGS.out) for seed in seeds for model in FLAGS.models]
   summarize(records, FLAGS.models, FLAGS.out)

@@ -42,8 +42,11 @@ def test_reproduce_runs_writes_and_skips(reproduce, tmp_path, monkeypatch):
   again = [reproduce.run_one(base, m, 0, str(tmp_path)) for m in models]
   assert again == records
   # Summaries of what has finished: an unrun model or seed is left out.
-  finished = reproduce.finished_records(models + ["predrnn"], [0, 1], str(tmp_path))
+  finished = reproduce.finished_records(base, models + ["predrnn"], [0, 1], str(tmp_path))
   assert finished == records
+  # A record is rebuilt from the run's evaluation when only that exists.
+  (tmp_path / "copy_last_seed0.json").unlink()
+  assert reproduce.finished_records(base, ["copy_last"], [0], str(tmp_path)) == records[:1]
   rows = reproduce.summarize(finished, models + ["predrnn"], str(tmp_path))
   assert [r["model"] for r in rows] == models
   with pytest.raises(ValueError, match="no key 'train.nope'"):
