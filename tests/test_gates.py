@@ -56,7 +56,7 @@ def test_values_and_gradients_match_autodiff(fused, plain, shapes):
 
 
 @pytest.mark.parametrize("fused,plain,shapes", CASES, ids=["lstm", "memory", "gated"])
-def test_keeps_only_inputs_as_residuals(fused, plain, shapes):
+def test_keeps_one_map_per_input_as_residuals(fused, plain, shapes):
   args = _inputs(shapes)
 
   def residual_floats(fn):
