@@ -1,6 +1,6 @@
 """A/B: the fused gate VJPs (``msrnn_jax.gates``) against plain autodiff of the same maths.
 
-Compiles the real training step (``train.make_train_step``, state donated)
+Compiles the real training step (``memory.compile_train_step``, state donated)
 twice in one process: with the cells' fused custom-VJP gate functions (the
 library) and with those functions' plain bodies, so autodiff derives the
 backward pass. Reports compiled memory of both and step times measured
@@ -60,10 +60,7 @@ def main(argv=None) -> dict:
       model = models.create(args.model, channels=1, in_len=in_len, hidden=args.hidden)
       tx = optax.adam(1e-4)
       state = jax.jit(lambda model=model, tx=tx: train.create_train_state(model, tx, shape, 0))()
-      step = jax.jit(train.make_train_step(model, tx, in_len, 0.0), donate_argnums=0)
-      t0 = time.perf_counter()
-      compiled = step.lower(state, *inputs).compile()
-      compile_s = time.perf_counter() - t0
+      _, compiled, _, compile_s = memory.compile_train_step(model, tx, shape, in_len, 0.0)
       state, _ = compiled(state, *inputs)  # warm-up
       jax.block_until_ready(state)
       runs[variant] = [compiled, state]

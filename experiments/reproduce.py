@@ -95,14 +95,11 @@ def run_one(base, model: str, seed: int, out: str) -> dict:
     logging.info("skipping %s seed %d: %s exists", model, seed, path)
     with open(path) as f:
       return json.load(f)
-  # The copy-last baseline is evaluated on the same test data by every run; reuse
-  # MS-ConvLSTM's.
-  source = "ms_convlstm" if model == "copy_last" else model
   result_file = _result_file(base, model, seed, out)
   workdir = os.path.dirname(result_file)
   os.makedirs(os.path.dirname(workdir), exist_ok=True)
   if not os.path.exists(result_file):
-    train.train_and_evaluate(run_config(base, source, seed), workdir)
+    train.train_and_evaluate(run_config(base, _source(model), seed), workdir)
   with open(result_file) as f:
     result = json.load(f)
   record = {"model": model, "seed": seed, "steps": base.train.num_steps,
@@ -113,10 +110,15 @@ def run_one(base, model: str, seed: int, out: str) -> dict:
   return record
 
 
+def _source(model: str) -> str:
+  """The model whose run evaluates ``model``: the copy-last baseline is evaluated on the
+  same test data by every run, so MS-ConvLSTM's is reused."""
+  return "ms_convlstm" if model == "copy_last" else model
+
+
 def _result_file(base, model: str, seed: int, out: str) -> str:
   """Where training writes the evaluation of a (model, seed) run."""
-  source = "ms_convlstm" if model == "copy_last" else model
-  workdir = os.path.join(out, "runs", f"{source}_seed{seed}")
+  workdir = os.path.join(out, "runs", f"{_source(model)}_seed{seed}")
   suffix = "_copy_last" if model == "copy_last" else ""
   return os.path.join(workdir, f"{base.eval.split}{suffix}.json")
 

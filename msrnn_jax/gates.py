@@ -25,10 +25,6 @@ import jax
 import jax.numpy as jnp
 
 
-def _sigmoid(x: jax.Array) -> jax.Array:
-  return jax.nn.sigmoid(x)
-
-
 @jax.custom_vjp
 def lstm_update(gates: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
   """ConvLSTM's state update from its gate pre-activations.
@@ -42,14 +38,12 @@ def lstm_update(gates: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
   Returns:
     ``(H', C')``, each ``[..., hidden]``.
   """
-  i, f, g, o = jnp.split(gates, 4, axis=-1)
-  c = _sigmoid(f) * c + _sigmoid(i) * jnp.tanh(g)
-  return _sigmoid(o) * jnp.tanh(c), c
+  return _lstm_update_fwd(gates, c)[0]
 
 
 def _lstm_update_fwd(gates, c):
   i, f, g, o = jnp.split(gates, 4, axis=-1)
-  si, sf, tg, so = _sigmoid(i), _sigmoid(f), jnp.tanh(g), _sigmoid(o)
+  si, sf, tg, so = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
   c_new = sf * c + si * tg
   return (so * jnp.tanh(c_new), c_new), (si, sf, tg, so, c)
 
@@ -71,11 +65,11 @@ lstm_update.defvjp(_lstm_update_fwd, _lstm_update_bwd)
 @jax.custom_vjp
 def memory_update(i: jax.Array, f: jax.Array, g: jax.Array, c: jax.Array) -> jax.Array:
   """An LSTM memory update ``s(f) C + s(i) tanh(g)`` (all ``[..., hidden]``)."""
-  return _sigmoid(f) * c + _sigmoid(i) * jnp.tanh(g)
+  return _memory_update_fwd(i, f, g, c)[0]
 
 
 def _memory_update_fwd(i, f, g, c):
-  si, sf, tg = _sigmoid(i), _sigmoid(f), jnp.tanh(g)
+  si, sf, tg = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g)
   return sf * c + si * tg, (si, sf, tg, c)
 
 
@@ -91,11 +85,11 @@ memory_update.defvjp(_memory_update_fwd, _memory_update_bwd)
 @jax.custom_vjp
 def gated_tanh(a: jax.Array, b: jax.Array) -> jax.Array:
   """``s(a) tanh(b)``: an output gate applied to a squashed state."""
-  return _sigmoid(a) * jnp.tanh(b)
+  return _gated_tanh_fwd(a, b)[0]
 
 
 def _gated_tanh_fwd(a, b):
-  sa, tb = _sigmoid(a), jnp.tanh(b)
+  sa, tb = jax.nn.sigmoid(a), jnp.tanh(b)
   return sa * tb, (sa, tb)
 
 

@@ -320,7 +320,7 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
                                        channels, model_options)
   tx = optax.adam(learning_rate)
   state, compiled, lower_s, compile_s = compile_train_step(model, tx, frames_shape, in_len,
-                                                 decouple_weight)
+                                                           decouple_weight)
   mem = memory_sizes(compiled)
   params = int(sum(math.prod(x.shape) for x in jax.tree.leaves(state.params)))
 
@@ -334,15 +334,16 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
     elif flops == "rolled":
       flop_count = rolled_raw = flops_of(compiled)
     elif flops == "unrolled":
-      _, full, _, _ = compile_train_step(model.clone(scan_unroll=steps), tx, frames_shape, in_len,
-                               decouple_weight)
+      _, full, _, _ = compile_train_step(model.clone(scan_unroll=steps), tx, frames_shape,
+                                         in_len, decouple_weight)
       flop_count = flops_of(full)
     else:
       # c(u) = outside + (u + L mod u) * step for u = 1, 2 (jax unrolls the
       # remainder of an unrolled scan outside its loop).
       one = compiled if unroll == 1 else compile_train_step(
           model.clone(scan_unroll=1), tx, frames_shape, in_len, decouple_weight)[1]
-      two = compile_train_step(model.clone(scan_unroll=2), tx, frames_shape, in_len, decouple_weight)[1]
+      two = compile_train_step(model.clone(scan_unroll=2), tx, frames_shape, in_len,
+                               decouple_weight)[1]
       c1, c2 = flops_of(one), flops_of(two)
       rolled_raw = c1
       per_step = (c2 - c1) / (1 + steps % 2)
