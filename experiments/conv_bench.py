@@ -150,6 +150,35 @@ def _dk_taps_cm_no_barrier(x, dy, kshape, bf16=False):
                     for i in range(kh) for j in range(kw)]).reshape(kshape)
 
 
+def _dk_rows_loop(x, dy, kshape):
+  """Tap-shifted column ranges of the channel-major input, written in place by a loop.
+
+  ``dK[i, j] = X[:, o_ij:o_ij + Q] @ dY`` over the flattened padded grid
+  (``Q = n * hp * wp``); a rolled ``fori_loop`` over kernel rows writes the
+  ``[kh*kw, C, Q]`` operand with ``dynamic_update_slice`` (see
+  docs/performance.md: faster patch build, no whole-step gain).
+  """
+  import jax
+  import jax.numpy as jnp
+  kh, kw, c, o = kshape
+  n, h, w, _ = x.shape
+  hp, wp = h + kh - 1, w + kw - 1
+  q = n * hp * wp
+  span = (kh - 1) * wp + kw - 1
+  xp = jnp.pad(x, ((0, 0), (kh // 2,) * 2, (kw // 2,) * 2, (0, 0)))
+  xt = jax.lax.optimization_barrier(jnp.transpose(xp, (3, 0, 1, 2)).reshape(c, q))
+
+  def write_kernel_row(i, a):
+    for j in range(kw):
+      rows = jax.lax.dynamic_slice(xt, (0, i * wp + j), (c, q - span))
+      a = jax.lax.dynamic_update_slice(a, rows[None], (i * kw + j, 0, 0))
+    return a
+
+  a = jax.lax.fori_loop(0, kh, write_kernel_row, jnp.zeros((kh * kw, c, q), x.dtype))
+  b = jnp.pad(dy, ((0, 0), (0, kh - 1), (0, kw - 1), (0, 0))).reshape(q, o)
+  return (a.reshape(kh * kw * c, q) @ b).reshape(kshape)
+
+
 def dk_variants(kshape, pad) -> dict[str, Callable]:
   """The alternative kernel-gradient formulations, ``(x, dy) -> dK`` (stride-1, SAME)."""
   import jax.numpy as jnp
@@ -165,6 +194,7 @@ def dk_variants(kshape, pad) -> dict[str, Callable]:
       "flat_cm_bf16": lambda x_, g: conv._dk_flat(x_, g, kshape, pad, one,
                                                   jnp.bfloat16).reshape(kshape),
       "rowshift": functools.partial(_dk_rowshift, kshape=kshape),
+      "rows_loop": functools.partial(_dk_rows_loop, kshape=kshape),
       "rowshift_bf16": functools.partial(_dk_rowshift, kshape=kshape, bf16=True),
       "taps_cm": lambda x_, g: taps(x_, g, dtype=jnp.float32).reshape(kshape),
       "taps_cm_no_barrier": functools.partial(_dk_taps_cm_no_barrier, kshape=kshape),
