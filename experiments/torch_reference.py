@@ -49,6 +49,7 @@ class Stack(nn.Module):
   def __init__(self, multiscale: bool, channels: int = 64, layers: int = 6):
     super().__init__()
     self.multiscale = multiscale
+    self.channels = channels
     self.embed = nn.Conv2d(1, channels, 1)
     self.cells = nn.ModuleList(ConvLSTMCell(channels) for _ in range(layers))
     self.head = nn.Conv2d(channels, 1, 1)
@@ -79,8 +80,7 @@ class Stack(nn.Module):
 def train_step(model, opt, frames, in_len: int, eta: float, generator) -> float:
   """One step over frames ``[S, B, 1, H, W]``: S-1 predictions, sampled inputs, Adam."""
   seq, batch, _, size, _ = frames.shape
-  states = [(torch.zeros(batch, 64, s, s), torch.zeros(batch, 64, s, s))
-            for s in model.sizes(size)]
+  states = [(torch.zeros(batch, model.channels, s, s),) * 2 for s in model.sizes(size)]
   preds, prev = [], None
   for t in range(seq - 1):
     frame = frames[t]
