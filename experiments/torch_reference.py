@@ -20,11 +20,17 @@ reference's (1,772,737 for both). It is not part of the library and needs
 import argparse
 import json
 import statistics
+import sys
 import time
 
-import torch
-from torch import nn
-from torch.nn import functional as F
+try:
+  import torch
+  from torch import nn
+  from torch.nn import functional as F
+except ImportError:
+  sys.exit("experiments/torch_reference.py needs PyTorch, which msrnn_jax does not install: "
+           "pip install torch --index-url https://download.pytorch.org/whl/cpu "
+           "(in a separate virtualenv).")
 
 
 class ConvLSTMCell(nn.Module):
