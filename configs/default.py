@@ -42,8 +42,8 @@ def get_config() -> ml_collections.ConfigDict:
   # nn.scan unroll factor: 1 = rolled loop (compile time independent of T);
   # >= T-1 = fully unrolled.
   config.model.scan_unroll = 1
-  # Convolution: 'auto' (matmul kernel gradient on CPU, XLA's on GPU),
-  # 'xla', 'matmul', 'matmul_bf16'.
+  # Convolution: 'auto' (oneDNN on one CPU device, the matmul kernel gradient
+  # on several, XLA's on GPU), 'xla', 'matmul', 'matmul_bf16', 'onednn'.
   config.model.conv_impl = "auto"
   # Compute dtype ('float32' or 'bfloat16'); params and Adam state stay float32.
   config.model.dtype = "float32"

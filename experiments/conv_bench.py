@@ -26,8 +26,9 @@ implementation, the stock one fully unrolled (``xla_unrolled``; rolled it is
     python experiments/conv_bench.py --malloc-tuning
     python experiments/conv_bench.py --mode=step --model=ms_convlstm
 
-Implementations: ``xla`` (stock autodiff), ``matmul``, ``matmul_bf16`` (see
-``msrnn_jax.conv``) and ``matmul_v1`` (this repository's first custom VJP:
+Implementations: ``xla`` (stock autodiff), ``matmul``, ``matmul_bf16``,
+``onednn`` (see ``msrnn_jax.conv``; its dX and dK are timed through the
+backward custom call told to compute only that gradient) and ``matmul_v1`` (this repository's first custom VJP:
 dX by autodiff, dK by one NHWC im2col product, kept for comparison).
 """
 
@@ -44,7 +45,7 @@ from collections.abc import Callable
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 _DN = ("NHWC", "HWIO", "NHWC")
-IMPLS = ("xla", "matmul", "matmul_bf16", "matmul_v1")
+IMPLS = ("xla", "matmul", "matmul_bf16", "matmul_v1", "onednn")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -247,7 +248,7 @@ def build_single(args, size, impls):
   import jax
   import jax.numpy as jnp
 
-  from msrnn_jax import conv
+  from msrnn_jax import conv, onednn
   b, k = args.batch, args.kernel
   keys = jax.random.split(jax.random.key(0), 4)
   x = jax.random.normal(keys[0], (b, size, size, args.cin))
@@ -271,6 +272,10 @@ def build_single(args, size, impls):
       dx = lambda x_, k_, g: jax.vjp(lambda z: xla_conv(z, k_), x_)[1](g)[0]  # noqa: E731
       dk = lambda x_, k_, g: _dk_im2col_nhwc(x_, g, k_.shape)  # noqa: E731
       conv_impl = None
+    elif impl == "onednn":
+      dx = lambda x_, k_, g: onednn.conv_backward(x_, k_, g, one, pad, "dx")[0]  # noqa: E731
+      dk = lambda x_, k_, g: onednn.conv_backward(x_, k_, g, one, pad, "dk")[1]  # noqa: E731
+      conv_impl = impl
     else:
       bf16 = impl == "matmul_bf16"
       dx = lambda x_, k_, g: conv.input_grad(g, k_, x_.shape[1:3], one, pad, one)  # noqa: E731
@@ -311,7 +316,7 @@ def build_scan(args, size, impls):
   import jax
   import jax.numpy as jnp
 
-  from msrnn_jax import conv
+  from msrnn_jax import conv, onednn
   b, k, t = args.batch, args.kernel, args.steps
   keys = jax.random.split(jax.random.key(0), 4)
   xs = jax.random.normal(keys[0], (t, b, size, size, args.cin))
@@ -344,6 +349,10 @@ def build_scan(args, size, impls):
       fwd_fn.defvjp(lambda x_, k_: (xla_conv(x_, k_), (x_, k_)),
                     lambda res, g, dk=dk: (jax.vjp(lambda z: xla_conv(z, res[1]), res[0])[1](g)[0],
                                            dk(res[0], g)))
+    elif impl == "onednn":
+      fwd_fn = functools.partial(lambda x_, k_, ci: conv.conv2d(x_, k_, impl=ci), ci=impl)
+      dx = lambda g, k_: onednn.conv_backward(zeros_x, k_, g, one, pad, "dx")[0]  # noqa: E731
+      dk = lambda x_, g: onednn.conv_backward(x_, kern, g, one, pad, "dk")[1]  # noqa: E731
     else:
       bf16 = impl == "matmul_bf16"
       fwd_fn = functools.partial(lambda x_, k_, ci: conv.conv2d(x_, k_, impl=ci), ci=impl)

@@ -15,6 +15,10 @@ reference's (1,772,737 for both). It is not part of the library and needs
 
     python experiments/torch_reference.py --model convlstm --repeats 8
     python experiments/torch_reference.py --model ms_convlstm --out /tmp/torch_ms.json
+
+``--serve`` is how ``experiments/vs_torch.py`` interleaves it with the JAX
+step: after the warm-up it prints ``ready``, then runs one timed step per
+``step`` line read from standard input and prints its seconds.
 """
 
 import argparse
@@ -113,6 +117,8 @@ def main(argv=None) -> dict:
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--threads", type=int, default=2)
   p.add_argument("--out", default=None)
+  p.add_argument("--serve", action="store_true",
+                 help="after the warm-up, one timed step per 'step' line on stdin")
   args = p.parse_args(argv)
   torch.set_num_threads(args.threads)
   torch.manual_seed(2022)
@@ -122,6 +128,15 @@ def main(argv=None) -> dict:
   frames = torch.rand(args.seq_len, args.batch, 1, args.size, args.size, generator=generator)
   for _ in range(args.warmup):
     train_step(model, opt, frames, args.seq_len // 2, 0.5, generator)
+  if args.serve:
+    print("ready", flush=True)
+    for line in sys.stdin:
+      if line.strip() != "step":
+        break
+      t0 = time.perf_counter()
+      train_step(model, opt, frames, args.seq_len // 2, 0.5, generator)
+      print(f"{time.perf_counter() - t0:.6f}", flush=True)
+    return {}
   times = []
   for _ in range(args.repeats):
     t0 = time.perf_counter()

@@ -23,7 +23,13 @@ Implementations (config key ``model.conv_impl``):
 * ``matmul_bf16``: as ``matmul`` but the dK products take bfloat16 operands
   with float32 accumulation (faster on CPUs with AVX512-BF16 or AMX; kernel
   gradients differ at the 1e-3 relative level, see ``docs/performance.md``).
-* ``auto``: ``matmul`` on CPU, ``xla`` elsewhere.
+* ``onednn``: forward, dX and dK through oneDNN (the library behind
+  PyTorch's CPU convolutions) as XLA FFI custom calls reading XLA's NHWC
+  buffers in place (``msrnn_jax.onednn``); float32, CPU only. Convolutions
+  it does not cover (input dilation, negative padding, other dtypes) take
+  the ``matmul`` path. Fastest on CPU (``docs/performance.md``).
+* ``auto``: ``onednn`` on a single CPU device where it is available,
+  ``matmul`` on other CPU set-ups, ``xla`` elsewhere.
 
 Layouts are NHWC activations and HWIO kernels throughout.
 """
@@ -36,7 +42,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-CONV_IMPLS = ("auto", "xla", "matmul", "matmul_bf16")
+from msrnn_jax import onednn
+
+CONV_IMPLS = ("auto", "xla", "matmul", "matmul_bf16", "onednn")
 INITS = ("torch", "flax")
 
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -50,7 +58,14 @@ def resolve_impl(impl: str) -> str:
   if impl not in CONV_IMPLS:
     raise ValueError(f"Unknown conv_impl {impl!r}; valid: {', '.join(CONV_IMPLS)}.")
   if impl == "auto":
-    return "matmul" if jax.default_backend() == "cpu" else "xla"
+    if jax.default_backend() != "cpu":
+      return "xla"
+    # The custom calls have no sharding rule: under a multi-device jit XLA
+    # would gather their operands onto every device. The matmul path
+    # partitions like any XLA op.
+    return "onednn" if jax.device_count() == 1 and onednn.available() else "matmul"
+  if impl == "onednn":
+    onednn.require()
   return impl
 
 
@@ -217,6 +232,23 @@ def _matmul_conv_bwd(stride, padding, lhs_dilation, bf16, res, dy):
 _matmul_conv.defvjp(_matmul_conv_fwd, _matmul_conv_bwd)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _onednn_conv(x, kernel, stride, padding):
+  return onednn.conv_forward(x, kernel, stride, padding)
+
+
+def _onednn_conv_fwd(x, kernel, stride, padding):
+  return onednn.conv_forward(x, kernel, stride, padding), (x, kernel)
+
+
+def _onednn_conv_bwd(stride, padding, res, dy):
+  x, kernel = res
+  return onednn.conv_backward(x, kernel, dy, stride, padding)
+
+
+_onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
+
+
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
            padding: str | Sequence[tuple[int, int]] = "SAME",
            lhs_dilation: int = 1, impl: str = "auto") -> jax.Array:
@@ -244,6 +276,11 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
   padding = tuple(tuple(int(v) for v in p) for p in padding)
   if impl == "xla":
     return _xla_conv(x, kernel, strides, padding, dil)
+  if impl == "onednn":
+    if onednn.supports(x.shape, kernel.shape, jnp.result_type(x.dtype, kernel.dtype), strides,
+                       padding, dil):
+      return _onednn_conv(x, kernel, strides, padding)
+    impl = "matmul"
   return _matmul_conv(x, kernel, strides, padding, dil, impl == "matmul_bf16")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from msrnn_jax import train
+from msrnn_jax import onednn, train
 from msrnn_jax.conv import CONV_IMPLS, conv2d, input_grad, kernel_grad, resolve_impl
 
 RNG = np.random.default_rng(5)
@@ -64,6 +64,8 @@ def test_values_and_gradients_match_lax(case):
       loss(lambda x, k: _ref_conv(x, k, stride, pad, dil)), (0, 1)))(x, k)
   # 'auto' is one of the others (test_config_switch_reaches_the_cells).
   for impl in [i for i in CONV_IMPLS if i != "auto"]:
+    if impl == "onednn" and not onednn.available():
+      continue  # test_onednn_is_available_on_linux_x86 says where it must be
     def ours(x, k, impl=impl):
       return conv2d(x, k, stride=stride, padding=pad, lhs_dilation=dil, impl=impl)
 
@@ -107,7 +109,7 @@ def test_bf16_kernel_gradient_error_is_bounded_but_nonzero():
   assert 1e-5 < rel < 5e-3
 
 
-@pytest.mark.parametrize("impl", ["matmul", "matmul_bf16"])
+@pytest.mark.parametrize("impl", ["matmul", "matmul_bf16", "onednn"])
 def test_gradients_inside_rolled_scan(impl):
   """A rolled ``lax.scan`` (a while loop, where XLA:CPU lays things out differently)."""
   xs, k = _rand(3, 2, 9, 7, 6), _rand(3, 3, 6, 8)
@@ -123,10 +125,15 @@ def test_gradients_inside_rolled_scan(impl):
   _close(g1[0], g0[0], BF16_RTOL if impl == "matmul_bf16" else 1e-5)
 
 
+_ONEDNN = "target_name=msrnn_onednn_conv_bwd"
+
+
 @pytest.mark.parametrize("impl,marker", [
     ("xla", None),
     ("matmul", "name=conv_dk_matmul "),
     ("matmul_bf16", "name=conv_dk_matmul_bf16 "),
+    ("onednn", _ONEDNN),
+    # Four simulated devices (conftest.py): 'auto' keeps the partitionable path.
     ("auto", "name=conv_dk_matmul " if jax.default_backend() == "cpu" else None),
 ])
 def test_config_switch_reaches_the_cells(impl, marker):
@@ -142,7 +149,64 @@ def test_config_switch_reaches_the_cells(impl, marker):
     return jnp.sum(model.apply({"params": p}, frames)[0] ** 2)
 
   jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
-  names = ("name=conv_dk_matmul ", "name=conv_dk_matmul_bf16 ")
+  names = ("name=conv_dk_matmul ", "name=conv_dk_matmul_bf16 ", _ONEDNN)
   assert [n for n in names if n in jaxpr] == ([marker] if marker else [])
+  if impl == "onednn":  # the forward pass too
+    assert "target_name=msrnn_onednn_conv_fwd" in jaxpr
   if impl == "auto":
     assert resolve_impl("auto") == ("matmul" if jax.default_backend() == "cpu" else "xla")
+
+
+def test_onednn_is_available_on_linux_x86():
+  """The requirements install oneDNN there; a silent fallback would hide a broken build."""
+  import platform
+  import sys
+  if not (sys.platform.startswith("linux") and platform.machine() == "x86_64"):
+    pytest.skip("oneDNN wheels are installed on Linux x86-64 only")
+  assert onednn.available(), onednn.unavailable_reason()
+  assert onednn.version().startswith("3.")
+
+
+def test_auto_picks_onednn_on_one_cpu_device(monkeypatch):
+  monkeypatch.setattr(jax, "device_count", lambda: 1)
+  monkeypatch.setattr(onednn, "available", lambda: True)
+  assert resolve_impl("auto") == ("onednn" if jax.default_backend() == "cpu" else "xla")
+  monkeypatch.setattr(onednn, "available", lambda: False)
+  assert resolve_impl("auto") == ("matmul" if jax.default_backend() == "cpu" else "xla")
+
+
+def test_onednn_unavailable_error_names_the_fix(monkeypatch):
+  monkeypatch.setitem(onednn._state, "ok", False)
+  monkeypatch.setitem(onednn._state, "reason", "the oneDNN wheels are not installed: pip install x")
+  with pytest.raises(RuntimeError, match="conv_impl='onednn' is unavailable.*pip install.*'matmul'"):
+    resolve_impl("onednn")
+
+
+def test_onednn_falls_back_where_it_does_not_apply():
+  """Input dilation (transposed convolutions) and bfloat16 take the matmul path."""
+  x, k = _rand(1, 5, 4, 3), _rand(3, 3, 3, 2)
+  pad = ((2, 2), (2, 2))
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(
+      conv2d(x, k, padding=pad, lhs_dilation=2, impl="onednn") ** 2)))(k))
+  assert "conv_dk_matmul" in jaxpr and "msrnn_onednn" not in jaxpr
+  jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(conv2d(
+      x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), impl="onednn").astype(jnp.float32))))(k))
+  assert "conv_dk_matmul" in jaxpr and "msrnn_onednn" not in jaxpr
+
+
+def test_onednn_under_batch_sharding_equals_reference():
+  """Under a 4-device jit XLA replicates the custom calls' operands: still exact."""
+  mesh = jax.make_mesh((4,), ("data",))
+  batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  x, k = _rand(4, 6, 5, 8), _rand(3, 3, 8, 4)
+  cot = _rand(4, 6, 5, 4)
+  pad = ((1, 1), (1, 1))
+
+  def grads(impl):
+    def loss(x, k):
+      return jnp.sum(conv2d(x, k, impl=impl) * cot)
+    return jax.jit(jax.grad(loss, (0, 1)))(jax.device_put(x, batch), k)
+
+  ref = jax.grad(lambda x, k: jnp.sum(_ref_conv(x, k, 1, pad, 1) * cot), (0, 1))(x, k)
+  for got, want in zip(grads("onednn"), ref, strict=True):
+    _close(got, want, 1e-5)

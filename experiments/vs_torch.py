@@ -1,0 +1,149 @@
+"""Our training step against the PyTorch reference's, interleaved step by step.
+
+This VM's speed drifts by 20-30% within minutes (docs/performance.md), so
+timing the two frameworks one after the other compares the machine's moods
+as much as the code. Here a PyTorch process (``torch_reference.py --serve``,
+run with a separate interpreter that has torch) and this process's compiled
+JAX step take turns: one JAX step, one PyTorch step, per round. Each round
+gives a ratio; the median of the per-round ratios is the figure to read.
+
+    python experiments/vs_torch.py --torch-python /path/to/torch-venv/bin/python \\
+        --models convlstm,ms_convlstm --conv-impls onednn,matmul --rounds 8
+
+Shapes are the paper's (6 x 64 hidden, 64x64, T = 20, batch 4). The JAX
+step is ``train.make_train_step`` (forward, loss, backward, Adam; donated
+state), the PyTorch step the reference's (see ``torch_reference.py``).
+Results go to ``experiments/results/vs_torch.json`` and a table is printed.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import optax
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from msrnn_jax import memory, models, onednn, train  # noqa: E402
+
+SHAPE = dict(hidden=64, num_layers=6, size=64, seq_len=20, batch=4)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--torch-python", required=True,
+                 help="a Python interpreter with torch installed (e.g. a separate venv)")
+  p.add_argument("--models", default="convlstm,ms_convlstm")
+  p.add_argument("--conv-impls", default="onednn,matmul", help="JAX conv_impl values to compare")
+  p.add_argument("--rounds", type=int, default=8)
+  p.add_argument("--warmup", type=int, default=1)
+  p.add_argument("--out", default=os.path.join(HERE, "results", "vs_torch.json"))
+  args = p.parse_args(argv)
+  if args.rounds < 3:
+    p.error("--rounds must be >= 3")
+  return args
+
+
+class TorchStep:
+  """A persistent ``torch_reference.py --serve`` process: one step per call."""
+
+  def __init__(self, python: str, model: str, warmup: int):
+    cmd = [python, os.path.join(HERE, "torch_reference.py"), "--model", model, "--serve",
+           "--warmup", str(warmup), "--size", str(SHAPE["size"]), "--batch", str(SHAPE["batch"]),
+           "--seq-len", str(SHAPE["seq_len"])]
+    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = self.proc.stdout.readline().strip()
+    if line != "ready":
+      raise RuntimeError(f"{' '.join(cmd)} did not start (said {line!r})")
+
+  def __call__(self) -> float:
+    self.proc.stdin.write("step\n")
+    self.proc.stdin.flush()
+    return float(self.proc.stdout.readline())
+
+  def close(self) -> None:
+    self.proc.stdin.close()
+    self.proc.wait(timeout=60)
+
+
+class JaxStep:
+  """The compiled JAX training step on random frames (as ``benchmark.py`` runs it)."""
+
+  def __init__(self, name: str, conv_impl: str, warmup: int):
+    t = SHAPE["seq_len"]
+    self.shape = (SHAPE["batch"], t, SHAPE["size"], SHAPE["size"], 1)
+    model = models.create(name, hidden=SHAPE["hidden"], num_layers=SHAPE["num_layers"],
+                          channels=1, in_len=t // 2, conv_impl=conv_impl)
+    tx = optax.adam(3e-4)
+    _, self.compiled, _, _ = memory.compile_train_step(model, tx, self.shape, t // 2, 0.01)
+    self.state = jax.jit(lambda: train.create_train_state(model, tx, self.shape, 0))()
+    self.frames = jax.random.uniform(jax.random.PRNGKey(1), self.shape, jnp.float32)
+    self.eta = (jnp.asarray(0.5, jnp.float32), jnp.asarray(1.0, jnp.float32))
+    for _ in range(warmup):
+      self()
+
+  def __call__(self) -> float:
+    t0 = time.perf_counter()
+    self.state, metrics = self.compiled(self.state, self.frames, *self.eta)
+    jax.block_until_ready((self.state, metrics))
+    return time.perf_counter() - t0
+
+
+def compare(name: str, impls: list[str], args) -> dict:
+  torch_step = TorchStep(args.torch_python, name, args.warmup)
+  jax_steps = {impl: JaxStep(name, impl, args.warmup) for impl in impls}
+  times = {"torch": [], **{impl: [] for impl in impls}}
+  try:
+    for r in range(args.rounds):
+      for impl, step in jax_steps.items():
+        times[impl].append(step())
+      times["torch"].append(torch_step())
+      print(f"  {name} round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
+            flush=True)
+  finally:
+    torch_step.close()
+  out = {"times": times, "torch_step_s": statistics.median(times["torch"])}
+  for impl in impls:
+    ratios = [j / p for j, p in zip(times[impl], times["torch"], strict=True)]
+    out[impl] = {"step_s": statistics.median(times[impl]), "ratio_median": statistics.median(ratios),
+                 "ratio_min": min(ratios), "ratio_max": max(ratios), "ratios": ratios}
+  return out
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
+  impls = [i for i in args.conv_impls.split(",") if i]
+  if "onednn" in impls:
+    onednn.require()
+  results = {"settings": {**SHAPE, "rounds": args.rounds, "warmup": args.warmup,
+                          "onednn": onednn.version(), "loadavg_start": os.getloadavg()},
+             "models": {}}
+  for name in args.models.split(","):
+    print(f"{name}:", flush=True)
+    results["models"][name] = compare(name, impls, args)
+  results["settings"]["loadavg_end"] = os.getloadavg()
+  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+  with open(args.out + ".tmp", "w") as f:
+    json.dump(results, f, indent=1)
+  os.replace(args.out + ".tmp", args.out)
+  print("| model | PyTorch step | " + " | ".join(
+      f"JAX `{i}` step | `{i}` / PyTorch (median of rounds, range)" for i in impls) + " |")
+  print("|---|---|" + "---|---|" * len(impls))
+  for name, r in results["models"].items():
+    cells = [f"{r['torch_step_s']:.2f} s"]
+    for i in impls:
+      cells += [f"{r[i]['step_s']:.2f} s",
+                f"**{r[i]['ratio_median']:.2f}** ({r[i]['ratio_min']:.2f}-{r[i]['ratio_max']:.2f})"]
+    print(f"| {name} | " + " | ".join(cells) + " |")
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()

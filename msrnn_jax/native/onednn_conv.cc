@@ -1,0 +1,286 @@
+// oneDNN convolutions as XLA FFI custom calls (CPU, float32, NHWC x HWIO).
+//
+// Why: XLA:CPU runs the kernel gradient of a convolution on a generic path
+// (a fifth of its matmul rate) and our matrix-product replacement still has
+// to materialise patch matrices (docs/performance.md). oneDNN, the library
+// behind PyTorch's CPU convolutions, computes forward, input gradient and
+// kernel gradient directly from NHWC activations at close to the matmul
+// rate. These handlers read and write XLA's buffers in place; only the
+// (small) kernels are reordered into the blocked layout oneDNN prefers.
+//
+// Handlers (attributes: strides = [sh, sw], padding = [top, bottom, left, right]):
+//   msrnn_onednn_conv_fwd(x[N,H,W,C], w[KH,KW,C,O]) -> y[N,OH,OW,O]
+//   msrnn_onednn_conv_bwd(x, w, dy[N,OH,OW,O]) -> (dx[N,H,W,C], dw[KH,KW,C,O])
+//     attribute parts: 3 computes both, 1 only dx, 2 only dw (the other
+//     output is left unwritten; for benchmarks timing one gradient alone).
+//
+// Primitives are created once per shape and cached; execution is
+// thread-safe (user-managed scratchpads, one stream per calling thread), so
+// XLA may run several of these calls concurrently.
+
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using dnnl::memory;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+
+dnnl::engine& Engine() {
+  static dnnl::engine* eng = new dnnl::engine(dnnl::engine::kind::cpu, 0);
+  return *eng;
+}
+
+dnnl::stream& Stream() {
+  thread_local dnnl::stream s(Engine());
+  return s;
+}
+
+// A growable 64-byte aligned buffer owned by the calling thread: scratchpads
+// and blocked kernels reuse it across calls (no allocation per call).
+struct Scratch {
+  void* ptr = nullptr;
+  size_t size = 0;
+  void* get(size_t n) {
+    if (n > size) {
+      std::free(ptr);
+      size = (n + 4095) / 4096 * 4096;
+      ptr = std::aligned_alloc(64, size);
+    }
+    return ptr;
+  }
+  ~Scratch() { std::free(ptr); }
+};
+
+struct Shape {
+  int64_t n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr;
+  std::string key(char kind) const {
+    std::string k(1, kind);
+    for (int64_t v : {n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr}) {
+      k += ',';
+      k += std::to_string(v);
+    }
+    return k;
+  }
+  memory::desc src() const { return {{n, c, h, w}, dt::f32, tag::nhwc}; }
+  memory::desc dst() const { return {{n, o, oh, ow}, dt::f32, tag::nhwc}; }
+  memory::desc wei_user() const { return {{o, c, kh, kw}, dt::f32, tag::hwio}; }
+  memory::desc wei_any() const { return {{o, c, kh, kw}, dt::f32, tag::any}; }
+  memory::dims strides() const { return {sh, sw}; }
+  memory::dims pad_l() const { return {pt, pl}; }
+  memory::dims pad_r() const { return {pb, pr}; }
+};
+
+dnnl::primitive_attr UserScratchpad() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+dnnl::convolution_forward::primitive_desc FwdPd(const Shape& s) {
+  return dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
+      s.src(), s.wei_any(), s.dst(), s.strides(), s.pad_l(), s.pad_r(), UserScratchpad());
+}
+
+// Everything one convolution shape needs, built once.
+struct Entry {
+  dnnl::primitive conv;            // forward, or backward data
+  dnnl::primitive conv_w;          // backward weights (backward entries only)
+  dnnl::reorder w_to_blocked;      // user HWIO kernel -> the layout `conv` wants
+  dnnl::reorder dw_to_user;        // kernel gradient layout -> user HWIO
+  memory::desc w_blocked, dw_blocked;
+  bool reorder_w = false, reorder_dw = false;
+  size_t scratch = 0, scratch_w = 0;
+};
+
+Entry MakeFwd(const Shape& s) {
+  Entry e;
+  auto pd = FwdPd(s);
+  e.conv = dnnl::convolution_forward(pd);
+  e.w_blocked = pd.weights_desc();
+  e.reorder_w = e.w_blocked != s.wei_user();
+  if (e.reorder_w) e.w_to_blocked = dnnl::reorder(dnnl::reorder::primitive_desc(
+      Engine(), s.wei_user(), Engine(), e.w_blocked));
+  e.scratch = pd.scratchpad_desc().get_size();
+  return e;
+}
+
+Entry MakeBwd(const Shape& s) {
+  Entry e;
+  auto hint = FwdPd(s);
+  auto dpd = dnnl::convolution_backward_data::primitive_desc(
+      Engine(), dnnl::algorithm::convolution_direct, s.src(), s.wei_any(), s.dst(),
+      s.strides(), s.pad_l(), s.pad_r(), hint, UserScratchpad());
+  auto wpd = dnnl::convolution_backward_weights::primitive_desc(
+      Engine(), dnnl::algorithm::convolution_direct, s.src(), s.wei_any(), s.dst(),
+      s.strides(), s.pad_l(), s.pad_r(), hint, UserScratchpad());
+  e.conv = dnnl::convolution_backward_data(dpd);
+  e.conv_w = dnnl::convolution_backward_weights(wpd);
+  e.w_blocked = dpd.weights_desc();
+  e.reorder_w = e.w_blocked != s.wei_user();
+  if (e.reorder_w) e.w_to_blocked = dnnl::reorder(dnnl::reorder::primitive_desc(
+      Engine(), s.wei_user(), Engine(), e.w_blocked));
+  e.dw_blocked = wpd.diff_weights_desc();
+  e.reorder_dw = e.dw_blocked != s.wei_user();
+  if (e.reorder_dw) e.dw_to_user = dnnl::reorder(dnnl::reorder::primitive_desc(
+      Engine(), e.dw_blocked, Engine(), s.wei_user()));
+  e.scratch = dpd.scratchpad_desc().get_size();
+  e.scratch_w = wpd.scratchpad_desc().get_size();
+  return e;
+}
+
+const Entry& Lookup(const Shape& s, char kind) {
+  static std::mutex mu;
+  static auto* cache = new std::unordered_map<std::string, std::unique_ptr<Entry>>();
+  std::string key = s.key(kind);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    auto it = cache->find(key);
+    if (it != cache->end()) return *it->second;
+  }
+  // Built outside the lock (creating primitives JIT-compiles kernels, ~ms);
+  // a concurrent duplicate is harmless, the first insertion wins.
+  auto entry = std::make_unique<Entry>(kind == 'f' ? MakeFwd(s) : MakeBwd(s));
+  std::lock_guard<std::mutex> lock(mu);
+  auto [it, inserted] = cache->emplace(key, std::move(entry));
+  return *it->second;
+}
+
+ffi::Error ParseShape(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> w_dims,
+                      ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                      Shape* s) {
+  if (x_dims.size() != 4 || w_dims.size() != 4)
+    return ffi::Error::InvalidArgument("onednn conv: x must be NHWC and w HWIO (rank 4)");
+  if (strides.size() != 2 || padding.size() != 4)
+    return ffi::Error::InvalidArgument("onednn conv: strides needs 2 and padding 4 entries");
+  if (w_dims[2] != x_dims[3])
+    return ffi::Error::InvalidArgument("onednn conv: kernel input channels != x channels");
+  *s = Shape{x_dims[0], x_dims[1], x_dims[2], x_dims[3], w_dims[0], w_dims[1], w_dims[3],
+             0, 0, strides[0], strides[1], padding[0], padding[1], padding[2], padding[3]};
+  s->oh = (s->h + s->pt + s->pb - s->kh) / s->sh + 1;
+  s->ow = (s->w + s->pl + s->pr - s->kw) / s->sw + 1;
+  return ffi::Error::Success();
+}
+
+template <typename F>
+ffi::Error Guarded(F&& f) {
+  try {
+    f();
+  } catch (const dnnl::error& e) {
+    return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  }
+  return ffi::Error::Success();
+}
+
+void RunWithScratch(const dnnl::primitive& p, size_t scratch, Scratch& buf,
+                    std::unordered_map<int, memory> args) {
+  if (scratch > 0) {
+    memory::desc md({static_cast<int64_t>(scratch)}, dt::u8, tag::x);
+    args.emplace(DNNL_ARG_SCRATCHPAD, memory(md, Engine(), buf.get(scratch)));
+  }
+  p.execute(Stream(), args);
+}
+
+// The kernel in the layout `e.conv` reads: the user buffer itself, or a
+// reordered copy in this thread's buffer.
+memory KernelFor(const Entry& e, const Shape& s, float* w, Scratch& buf) {
+  memory user(s.wei_user(), Engine(), w);
+  if (!e.reorder_w) return user;
+  memory blocked(e.w_blocked, Engine(), buf.get(e.w_blocked.get_size()));
+  e.w_to_blocked.execute(Stream(), user, blocked);
+  return blocked;
+}
+
+ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
+                       ffi::Span<const int64_t> padding) {
+  Shape s;
+  if (auto err = ParseShape(x.dimensions(), w.dimensions(), strides, padding, &s); err.failure())
+    return err;
+  return Guarded([&] {
+    thread_local Scratch wbuf, sbuf;
+    const Entry& e = Lookup(s, 'f');
+    memory wm = KernelFor(e, s, w.typed_data(), wbuf);
+    RunWithScratch(e.conv, e.scratch, sbuf,
+                   {{DNNL_ARG_SRC, memory(s.src(), Engine(), x.typed_data())},
+                    {DNNL_ARG_WEIGHTS, wm},
+                    {DNNL_ARG_DST, memory(s.dst(), Engine(), y->typed_data())}});
+    Stream().wait();
+  });
+}
+
+ffi::Error ConvBwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                       ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
+                       ffi::ResultBuffer<ffi::F32> dw, ffi::Span<const int64_t> strides,
+                       ffi::Span<const int64_t> padding, int64_t parts) {
+  Shape s;
+  if (auto err = ParseShape(x.dimensions(), w.dimensions(), strides, padding, &s); err.failure())
+    return err;
+  return Guarded([&] {
+    thread_local Scratch wbuf, dwbuf, sbuf;
+    const Entry& e = Lookup(s, 'b');
+    memory src(s.src(), Engine(), x.typed_data());
+    memory ddst(s.dst(), Engine(), dy.typed_data());
+    if (parts & 1) {
+      memory wm = KernelFor(e, s, w.typed_data(), wbuf);
+      RunWithScratch(e.conv, e.scratch, sbuf,
+                     {{DNNL_ARG_DIFF_SRC, memory(s.src(), Engine(), dx->typed_data())},
+                      {DNNL_ARG_WEIGHTS, wm},
+                      {DNNL_ARG_DIFF_DST, ddst}});
+    }
+    if (!(parts & 2)) {
+      Stream().wait();
+      return;
+    }
+    memory dw_user(s.wei_user(), Engine(), dw->typed_data());
+    memory dw_out = e.reorder_dw
+        ? memory(e.dw_blocked, Engine(), dwbuf.get(e.dw_blocked.get_size())) : dw_user;
+    RunWithScratch(e.conv_w, e.scratch_w, sbuf,
+                   {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst},
+                    {DNNL_ARG_DIFF_WEIGHTS, dw_out}});
+    if (e.reorder_dw) e.dw_to_user.execute(Stream(), dw_out, dw_user);
+    Stream().wait();
+  });
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MsrnnOnednnConvFwd, ConvFwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(MsrnnOnednnConvBwd, ConvBwdImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<ffi::Span<const int64_t>>("strides")
+                                  .Attr<ffi::Span<const int64_t>>("padding")
+                                  .Attr<int64_t>("parts"));
+
+// Version string of the linked oneDNN, for logs and benchmark records.
+extern "C" __attribute__((visibility("default"))) const char* msrnn_onednn_version() {
+  static std::string v = [] {
+    const dnnl_version_t* ver = dnnl_version();
+    return std::to_string(ver->major) + "." + std::to_string(ver->minor) + "." +
+           std::to_string(ver->patch);
+  }();
+  return v.c_str();
+}
