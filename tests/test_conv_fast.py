@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from msrnn_jax import onednn, train
+from msrnn_jax import models, onednn, train
 from msrnn_jax.conv import CONV_IMPLS, conv2d, input_grad, kernel_grad, resolve_impl
 
 RNG = np.random.default_rng(5)
@@ -210,3 +210,29 @@ def test_onednn_under_batch_sharding_equals_reference():
   ref = jax.grad(lambda x, k: jnp.sum(_ref_conv(x, k, 1, pad, 1) * cot), (0, 1))(x, k)
   for got, want in zip(grads("onednn"), ref, strict=True):
     _close(got, want, 1e-5)
+
+
+@pytest.mark.parametrize("name,remat,layers,t", [("ms_predrnn", "step", 4, 4)])
+def test_onednn_model_gradients_equal_matmul(name, remat, layers, t):
+  """A whole model: the pyramid, the zig-zag memory across levels, remat.
+
+  (Strided and transposed convolutions are covered one by one in CASES;
+  MotionRNN, which has both, costs ~35 s to compile twice here.)
+  """
+  if not onednn.available():
+    pytest.skip(onednn.unavailable_reason())
+  frames = jnp.asarray(RNG.uniform(size=(2, t, 16, 16, 1)), jnp.float32)
+  out = {}
+  for impl in ("matmul", "onednn"):
+    model = models.create(name, hidden=8, num_layers=layers, in_len=2, remat=remat,
+                          conv_impl=impl)
+    params = model.init(jax.random.key(0), frames)["params"]
+
+    def loss(p, model=model):
+      return jnp.sum((model.apply({"params": p}, frames)[0] - frames[:, 1:]) ** 2)
+
+    out[impl] = jax.jit(jax.value_and_grad(loss))(params)
+  np.testing.assert_allclose(out["onednn"][0], out["matmul"][0], rtol=1e-5)
+  for got, want in zip(jax.tree.leaves(out["onednn"][1]), jax.tree.leaves(out["matmul"][1]),
+                       strict=True):
+    _close(got, want, 1e-4)
