@@ -28,8 +28,9 @@ implementation, the stock one fully unrolled (``xla_unrolled``; rolled it is
 
 Implementations: ``xla`` (stock autodiff), ``matmul``, ``matmul_bf16``,
 ``onednn`` (see ``msrnn_jax.conv``; its dX and dK are timed through the
-backward custom call told to compute only that gradient) and ``matmul_v1`` (this repository's first custom VJP:
-dX by autodiff, dK by one NHWC im2col product, kept for comparison).
+backward custom call told to compute only that gradient) and ``matmul_v1``
+(this repository's first custom VJP: dX by autodiff, dK by one NHWC im2col
+product, kept for comparison).
 """
 
 import argparse
@@ -349,16 +350,17 @@ def build_scan(args, size, impls):
       fwd_fn.defvjp(lambda x_, k_: (xla_conv(x_, k_), (x_, k_)),
                     lambda res, g, dk=dk: (jax.vjp(lambda z: xla_conv(z, res[1]), res[0])[1](g)[0],
                                            dk(res[0], g)))
-    elif impl == "onednn":
-      fwd_fn = functools.partial(lambda x_, k_, ci: conv.conv2d(x_, k_, impl=ci), ci=impl)
-      dx = lambda g, k_: onednn.conv_backward(zeros_x, k_, g, one, pad, "dx")[0]  # noqa: E731
-      dk = lambda x_, g: onednn.conv_backward(x_, kern, g, one, pad, "dk")[1]  # noqa: E731
     else:
-      bf16 = impl == "matmul_bf16"
       fwd_fn = functools.partial(lambda x_, k_, ci: conv.conv2d(x_, k_, impl=ci), ci=impl)
-      dx = lambda g, k_: conv.input_grad(g, k_, xs.shape[2:4], one, pad, one)  # noqa: E731
-      dk = functools.partial(
-          lambda x_, g, bf16: conv.kernel_grad(x_, g, kern.shape, one, pad, one, bf16), bf16=bf16)
+      if impl == "onednn":
+        dx = lambda g, k_: onednn.conv_backward(zeros_x, k_, g, one, pad, "dx")[0]  # noqa: E731
+        dk = lambda x_, g: onednn.conv_backward(x_, kern, g, one, pad, "dk")[1]  # noqa: E731
+      else:
+        bf16 = impl == "matmul_bf16"
+        dx = lambda g, k_: conv.input_grad(g, k_, xs.shape[2:4], one, pad, one)  # noqa: E731
+        dk = functools.partial(
+            lambda x_, g, bf16: conv.kernel_grad(x_, g, kern.shape, one, pad, one, bf16),
+            bf16=bf16)
 
     def fwd(xs_, k_, fwd_fn=fwd_fn, unroll=unroll):
       return scan_sum(lambda x_: fwd_fn(x_, k_), jnp.zeros(dys.shape[1:]), xs_, unroll)

@@ -175,19 +175,14 @@ def _attrs(stride, padding) -> dict:
           "padding": np.asarray((top, bottom, left, right), np.int64)}
 
 
-def _out_shape(x_shape, kernel_shape, stride, padding) -> tuple[int, int, int, int]:
-  n, h, w, _ = x_shape
-  kh, kw, _, o = kernel_shape
-  (top, bottom), (left, right) = padding
-  return (n, (h + top + bottom - kh) // stride[0] + 1, (w + left + right - kw) // stride[1] + 1, o)
-
-
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def conv_forward(x: jax.Array, kernel: jax.Array, stride: tuple[int, int],
                  padding: Padding) -> jax.Array:
   """Forward convolution ``[N, H, W, C] x [KH, KW, C, O] -> [N, OH, OW, O]`` (float32)."""
   require()
-  out = jax.ShapeDtypeStruct(_out_shape(x.shape, kernel.shape, stride, padding), np.float32)
+  shape = jax.lax.conv_general_shape_tuple(x.shape, kernel.shape, stride, padding,
+                                           ("NHWC", "HWIO", "NHWC"))
+  out = jax.ShapeDtypeStruct(tuple(int(d) for d in shape), np.float32)
   return jax.ffi.ffi_call(_TARGET_FWD, out, vmap_method="sequential")(
       x, kernel, **_attrs(stride, padding))
 

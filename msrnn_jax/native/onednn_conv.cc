@@ -104,14 +104,20 @@ struct Entry {
   size_t scratch = 0, scratch_w = 0;
 };
 
+// Records the kernel layout `e->conv` reads and, if it is not HWIO, the
+// reorder that produces it from the user's kernel.
+void SetKernelLayout(const Shape& s, const memory::desc& wanted, Entry* e) {
+  e->w_blocked = wanted;
+  e->reorder_w = wanted != s.wei_user();
+  if (e->reorder_w) e->w_to_blocked = dnnl::reorder(dnnl::reorder::primitive_desc(
+      Engine(), s.wei_user(), Engine(), wanted));
+}
+
 Entry MakeFwd(const Shape& s) {
   Entry e;
   auto pd = FwdPd(s);
   e.conv = dnnl::convolution_forward(pd);
-  e.w_blocked = pd.weights_desc();
-  e.reorder_w = e.w_blocked != s.wei_user();
-  if (e.reorder_w) e.w_to_blocked = dnnl::reorder(dnnl::reorder::primitive_desc(
-      Engine(), s.wei_user(), Engine(), e.w_blocked));
+  SetKernelLayout(s, pd.weights_desc(), &e);
   e.scratch = pd.scratchpad_desc().get_size();
   return e;
 }
@@ -127,10 +133,7 @@ Entry MakeBwd(const Shape& s) {
       s.strides(), s.pad_l(), s.pad_r(), hint, UserScratchpad());
   e.conv = dnnl::convolution_backward_data(dpd);
   e.conv_w = dnnl::convolution_backward_weights(wpd);
-  e.w_blocked = dpd.weights_desc();
-  e.reorder_w = e.w_blocked != s.wei_user();
-  if (e.reorder_w) e.w_to_blocked = dnnl::reorder(dnnl::reorder::primitive_desc(
-      Engine(), s.wei_user(), Engine(), e.w_blocked));
+  SetKernelLayout(s, dpd.weights_desc(), &e);
   e.dw_blocked = wpd.diff_weights_desc();
   e.reorder_dw = e.dw_blocked != s.wei_user();
   if (e.reorder_dw) e.dw_to_user = dnnl::reorder(dnnl::reorder::primitive_desc(
