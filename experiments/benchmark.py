@@ -27,9 +27,10 @@ already there are skipped) and a table is printed::
     python experiments/benchmark.py --models ms_mim,mim --repeats 7
 
 Timings on a shared machine are inflated by other processes; compare rows
-measured back to back. glibc malloc is left as the library leaves it;
-``--malloc-tuning`` makes it keep freed memory for reuse (see
-``conv_bench.keep_freed_memory`` and docs/performance.md).
+measured back to back. Like ``msrnn_jax.main``, the script first makes glibc
+keep freed memory for reuse (``msrnn_jax.host_memory``), so steps do not
+page-fault their temporaries in again; ``--no-keep-freed-memory`` leaves
+malloc as it is (docs/performance.md).
 """
 
 import argparse
@@ -44,7 +45,7 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from msrnn_jax import memory, models, train  # noqa: E402
+from msrnn_jax import host_memory, memory, models, train  # noqa: E402
 from msrnn_jax.conv import resolve_impl  # noqa: E402
 
 CELLS = ("convlstm", "trajgru", "predrnn", "predrnn_pp", "mim", "motionrnn")
@@ -73,9 +74,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--no-compile-t40", action="store_true",
                  help="skip the T=20 vs T=40 compile-time comparison")
   p.add_argument("--conv-impl", default="auto")
+  p.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
+                 help="leave glibc malloc as it is (default: host_memory.keep_freed_memory(), "
+                      "as msrnn_jax.main does)")
   p.add_argument("--malloc-tuning", action="store_true",
-                 help="make glibc keep freed memory for reuse (conv_bench.keep_freed_memory); "
-                      "the library itself does not")
+                 help="accepted for old command lines; keeping freed memory is the default now")
   p.add_argument("--out", default=None, help="output JSON path")
   p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
   args = p.parse_args(argv)
@@ -225,13 +228,8 @@ def table(results: dict, markdown: bool = False) -> str:
 
 def main(argv=None) -> None:
   args = parse_args(argv)
-  # Before JAX allocates anything. Off by default so that the figures are what
-  # a user of the library gets; on, large temporaries of the unrolled programs
-  # stop being page-faulted in again every step (docs/performance.md).
-  malloc_tuned = False
-  if args.malloc_tuning:
-    from conv_bench import keep_freed_memory  # same directory, on sys.path[0] as a script
-    malloc_tuned = keep_freed_memory()
+  # Before JAX starts its backend, as msrnn_jax.main does (docs/performance.md).
+  malloc_tuned = host_memory.keep_freed_memory() if args.keep_freed_memory else False
   sh = SHAPES[args.shape]
   names = args.models.split(",") if args.models else list(sh["models"])
   settings = {k: v for k, v in sh.items() if k != "models"}

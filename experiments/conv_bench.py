@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from msrnn_jax import host_memory  # noqa: E402  (imports no JAX backend)
 
 _DN = ("NHWC", "HWIO", "NHWC")
 IMPLS = ("xla", "matmul", "matmul_bf16", "matmul_v1", "onednn")
@@ -71,31 +72,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--step-impls", default="xla_unrolled,matmul_v1,matmul,matmul_bf16",
                  help="--mode=step: implementations (also 'xla', rolled: very slow)")
   p.add_argument("--malloc-tuning", action="store_true",
-                 help="make glibc keep freed memory (see keep_freed_memory)")
+                 help="make glibc keep freed memory (msrnn_jax.host_memory)")
   p.add_argument("--out", default=None,
                  help="JSON path (default experiments/results/conv_bench_<mode>.json)")
   return p.parse_args(argv)
-
-
-def keep_freed_memory() -> bool:
-  """Makes glibc serve large blocks from the heap and keep freed memory for reuse.
-
-  XLA:CPU allocates each execution's temporaries with malloc; glibc serves
-  blocks above its mmap threshold (<= 32 MiB) with fresh mmaps and unmaps
-  them on free, so every execution of a program with large temporaries
-  page-faults them in again (the kernel zero-fills each page). On the 2-core
-  VM of docs/performance.md that made single-op timings of patch-building
-  formulations 2-7x slower; whole training steps did not change measurably
-  (their loop bodies reuse buffers). Must run before JAX allocates.
-  """
-  import ctypes
-  try:
-    mallopt = ctypes.CDLL("libc.so.6").mallopt
-  except (OSError, AttributeError):
-    return False
-  mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-  # M_MMAP_MAX = -4, M_TRIM_THRESHOLD = -1, M_ARENA_MAX = -8 (glibc malloc.h).
-  return all(mallopt(param, value) == 1 for param, value in ((-4, 0), (-1, 2**31 - 1), (-8, 1)))
 
 
 # --- reference formulations (kept out of msrnn_jax: comparison only) -------------------------
@@ -492,7 +472,7 @@ def print_table(size, args, summary, impls):
 def main(argv=None):
   args = parse_args(argv)
   # Before JAX allocates anything.
-  tuned = keep_freed_memory() if args.malloc_tuning else False
+  tuned = host_memory.keep_freed_memory() if args.malloc_tuning else False
   import jax
 
   impls = [i for i in args.impls.split(",") if i]

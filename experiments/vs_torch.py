@@ -30,7 +30,7 @@ import optax
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from msrnn_jax import memory, models, onednn, train  # noqa: E402
+from msrnn_jax import host_memory, memory, models, onednn, train  # noqa: E402
 
 SHAPE = dict(hidden=64, num_layers=6, size=64, seq_len=20, batch=4)
 
@@ -43,8 +43,14 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--models", default="convlstm,ms_convlstm")
   p.add_argument("--conv-impls", default="onednn,matmul", help="JAX conv_impl values to compare")
   p.add_argument("--rounds", type=int, default=8)
-  p.add_argument("--warmup", type=int, default=1)
+  p.add_argument("--warmup", type=int, default=2,
+                 help="untimed steps first (two: the kept heap settles after the second)")
   p.add_argument("--out", default=os.path.join(HERE, "results", "vs_torch.json"))
+  p.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
+                 help="leave glibc malloc as it is in this (JAX) process (default: "
+                      "msrnn_jax.host_memory.keep_freed_memory(), as msrnn_jax.main does)")
+  p.add_argument("--torch-malloc", choices=("default", "keep"), default="default",
+                 help="'keep' gives the PyTorch process the same glibc settings (GLIBC_TUNABLES)")
   args = p.parse_args(argv)
   if args.rounds < 3:
     p.error("--rounds must be >= 3")
@@ -54,11 +60,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 class TorchStep:
   """A persistent ``torch_reference.py --serve`` process: one step per call."""
 
-  def __init__(self, python: str, model: str, warmup: int):
+  def __init__(self, python: str, model: str, warmup: int, keep_freed_memory: bool = False):
     cmd = [python, os.path.join(HERE, "torch_reference.py"), "--model", model, "--serve",
            "--warmup", str(warmup), "--size", str(SHAPE["size"]), "--batch", str(SHAPE["batch"]),
            "--seq-len", str(SHAPE["seq_len"])]
-    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    env = dict(os.environ)
+    if keep_freed_memory:  # the same glibc settings as host_memory.keep_freed_memory()
+      env["GLIBC_TUNABLES"] = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                               "glibc.malloc.trim_threshold=4611686018427387904")
+    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                 env=env)
     line = self.proc.stdout.readline().strip()
     if line != "ready":
       raise RuntimeError(f"{' '.join(cmd)} did not start (said {line!r})")
@@ -97,7 +108,7 @@ class JaxStep:
 
 
 def compare(name: str, impls: list[str], args) -> dict:
-  torch_step = TorchStep(args.torch_python, name, args.warmup)
+  torch_step = TorchStep(args.torch_python, name, args.warmup, args.torch_malloc == "keep")
   jax_steps = {impl: JaxStep(name, impl, args.warmup) for impl in impls}
   times = {"torch": [], **{impl: [] for impl in impls}}
   try:
@@ -119,11 +130,13 @@ def compare(name: str, impls: list[str], args) -> dict:
 
 def main(argv=None) -> None:
   args = parse_args(argv)
+  kept = host_memory.keep_freed_memory() if args.keep_freed_memory else False
   impls = [i for i in args.conv_impls.split(",") if i]
   if "onednn" in impls:
     onednn.require()
   results = {"settings": {**SHAPE, "rounds": args.rounds, "warmup": args.warmup,
-                          "onednn": onednn.version(), "loadavg_start": os.getloadavg()},
+                          "onednn": onednn.version(), "loadavg_start": os.getloadavg(),
+                          "jax_keep_freed_memory": kept, "torch_malloc": args.torch_malloc},
              "models": {}}
   for name in args.models.split(","):
     print(f"{name}:", flush=True)

@@ -39,6 +39,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
+  from msrnn_jax import host_memory
+  if FLAGS.config.get("keep_freed_memory", True):
+    # Before anything starts JAX's backend: XLA's threads must not have
+    # malloc arenas of their own yet (msrnn_jax/host_memory.py).
+    host_memory.keep_freed_memory()
   # Imported here so that --help stays fast and flags are parsed first.
   import jax
 

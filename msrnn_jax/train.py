@@ -26,7 +26,17 @@ import numpy as np
 import optax
 from absl import logging
 
-from msrnn_jax import data, losses, metrics, models, sampling, sharding, summary, visualize
+from msrnn_jax import (
+  data,
+  host_memory,
+  losses,
+  metrics,
+  models,
+  sampling,
+  sharding,
+  summary,
+  visualize,
+)
 from msrnn_jax.checkpointing import Checkpointer
 
 
@@ -286,6 +296,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   writer = summary.Writer(workdir, enabled=lead, backend=config.summary_backend)
   writer.write_hparams(config.to_dict())
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+  if host_memory.applied():
+    logging.info("keep_freed_memory: on (freed host memory is reused, not page-faulted in again)")
+  elif config.get("keep_freed_memory", False) and jax.default_backend() == "cpu":
+    logging.info("keep_freed_memory: off in this process; to stop per-step page faults call "
+                 "msrnn_jax.host_memory.keep_freed_memory() before the first JAX computation "
+                 "(msrnn_jax.main does; docs/performance.md)")
   logging.info("model %s: %d parameters; %d steps (%d per epoch); devices: %s", config.model.name,
                n_params, total_steps, steps_per_epoch, jax.devices())
   train_step = make_train_step(model, tx, in_len, config.train.decouple_weight)

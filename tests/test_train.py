@@ -234,8 +234,10 @@ def _main(*args, check=True):
 
 def test_main_train_eval_predict(tmp_path):
   workdir = tmp_path / "cli"
-  _main("--config=configs/test.py", f"--workdir={workdir}")
+  proc = _main("--config=configs/test.py", f"--workdir={workdir}")
   assert (workdir / "test.json").is_file()
+  # main applies config.keep_freed_memory before JAX starts (host_memory.py).
+  assert "keep_freed_memory: on" in proc.stderr
   (workdir / "test.json").unlink()
   _main("--config=configs/test.py", f"--workdir={workdir}", "--mode=eval")
   assert json.loads((workdir / "test_checkpoint.json").read_text())["step"] == 4

@@ -1,0 +1,102 @@
+"""Reuse of freed host memory between XLA:CPU executions (glibc malloc settings).
+
+Why: XLA:CPU allocates each execution's temporaries (a training step's
+stacked scan residuals: ~3.6 GB for ConvLSTM at the paper's shape) with
+malloc on its own threads. glibc serves blocks that large with a fresh
+``mmap`` and unmaps them on ``free``, so every training step page-faults
+its temporaries in again and the kernel zero-fills every page: ~880,000
+minor faults and 2-5 s of system time per ConvLSTM step on the 2-core VM of
+``docs/performance.md``. PyTorch's reference step faults ~140,000 times: most
+of its tensors are small enough for glibc's heap.
+
+``keep_freed_memory()`` makes glibc serve every block from one heap
+(``M_ARENA_MAX=1``, ``M_MMAP_MAX=0``) and never return freed memory to the
+kernel (``M_TRIM_THRESHOLD=-1``), so from the third step on a step's
+temporaries land in pages the previous steps already faulted in.
+
+Cost: resident memory, which the heap keeps at its high-water mark for the
+life of the process. Blocks are not always freed before the next step asks
+for its own, so with one step in flight (``train.train_and_evaluate`` waits
+for each step's loss) the heap settles after two steps at about twice the
+step's temporaries: MS-ConvLSTM at the paper's shape 3.9 GB resident instead
+of ~2.3 GB, ConvLSTM 7.4 GB instead of ~3.8 GB. A caller that dispatches
+several steps ahead holds more (four in flight: MS-ConvLSTM 8.8 GB). The
+compiled-memory figures of ``msrnn_jax.memory`` (what a GPU needs) are
+unchanged. Off: ``config.keep_freed_memory = False``.
+
+It must run before JAX starts its CPU backend: the arena limit only binds
+threads that have not allocated yet, and XLA's threads do the allocating.
+``msrnn_jax.main`` calls it first thing; library users call it before their
+first JAX computation.
+"""
+
+import ctypes
+import ctypes.util
+import sys
+
+from absl import logging
+
+# glibc malloc.h parameter numbers for mallopt().
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+
+_state = {"applied": False}
+
+
+def _mallopt():
+  """glibc's ``mallopt`` or None (not Linux, or a C library without it: musl)."""
+  if not sys.platform.startswith("linux"):
+    return None
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    gnu_get_libc_version = libc.gnu_get_libc_version  # present in glibc only
+    mallopt = libc.mallopt
+  except (OSError, AttributeError):
+    return None
+  del gnu_get_libc_version
+  mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+  mallopt.restype = ctypes.c_int
+  return mallopt
+
+
+def _backend_started() -> bool:
+  try:
+    from jax._src import xla_bridge
+  except ImportError:  # pragma: no cover - jax is a requirement
+    return False
+  started = getattr(xla_bridge, "backends_are_initialized", None)
+  return bool(started and started())
+
+
+def keep_freed_memory() -> bool:
+  """Makes glibc keep and reuse freed memory (see the module docstring).
+
+  Call it before the first JAX computation of the process. Called later, it
+  changes nothing (XLA's threads already have arenas of their own, whose large
+  blocks are always mmapped), logs a warning and returns False.
+
+  Returns:
+    True if the settings were applied while they could still take effect.
+  """
+  if _state["applied"]:
+    return True
+  mallopt = _mallopt()
+  if mallopt is None:
+    logging.info("keep_freed_memory: not glibc on Linux; malloc left as it is")
+    return False
+  if _backend_started():
+    logging.warning("keep_freed_memory() called after JAX started its backend: XLA's threads "
+                    "have their own malloc arenas, so nothing was changed. Call it before the "
+                    "first JAX computation (msrnn_jax.main does).")
+    return False
+  # Order matters little; -1 is SIZE_MAX to glibc: never trim.
+  ok = all(mallopt(param, value) == 1
+           for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+  _state["applied"] = ok
+  return ok
+
+
+def applied() -> bool:
+  """Whether ``keep_freed_memory()`` took effect in this process."""
+  return _state["applied"]

@@ -1,0 +1,65 @@
+"""host_memory.keep_freed_memory: freed large blocks are reused instead of faulted in again."""
+
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import pytest
+
+from msrnn_jax import host_memory
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Each of three threads (as XLA's are) mallocs a 512 MiB block, writes it and
+# frees it; prints the minor page faults of each.
+_PROBE = """
+import ctypes, resource, sys, threading
+from msrnn_jax import host_memory
+kept = host_memory.keep_freed_memory() if sys.argv[1] == "keep" else False
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+size, faults = 512 << 20, []
+def use():
+  before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+  block = libc.malloc(size)
+  ctypes.memset(block, 1, size)
+  libc.free(block)
+  faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+for _ in range(3):
+  t = threading.Thread(target=use)
+  t.start()
+  t.join()
+print(kept, faults)
+"""
+_PAGES = (512 << 20) // 4096
+
+
+def _probe(mode: str) -> tuple[bool, list[int]]:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  out = subprocess.run([sys.executable, "-c", _PROBE, mode], cwd=REPO, env=env, check=True,
+                       capture_output=True, text=True, timeout=120).stdout.split(maxsplit=1)
+  return out[0] == "True", [int(v) for v in out[1].strip("[]\n").split(",")]
+
+
+@pytest.mark.skipif(host_memory._mallopt() is None, reason="needs glibc on Linux")
+def test_keep_freed_memory_reuses_large_blocks_across_threads():
+  kept, faults = _probe("keep")
+  assert kept
+  # The first thread faults its block in; the others get the same pages back.
+  assert faults[0] > 0.9 * _PAGES and max(faults[1:]) < 0.01 * _PAGES, faults
+  untouched, faults_default = _probe("default")
+  assert not untouched
+  # Without it, glibc mmaps a block this large and unmaps it on free: every
+  # thread faults (and the kernel zero-fills) all of it again.
+  assert min(faults_default) > 0.9 * _PAGES, faults_default
+
+
+def test_keep_freed_memory_after_backend_start_changes_nothing(monkeypatch):
+  jnp.zeros(2).block_until_ready()  # the test process's backend is running
+  monkeypatch.setitem(host_memory._state, "applied", False)
+  calls = []
+  monkeypatch.setattr(host_memory, "_mallopt", lambda: lambda *a: calls.append(a) or 1)
+  assert host_memory.keep_freed_memory() is False
+  assert calls == [] and not host_memory.applied()
