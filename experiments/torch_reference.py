@@ -23,6 +23,7 @@ step: after the warm-up it prints ``ready``, then runs one timed step per
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import time
@@ -131,6 +132,9 @@ def main(argv=None) -> dict:
   if args.serve:
     print("ready", flush=True)
     for line in sys.stdin:
+      if line.strip() == "rss":  # peak resident memory of this process, GB
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, flush=True)
+        continue
       if line.strip() != "step":
         break
       t0 = time.perf_counter()

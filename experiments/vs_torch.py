@@ -19,6 +19,7 @@ Results go to ``experiments/results/vs_torch.json`` and a table is printed.
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -79,6 +80,11 @@ class TorchStep:
     self.proc.stdin.flush()
     return float(self.proc.stdout.readline())
 
+  def max_rss_gb(self) -> float:
+    self.proc.stdin.write("rss\n")
+    self.proc.stdin.flush()
+    return float(self.proc.stdout.readline())
+
   def close(self) -> None:
     self.proc.stdin.close()
     self.proc.wait(timeout=60)
@@ -118,9 +124,13 @@ def compare(name: str, impls: list[str], args) -> dict:
       times["torch"].append(torch_step())
       print(f"  {name} round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
             flush=True)
+    # Peak resident memory: the PyTorch process's, and this process's so far
+    # (every JAX step built in it up to now).
+    rss = {"jax": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
+           "torch": torch_step.max_rss_gb()}
   finally:
     torch_step.close()
-  out = {"times": times, "torch_step_s": statistics.median(times["torch"])}
+  out = {"times": times, "torch_step_s": statistics.median(times["torch"]), "max_rss_gb": rss}
   for impl in impls:
     ratios = [j / p for j, p in zip(times[impl], times["torch"], strict=True)]
     out[impl] = {"step_s": statistics.median(times[impl]), "ratio_median": statistics.median(ratios),
