@@ -14,6 +14,12 @@ Shapes are the paper's (6 x 64 hidden, 64x64, T = 20, batch 4). The JAX
 step is ``train.make_train_step`` (forward, loss, backward, Adam; donated
 state), the PyTorch step the reference's (see ``torch_reference.py``).
 Results go to ``experiments/results/vs_torch.json`` and a table is printed.
+
+This process keeps freed host memory for reuse as ``msrnn_jax.main`` does
+(``msrnn_jax.host_memory``; ``--no-keep-freed-memory`` to compare); the
+PyTorch process runs with glibc's defaults, as the authors run it, unless
+``--torch-malloc keep`` gives it the same settings. The JSON also records
+both processes' peak resident memory.
 """
 
 import argparse
