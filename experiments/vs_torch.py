@@ -73,8 +73,7 @@ class TorchStep:
            "--seq-len", str(SHAPE["seq_len"])]
     env = dict(os.environ)
     if keep_freed_memory:  # the same glibc settings as host_memory.keep_freed_memory()
-      env["GLIBC_TUNABLES"] = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-                               "glibc.malloc.trim_threshold=4611686018427387904")
+      env["GLIBC_TUNABLES"] = host_memory.GLIBC_TUNABLES
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                  env=env)
     line = self.proc.stdout.readline().strip()

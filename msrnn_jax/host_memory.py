@@ -36,10 +36,16 @@ import sys
 
 from absl import logging
 
-# glibc malloc.h parameter numbers for mallopt().
-_M_TRIM_THRESHOLD = -1
-_M_MMAP_MAX = -4
-_M_ARENA_MAX = -8
+# (mallopt parameter number from glibc's malloc.h, GLIBC_TUNABLES name, value).
+# A trim threshold of -1 is SIZE_MAX to glibc: never trim.
+_SETTINGS = ((-8, "glibc.malloc.arena_max", 1),
+             (-4, "glibc.malloc.mmap_max", 0),
+             (-1, "glibc.malloc.trim_threshold", -1))
+
+# The same settings for a process started with them in its environment
+# (e.g. a PyTorch process to compare with): GLIBC_TUNABLES=<this>.
+GLIBC_TUNABLES = ":".join(f"{name}={value if value >= 0 else 2**62}"
+                          for _, name, value in _SETTINGS)
 
 _state = {"applied": False}
 
@@ -50,11 +56,11 @@ def _mallopt():
     return None
   try:
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    gnu_get_libc_version = libc.gnu_get_libc_version  # present in glibc only
-    mallopt = libc.mallopt
-  except (OSError, AttributeError):
+  except OSError:
     return None
-  del gnu_get_libc_version
+  if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):  # glibc only
+    return None
+  mallopt = libc.mallopt
   mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
   mallopt.restype = ctypes.c_int
   return mallopt
@@ -90,9 +96,7 @@ def keep_freed_memory() -> bool:
                     "have their own malloc arenas, so nothing was changed. Call it before the "
                     "first JAX computation (msrnn_jax.main does).")
     return False
-  # Order matters little; -1 is SIZE_MAX to glibc: never trim.
-  ok = all(mallopt(param, value) == 1
-           for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+  ok = all(mallopt(param, value) == 1 for param, _, value in _SETTINGS)
   _state["applied"] = ok
   return ok
 

@@ -298,7 +298,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
   if host_memory.applied():
     logging.info("keep_freed_memory: on (freed host memory is reused, not page-faulted in again)")
-  elif config.get("keep_freed_memory", False) and jax.default_backend() == "cpu":
+  elif config.get("keep_freed_memory", True) and jax.default_backend() == "cpu":
     logging.info("keep_freed_memory: off in this process; to stop per-step page faults call "
                  "msrnn_jax.host_memory.keep_freed_memory() before the first JAX computation "
                  "(msrnn_jax.main does; docs/performance.md)")

@@ -36,8 +36,8 @@ print(kept, faults)
 _PAGES = (512 << 20) // 4096
 
 
-def _probe(mode: str) -> tuple[bool, list[int]]:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+def _probe(mode: str, **env_extra: str) -> tuple[bool, list[int]]:
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="", **env_extra)
   out = subprocess.run([sys.executable, "-c", _PROBE, mode], cwd=REPO, env=env, check=True,
                        capture_output=True, text=True, timeout=120).stdout.split(maxsplit=1)
   return out[0] == "True", [int(v) for v in out[1].strip("[]\n").split(",")]
@@ -54,6 +54,13 @@ def test_keep_freed_memory_reuses_large_blocks_across_threads():
   # Without it, glibc mmaps a block this large and unmaps it on free: every
   # thread faults (and the kernel zero-fills) all of it again.
   assert min(faults_default) > 0.9 * _PAGES, faults_default
+
+
+@pytest.mark.skipif(host_memory._mallopt() is None, reason="needs glibc on Linux")
+def test_glibc_tunables_string_has_the_same_effect():
+  # What vs_torch.py gives a PyTorch process: set at start-up, no mallopt call.
+  _, faults = _probe("default", GLIBC_TUNABLES=host_memory.GLIBC_TUNABLES)
+  assert faults[0] > 0.9 * _PAGES and max(faults[1:]) < 0.01 * _PAGES, faults
 
 
 def test_keep_freed_memory_after_backend_start_changes_nothing(monkeypatch):
