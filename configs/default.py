@@ -38,8 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Per-layer pyramid levels (level k = 1/2^k resolution); None = the mirror
   # pyramid for ms_* models (0,1,2,2,1,0) and all zeros for plain models.
   config.model.levels = config_dict.placeholder(tuple)
-  # MS skip topology: 'unet' (paper), 'none', 'unet3p', 'full'.
-  config.model.skip = "unet"
+  # Skip topology: 'unet', 'none', 'unet3p', 'full'; None = the family's
+  # default ('unet' for ms_* models as in the paper, 'none' for plain stacks).
+  config.model.skip = config_dict.placeholder(str)
   # Rematerialisation: 'none', 'step' (each time step) or 'cell'; and the
   # jax.checkpoint_policies name it uses.
   config.model.remat = "none"

@@ -32,9 +32,10 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
   """Defined only when run as a script, so importing this module (tests) adds no flags."""
   flags.DEFINE_string("config", "configs/mmnist.py:cpu", "Base config file[:variant].")
-  flags.DEFINE_list("models", ["copy_last", "convlstm", "ms_convlstm_noskip", "ms_convlstm",
+  flags.DEFINE_list("models", ["blank", "copy_last", "convlstm", "ms_convlstm_noskip", "ms_convlstm",
                                "predrnn", "ms_predrnn"],
-                    "Models: registry names, '<name>_noskip' (MS without skips), 'copy_last'.")
+                    "Models: registry names, '<name>_noskip' (MS without skips), and the "
+                    "baselines 'copy_last' and 'blank' (all-zero frames).")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (parameter init, data order, sampling).")
   flags.DEFINE_multi_string("set", [], "Config overrides key=value, e.g. train.num_steps=500.")
   flags.DEFINE_string("out", "experiments/results/reproduce", "Output folder.")
@@ -42,6 +43,8 @@ def define_flags() -> None:
                     "Train nothing: summarise the finished runs of --models/--seeds in --out.")
 
 METRICS = ("mse", "mae", "ssim", "psnr")
+# Trivial predictors every run evaluates too (msrnn_jax.metrics.BASELINES).
+BASELINES = ("copy_last", "blank")
 
 
 def load_config(spec: str):
@@ -111,15 +114,15 @@ def run_one(base, model: str, seed: int, out: str) -> dict:
 
 
 def _source(model: str) -> str:
-  """The model whose run evaluates ``model``: the copy-last baseline is evaluated on the
-  same test data by every run, so MS-ConvLSTM's is reused."""
-  return "ms_convlstm" if model == "copy_last" else model
+  """The model whose run evaluates ``model``: the baselines are evaluated on the same
+  test data by every run, so MS-ConvLSTM's are reused."""
+  return "ms_convlstm" if model in BASELINES else model
 
 
 def _result_file(base, model: str, seed: int, out: str) -> str:
   """Where training writes the evaluation of a (model, seed) run."""
   workdir = os.path.join(out, "runs", f"{_source(model)}_seed{seed}")
-  suffix = "_copy_last" if model == "copy_last" else ""
+  suffix = f"_{model}" if model in BASELINES else ""
   return os.path.join(workdir, f"{base.eval.split}{suffix}.json")
 
 
@@ -153,12 +156,17 @@ def summarize(records: list[dict], models: list[str], out: str) -> list[dict]:
         row[f"{m}_{protocol}"] = float(vals.mean())
         row[f"{m}_{protocol}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else 0.0
     rows.append(row)
+  # How far below the blank frame (all zeros) each model is: the data set's floor.
+  blank = next((r["mse_future"] for r in rows if r["model"] == "blank"), None)
+  for r in rows:
+    r["mse_future_vs_blank"] = r["mse_future"] / blank if blank else float("nan")
   with open(os.path.join(out, "summary.csv"), "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-  lines = ["| model | seeds | MSE all | MSE future | MAE future | SSIM future | PSNR future |",
-           "|---|---|---|---|---|---|---|"]
+  lines = ["| model | seeds | MSE all | MSE future | MAE future | SSIM future | PSNR future "
+           "| MSE future / blank |",
+           "|---|---|---|---|---|---|---|---|"]
   def cell(row, key):
     digits = 4 if "ssim" in key else 2
     return f"{row[key]:.{digits}f} ± {row[key + '_std']:.{digits}f}"
@@ -166,7 +174,7 @@ def summarize(records: list[dict], models: list[str], out: str) -> list[dict]:
   for r in rows:
     cells = " | ".join(cell(r, k) for k in ("mse_all", "mse_future", "mae_future", "ssim_future",
                                             "psnr_future"))
-    lines.append(f"| {r['model']} | {r['seeds']} | {cells} |")
+    lines.append(f"| {r['model']} | {r['seeds']} | {cells} | {r['mse_future_vs_blank']:.2f} |")
   with open(os.path.join(out, "summary.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   _bar_chart(rows, os.path.join(out, "summary.png"))

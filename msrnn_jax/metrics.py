@@ -279,6 +279,28 @@ def copy_last_frame_baseline(frames: Any, in_len: int) -> Any:
   return frames[:, index]
 
 
+def blank_frame_baseline(frames: Any) -> Any:
+  """Next-frame predictions of the blank-frame baseline: all zeros (the background).
+
+  On sparse data (moving digits on black) a model that has learned nothing
+  but to fade its output scores close to this; a useful model is well below it.
+
+  Args:
+    frames: <float>[batch, seq_len, height, width, channels], numpy or jax.
+
+  Returns:
+    <float>[batch, seq_len - 1, height, width, channels] zeros, same array type.
+  """
+  return frames[:, 1:] * 0
+
+
+# Trivial predictors every evaluation reports beside the model, by name.
+BASELINES = {
+    "copy_last": copy_last_frame_baseline,
+    "blank": lambda frames, in_len: blank_frame_baseline(frames),
+}
+
+
 # --------------------------------------------------------------------------------------------------
 # Host side: exact accumulation and the two averaging protocols.
 
@@ -416,16 +438,21 @@ class EvalAccumulator:
     return result
 
 
-def write_results(result: Mapping[str, Any], workdir: str, name: str) -> dict[str, str]:
+def write_results(result: Mapping[str, Any], workdir: str, name: str,
+                  baselines: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, str]:
   """Writes a result of :meth:`EvalAccumulator.result` as JSON and CSV.
 
   Files: ``<name>.json`` (everything), ``<name>.csv`` (one row per metric,
-  columns all/future) and ``<name>_per_frame.csv`` (one row per frame).
+  columns all/future, then the same two per baseline) and
+  ``<name>_per_frame.csv`` (one row per frame).
 
   Args:
     result: the result dict.
     workdir: output directory (created if missing).
     name: file name stem, e.g. 'test' or 'test_copy_last'.
+    baselines: optional name -> result of trivial predictors on the same
+      data; their all/future metrics go into the JSON (key ``baselines``)
+      and the CSV beside the model's.
 
   Returns:
     Dict with the paths under keys 'json', 'csv', 'per_frame_csv'.
@@ -436,14 +463,19 @@ def write_results(result: Mapping[str, Any], workdir: str, name: str) -> dict[st
     "csv": os.path.join(workdir, f"{name}.csv"),
     "per_frame_csv": os.path.join(workdir, f"{name}_per_frame.csv"),
   }
+  baselines = dict(baselines or {})
+  record = dict(result)
+  if baselines:
+    record["baselines"] = {b: {p: r[p] for p in ("all", "future")} for b, r in baselines.items()}
   with open(paths["json"], "w") as f:
-    json.dump(result, f, indent=2, sort_keys=True)
+    json.dump(record, f, indent=2, sort_keys=True)
   metric_names = list(result["all"])
+  columns = [("", result)] + [(f"{b}_", r) for b, r in baselines.items()]
   with open(paths["csv"], "w", newline="") as f:
     writer = csv.writer(f)
-    writer.writerow(["metric", "all", "future"])
+    writer.writerow(["metric"] + [f"{c}{p}" for c, _ in columns for p in ("all", "future")])
     for k in metric_names:
-      writer.writerow([k, repr(result["all"][k]), repr(result["future"][k])])
+      writer.writerow([k] + [repr(r[p][k]) for _, r in columns for p in ("all", "future")])
   future = set(result["frames"]["future"])
   with open(paths["per_frame_csv"], "w", newline="") as f:
     writer = csv.writer(f)

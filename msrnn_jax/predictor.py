@@ -130,7 +130,9 @@ class Predictor(nn.Module):
     kernel_size: gate kernel size (3).
     channels: frame channels C.
     levels: per-layer pyramid level; None = mirror pyramid (MS) or all 0.
-    skip: skip topology, one of ``pyramid.SKIPS`` (``'unet'``).
+    skip: skip topology, one of ``pyramid.SKIPS``; None = the family's
+      default: ``'unet'`` for MS- models, ``'none'`` for plain stacks (each
+      layer reads only the layer below, as the reference's plain models).
     in_len: context length; inputs at steps t < in_len are always ground
       truth (unless ``reverse_scheduled_sampling``).
     reverse_scheduled_sampling: let the mask also replace input-phase frames
@@ -157,7 +159,7 @@ class Predictor(nn.Module):
   kernel_size: int = 3
   channels: int = 1
   levels: tuple[int, ...] | None = None
-  skip: str = "unet"
+  skip: str | None = None
   in_len: int = 10
   reverse_scheduled_sampling: bool = False
   remat: str = "none"
@@ -182,6 +184,12 @@ class Predictor(nn.Module):
     if self.multiscale:
       return pyramid.mirror_levels(self.num_layers)
     return (0,) * self.num_layers
+
+  def skip_topology(self) -> str:
+    """The skip topology used: ``skip``, or the family default."""
+    if self.skip is not None:
+      return self.skip
+    return "unet" if self.multiscale else "none"
 
   def size_multiple(self) -> int:
     """Frame height and width must be multiples of this."""
@@ -213,7 +221,7 @@ class Predictor(nn.Module):
       raise ValueError(f"Unknown remat {self.remat!r}; valid: {', '.join(REMAT_MODES)}.")
     if self.dtype not in DTYPES:
       raise ValueError(f"Unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}.")
-    if self.skip not in pyramid.SKIPS:
+    if self.skip_topology() not in pyramid.SKIPS:
       raise ValueError(f"Unknown skip {self.skip!r}; valid: {', '.join(pyramid.SKIPS)}.")
     remat_policy(self.remat_policy)
 
@@ -238,10 +246,12 @@ class Predictor(nn.Module):
   def truth_mask(self, mask: jax.Array | None, batch: int, steps: int) -> jax.Array:
     """The per-step ground-truth weights actually used, ``[batch, steps]``."""
     t = jnp.arange(steps)
-    forced = t < (1 if self.reverse_scheduled_sampling else self.in_len)
     if mask is None:
-      mask = jnp.zeros((batch, steps), jnp.float32)
-    elif mask.shape != (batch, steps):
+      # Evaluation: the whole context is truth, also under reverse scheduled
+      # sampling (the reference tests PredRNN-V2 at eta_r = 1).
+      return jnp.broadcast_to((t < self.in_len).astype(jnp.float32), (batch, steps))
+    forced = t < (1 if self.reverse_scheduled_sampling else self.in_len)
+    if mask.shape != (batch, steps):
       raise ValueError(f"mask must have shape (batch, T-1) = {(batch, steps)}; got {mask.shape}.")
     return jnp.where(forced[None, :], 1.0, mask.astype(jnp.float32))
 
@@ -275,7 +285,7 @@ class Predictor(nn.Module):
                    in_axes=1, out_axes=1, length=t - 1, unroll=max(1, min(self.scan_unroll, t - 1)))
     step = scan(cell=self.cell, hidden=self.hidden, num_layers=self.num_layers,
                 kernel_size=self.kernel_size, channels=self.channels,
-                levels=self.pyramid_levels(), skip=self.skip, impl=resolve_impl(self.conv_impl),
+                levels=self.pyramid_levels(), skip=self.skip_topology(), impl=resolve_impl(self.conv_impl),
                 initializer=self.initializer, dtype=DTYPES[self.dtype], links=self.links,
                 motion_k=self.motion_k, motion_alpha=self.motion_alpha, remat=self.remat,
                 remat_policy=self.remat_policy, decouple=self.decouple,

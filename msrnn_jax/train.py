@@ -132,14 +132,18 @@ def _radar(data_cfg: ml_collections.ConfigDict) -> bool:
 
 
 def make_eval_step(model: models.Predictor, radar: bool) -> Callable:
-  """A jitted ``(params, frames, valid) -> (stats, baseline_stats, preds)``."""
+  """A jitted ``(params, frames, valid) -> (stats, baseline_stats, preds)``.
+
+  ``baseline_stats`` maps each name of ``metrics.BASELINES`` to its stats.
+  """
   stats_fn = functools.partial(metrics.frame_stats, with_radar=radar)
 
   def eval_step(params, frames, valid):
     preds, _ = model.apply({"params": params}, frames)
     truth = frames[:, 1:]
-    baseline = metrics.copy_last_frame_baseline(frames, model.in_len)
-    return stats_fn(preds, truth, valid), stats_fn(baseline, truth, valid), preds
+    baselines = {name: stats_fn(fn(frames, model.in_len), truth, valid)
+                 for name, fn in metrics.BASELINES.items()}
+    return stats_fn(preds, truth, valid), baselines, preds
 
   return jax.jit(eval_step)
 
@@ -153,17 +157,18 @@ def _host(x: jax.Array) -> np.ndarray:
 
 def evaluate(config: ml_collections.ConfigDict, params: Any, mesh: jax.sharding.Mesh, split: str,
              max_examples: int | None = None) -> dict[str, Any]:
-  """Evaluates ``params`` on a split with both protocols and the copy-last baseline.
+  """Evaluates ``params`` on a split with both protocols and the trivial baselines.
 
   Returns:
-    dict with ``result`` and ``baseline`` (see ``metrics.EvalAccumulator.result``)
-    and ``samples``: (context, truth, prediction) arrays of the first
+    dict with ``result`` and ``baselines`` (name -> result; see
+    ``metrics.EvalAccumulator.result`` and ``metrics.BASELINES``) and ``samples``: (context, truth, prediction) arrays of the first
     ``config.eval.num_visualize`` sequences.
   """
   in_len, out_len = data.sequence_lengths(config.data, split)
   model = create_model(config, in_len=in_len)
   step = make_eval_step(model, _radar(config.data))
-  acc, base = metrics.EvalAccumulator(), metrics.EvalAccumulator()
+  acc = metrics.EvalAccumulator()
+  base = {name: metrics.EvalAccumulator() for name in metrics.BASELINES}
   num_vis = config.eval.num_visualize
   vis = []
   batches = data.eval_batches(config.data, split, global_batch=config.eval.batch_size,
@@ -173,7 +178,8 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, mesh: jax.sharding.
     global_batch = sharding.shard_batch(batch, mesh)
     stats, base_stats, preds = step(params, global_batch["frames"], global_batch["mask"])
     acc.update(stats)
-    base.update(base_stats)
+    for name, b in base_stats.items():
+      base[name].update(b)
     if sum(len(v[0]) for v in vis) < num_vis:
       frames = _host(global_batch["frames"])
       keep = _host(global_batch["mask"])
@@ -183,7 +189,8 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, mesh: jax.sharding.
   frames = np.concatenate([v[0] for v in vis])[:num_vis]
   preds = np.concatenate([v[1] for v in vis])[:num_vis]
   samples = (frames[:, :in_len], frames[:, in_len:], np.clip(preds[:, in_len - 1:], 0.0, 1.0))
-  return {"result": acc.result(in_len), "baseline": base.result(in_len), "samples": samples}
+  return {"result": acc.result(in_len),
+          "baselines": {name: b.result(in_len) for name, b in base.items()}, "samples": samples}
 
 
 def truth_vs_prediction(samples: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -195,8 +202,9 @@ def truth_vs_prediction(samples: tuple[np.ndarray, ...]) -> np.ndarray:
 
 def write_evaluation(evaluation: dict[str, Any], workdir: str, split: str) -> dict[str, str]:
   """Results JSON/CSV, per-frame plot and prediction grid (PNG + GIF) in ``workdir``."""
-  paths = metrics.write_results(evaluation["result"], workdir, split)
-  metrics.write_results(evaluation["baseline"], workdir, f"{split}_copy_last")
+  paths = metrics.write_results(evaluation["result"], workdir, split, evaluation["baselines"])
+  for name, result in evaluation["baselines"].items():
+    metrics.write_results(result, workdir, f"{split}_{name}")
   paths["plot"] = os.path.join(workdir, f"{split}_per_frame.png")
   visualize.plot_per_frame(evaluation["result"], paths["plot"])
   paths["grid"] = os.path.join(workdir, f"{split}_predictions.png")
@@ -360,7 +368,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   if lead:
     paths = write_evaluation(ev, workdir, config.eval.split)
     writer.write_scalars(step, _scalars(config.eval.split, ev["result"]))
-    writer.write_scalars(step, _scalars(f"{config.eval.split}_copy_last", ev["baseline"]))
+    for name, result in ev["baselines"].items():
+      writer.write_scalars(step, _scalars(f"{config.eval.split}_{name}", result))
     _log_summary(ev, config.eval.split, time.time() - t0, paths)
   writer.close()
   return state
@@ -368,11 +377,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 def _log_summary(ev: dict[str, Any], split: str, seconds: float, paths: dict[str, str]) -> None:
   rows = []
-  for label, res in (("model", ev["result"]), ("copy-last", ev["baseline"])):
+  for label, res in [("model", ev["result"])] + list(ev["baselines"].items()):
     for protocol in ("all", "future"):
       r = res[protocol]
       rows.append(f"  {label:9s} {protocol:6s} MSE {r['mse']:9.3f}  MAE {r['mae']:9.3f}  "
                   f"SSIM {r['ssim']:.4f}  PSNR {r['psnr']:.2f}")
+  mse = ev["result"]["future"]["mse"]
+  ratios = ", ".join(f"{mse / b['future']['mse']:.2f}x {name}"
+                     for name, b in ev["baselines"].items() if b["future"]["mse"] > 0)
+  rows.append(f"  model future MSE = {ratios} (below 1 = better than that baseline)")
   print(f"{split} evaluation ({ev['result']['num_examples']} sequences, {seconds:.0f} s):\n"
         + "\n".join(rows) + f"\n  results: {paths['json']}\n  pictures: {paths['grid']}",
         flush=True)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from msrnn_jax import cells, models
+from msrnn_jax import conv as conv_lib
 
 RNG = np.random.default_rng(1)
 BASES = ("convlstm", "trajgru", "predrnn", "predrnn_pp", "mim", "motionrnn", "predrnn_v2")
@@ -282,3 +283,56 @@ def test_bad_inputs_raise_clear_errors():
     ms.init(jax.random.key(0), jnp.zeros((3, 32, 32, 1)))
   with pytest.raises(ValueError, match="Unknown remat"):
     models.create("convlstm", remat="layer").init(jax.random.key(0), jnp.zeros((1, 3, 8, 8, 1)))
+
+
+@pytest.mark.parametrize("base", BASES)
+def test_plain_stack_is_sequential_composition_of_cells(base):
+  """A plain model is the reference's plain stack: each layer reads only the layer below.
+
+  Rebuilt here step by step from the cell modules on the model's own parameters, with
+  no skip terms, and compared with the scanned model (context fed, then its own
+  predictions).
+  """
+  hd, nl, in_len = 4, 6, 2
+  model = models.create(base, hidden=hd, num_layers=nl, in_len=in_len, conv_impl="xla")
+  x = _frames(b=2, t=5, h=8, w=8)
+  variables = model.init(jax.random.key(3), x)
+  preds, _ = model.apply(variables, x)
+  p = variables["params"]["step"]
+  cell_cls = cells.CELLS[model.cell]
+
+  def conv1x1(name, features, in_features, v):
+    conv = conv_lib.Conv(features, in_features=in_features, kernel_size=1, impl="xla")
+    return conv.apply({"params": p[name]}, v)
+
+  states, m, prev = model.initial_carry(2, 8, 8)
+  states = list(states)
+  expected = []
+  for t in range(x.shape[1] - 1):
+    frame = x[:, t] if t < in_len else prev
+    inp = conv1x1("embed", hd, 1, frame)
+    old = list(states)
+    for l in range(nl):
+      layer = cell_cls(hidden=hd, layer=l, num_layers=nl, impl="xla")
+      diag = old[l - 1][0] if (cell_cls.uses_diagonal and l > 0) else None
+      inp, states[l], m, _ = layer.apply({"params": p[f"layer_{l}"]}, inp, old[l], m, diag)
+    prev = conv1x1("head", 1, hd, inp)
+    expected.append(prev)
+  np.testing.assert_allclose(preds, jnp.stack(expected, axis=1), rtol=1e-5, atol=1e-6)
+  # And MS models keep the paper's UNet skips.
+  assert models.create(f"ms_{base}").skip_topology() == "unet"
+  assert model.skip_topology() == "none"
+
+
+def test_predrnn_v2_evaluation_feeds_the_whole_context():
+  """Reverse scheduled sampling only acts in training: evaluation (mask None) feeds every
+  context frame, as the reference tests PredRNN-V2 at eta_r = 1."""
+  model = models.create("predrnn_v2", hidden=4, num_layers=2, in_len=3)
+  assert model.reverse_scheduled_sampling
+  np.testing.assert_array_equal(model.truth_mask(None, 2, 5), [[1, 1, 1, 0, 0]] * 2)
+  np.testing.assert_array_equal(model.truth_mask(jnp.zeros((2, 5)), 2, 5), [[1, 0, 0, 0, 0]] * 2)
+  x = _frames(b=2, t=6, h=8, w=8)
+  variables = model.init(jax.random.key(0), x)
+  preds, _ = model.apply(variables, x)
+  fed, _ = model.apply(variables, x, jnp.asarray([[1, 1, 1, 0, 0]] * 2, jnp.float32))
+  np.testing.assert_array_equal(preds, fed)

@@ -22,7 +22,7 @@ def reproduce():
 def test_reproduce_runs_writes_and_skips(reproduce, tmp_path, monkeypatch):
   base = reproduce.apply_overrides(reproduce.load_config(str(REPO / "configs" / "test.py")),
                                    ["train.num_steps=2", "train.checkpoint_every_steps=2"])
-  models = ["copy_last", "ms_convlstm_noskip", "convlstm"]
+  models = ["blank", "copy_last", "ms_convlstm_noskip", "convlstm"]
   records = [reproduce.run_one(base, m, 0, str(tmp_path)) for m in models]
   rows = reproduce.summarize(records, models, str(tmp_path))
   for m in models:
@@ -46,8 +46,13 @@ def test_reproduce_runs_writes_and_skips(reproduce, tmp_path, monkeypatch):
   assert finished == records
   # A record is rebuilt from the run's evaluation when only that exists.
   (tmp_path / "copy_last_seed0.json").unlink()
-  assert reproduce.finished_records(base, ["copy_last"], [0], str(tmp_path)) == records[:1]
+  assert reproduce.finished_records(base, ["copy_last"], [0], str(tmp_path)) == records[1:2]
   rows = reproduce.summarize(finished, models + ["predrnn"], str(tmp_path))
   assert [r["model"] for r in rows] == models
   with pytest.raises(ValueError, match="no key 'train.nope'"):
     reproduce.apply_overrides(base, ["train.nope=1"])
+  # The blank-frame row: the future MSE of all-zero predictions, and every row's ratio to it.
+  blank_row = rows[0]
+  assert blank_row["model"] == "blank" and blank_row["mse_future_vs_blank"] == pytest.approx(1.0)
+  run = json.loads((tmp_path / "runs" / "convlstm_seed0" / "test.json").read_text())
+  assert run["baselines"]["blank"]["future"]["mse"] == pytest.approx(blank_row["mse_future"])

@@ -142,7 +142,7 @@ def trained(tmp_path_factory):
 
 def test_run_writes_outputs(trained):
   for name in ("test.json", "test.csv", "test_per_frame.csv", "test_copy_last.json",
-               "test_per_frame.png", "test_predictions.png", "test_predictions.gif",
+               "test_blank.json", "test_per_frame.png", "test_predictions.png", "test_predictions.gif",
                "metrics.jsonl"):
     assert (trained / name).is_file(), name
   assert list((trained / "tensorboard").iterdir())
@@ -153,6 +153,24 @@ def test_run_writes_outputs(trained):
   # Periodic validation at step 2 (eval_every_steps=2), final test metrics at 4.
   assert [x["step"] for x in lines if "valid/mse_all" in x] == [2]
   assert [x["step"] for x in lines if "test/mse_future" in x] == [4]
+  assert [x["step"] for x in lines if "test_blank/mse_future" in x] == [4]
+
+
+def test_blank_frame_baseline_is_all_zero_prediction(trained):
+  """test_blank.json scores all-zero frames: its MSE is the mean of truth^2 (summed
+  over pixels), computed here from the test data independently."""
+  config = _config()
+  frames = np.concatenate([b["frames"][b["mask"]] for b in data.eval_batches(
+      config.data, "test", global_batch=config.eval.batch_size)])
+  in_len = config.data.in_len
+  future = frames[:, in_len:].astype(np.float64) ** 2
+  expected = future.reshape(future.shape[0], future.shape[1], -1).sum(-1).mean()
+  blank = json.loads((trained / "test_blank.json").read_text())
+  assert blank["future"]["mse"] == pytest.approx(expected, rel=1e-5)
+  result = json.loads((trained / "test.json").read_text())
+  assert result["baselines"]["blank"]["future"]["mse"] == blank["future"]["mse"]
+  header = (trained / "test.csv").read_text().splitlines()[0]
+  assert header == "metric,all,future,copy_last_all,copy_last_future,blank_all,blank_future"
 
 
 def test_resume_is_exact(trained, tmp_path):
