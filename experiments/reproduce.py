@@ -102,7 +102,7 @@ def run_one(base, model: str, seed: int, out: str) -> dict:
   workdir = os.path.dirname(result_file)
   os.makedirs(os.path.dirname(workdir), exist_ok=True)
   if not os.path.exists(result_file):
-    train.train_and_evaluate(run_config(base, _source(model), seed), workdir)
+    train.train_and_evaluate(run_config(base, _source(model, seed, out), seed), workdir)
   with open(result_file) as f:
     result = json.load(f)
   record = {"model": model, "seed": seed, "steps": base.train.num_steps,
@@ -113,15 +113,19 @@ def run_one(base, model: str, seed: int, out: str) -> dict:
   return record
 
 
-def _source(model: str) -> str:
-  """The model whose run evaluates ``model``: the baselines are evaluated on the same
-  test data by every run, so MS-ConvLSTM's are reused."""
-  return "ms_convlstm" if model in BASELINES else model
+def _source(model: str, seed: int, out: str) -> str:
+  """The model whose run evaluates ``model``: every run evaluates the baselines on the same
+  test data, so a baseline is read from the first finished run of its seed (MS-ConvLSTM's,
+  if none has finished yet, which trains it)."""
+  if model not in BASELINES:
+    return model
+  runs = sorted(pathlib.Path(out, "runs").glob(f"*_seed{seed}/*_{model}.json"))
+  return runs[0].parent.name[:-len(f"_seed{seed}")] if runs else "ms_convlstm"
 
 
 def _result_file(base, model: str, seed: int, out: str) -> str:
   """Where training writes the evaluation of a (model, seed) run."""
-  workdir = os.path.join(out, "runs", f"{_source(model)}_seed{seed}")
+  workdir = os.path.join(out, "runs", f"{_source(model, seed, out)}_seed{seed}")
   suffix = f"_{model}" if model in BASELINES else ""
   return os.path.join(workdir, f"{base.eval.split}{suffix}.json")
 
