@@ -25,6 +25,17 @@ implementation, the stock one fully unrolled (``xla_unrolled``; rolled it is
     python experiments/conv_bench.py --dk-variants
     python experiments/conv_bench.py --malloc-tuning
     python experiments/conv_bench.py --mode=step --model=ms_convlstm
+    python experiments/conv_bench.py --dtype=bfloat16 --sizes=64 --impls=matmul,onednn
+
+``--dtype=bfloat16`` (single ops) times the convolutions as a bfloat16
+model runs them (``model.dtype='bfloat16'``): bfloat16 activations and
+output gradients, the float32 master kernel handed to ``conv2d``, float32
+kernel gradients. The reference is then the bfloat16 matmul of the same
+FLOPs as one convolution, the im2col product ``[b*h*w, k*k*cin] @ [k*k*cin,
+cout]`` with float32 accumulation (``preferred_element_type``), and a
+``trio`` line gives fwd + dX + dK (three separately timed calls) against it.
+``matmul_v1`` is float32 only and skipped there; ``matmul_bf16`` equals
+``matmul`` on bfloat16 operands.
 
 Implementations: ``xla`` (stock autodiff), ``matmul``, ``matmul_bf16``,
 ``onednn`` (see ``msrnn_jax.conv``; its dX and dK are timed through the
@@ -59,6 +70,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--cout", type=int, default=256)
   p.add_argument("--kernel", type=int, default=3)
   p.add_argument("--impls", default=",".join(IMPLS))
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                 help="compute dtype of the single-op cases (bfloat16: see the module doc)")
   p.add_argument("--dk-variants", action="store_true",
                  help="also time alternative kernel-gradient formulations")
   p.add_argument("--rounds", type=int, default=9, help="interleaved rounds (timed calls per case)")
@@ -220,6 +233,35 @@ def summarize(times: dict[str, list[float]], flops: dict[str, float],
   return out
 
 
+def add_trios(times: dict[str, list[float]], flops: dict[str, float], summary: dict,
+              matmul_key: str = "matmul") -> None:
+  """Adds ``<impl>/trio``: fwd + dX + dK, the three calls' times summed round by round."""
+  mm, mm_flops = times[matmul_key], flops[matmul_key]
+  for name in [n[:-4] for n in times if n.endswith("/fwd")]:
+    parts = [times.get(f"{name}/{p}") for p in ("fwd", "dX", "dK")]
+    if not all(parts):
+      continue
+    trio = [sum(ts) for ts in zip(*parts, strict=False)]
+    f = sum(flops[f"{name}/{p}"] for p in ("fwd", "dX", "dK"))
+    summary[f"{name}/trio"] = {
+        "seconds": statistics.median(trio), "gflops": statistics.median(f / t / 1e9 for t in trio),
+        "ratio_to_matmul": statistics.median(f / t / (mm_flops / m)
+                                             for t, m in zip(trio, mm, strict=False)),
+        "calls": len(trio)}
+
+
+def cpu_model() -> str:
+  """The CPU's model name (Linux), else what ``platform`` knows."""
+  try:
+    with open("/proc/cpuinfo") as fh:
+      for line in fh:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def conv_flops(b, h, w, cin, cout, k):
   return 2.0 * b * h * w * cin * cout * k * k
 
@@ -231,20 +273,35 @@ def build_single(args, size, impls):
 
   from msrnn_jax import conv, onednn
   b, k = args.batch, args.kernel
-  keys = jax.random.split(jax.random.key(0), 4)
-  x = jax.random.normal(keys[0], (b, size, size, args.cin))
+  bf16 = args.dtype == "bfloat16"
+  cdt = jnp.bfloat16 if bf16 else jnp.float32
+  keys = jax.random.split(jax.random.key(0), 5)
+  # The kernel stays float32 (master weights); activations take the compute dtype.
+  x = jax.random.normal(keys[0], (b, size, size, args.cin)).astype(cdt)
   kern = jax.random.normal(keys[1], (k, k, args.cin, args.cout)) * 0.03
-  dy = jax.random.normal(keys[2], (b, size, size, args.cout))
-  a = jax.random.normal(keys[3], (2048, 2048))
+  dy = jax.random.normal(keys[2], (b, size, size, args.cout)).astype(cdt)
   f = conv_flops(b, size, size, args.cin, args.cout, k)
   pad = ((k // 2, k // 2),) * 2
   one = (1, 1)
 
   def xla_conv(x_, k_):
-    return jax.lax.conv_general_dilated(x_, k_, one, pad, dimension_numbers=_DN)
+    return jax.lax.conv_general_dilated(x_, k_.astype(x_.dtype), one, pad, dimension_numbers=_DN)
 
-  cases = {"matmul": (jax.jit(lambda p, q: p @ q), (a, a), 2.0 * 2048**3)}
+  if bf16:  # the im2col product of one convolution: same FLOPs, float32 sums
+    pa = jax.random.normal(keys[3], (b * size * size, k * k * args.cin)).astype(cdt)
+    pb = jax.random.normal(keys[4], (k * k * args.cin, args.cout)).astype(cdt)
+    mm = jax.jit(lambda p, q: jnp.dot(p, q, preferred_element_type=jnp.float32))
+    a = jax.random.normal(keys[3], (2048, 2048))
+    # For context: XLA:CPU's float32 rate, the float32 mode's reference.
+    cases = {"matmul": (mm, (pa, pb), f),
+             "fp32_matmul": (jax.jit(lambda p, q: p @ q), (a, a), 2.0 * 2048**3)}
+  else:
+    a = jax.random.normal(keys[3], (2048, 2048))
+    cases = {"matmul": (jax.jit(lambda p, q: p @ q), (a, a), 2.0 * 2048**3)}
   for impl in impls:
+    if bf16 and impl == "matmul_v1":
+      print("matmul_v1 is float32 only: skipped")
+      continue
     if impl == "xla":
       dx = lambda x_, k_, g: jax.vjp(lambda z: xla_conv(z, k_), x_)[1](g)[0]  # noqa: E731
       dk = lambda x_, k_, g: jax.vjp(lambda z: xla_conv(x_, z), k_)[1](g)[0]  # noqa: E731
@@ -258,21 +315,23 @@ def build_single(args, size, impls):
       dk = lambda x_, k_, g: onednn.conv_backward(x_, k_, g, one, pad, "dk")[1]  # noqa: E731
       conv_impl = impl
     else:
-      bf16 = impl == "matmul_bf16"
-      dx = lambda x_, k_, g: conv.input_grad(g, k_, x_.shape[1:3], one, pad, one)  # noqa: E731
+      dx = lambda x_, k_, g: conv.input_grad(  # noqa: E731
+          g, k_.astype(g.dtype), x_.shape[1:3], one, pad, one)
       dk = functools.partial(
-          lambda x_, k_, g, bf16: conv.kernel_grad(x_, g, k_.shape, one, pad, one, bf16),
-          bf16=bf16)
+          lambda x_, k_, g, low: conv.kernel_grad(x_, g, k_.shape, one, pad, one, low),
+          low=impl == "matmul_bf16" or bf16)
       conv_impl = impl
     if conv_impl is None:  # matmul_v1: rebuild its custom VJP from the two pieces
       fwd_fn = jax.custom_vjp(xla_conv)
       fwd_fn.defvjp(lambda x_, k_: (xla_conv(x_, k_), (x_, k_)),
                     lambda res, g, dx=dx, dk=dk: (dx(res[0], res[1], g), dk(res[0], res[1], g)))
     else:
-      fwd_fn = functools.partial(lambda x_, k_, ci: conv.conv2d(x_, k_, impl=ci), ci=conv_impl)
+      fwd_fn = functools.partial(
+          lambda x_, k_, ci: conv.conv2d(x_, k_, impl=ci, dtype=cdt), ci=conv_impl)
 
     def total(x_, k_, g, fwd_fn=fwd_fn):
-      return jax.value_and_grad(lambda p, q: jnp.sum(fwd_fn(p, q) * g), (0, 1))(x_, k_)
+      return jax.value_and_grad(
+          lambda p, q: jnp.sum((fwd_fn(p, q) * g).astype(jnp.float32)), (0, 1))(x_, k_)
 
     cases[f"{impl}/fwd"] = (jax.jit(fwd_fn), (x, kern), f)
     cases[f"{impl}/dX"] = (jax.jit(dx), (x, kern, dy), f)
@@ -451,14 +510,20 @@ def run_steps(args) -> dict:
 
 def print_table(size, args, summary, impls):
   mm = summary["matmul"]
+  reference = f"fp32 matmul 2048^3 {mm['gflops']:.0f} GFLOP/s"
+  if args.dtype == "bfloat16":
+    reference = (f"bf16 matmul of one conv's FLOPs (im2col shape, f32 sums) {mm['gflops']:.0f} "
+                 f"GFLOP/s; fp32 matmul 2048^3 {summary['fp32_matmul']['gflops']:.0f} GFLOP/s")
   print(f"\n{args.batch}x{size}x{size}, {args.cin} -> {args.cout}, {args.kernel}x{args.kernel}"
+        + (f", {args.dtype}" if args.dtype != "float32" else "")
         + (f", rolled scan of {args.steps} steps (per step)" if args.mode == "scan" else "")
-        + f": fp32 matmul 2048^3 {mm['gflops']:.0f} GFLOP/s")
-  print(f"{'impl':14s} {'fwd':>12s} {'dX':>12s} {'dK':>12s} {'total':>12s}   GFLOP/s (x matmul)")
+        + f": {reference}")
+  print(f"{'impl':14s} {'fwd':>12s} {'dX':>12s} {'dK':>12s} {'total':>12s} {'trio':>12s}"
+        "   GFLOP/s (x matmul)")
   names = list(impls) + (["xla_unrolled"] if args.mode == "scan" and "xla" in impls else [])
   for impl in names:
     cells = []
-    for part in ("fwd", "dX", "dK", "total"):
+    for part in ("fwd", "dX", "dK", "total", "trio"):
       r = summary.get(f"{impl}/{part}")
       cells.append(f"{r['gflops']:5.0f} ({r['ratio_to_matmul']:.2f})" if r else "-")
     print(f"{impl:14s} " + " ".join(f"{c:>12s}" for c in cells))
@@ -479,6 +544,13 @@ def main(argv=None):
   unknown = set(impls) - set(IMPLS)
   if unknown:
     raise SystemExit(f"unknown --impls {sorted(unknown)}; valid: {', '.join(IMPLS)}")
+  if args.dtype != "float32" and args.mode != "single":
+    raise SystemExit("--dtype applies to --mode=single only")
+  from msrnn_jax import onednn
+  isa = onednn.cpu_isa() if jax.default_backend() == "cpu" and onednn.available() else None
+  print(f"CPU: {cpu_model()}; oneDNN {onednn.version()} ISA {isa}"
+        + (f", bfloat16 convolutions {'on' if onednn.bf16_supported() else 'off'}"
+           if isa and args.dtype == "bfloat16" else ""))
   load0 = os.getloadavg()
   results = {}
   if args.mode == "step":
@@ -487,7 +559,9 @@ def main(argv=None):
     build = build_single if args.mode == "single" else build_scan
     cases = build(args, size, impls)
     times = timed_rounds(cases, args.rounds, args.budget)
-    summary = summarize(times, {n: c[2] for n, c in cases.items()})
+    flops = {n: c[2] for n, c in cases.items()}
+    summary = summarize(times, flops)
+    add_trios(times, flops, summary)
     results[str(size)] = summary
     print_table(size, args, summary, impls)
   load1 = os.getloadavg()
@@ -498,11 +572,12 @@ def main(argv=None):
   record = {
       "mode": args.mode, "settings": vars(args), "malloc_tuned": tuned,
       "jax": jax.__version__, "backend": jax.default_backend(), "cpu_count": cores,
-      "machine": platform.machine(), "loadavg_start": load0, "loadavg_end": load1,
-      "results": results,
+      "machine": platform.machine(), "cpu": cpu_model(), "onednn_isa": isa,
+      "loadavg_start": load0, "loadavg_end": load1, "results": results,
   }
+  suffix = "" if args.dtype == "float32" else f"_{args.dtype}"
   out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                                 f"conv_bench_{args.mode}.json")
+                                 f"conv_bench_{args.mode}{suffix}.json")
   os.makedirs(os.path.dirname(out), exist_ok=True)
   with open(out, "w") as fh:
     json.dump(record, fh, indent=1)

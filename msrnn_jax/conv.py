@@ -25,10 +25,13 @@ Implementations (config key ``model.conv_impl``):
   gradients differ at the 1e-3 relative level, see ``docs/performance.md``).
 * ``onednn``: forward, dX and dK through oneDNN (the library behind
   PyTorch's CPU convolutions) as XLA FFI custom calls reading XLA's NHWC
-  buffers in place (``msrnn_jax.onednn``); float32, CPU only. Convolutions
-  it does not cover (input dilation, negative padding, other dtypes) take
-  the ``matmul`` path. Fastest on CPU (``docs/performance.md``).
-* ``auto``: ``onednn`` on a single CPU device where it is available,
+  buffers in place (``msrnn_jax.onednn``), CPU only, each device on its
+  own batch slice under data parallelism. float32, or bfloat16 activations
+  with float32 accumulation and a float32 kernel gradient where the CPU
+  has bfloat16 arithmetic (``onednn.bf16_supported``). Convolutions it
+  does not cover (input dilation, negative padding, other dtypes) take the
+  ``matmul`` path. Fastest on CPU (``docs/performance.md``).
+* ``auto``: ``onednn`` on CPU where it is available (any device count),
   ``matmul`` on other CPU set-ups, ``xla`` elsewhere.
 
 Layouts are NHWC activations and HWIO kernels throughout.
@@ -60,10 +63,9 @@ def resolve_impl(impl: str) -> str:
   if impl == "auto":
     if jax.default_backend() != "cpu":
       return "xla"
-    # The custom calls have no sharding rule: under a multi-device jit XLA
-    # would gather their operands onto every device. The matmul path
-    # partitions like any XLA op.
-    return "onednn" if jax.device_count() == 1 and onednn.available() else "matmul"
+    # Any device count: the custom calls partition over the batch
+    # (onednn.conv_forward / conv_backward).
+    return "onednn" if onednn.available() else "matmul"
   if impl == "onednn":
     onednn.require()
   return impl
@@ -232,6 +234,10 @@ def _matmul_conv_bwd(stride, padding, lhs_dilation, bf16, res, dy):
 _matmul_conv.defvjp(_matmul_conv_fwd, _matmul_conv_bwd)
 
 
+# The kernel enters in its own dtype (float32 master weights under bfloat16
+# activations): the custom calls convert it, and its gradient, accumulated
+# in float32 by oneDNN, goes back to the float32 parameters without a detour
+# through bfloat16.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _onednn_conv(x, kernel, stride, padding):
   return onednn.conv_forward(x, kernel, stride, padding)
@@ -243,7 +249,8 @@ def _onednn_conv_fwd(x, kernel, stride, padding):
 
 def _onednn_conv_bwd(stride, padding, res, dy):
   x, kernel = res
-  return onednn.conv_backward(x, kernel, dy, stride, padding)
+  dx, dk = onednn.conv_backward(x, kernel, dy.astype(x.dtype), stride, padding)
+  return dx, dk.astype(kernel.dtype)
 
 
 _onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
@@ -251,7 +258,7 @@ _onednn_conv.defvjp(_onednn_conv_fwd, _onednn_conv_bwd)
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
            padding: str | Sequence[tuple[int, int]] = "SAME",
-           lhs_dilation: int = 1, impl: str = "auto") -> jax.Array:
+           lhs_dilation: int = 1, impl: str = "auto", dtype=None) -> jax.Array:
   """2-D convolution, NHWC x HWIO -> NHWC, no bias.
 
   Args:
@@ -261,11 +268,18 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
     padding: ``'SAME'``/``'VALID'`` or explicit ``((lo, hi), (lo, hi))``.
     lhs_dilation: input dilation (used for transposed convolutions).
     impl: one of ``CONV_IMPLS``.
+    dtype: compute dtype (default: the common type of ``x`` and
+      ``kernel``). Both are cast to it; the kernel's gradient comes back in
+      the kernel's own dtype. With float32 master weights and bfloat16
+      compute, ``onednn`` accumulates that gradient in float32 and returns
+      it unrounded; the other implementations round it to bfloat16 first.
 
   Returns:
-    ``[batch, out_height, out_width, out_channels]``.
+    ``[batch, out_height, out_width, out_channels]`` of ``dtype``.
   """
   impl = resolve_impl(impl)
+  dtype = jnp.result_type(x.dtype, kernel.dtype) if dtype is None else jnp.dtype(dtype)
+  x = x.astype(dtype)
   strides = (stride, stride)
   dil = (lhs_dilation, lhs_dilation)
   if isinstance(padding, str):
@@ -274,13 +288,14 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
   if isinstance(padding, str):
     raise ValueError("Dilated convolutions need explicit padding.")
   padding = tuple(tuple(int(v) for v in p) for p in padding)
-  if impl == "xla":
-    return _xla_conv(x, kernel, strides, padding, dil)
   if impl == "onednn":
-    if onednn.supports(x.shape, kernel.shape, jnp.result_type(x.dtype, kernel.dtype), strides,
-                       padding, dil):
+    if (onednn.supports(x.shape, kernel.shape, dtype, strides, padding, dil)
+        and kernel.dtype in (jnp.float32, jnp.bfloat16)):
       return _onednn_conv(x, kernel, strides, padding)
     impl = "matmul"
+  kernel = kernel.astype(dtype)
+  if impl == "xla":
+    return _xla_conv(x, kernel, strides, padding, dil)
   return _matmul_conv(x, kernel, strides, padding, dil, impl == "matmul_bf16")
 
 
@@ -355,19 +370,20 @@ class Conv(nn.Module):
     """Applies the convolution to ``x`` ``[batch, height, width, in_features]``."""
     self.check_input(x)
     x = x.astype(self.dtype)
-    kernel = self.kernel.astype(self.dtype)
+    # conv2d gets the float32 kernel and casts it itself (see its dtype).
     if self.transpose:
       # A transposed conv is a stride-1 conv over the stride-dilated input with
       # padding k-1-p; the kernel is stored in that forward orientation.
       pad = self.kernel_size - 1 - self.torch_padding
-      y = conv2d(x, kernel, padding=((pad, pad), (pad, pad)),
-                 lhs_dilation=self.stride, impl=self.impl)
+      y = conv2d(x, self.kernel, padding=((pad, pad), (pad, pad)),
+                 lhs_dilation=self.stride, impl=self.impl, dtype=self.dtype)
     elif self.kernel_size == 1 and self.stride == 1:
       # A 1x1 convolution is a matmul over channels: use the dot directly.
-      y = jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0])
+      y = jnp.einsum("nhwc,cd->nhwd", x, self.kernel[0, 0].astype(self.dtype))
     else:
       padding = "SAME" if self.stride == 1 else "VALID"
-      y = conv2d(x, kernel, stride=self.stride, padding=padding, impl=self.impl)
+      y = conv2d(x, self.kernel, stride=self.stride, padding=padding, impl=self.impl,
+                 dtype=self.dtype)
     if self.use_bias:
       y = y + self.bias.astype(self.dtype)
     return y
@@ -393,10 +409,11 @@ def fused_conv(convs: Sequence[Conv], xs: Sequence[jax.Array]) -> jax.Array:
   c0 = convs[0]
   dtype = c0.dtype
   x = jnp.concatenate([x.astype(dtype) for x in xs], axis=-1)
-  kernel = jnp.concatenate([c.kernel.astype(dtype) for c in convs], axis=2)
+  # Concatenated in the parameters' float32; conv2d casts (see its dtype).
+  kernel = jnp.concatenate([c.kernel for c in convs], axis=2)
   if c0.kernel_size == 1:
-    y = jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0])
+    y = jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0].astype(dtype))
   else:
-    y = conv2d(x, kernel, impl=c0.impl)
+    y = conv2d(x, kernel, impl=c0.impl, dtype=dtype)
   bias = sum(c.bias.astype(dtype) for c in convs if c.use_bias)
   return y + bias

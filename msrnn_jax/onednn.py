@@ -21,14 +21,35 @@ threads, default all cores). Unless the user set it, ``OMP_WAIT_POLICY`` is
 made passive before the library loads, so idle OpenMP threads sleep instead
 of spinning on cores XLA's own threads need between the calls.
 
-Layouts: ``x`` ``[N, H, W, C]``, kernel ``[KH, KW, C, O]``, float32, no
-input or kernel dilation (those stay on the ``matmul`` path).
+Data parallelism: a custom call has no sharding rule of its own, so under a
+multi-device ``jit`` XLA would gather its operands onto every device and
+each device would compute the whole batch. Both calls are therefore wrapped
+in ``jax.experimental.custom_partitioning`` with a rule that works from the
+sharding XLA propagates (no mesh needs to be known by the caller): the
+activations keep their batch (leading-axis) sharding, everything else is
+replicated, each device runs oneDNN on its own batch slice, and the kernel
+gradient, a sum over the batch, is completed by a ``psum`` over the batch's
+mesh axes. On one device the wrapper lowers to the bare custom call.
+
+Mixed precision: the activations (``x``, and so ``y``, ``dy``, ``dx``) may be
+float32 or bfloat16; the kernel may be either independently (oneDNN
+converts it while reordering it into its blocked layout, so float32 master
+weights need no cast in XLA); the kernel gradient is float32 always
+(oneDNN accumulates in float32). oneDNN picks its kernels for the CPU at run
+time (AMX, AVX-512 BF16, ...): :func:`cpu_isa` names the instruction set it
+uses and :func:`bf16_supported` says whether bfloat16 convolutions have
+native kernels here (else ``msrnn_jax.conv`` keeps them on its ``matmul``
+path); both are logged once.
+
+Layouts: ``x`` ``[N, H, W, C]``, kernel ``[KH, KW, C, O]``, no input or
+kernel dilation (those stay on the ``matmul`` path).
 """
 
 import ctypes
 import functools
 import hashlib
 import importlib.metadata
+import math
 import os
 import shutil
 import subprocess
@@ -37,7 +58,11 @@ import threading
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from absl import logging
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding, PartitionSpec
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "onednn_conv.cc")
 _DISTS = ("onednn-cpu-gomp", "onednn-devel-cpu-gomp")
@@ -125,13 +150,18 @@ def _load() -> None:
       path = build()
       os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before libgomp starts
       lib = ctypes.CDLL(path)
-      lib.msrnn_onednn_version.restype = ctypes.c_char_p
+      for fn in (lib.msrnn_onednn_version, lib.msrnn_onednn_cpu_isa, lib.msrnn_onednn_probe):
+        fn.restype = ctypes.c_char_p
+      lib.msrnn_onednn_probe.argtypes = [ctypes.c_int]
       for target, symbol in ((_TARGET_FWD, "MsrnnOnednnConvFwd"),
                              (_TARGET_BWD, "MsrnnOnednnConvBwd")):
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
                                     platform="cpu")
       _state.update(ok=True, lib=lib, path=path,
-                    version=lib.msrnn_onednn_version().decode())
+                    version=lib.msrnn_onednn_version().decode(),
+                    isa=lib.msrnn_onednn_cpu_isa().decode())
+      logging.info("oneDNN %s loaded for the convolutions; effective CPU ISA: %s",
+                   _state["version"], _state["isa"])
     except (RuntimeError, OSError, AttributeError) as e:
       _state.update(ok=False, reason=str(e))
 
@@ -154,6 +184,47 @@ def version() -> str | None:
   return _state.get("version")
 
 
+def cpu_isa() -> str | None:
+  """The instruction set oneDNN dispatches to here, e.g. ``'avx512_core_amx'``.
+
+  oneDNN's own name (``dnnl_get_effective_cpu_isa``), after any limit set
+  with ``ONEDNN_MAX_CPU_ISA``; None where oneDNN is unavailable.
+  """
+  _load()
+  return _state.get("isa")
+
+
+# ISAs with bfloat16 instructions (AVX-512 BF16 dot products, AMX tiles, or
+# AVX2's VNNI-2 conversions). On older CPUs oneDNN converts bfloat16 in
+# software or takes reference kernels; the matmul path is the safer bet there.
+_BF16_ISAS = ("avx2_vnni_2", "avx512_core_bf16", "avx512_core_fp16", "avx512_core_amx",
+              "avx512_core_amx_fp16")
+
+
+def bf16_supported() -> bool:
+  """Whether bfloat16 convolutions run on native oneDNN kernels here.
+
+  True when oneDNN's effective ISA has bfloat16 arithmetic and the
+  implementations it picks for a probe convolution (forward, dX, dK) are
+  none of its reference (``ref``) ones. Decided once and logged with the
+  implementation names; ``msrnn_jax.conv`` routes bfloat16 convolutions
+  elsewhere when False.
+  """
+  if not available():
+    return False
+  with _lock:
+    if "bf16" not in _state:
+      probe = _state["lib"].msrnn_onednn_probe(1).decode()
+      impls = [] if probe.startswith("error") else [p.split("=", 1)[1] for p in probe.split(";")]
+      ok = _state["isa"] in _BF16_ISAS and bool(impls) and not any(
+          i.startswith("ref") for i in impls)
+      _state.update(bf16=ok, bf16_impls=probe)
+      logging.info("oneDNN bfloat16 convolutions %s (ISA %s; %s)",
+                   "enabled" if ok else "disabled, kept on the matmul path", _state["isa"],
+                   probe)
+  return _state["bf16"]
+
+
 def require() -> None:
   """Raises RuntimeError naming the problem and the fix if unavailable."""
   if not available():
@@ -163,8 +234,17 @@ def require() -> None:
 
 def supports(x_shape: Sequence[int], kernel_shape: Sequence[int], dtype, stride: tuple[int, int],
              padding: Padding, lhs_dilation: tuple[int, int]) -> bool:
-  """Whether a convolution is one the handlers compute (else use another impl)."""
-  return (len(x_shape) == 4 and len(kernel_shape) == 4 and np.dtype(dtype) == np.float32
+  """Whether a convolution is one the handlers compute (else use another impl).
+
+  Args:
+    x_shape, kernel_shape: NHWC input and HWIO kernel shapes.
+    dtype: the compute (activation) dtype: float32, or bfloat16 where
+      :func:`bf16_supported`. The kernel may be float32 or bfloat16.
+    stride, padding, lhs_dilation: as in ``lax.conv_general_dilated``.
+  """
+  dtype = np.dtype(dtype)
+  return (len(x_shape) == 4 and len(kernel_shape) == 4
+          and (dtype == np.float32 or (dtype == jnp.bfloat16 and bf16_supported()))
           and tuple(lhs_dilation) == (1, 1) and min(v for p in padding for v in p) >= 0
           and all(s >= 1 for s in stride))
 
@@ -175,16 +255,114 @@ def _attrs(stride, padding) -> dict:
           "padding": np.asarray((top, bottom, left, right), np.int64)}
 
 
+def _forward_call(x, kernel, stride, padding):
+  """The forward custom call on whatever (per-device) shapes it is given."""
+  shape = jax.lax.conv_general_shape_tuple(x.shape, kernel.shape, stride, padding,
+                                           ("NHWC", "HWIO", "NHWC"))
+  out = jax.ShapeDtypeStruct(tuple(int(d) for d in shape), x.dtype)
+  return jax.ffi.ffi_call(_TARGET_FWD, out, vmap_method="sequential")(
+      x, kernel, **_attrs(stride, padding))
+
+
+def _backward_call(x, kernel, dy, stride, padding, parts):
+  """The backward custom call: ``(dx like x, float32 dkernel)``."""
+  outs = (jax.ShapeDtypeStruct(x.shape, x.dtype),
+          jax.ShapeDtypeStruct(kernel.shape, np.float32))
+  return jax.ffi.ffi_call(_TARGET_BWD, outs, vmap_method="sequential")(
+      x, kernel, dy, parts=np.int64({"dx": 1, "dk": 2, "both": 3}[parts]),
+      **_attrs(stride, padding))
+
+
+# --- the per-device (batch-sliced) partitioning of the two calls ------------------------------
+
+def _batch_split(x: jax.ShapeDtypeStruct) -> tuple[jax.sharding.Mesh, tuple[str, ...]]:
+  """The mesh and the mesh axes the calls split the batch over, from ``x``'s sharding.
+
+  The batch (leading) axis keeps the split XLA propagated to ``x`` when it
+  divides the batch evenly; any sharding of the other axes is dropped (the
+  partitioner then gathers those, which data parallelism never asks for).
+  Shardings without a mesh, which the partitioner hands over when the
+  computation has none, are replicated over their devices: correct, but
+  every device computes the whole batch, as without the rule.
+  """
+  sharding = x.sharding
+  if not isinstance(sharding, NamedSharding):
+    devices = np.asarray(sorted(sharding.device_set, key=lambda d: d.id))
+    return jax.sharding.Mesh(devices, ("onednn_replicas",)), ()
+  spec = tuple(sharding.spec)
+  axes = spec[0] if spec else None
+  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+  if x.shape[0] % math.prod(sharding.mesh.shape[a] for a in axes):
+    axes = ()
+  return sharding.mesh, axes
+
+
+def _shardings(mesh, axes):
+  """(batch-split activations, replicated) shardings on ``mesh``."""
+  return (NamedSharding(mesh, PartitionSpec(axes or None)),
+          NamedSharding(mesh, PartitionSpec()))
+
+
+def _partition_forward(stride, padding, mesh, arg_shapes, result_shape):
+  del mesh, result_shape  # decided by x's sharding
+  mesh, axes = _batch_split(arg_shapes[0])
+  act, rep = _shardings(mesh, axes)
+
+  def per_device(x, kernel):
+    return _forward_call(x, kernel, stride, padding)
+
+  return mesh, per_device, act, (act, rep)
+
+
+def _infer_forward(stride, padding, mesh, arg_shapes, result_shape):
+  del stride, padding, mesh, result_shape
+  return _shardings(*_batch_split(arg_shapes[0]))[0]
+
+
+def _partition_backward(stride, padding, parts, mesh, arg_shapes, result_shape):
+  del mesh, result_shape
+  mesh, axes = _batch_split(arg_shapes[0])
+  act, rep = _shardings(mesh, axes)
+
+  def per_device(x, kernel, dy):
+    dx, dk = _backward_call(x, kernel, dy, stride, padding, parts)
+    # dK sums over the batch: each device holds its slice's share.
+    return dx, (jax.lax.psum(dk, axes) if axes else dk)
+
+  return mesh, per_device, (act, rep), (act, rep, act)
+
+
+def _infer_backward(stride, padding, parts, mesh, arg_shapes, result_shape):
+  del stride, padding, parts, mesh, result_shape
+  return _shardings(*_batch_split(arg_shapes[0]))
+
+
+# Shardy's propagation rule (einsum-like factors): only the batch factor n
+# may stay sharded; every other factor needs replication. dK's missing n is
+# the batch sum the partition above completes with its psum.
+_SPATIAL = ("h", "w", "c", "a", "b", "o", "p", "q")
+_forward_partitioned = custom_partitioning(_forward_call, static_argnums=(2, 3))
+_forward_partitioned.def_partition(
+    _partition_forward, infer_sharding_from_operands=_infer_forward,
+    sharding_rule="n h w c, a b c o -> n p q o", need_replication_factors=_SPATIAL)
+_backward_partitioned = custom_partitioning(_backward_call, static_argnums=(3, 4, 5))
+_backward_partitioned.def_partition(
+    _partition_backward, infer_sharding_from_operands=_infer_backward,
+    sharding_rule="n h w c, a b c o, n p q o -> n h w c, a b c o",
+    need_replication_factors=_SPATIAL)
+
+
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def conv_forward(x: jax.Array, kernel: jax.Array, stride: tuple[int, int],
                  padding: Padding) -> jax.Array:
-  """Forward convolution ``[N, H, W, C] x [KH, KW, C, O] -> [N, OH, OW, O]`` (float32)."""
+  """Forward convolution ``[N, H, W, C] x [KH, KW, C, O] -> [N, OH, OW, O]``.
+
+  The output has ``x``'s dtype (float32 or bfloat16); the kernel may be
+  float32 or bfloat16. Under a batch-sharded ``jit`` each device convolves
+  its own slice.
+  """
   require()
-  shape = jax.lax.conv_general_shape_tuple(x.shape, kernel.shape, stride, padding,
-                                           ("NHWC", "HWIO", "NHWC"))
-  out = jax.ShapeDtypeStruct(tuple(int(d) for d in shape), np.float32)
-  return jax.ffi.ffi_call(_TARGET_FWD, out, vmap_method="sequential")(
-      x, kernel, **_attrs(stride, padding))
+  return _forward_partitioned(x, kernel, stride, padding)
 
 
 @functools.partial(jax.jit, static_argnums=(3, 4, 5))
@@ -193,20 +371,19 @@ def conv_backward(x: jax.Array, kernel: jax.Array, dy: jax.Array, stride: tuple[
   """Input and kernel gradients of :func:`conv_forward` for output gradient ``dy``.
 
   One custom call computes both, so the two run back to back on all cores
-  instead of competing for them.
+  instead of competing for them. Under a batch-sharded ``jit`` each device
+  computes its slice's dX and partial dK, summed over the batch's mesh axes.
 
   Args:
-    x, kernel, dy: the forward operands and the output gradient.
+    x, kernel, dy: the forward operands and the output gradient (``dy`` of
+      ``x``'s dtype).
     stride, padding: as in the forward call.
     parts: ``'both'``; ``'dx'`` or ``'dk'`` compute only that gradient and
       leave the other output unwritten (for benchmarks).
 
   Returns:
-    ``(dx [N, H, W, C], dkernel [KH, KW, C, O])``, float32.
+    ``(dx [N, H, W, C], dkernel [KH, KW, C, O])``: ``dx`` of ``x``'s dtype,
+    ``dkernel`` float32 (accumulated in float32 whatever the operands).
   """
   require()
-  outs = (jax.ShapeDtypeStruct(x.shape, np.float32),
-          jax.ShapeDtypeStruct(kernel.shape, np.float32))
-  return jax.ffi.ffi_call(_TARGET_BWD, outs, vmap_method="sequential")(
-      x, kernel, dy, parts=np.int64({"dx": 1, "dk": 2, "both": 3}[parts]),
-      **_attrs(stride, padding))
+  return _backward_partitioned(x, kernel, dy, stride, padding, parts)

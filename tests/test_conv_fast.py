@@ -1,9 +1,13 @@
 """The custom-gradient convolutions vs ``jax.lax.conv_general_dilated``.
 
 Every implementation, values and both gradients, over the stride / padding /
-input-dilation combinations ``conv2d`` accepts; inside a rolled scan; and the
-config switch reaching the cells of a model.
+input-dilation combinations ``conv2d`` accepts; inside a rolled scan; the
+config switch reaching the cells of a model; the oneDNN calls split over a
+batch-sharded mesh (four simulated devices, conftest.py) and in bfloat16.
 """
+
+import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +15,7 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from msrnn_jax import models, onednn, train
+from msrnn_jax import models, onednn, sharding, train
 from msrnn_jax.conv import CONV_IMPLS, conv2d, input_grad, kernel_grad, resolve_impl
 
 RNG = np.random.default_rng(5)
@@ -133,11 +137,14 @@ _ONEDNN = "target_name=msrnn_onednn_conv_bwd"
     ("matmul", "name=conv_dk_matmul "),
     ("matmul_bf16", "name=conv_dk_matmul_bf16 "),
     ("onednn", _ONEDNN),
-    # Four simulated devices (conftest.py): 'auto' keeps the partitionable path.
-    ("auto", "name=conv_dk_matmul " if jax.default_backend() == "cpu" else None),
+    # Four simulated devices (conftest.py): the oneDNN calls partition too.
+    ("auto", "auto"),
 ])
 def test_config_switch_reaches_the_cells(impl, marker):
   """``config.model.conv_impl`` decides which kernel gradient the training step uses."""
+  if marker == "auto":
+    cpu = jax.default_backend() == "cpu"
+    marker = (_ONEDNN if onednn.available() else "name=conv_dk_matmul ") if cpu else None
   config = test_config.get_config()
   config.model.conv_impl = impl
   model = train.create_model(config)
@@ -151,10 +158,8 @@ def test_config_switch_reaches_the_cells(impl, marker):
   jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
   names = ("name=conv_dk_matmul ", "name=conv_dk_matmul_bf16 ", _ONEDNN)
   assert [n for n in names if n in jaxpr] == ([marker] if marker else [])
-  if impl == "onednn":  # the forward pass too
+  if marker == _ONEDNN:  # the forward pass too
     assert "target_name=msrnn_onednn_conv_fwd" in jaxpr
-  if impl == "auto":
-    assert resolve_impl("auto") == ("matmul" if jax.default_backend() == "cpu" else "xla")
 
 
 def test_onednn_is_available_on_linux_x86():
@@ -167,8 +172,9 @@ def test_onednn_is_available_on_linux_x86():
   assert onednn.version().startswith("3.")
 
 
-def test_auto_picks_onednn_on_one_cpu_device(monkeypatch):
-  monkeypatch.setattr(jax, "device_count", lambda: 1)
+@pytest.mark.parametrize("devices", [1, 4])
+def test_auto_picks_onednn_on_cpu_any_device_count(monkeypatch, devices):
+  monkeypatch.setattr(jax, "device_count", lambda: devices)
   monkeypatch.setattr(onednn, "available", lambda: True)
   assert resolve_impl("auto") == ("onednn" if jax.default_backend() == "cpu" else "xla")
   monkeypatch.setattr(onednn, "available", lambda: False)
@@ -182,20 +188,28 @@ def test_onednn_unavailable_error_names_the_fix(monkeypatch):
     resolve_impl("onednn")
 
 
-def test_onednn_falls_back_where_it_does_not_apply():
-  """Input dilation (transposed convolutions) and bfloat16 take the matmul path."""
+def test_onednn_falls_back_where_it_does_not_apply(monkeypatch):
+  """Input dilation (transposed convolutions), float16, and bfloat16 on a CPU without
+  native bfloat16 kernels take the matmul path."""
   x, k = _rand(1, 5, 4, 3), _rand(3, 3, 3, 2)
   pad = ((2, 2), (2, 2))
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(
       conv2d(x, k, padding=pad, lhs_dilation=2, impl="onednn") ** 2)))(k))
   assert "conv_dk_matmul" in jaxpr and "msrnn_onednn" not in jaxpr
-  jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(conv2d(
-      x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), impl="onednn").astype(jnp.float32))))(k))
+
+  def low_precision_jaxpr(dtype):
+    return str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(conv2d(
+        x, k, impl="onednn", dtype=dtype).astype(jnp.float32))))(k))
+
+  jaxpr = low_precision_jaxpr(jnp.float16)
+  assert "conv_dk_matmul" in jaxpr and "msrnn_onednn" not in jaxpr
+  monkeypatch.setattr(onednn, "bf16_supported", lambda: False)
+  jaxpr = low_precision_jaxpr(jnp.bfloat16)
   assert "conv_dk_matmul" in jaxpr and "msrnn_onednn" not in jaxpr
 
 
 def test_onednn_under_batch_sharding_equals_reference():
-  """Under a 4-device jit XLA replicates the custom calls' operands: still exact."""
+  """Under a 4-device jit (each device on its batch slice): still exact."""
   mesh = jax.make_mesh((4,), ("data",))
   batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   x, k = _rand(4, 6, 5, 8), _rand(3, 3, 8, 4)
@@ -236,3 +250,219 @@ def test_onednn_model_gradients_equal_matmul(name, remat, layers, t):
   for got, want in zip(jax.tree.leaves(out["onednn"][1]), jax.tree.leaves(out["matmul"][1]),
                        strict=True):
     _close(got, want, 1e-4)
+
+
+# --- data parallelism: the custom calls run per device on the batch slice -------------------
+
+def _onednn_calls(hlo: str) -> list[tuple[str, tuple[int, ...]]]:
+  """(target, shape of the first operand) of each oneDNN custom call in compiled HLO."""
+  calls = re.findall(r'custom_call_target="(msrnn_onednn_conv_\w+)", '
+                     r"operand_layout_constraints=\{\w+\[([\d,]+)\]", hlo)
+  return [(t, tuple(int(d) for d in dims.split(","))) for t, dims in calls]
+
+
+@pytest.mark.parametrize("mesh_shape,batch_axes", [
+    ((4,), "data"),  # training's mesh (msrnn_jax/sharding.py)
+    ((2, 2), "data"),  # batch on one axis of two: replicated over 'model'
+    ((2, 2), ("data", "model")),  # batch over both axes
+])
+def test_onednn_runs_on_each_devices_batch_slice(mesh_shape, batch_axes):
+  """Values, dX and dK equal one device's; the calls see the slice, nothing is gathered."""
+  if not onednn.available():
+    pytest.skip(onednn.unavailable_reason())
+  names = ("data", "model")[:len(mesh_shape)]
+  mesh = jax.make_mesh(mesh_shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))
+  spec = jax.sharding.PartitionSpec
+  batch = jax.sharding.NamedSharding(mesh, spec(batch_axes))
+  x, k = _rand(8, 6, 5, 8), _rand(3, 3, 8, 4)
+  cot = _rand(8, 6, 5, 4)
+  pad = ((1, 1), (1, 1))
+
+  def fwd_and_grads(x, k, cot):
+    y, vjp = jax.vjp(lambda x, k: conv2d(x, k, impl="onednn"), x, k)
+    return (y, *vjp(cot))
+
+  step = jax.jit(fwd_and_grads)
+  sharded_args = (jax.device_put(x, batch),
+                  jax.device_put(k, jax.sharding.NamedSharding(mesh, spec())),
+                  jax.device_put(cot, batch))
+  got = step(*sharded_args)
+  one_device = step(x, k, cot)  # uncommitted: one device, the bare custom calls
+  ref_y, ref_vjp = jax.vjp(lambda x, k: _ref_conv(x, k, 1, pad, 1), x, k)
+  for g, one, want in zip(got, one_device, (ref_y, *ref_vjp(cot)), strict=True):
+    _close(g, one, 1e-5)
+    _close(g, want, 1e-5)
+  assert got[0].sharding.is_equivalent_to(batch, 4) and got[1].sharding.is_equivalent_to(batch, 4)
+
+  hlo = step.lower(*sharded_args).compile().as_text()
+  splits = dict(zip(names, mesh_shape, strict=True))
+  per_device = 8 // int(np.prod([splits[a] for a in np.atleast_1d(batch_axes)]))
+  calls = _onednn_calls(hlo)
+  assert sorted(t for t, _ in calls) == ["msrnn_onednn_conv_bwd", "msrnn_onednn_conv_fwd"]
+  assert all(shape == (per_device, 6, 5, 8) for _, shape in calls), calls
+  assert "all-gather" not in hlo
+  assert "all-reduce" in hlo  # dK: the per-slice sums added up
+
+
+def test_onednn_indivisible_batch_is_replicated_and_exact():
+  """A batch the mesh does not divide: every device computes all of it (still exact)."""
+  if not onednn.available():
+    pytest.skip(onednn.unavailable_reason())
+  mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  spec = jax.sharding.PartitionSpec
+  x, k, cot = _rand(6, 5, 4, 3), _rand(3, 3, 3, 2), _rand(6, 5, 4, 2)
+  pad = ((1, 1), (1, 1))
+
+  def loss(x, k):
+    return jnp.sum(conv2d(x, k, impl="onednn") * cot)
+
+  # A batch of 6 cannot be placed on 4 devices: ask for the split inside the jit.
+  def sharded_grads(x, k):
+    x = jax.lax.with_sharding_constraint(x, jax.sharding.NamedSharding(mesh, spec("data")))
+    return jax.grad(loss, (0, 1))(x, k)
+
+  got = jax.jit(sharded_grads)(jax.device_put(x, jax.sharding.NamedSharding(mesh, spec())), k)
+  want = jax.grad(lambda x, k: jnp.sum(_ref_conv(x, k, 1, pad, 1) * cot), (0, 1))(x, k)
+  for g, w in zip(got, want, strict=True):
+    _close(g, w, 1e-5)
+
+
+def test_onednn_model_gradients_sharded_equal_one_device():
+  """MS-ConvLSTM's training-loss gradient, batch split over 4 devices vs 1 device."""
+  if not onednn.available():
+    pytest.skip(onednn.unavailable_reason())
+  config = test_config.get_config()
+  config.model.conv_impl = "onednn"
+  model = train.create_model(config)
+  frames = jnp.asarray(RNG.uniform(size=(4, 4, 16, 16, config.data.channels)), jnp.float32)
+  mask = jnp.asarray(RNG.uniform(size=(4, 3)) < 0.5, jnp.float32)
+  params = model.init(jax.random.key(0), frames)["params"]
+
+  def loss(p, frames, mask):
+    preds, _ = model.apply({"params": p}, frames, mask)
+    return jnp.mean((preds - frames[:, 1:]) ** 2)
+
+  grad = jax.jit(jax.value_and_grad(loss))
+  one = grad(params, frames, mask)
+  mesh = sharding.make_mesh()
+  assert mesh.size == 4
+  args = (jax.device_put(params, sharding.replicated(mesh)),
+          jax.device_put(frames, sharding.data_sharded(mesh)),
+          jax.device_put(mask, sharding.data_sharded(mesh)))
+  four = grad(*args)
+  np.testing.assert_allclose(four[0], one[0], rtol=1e-5)
+  for got, want in zip(jax.tree.leaves(four[1]), jax.tree.leaves(one[1]), strict=True):
+    _close(got, want, 1e-5)
+  hlo = grad.lower(*args).compile().as_text()
+  calls = _onednn_calls(hlo)
+  assert calls and all(shape[0] == 1 for _, shape in calls), calls
+  assert "all-gather" not in hlo
+
+
+# --- bfloat16 on the oneDNN path ---------------------------------------------------------------
+
+def _bf16_round(a):
+  return a.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+def test_onednn_isa_is_known_and_bf16_enabled_where_the_cpu_has_it():
+  """A CPU with AVX-512 BF16 or AMX must get the native bfloat16 path (no silent fallback)."""
+  if not onednn.available():
+    pytest.skip(onednn.unavailable_reason())
+  assert onednn.cpu_isa() in ("sse41", "avx", "avx2", "avx2_vnni", "avx512_core",
+                              "avx512_core_vnni", *onednn._BF16_ISAS)
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = set(re.search(r"^flags\s*:(.*)$", f.read(), re.M).group(1).split())
+  except (OSError, AttributeError):
+    pytest.skip("no /proc/cpuinfo flags")
+  if {"avx512_bf16", "amx_bf16"} & flags and "ONEDNN_MAX_CPU_ISA" not in os.environ:
+    assert onednn.bf16_supported(), onednn._state.get("bf16_impls")
+
+
+# CASES oneDNN takes (no input dilation, no negative padding).
+BF16_CASES = [c for c in CASES if c[4] == 1 and (isinstance(c[3], str) or min(map(min, c[3])) >= 0)]
+
+
+@pytest.mark.parametrize("case", BF16_CASES, ids=lambda c: f"{c[0]}-{c[1]}-s{c[2]}-{c[3]}")
+def test_onednn_bf16_matches_float32_on_rounded_inputs(case):
+  """bfloat16 activations, float32 master kernel: y in bfloat16, dK in float32.
+
+  The reference is the float32 convolution of the same bfloat16-rounded
+  numbers. y and dX are rounded to bfloat16 once at the end; dK, summed in
+  float32 from exact bfloat16 products and not rounded, is far closer.
+  """
+  if not (onednn.available() and onednn.bf16_supported()):
+    pytest.skip("no native oneDNN bfloat16 kernels here")
+  xs, ks, stride, pad, _ = case
+  x, k = _bf16_round(_rand(*xs)), _rand(*ks)
+  y_ref, vjp_ref = jax.vjp(lambda x, k: _ref_conv(x, k, stride, pad, 1), x, _bf16_round(k))
+  cot = _bf16_round(_rand(*y_ref.shape))
+  dx_ref, dk_ref = vjp_ref(cot)
+
+  def fwd_and_grads(x, k):
+    # As Conv calls it: bfloat16 activations, the float32 kernel as it is.
+    y, vjp = jax.vjp(lambda x, k: conv2d(x.astype(jnp.bfloat16), k, stride=stride, padding=pad,
+                                         impl="onednn", dtype=jnp.bfloat16), x, k)
+    return (y, *vjp(cot.astype(jnp.bfloat16)))
+
+  jaxpr = str(jax.make_jaxpr(fwd_and_grads)(x, k))
+  assert "target_name=msrnn_onednn_conv_fwd" in jaxpr and _ONEDNN in jaxpr
+  y, dx, dk = jax.jit(fwd_and_grads)(x, k)
+  assert (y.dtype, dx.dtype, dk.dtype) == (jnp.bfloat16, jnp.float32, jnp.float32)
+  _close(y.astype(jnp.float32), y_ref, BF16_RTOL)
+  _close(dx, dx_ref, BF16_RTOL)
+  _close(dk, dk_ref, 1e-4)
+
+
+def test_onednn_bf16_kernel_in_bf16_and_batch_sharded():
+  """A bfloat16 kernel gets a bfloat16 gradient; the bfloat16 calls partition like float32."""
+  if not (onednn.available() and onednn.bf16_supported()):
+    pytest.skip("no native oneDNN bfloat16 kernels here")
+  mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  batch = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  x, k = _rand(4, 8, 8, 16).astype(jnp.bfloat16), _rand(3, 3, 16, 8).astype(jnp.bfloat16)
+  cot = _rand(4, 8, 8, 8)
+
+  def loss(x, k):
+    return jnp.sum(conv2d(x, k, impl="onednn").astype(jnp.float32) * cot)
+
+  grads = jax.jit(jax.grad(loss, (0, 1)))
+  dx, dk = grads(jax.device_put(x, batch), k)
+  assert dx.dtype == dk.dtype == jnp.bfloat16
+  ref = jax.grad(lambda x, k: jnp.sum(_ref_conv(x, k, 1, ((1, 1), (1, 1)), 1) * cot), (0, 1))(
+      x.astype(jnp.float32), k.astype(jnp.float32))
+  _close(dx.astype(jnp.float32), ref[0], BF16_RTOL)
+  _close(dk.astype(jnp.float32), ref[1], BF16_RTOL)
+  calls = _onednn_calls(grads.lower(jax.device_put(x, batch), k).compile().as_text())
+  assert calls and all(shape[0] == 1 for _, shape in calls), calls
+
+
+def test_bf16_model_routes_to_onednn_with_float32_gradients():
+  """``model.dtype='bfloat16'``: the cells' convolutions take the oneDNN calls; the float32
+  parameters' gradients stay float32, near the float32 model's."""
+  if not (onednn.available() and onednn.bf16_supported()):
+    pytest.skip("no native oneDNN bfloat16 kernels here")
+  config = test_config.get_config()
+  config.model.conv_impl = "onednn"
+  frames = jnp.asarray(RNG.uniform(size=(2, 4, 16, 16, config.data.channels)), jnp.float32)
+  grads = {}
+  for dtype in ("float32", "bfloat16"):
+    config.model.dtype = dtype
+    model = train.create_model(config)
+    params = model.init(jax.random.key(0), frames)["params"]
+
+    def loss(p, model=model):
+      preds = model.apply({"params": p}, frames)[0].astype(jnp.float32)
+      return jnp.mean((preds - frames[:, 1:]) ** 2)
+
+    if dtype == "bfloat16":
+      jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
+      assert "target_name=msrnn_onednn_conv_fwd" in jaxpr and _ONEDNN in jaxpr
+      assert "conv_dk_matmul" not in jaxpr
+    grads[dtype] = jax.jit(jax.grad(loss))(params)
+  for got, want in zip(jax.tree.leaves(grads["bfloat16"]), jax.tree.leaves(grads["float32"]),
+                       strict=True):
+    assert got.dtype == jnp.float32
+    # bfloat16 activations through a recurrent stack: a few percent.
+    _close(got, want, 0.1)

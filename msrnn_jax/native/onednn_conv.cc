@@ -1,4 +1,4 @@
-// oneDNN convolutions as XLA FFI custom calls (CPU, float32, NHWC x HWIO).
+// oneDNN convolutions as XLA FFI custom calls (CPU, NHWC x HWIO).
 //
 // Why: XLA:CPU runs the kernel gradient of a convolution on a generic path
 // (a fifth of its matmul rate) and our matrix-product replacement still has
@@ -14,9 +14,20 @@
 //     attribute parts: 3 computes both, 1 only dx, 2 only dw (the other
 //     output is left unwritten; for benchmarks timing one gradient alone).
 //
-// Primitives are created once per shape and cached; execution is
-// thread-safe (user-managed scratchpads, one stream per calling thread), so
-// XLA may run several of these calls concurrently.
+// Data types: x (and so y, dy, dx) is float32 or bfloat16, the compute
+// type; w may be either, independently: the reorder into the blocked layout
+// also converts it, so float32 master weights need no separate cast. dw is
+// always float32: oneDNN accumulates in float32 whatever the operands, and
+// rounding the sum to bfloat16 would throw away what the float32 master
+// weights can hold. oneDNN picks its kernels (AMX, AVX-512 BF16, ...) for
+// the CPU it runs on; msrnn_onednn_cpu_isa and msrnn_onednn_probe tell the
+// Python side which, so it can route bfloat16 elsewhere on CPUs without
+// native bfloat16 arithmetic.
+//
+// Primitives are created once per shape and data types and cached;
+// execution is thread-safe (user-managed scratchpads, one stream per
+// calling thread), so XLA may run several of these calls concurrently
+// (e.g. one per device of a sharded computation).
 
 #include <cstdint>
 #include <cstdlib>
@@ -64,18 +75,25 @@ struct Scratch {
 
 struct Shape {
   int64_t n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr;
+  dt act = dt::f32;    // x, y, dy, dx: the compute type
+  dt wei = dt::f32;    // the user's kernel buffer
   std::string key(char kind) const {
     std::string k(1, kind);
-    for (int64_t v : {n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr}) {
+    for (int64_t v : {n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr,
+                      static_cast<int64_t>(act), static_cast<int64_t>(wei)}) {
       k += ',';
       k += std::to_string(v);
     }
     return k;
   }
-  memory::desc src() const { return {{n, c, h, w}, dt::f32, tag::nhwc}; }
-  memory::desc dst() const { return {{n, o, oh, ow}, dt::f32, tag::nhwc}; }
-  memory::desc wei_user() const { return {{o, c, kh, kw}, dt::f32, tag::hwio}; }
-  memory::desc wei_any() const { return {{o, c, kh, kw}, dt::f32, tag::any}; }
+  memory::desc src() const { return {{n, c, h, w}, act, tag::nhwc}; }
+  memory::desc dst() const { return {{n, o, oh, ow}, act, tag::nhwc}; }
+  memory::desc wei_user() const { return {{o, c, kh, kw}, wei, tag::hwio}; }
+  // The kernel as the primitives read it: compute type, layout of their choice.
+  memory::desc wei_any() const { return {{o, c, kh, kw}, act, tag::any}; }
+  // The kernel gradient: float32 always (see the file comment).
+  memory::desc dwei_user() const { return {{o, c, kh, kw}, dt::f32, tag::hwio}; }
+  memory::desc dwei_any() const { return {{o, c, kh, kw}, dt::f32, tag::any}; }
   memory::dims strides() const { return {sh, sw}; }
   memory::dims pad_l() const { return {pt, pl}; }
   memory::dims pad_r() const { return {pb, pr}; }
@@ -93,19 +111,33 @@ dnnl::convolution_forward::primitive_desc FwdPd(const Shape& s) {
       s.src(), s.wei_any(), s.dst(), s.strides(), s.pad_l(), s.pad_r(), UserScratchpad());
 }
 
+dnnl::convolution_backward_data::primitive_desc BwdDataPd(
+    const Shape& s, const dnnl::convolution_forward::primitive_desc& hint) {
+  return dnnl::convolution_backward_data::primitive_desc(
+      Engine(), dnnl::algorithm::convolution_direct, s.src(), s.wei_any(), s.dst(),
+      s.strides(), s.pad_l(), s.pad_r(), hint, UserScratchpad());
+}
+
+dnnl::convolution_backward_weights::primitive_desc BwdWeightsPd(
+    const Shape& s, const dnnl::convolution_forward::primitive_desc& hint) {
+  return dnnl::convolution_backward_weights::primitive_desc(
+      Engine(), dnnl::algorithm::convolution_direct, s.src(), s.dwei_any(), s.dst(),
+      s.strides(), s.pad_l(), s.pad_r(), hint, UserScratchpad());
+}
+
 // Everything one convolution shape needs, built once.
 struct Entry {
   dnnl::primitive conv;            // forward, or backward data
   dnnl::primitive conv_w;          // backward weights (backward entries only)
-  dnnl::reorder w_to_blocked;      // user HWIO kernel -> the layout `conv` wants
-  dnnl::reorder dw_to_user;        // kernel gradient layout -> user HWIO
+  dnnl::reorder w_to_blocked;      // user HWIO kernel -> the layout/type `conv` wants
+  dnnl::reorder dw_to_user;        // kernel gradient layout -> float32 HWIO
   memory::desc w_blocked, dw_blocked;
   bool reorder_w = false, reorder_dw = false;
   size_t scratch = 0, scratch_w = 0;
 };
 
-// Records the kernel layout `e->conv` reads and, if it is not HWIO, the
-// reorder that produces it from the user's kernel.
+// Records the kernel layout `e->conv` reads and, if it is not the user's
+// buffer as it is (layout and type), the reorder that produces it.
 void SetKernelLayout(const Shape& s, const memory::desc& wanted, Entry* e) {
   e->w_blocked = wanted;
   e->reorder_w = wanted != s.wei_user();
@@ -125,19 +157,15 @@ Entry MakeFwd(const Shape& s) {
 Entry MakeBwd(const Shape& s) {
   Entry e;
   auto hint = FwdPd(s);
-  auto dpd = dnnl::convolution_backward_data::primitive_desc(
-      Engine(), dnnl::algorithm::convolution_direct, s.src(), s.wei_any(), s.dst(),
-      s.strides(), s.pad_l(), s.pad_r(), hint, UserScratchpad());
-  auto wpd = dnnl::convolution_backward_weights::primitive_desc(
-      Engine(), dnnl::algorithm::convolution_direct, s.src(), s.wei_any(), s.dst(),
-      s.strides(), s.pad_l(), s.pad_r(), hint, UserScratchpad());
+  auto dpd = BwdDataPd(s, hint);
+  auto wpd = BwdWeightsPd(s, hint);
   e.conv = dnnl::convolution_backward_data(dpd);
   e.conv_w = dnnl::convolution_backward_weights(wpd);
   SetKernelLayout(s, dpd.weights_desc(), &e);
   e.dw_blocked = wpd.diff_weights_desc();
-  e.reorder_dw = e.dw_blocked != s.wei_user();
+  e.reorder_dw = e.dw_blocked != s.dwei_user();
   if (e.reorder_dw) e.dw_to_user = dnnl::reorder(dnnl::reorder::primitive_desc(
-      Engine(), e.dw_blocked, Engine(), s.wei_user()));
+      Engine(), e.dw_blocked, Engine(), s.dwei_user()));
   e.scratch = dpd.scratchpad_desc().get_size();
   e.scratch_w = wpd.scratchpad_desc().get_size();
   return e;
@@ -160,9 +188,20 @@ const Entry& Lookup(const Shape& s, char kind) {
   return *it->second;
 }
 
-ffi::Error ParseShape(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> w_dims,
+// The oneDNN type of a float32 / bfloat16 buffer; false for anything else.
+bool DnnlType(ffi::DataType t, dt* out) {
+  switch (t) {
+    case ffi::DataType::F32: *out = dt::f32; return true;
+    case ffi::DataType::BF16: *out = dt::bf16; return true;
+    default: return false;
+  }
+}
+
+ffi::Error ParseShape(const ffi::AnyBuffer& x, const ffi::AnyBuffer& w,
                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
                       Shape* s) {
+  auto x_dims = x.dimensions();
+  auto w_dims = w.dimensions();
   if (x_dims.size() != 4 || w_dims.size() != 4)
     return ffi::Error::InvalidArgument("onednn conv: x must be NHWC and w HWIO (rank 4)");
   if (strides.size() != 2 || padding.size() != 4)
@@ -171,9 +210,16 @@ ffi::Error ParseShape(ffi::Span<const int64_t> x_dims, ffi::Span<const int64_t> 
     return ffi::Error::InvalidArgument("onednn conv: kernel input channels != x channels");
   *s = Shape{x_dims[0], x_dims[1], x_dims[2], x_dims[3], w_dims[0], w_dims[1], w_dims[3],
              0, 0, strides[0], strides[1], padding[0], padding[1], padding[2], padding[3]};
+  if (!DnnlType(x.element_type(), &s->act) || !DnnlType(w.element_type(), &s->wei))
+    return ffi::Error::InvalidArgument("onednn conv: x and w must be float32 or bfloat16");
   s->oh = (s->h + s->pt + s->pb - s->kh) / s->sh + 1;
   s->ow = (s->w + s->pl + s->pr - s->kw) / s->sw + 1;
   return ffi::Error::Success();
+}
+
+ffi::Error CheckType(ffi::DataType t, ffi::DataType want, const char* what) {
+  if (t == want) return ffi::Error::Success();
+  return ffi::Error::InvalidArgument(std::string("onednn conv: unexpected data type of ") + what);
 }
 
 template <typename F>
@@ -196,8 +242,8 @@ void RunWithScratch(const dnnl::primitive& p, size_t scratch, Scratch& buf,
 }
 
 // The kernel in the layout `e.conv` reads: the user buffer itself, or a
-// reordered copy in this thread's buffer.
-memory KernelFor(const Entry& e, const Shape& s, float* w, Scratch& buf) {
+// reordered (and possibly converted) copy in this thread's buffer.
+memory KernelFor(const Entry& e, const Shape& s, void* w, Scratch& buf) {
   memory user(s.wei_user(), Engine(), w);
   if (!e.reorder_w) return user;
   memory blocked(e.w_blocked, Engine(), buf.get(e.w_blocked.get_size()));
@@ -205,40 +251,42 @@ memory KernelFor(const Entry& e, const Shape& s, float* w, Scratch& buf) {
   return blocked;
 }
 
-ffi::Error ConvFwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                       ffi::ResultBuffer<ffi::F32> y, ffi::Span<const int64_t> strides,
-                       ffi::Span<const int64_t> padding) {
+ffi::Error ConvFwdImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
+                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding) {
   Shape s;
-  if (auto err = ParseShape(x.dimensions(), w.dimensions(), strides, padding, &s); err.failure())
-    return err;
+  if (auto err = ParseShape(x, w, strides, padding, &s); err.failure()) return err;
+  if (auto err = CheckType(y->element_type(), x.element_type(), "y"); err.failure()) return err;
   return Guarded([&] {
     thread_local Scratch wbuf, sbuf;
     const Entry& e = Lookup(s, 'f');
-    memory wm = KernelFor(e, s, w.typed_data(), wbuf);
+    memory wm = KernelFor(e, s, w.untyped_data(), wbuf);
     RunWithScratch(e.conv, e.scratch, sbuf,
-                   {{DNNL_ARG_SRC, memory(s.src(), Engine(), x.typed_data())},
+                   {{DNNL_ARG_SRC, memory(s.src(), Engine(), x.untyped_data())},
                     {DNNL_ARG_WEIGHTS, wm},
-                    {DNNL_ARG_DST, memory(s.dst(), Engine(), y->typed_data())}});
+                    {DNNL_ARG_DST, memory(s.dst(), Engine(), y->untyped_data())}});
     Stream().wait();
   });
 }
 
-ffi::Error ConvBwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                       ffi::Buffer<ffi::F32> dy, ffi::ResultBuffer<ffi::F32> dx,
-                       ffi::ResultBuffer<ffi::F32> dw, ffi::Span<const int64_t> strides,
-                       ffi::Span<const int64_t> padding, int64_t parts) {
+ffi::Error ConvBwdImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer dy,
+                       ffi::Result<ffi::AnyBuffer> dx, ffi::Result<ffi::AnyBuffer> dw,
+                       ffi::Span<const int64_t> strides, ffi::Span<const int64_t> padding,
+                       int64_t parts) {
   Shape s;
-  if (auto err = ParseShape(x.dimensions(), w.dimensions(), strides, padding, &s); err.failure())
+  if (auto err = ParseShape(x, w, strides, padding, &s); err.failure()) return err;
+  if (auto err = CheckType(dy.element_type(), x.element_type(), "dy"); err.failure()) return err;
+  if (auto err = CheckType(dx->element_type(), x.element_type(), "dx"); err.failure()) return err;
+  if (auto err = CheckType(dw->element_type(), ffi::DataType::F32, "dw"); err.failure())
     return err;
   return Guarded([&] {
     thread_local Scratch wbuf, dwbuf, sbuf;
     const Entry& e = Lookup(s, 'b');
-    memory src(s.src(), Engine(), x.typed_data());
-    memory ddst(s.dst(), Engine(), dy.typed_data());
+    memory src(s.src(), Engine(), x.untyped_data());
+    memory ddst(s.dst(), Engine(), dy.untyped_data());
     if (parts & 1) {
-      memory wm = KernelFor(e, s, w.typed_data(), wbuf);
+      memory wm = KernelFor(e, s, w.untyped_data(), wbuf);
       RunWithScratch(e.conv, e.scratch, sbuf,
-                     {{DNNL_ARG_DIFF_SRC, memory(s.src(), Engine(), dx->typed_data())},
+                     {{DNNL_ARG_DIFF_SRC, memory(s.src(), Engine(), dx->untyped_data())},
                       {DNNL_ARG_WEIGHTS, wm},
                       {DNNL_ARG_DIFF_DST, ddst}});
     }
@@ -246,7 +294,7 @@ ffi::Error ConvBwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
       Stream().wait();
       return;
     }
-    memory dw_user(s.wei_user(), Engine(), dw->typed_data());
+    memory dw_user(s.dwei_user(), Engine(), dw->untyped_data());
     memory dw_out = e.reorder_dw
         ? memory(e.dw_blocked, Engine(), dwbuf.get(e.dw_blocked.get_size())) : dw_user;
     RunWithScratch(e.conv_w, e.scratch_w, sbuf,
@@ -261,19 +309,19 @@ ffi::Error ConvBwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MsrnnOnednnConvFwd, ConvFwdImpl,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("strides")
                                   .Attr<ffi::Span<const int64_t>>("padding"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(MsrnnOnednnConvBwd, ConvBwdImpl,
                               ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Arg<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Ret<ffi::AnyBuffer>()
                                   .Attr<ffi::Span<const int64_t>>("strides")
                                   .Attr<ffi::Span<const int64_t>>("padding")
                                   .Attr<int64_t>("parts"));
@@ -286,4 +334,47 @@ extern "C" __attribute__((visibility("default"))) const char* msrnn_onednn_versi
            std::to_string(ver->patch);
   }();
   return v.c_str();
+}
+
+// The instruction set oneDNN dispatches to on this CPU (its effective ISA,
+// after any ONEDNN_MAX_CPU_ISA limit), by oneDNN's name for it.
+extern "C" __attribute__((visibility("default"))) const char* msrnn_onednn_cpu_isa() {
+  switch (dnnl_get_effective_cpu_isa()) {
+    case dnnl_cpu_isa_sse41: return "sse41";
+    case dnnl_cpu_isa_avx: return "avx";
+    case dnnl_cpu_isa_avx2: return "avx2";
+    case dnnl_cpu_isa_avx2_vnni: return "avx2_vnni";
+    case dnnl_cpu_isa_avx2_vnni_2: return "avx2_vnni_2";
+    case dnnl_cpu_isa_avx512_core: return "avx512_core";
+    case dnnl_cpu_isa_avx512_core_vnni: return "avx512_core_vnni";
+    case dnnl_cpu_isa_avx512_core_bf16: return "avx512_core_bf16";
+    case dnnl_cpu_isa_avx512_core_fp16: return "avx512_core_fp16";
+    case dnnl_cpu_isa_avx512_core_amx: return "avx512_core_amx";
+    case dnnl_cpu_isa_avx512_core_amx_fp16: return "avx512_core_amx_fp16";
+    default: return "other";
+  }
+}
+
+// The implementations oneDNN picks for the three primitives at a ConvLSTM
+// gate-like shape (2x16x16, 64 -> 64, 3x3) in float32 (bf16 = 0) or
+// bfloat16 (bf16 = 1): "fwd=...;bwd_data=...;bwd_weights=...", or
+// "error: ..." if oneDNN has none. A "ref" implementation means oneDNN found
+// no optimised kernel for this CPU (slow: route those convolutions elsewhere).
+extern "C" __attribute__((visibility("default"))) const char* msrnn_onednn_probe(int bf16) {
+  static std::mutex mu;
+  static std::string results[2];
+  std::lock_guard<std::mutex> lock(mu);
+  std::string& out = results[bf16 ? 1 : 0];
+  if (!out.empty()) return out.c_str();
+  Shape s{2, 16, 16, 64, 3, 3, 64, 16, 16, 1, 1, 1, 1, 1, 1};
+  s.act = s.wei = bf16 ? dt::bf16 : dt::f32;
+  try {
+    auto hint = FwdPd(s);
+    out = std::string("fwd=") + hint.impl_info_str() +
+          ";bwd_data=" + BwdDataPd(s, hint).impl_info_str() +
+          ";bwd_weights=" + BwdWeightsPd(s, hint).impl_info_str();
+  } catch (const dnnl::error& e) {
+    out = std::string("error: ") + e.what();
+  }
+  return out.c_str();
 }
