@@ -1,0 +1,362 @@
+"""Parity self-check: msrnn_jax against a PyTorch rebuild of the authors' models.
+
+For each model (``--models``; ConvLSTM, MS-ConvLSTM, PredRNN, MS-PredRNN) this
+builds our JAX model with ``msrnn_jax.models.create`` and the PyTorch rebuild
+of the authors' model (``experiments/torch_reference.py``; MS-RNN, Ma et al.,
+arXiv:2206.03010, code at github.com/mazhf/MS-RNN, commit c563636),
+initialises the JAX parameters, copies them into the PyTorch model (HWIO
+kernels -> OIHW; each of our ``Conv`` modules holds the parameters of one
+PyTorch ``Conv2d``, also where we fuse several into one call), runs both on
+the same random frames with the same scheduled-sampling mask, and compares,
+all in float32:
+
+* the T-1 predicted frames: ``max|a - b| / max|b|`` over the whole output;
+* the loss (L2 sum + L1 sum over pixels, mean over frames and batch,
+  ``msrnn_jax.losses``): ``|a - b| / |b|``;
+* every parameter gradient: ``max|a - b| / max|b|`` per tensor (``a`` ours,
+  ``b`` PyTorch's), reported as the worst tensor;
+* the parameter counts (equal, and at 6 x 64 equal to the authors' models).
+
+A model passes when all three relative errors are <= ``--threshold`` (1e-4).
+The mask is a fixed random 0/1 mask over all T-1 steps: the models must both
+ignore its entries in the context phase (truth is forced there) and feed back
+their own predictions where it is 0 afterwards. The script prints a Markdown
+table, writes ``experiments/results/parity.json`` and exits 1 if any model
+fails (2 if PyTorch is missing).
+
+PyTorch is not a project requirement. This process (the project's venv) runs
+the JAX side and starts ``--torch-python`` (default: this interpreter) on this
+same file in ``--torch-side`` mode for the PyTorch side, which needs ``torch``
+and ``numpy`` only (not msrnn_jax). Set up once, in a virtualenv outside the
+repository::
+
+    python3 -m venv torchenv
+    torchenv/bin/pip install numpy
+    torchenv/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu
+
+(``pip install torch`` from PyPI works too but pulls the CUDA wheels, several
+GB.) Then, from the repository root::
+
+    .venv/bin/python experiments/parity.py --torch-python torchenv/bin/python
+    .venv/bin/python experiments/parity.py --torch-python torchenv/bin/python \\
+        --models ms_predrnn --conv-impl xla,auto --hidden 64
+
+Defaults: hidden 16, 6 layers, batch 2, T = 20 with 10 context frames, 64x64,
+``conv_impl='auto'`` (oneDNN on CPU): about 2 minutes for the four models on
+2 cores. ``--conv-impl xla`` checks XLA's own convolutions (the GPU path),
+which are slow on CPU inside the rolled time loop (about 16 minutes).
+"""
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+MODELS = ("convlstm", "ms_convlstm", "predrnn", "ms_predrnn")
+# The authors' models at 6 layers x 64 channels, one input channel.
+PAPER_PARAMS = {"convlstm": 1_772_737, "ms_convlstm": 1_772_737, "predrnn": 3_594_817,
+                "ms_predrnn": 3_594_817}
+NUM_LAYERS = 6
+INSTALL_HINT = ("experiments/parity.py needs PyTorch and numpy in --torch-python (default: this "
+                "interpreter): python3 -m venv torchenv && torchenv/bin/pip install "
+                "numpy && torchenv/bin/pip install torch --index-url "
+                "https://download.pytorch.org/whl/cpu, then pass --torch-python "
+                "torchenv/bin/python")
+
+
+def rel_err(a: np.ndarray, b: np.ndarray) -> float:
+  """``max|a - b| / max|b|`` over one tensor (``b`` the reference; 0 if both are 0).
+
+  Args:
+    a: our values.
+    b: the reference values, same shape.
+
+  Returns:
+    The largest absolute difference relative to the largest reference magnitude.
+  """
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  if a.shape != b.shape:
+    raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+  diff = float(np.max(np.abs(a - b))) if a.size else 0.0
+  scale = float(np.max(np.abs(b))) if b.size else 0.0
+  if scale == 0.0:
+    return 0.0 if diff == 0.0 else float("inf")
+  return diff / scale
+
+
+def jax_to_torch(params) -> dict[str, np.ndarray]:
+  """Our parameter tree as the PyTorch model's ``state_dict`` (OIHW kernels).
+
+  Args:
+    params: ``variables['params']`` of a ``Predictor`` (``step/embed``,
+      ``step/head``, ``step/layer_<l>/<conv>``, each with ``kernel`` HWIO and
+      ``bias``).
+
+  Returns:
+    ``{'embed.weight': ..., 'cells.<l>.<conv>.bias': ..., 'head.bias': ...}``.
+  """
+  out = {}
+
+  def conv(prefix, p):
+    if set(p) != {"kernel", "bias"}:
+      raise ValueError(f"{prefix}: unexpected parameters {sorted(p)}")
+    out[f"{prefix}.weight"] = np.ascontiguousarray(np.transpose(np.asarray(p["kernel"]),
+                                                                (3, 2, 0, 1)))
+    out[f"{prefix}.bias"] = np.asarray(p["bias"])
+
+  if set(params) != {"step"}:
+    raise ValueError(f"unexpected top-level parameters {sorted(params)}")
+  for name, p in params["step"].items():
+    if name in ("embed", "head"):
+      conv(name, p)
+    elif name.startswith("layer_"):
+      for cname, cp in p.items():
+        conv(f"cells.{int(name[len('layer_'):])}.{cname}", cp)
+    else:
+      raise ValueError(f"unexpected module {name!r}")
+  return out
+
+
+def count(arrays) -> int:
+  """Number of scalars in a collection of arrays."""
+  return int(sum(np.size(a) for a in arrays))
+
+
+# ---------------------------------------------------------------------------
+# PyTorch side: runs under --torch-python, imports neither jax nor msrnn_jax.
+
+
+def torch_side(inp: str, out: str) -> None:
+  """Loads inputs and parameters from ``inp``, runs the PyTorch model, writes ``out``.
+
+  Args:
+    inp: ``.npz`` with ``config`` (JSON), ``frames`` ``[S, B, C, H, W]``,
+      ``mask`` ``[S-1, B]`` and ``param/<state_dict name>`` arrays.
+    out: ``.npz`` to write: ``preds``, ``loss``, ``grad/<name>`` and ``meta``
+      (JSON).
+  """
+  import torch
+
+  sys.path.insert(0, HERE)
+  import torch_reference as ref
+
+  data = np.load(inp)
+  cfg = json.loads(str(data["config"]))
+  torch.set_num_threads(cfg["threads"])
+  model = ref.build(cfg["model"], cfg["hidden"], cfg["layers"], cfg["channels"])
+  paper = ref.build(cfg["model"], 64, NUM_LAYERS, 1)
+  given = {k[len("param/"):]: data[k] for k in data.files if k.startswith("param/")}
+  state = model.state_dict()
+  if set(given) != set(state):
+    raise SystemExit(f"parameter names differ: only ours {sorted(set(given) - set(state))}, "
+                     f"only PyTorch's {sorted(set(state) - set(given))}")
+  for k, v in state.items():
+    if tuple(v.shape) != given[k].shape:
+      raise SystemExit(f"{k}: PyTorch shape {tuple(v.shape)}, ours {given[k].shape}")
+  model.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in given.items()})
+  frames = torch.from_numpy(np.array(data["frames"], np.float32))
+  mask = torch.from_numpy(np.array(data["mask"], np.float32))
+  t0 = time.perf_counter()
+  preds = ref.unroll(model, frames, cfg["in_len"], mask)
+  loss = ref.loss_fn(preds, frames)
+  loss.backward()
+  seconds = time.perf_counter() - t0
+  meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "seconds": seconds,
+          "params": sum(p.numel() for p in model.parameters()),
+          "params_6x64": sum(p.numel() for p in paper.parameters())}
+  np.savez(out, preds=preds.detach().numpy(), loss=np.float32(loss.item()), meta=json.dumps(meta),
+           **{f"grad/{k}": p.grad.numpy() for k, p in model.named_parameters()})
+
+
+# ---------------------------------------------------------------------------
+# JAX side.
+
+
+def check_torch(python: str) -> None:
+  """Exits with status 2 and an install hint unless ``python`` imports torch and numpy."""
+  try:
+    ok = subprocess.run([python, "-c", "import numpy, torch"], capture_output=True).returncode == 0
+  except OSError:
+    ok = False
+  if not ok:
+    print(INSTALL_HINT)
+    sys.exit(2)
+
+
+def run_torch(python: str, cfg: dict, frames: np.ndarray, mask: np.ndarray,
+              params: dict[str, np.ndarray], tmp: str) -> dict:
+  """Runs the PyTorch side in a subprocess; returns its outputs (PyTorch layouts)."""
+  inp, out = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
+  np.savez(inp, config=json.dumps(cfg), frames=frames, mask=mask,
+           **{f"param/{k}": v for k, v in params.items()})
+  subprocess.run([python, os.path.abspath(__file__), "--torch-side", inp, out], check=True)
+  data = np.load(out)
+  return {"preds": data["preds"], "loss": float(data["loss"]), "meta": json.loads(str(data["meta"])),
+          "grads": {k[len("grad/"):]: data[k] for k in data.files if k.startswith("grad/")}}
+
+
+def jax_loss_and_grads(model, params, frames: np.ndarray, mask: np.ndarray):
+  """Our predictions, loss and parameter gradients (float32)."""
+  import jax
+  import jax.numpy as jnp
+
+  from msrnn_jax import losses
+
+  frames = jnp.asarray(frames, jnp.float32)
+  mask = jnp.asarray(mask, jnp.float32)
+
+  def loss_of(p):
+    preds, _ = model.apply({"params": p}, frames, mask)
+    loss, _ = losses.training_loss(preds, frames)
+    return loss, preds
+
+  (loss, preds), grads = jax.jit(jax.value_and_grad(loss_of, has_aux=True))(params)
+  jax.block_until_ready(grads)
+  return np.asarray(preds), float(loss), grads
+
+
+def check_model(name: str, impls: list[str], args: argparse.Namespace, tmp: str) -> list[dict]:
+  """Compares one model for each JAX ``conv_impl``; one result dict per impl."""
+  import jax
+  import jax.numpy as jnp
+
+  from msrnn_jax import conv, models
+
+  rng = np.random.default_rng(args.seed)
+  b, t, s, c = args.batch, args.seq_len, args.size, 1
+  frames = rng.uniform(size=(b, t, s, s, c)).astype(np.float32)
+  mask = (rng.uniform(size=(b, t - 1)) < 0.5).astype(np.float32)
+
+  def create(impl, hidden=args.hidden):
+    return models.create(name, hidden=hidden, num_layers=NUM_LAYERS, channels=c,
+                         in_len=args.in_len, conv_impl=impl)
+
+  params = jax.jit(create("xla").init)(jax.random.PRNGKey(args.seed), jnp.asarray(frames),
+                                       jnp.asarray(mask))["params"]
+  paper_shapes = jax.eval_shape(create("xla", 64).init, jax.random.PRNGKey(0),
+                                jax.ShapeDtypeStruct((1, 2, 16, 16, 1), jnp.float32))
+  jax_params_6x64 = int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(paper_shapes)))
+  torch_params = jax_to_torch(params)
+  cfg = {"model": name, "hidden": args.hidden, "layers": NUM_LAYERS, "channels": c,
+         "in_len": args.in_len, "threads": args.threads}
+  # PyTorch layouts: frames [S, B, C, H, W], mask [S-1, B].
+  ref = run_torch(args.torch_python, cfg, frames.transpose(1, 0, 4, 2, 3), mask.T.copy(),
+                  torch_params, tmp)
+  results = []
+  for impl in impls:
+    t0 = time.perf_counter()
+    preds, loss, grads = jax_loss_and_grads(create(impl), params, frames, mask)
+    seconds = time.perf_counter() - t0
+    preds = preds.transpose(1, 0, 4, 2, 3)
+    grad_errs = {k: rel_err(v, ref["grads"][k]) for k, v in jax_to_torch(grads).items()}
+    worst = max(grad_errs, key=grad_errs.get)
+    r = {"model": name, "conv_impl": impl, "resolved_impl": conv.resolve_impl(impl),
+         "params": count(torch_params.values()), "torch_params": ref["meta"]["params"],
+         "params_6x64": jax_params_6x64, "torch_params_6x64": ref["meta"]["params_6x64"],
+         "paper_params_6x64": PAPER_PARAMS[name],
+         "output_abs_diff": float(np.max(np.abs(preds - ref["preds"]))),
+         "output_rel_err": rel_err(preds, ref["preds"]),
+         "loss": loss, "torch_loss": ref["loss"], "loss_rel_err": abs(loss - ref["loss"]) / abs(ref["loss"]),
+         "worst_grad_rel_err": grad_errs[worst], "worst_grad_param": worst,
+         "grad_rel_err": grad_errs, "jax_seconds": seconds, "torch_seconds": ref["meta"]["seconds"],
+         "torch": ref["meta"]["torch"], "torch_threads": ref["meta"]["threads"]}
+    r["params_ok"] = (r["params"] == r["torch_params"]
+                      and r["params_6x64"] == r["torch_params_6x64"] == r["paper_params_6x64"])
+    r["pass"] = bool(r["params_ok"] and max(r["output_rel_err"], r["loss_rel_err"],
+                                            r["worst_grad_rel_err"]) <= args.threshold)
+    print(f"  {name} [{impl}]: output {r['output_rel_err']:.2e}, loss {r['loss_rel_err']:.2e}, "
+          f"worst grad {r['worst_grad_rel_err']:.2e} ({worst}); JAX {seconds:.1f} s, PyTorch "
+          f"{r['torch_seconds']:.1f} s", flush=True)
+    results.append(r)
+  return results
+
+
+def table(results: list[dict], threshold: float) -> str:
+  """The Markdown table of the results."""
+  lines = [
+      "| model | conv_impl | params (H / 6x64) | max output diff (abs / rel) | loss rel diff "
+      f"| worst grad rel diff (param) | pass (<= {threshold:g}) |",
+      "|---|---|---|---|---|---|---|"]
+  for r in results:
+    impl = r["conv_impl"] + (f" (= {r['resolved_impl']})" if r["resolved_impl"] != r["conv_impl"]
+                             else "")
+    params = f"{r['params']:,} / {r['params_6x64']:,}" + ("" if r["params_ok"] else " MISMATCH")
+    lines.append(
+        f"| {r['model']} | {impl} | {params} | {r['output_abs_diff']:.2e} / "
+        f"{r['output_rel_err']:.2e} | {r['loss_rel_err']:.2e} | {r['worst_grad_rel_err']:.2e} "
+        f"(`{r['worst_grad_param']}`) | {'pass' if r['pass'] else '**FAIL**'} |")
+  return "\n".join(lines)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--torch-python", default=sys.executable,
+                 help="a Python interpreter with torch and numpy (default: this one)")
+  p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {MODELS}")
+  p.add_argument("--conv-impl", default="auto",
+                 help="JAX conv_impl, or several comma-separated (e.g. xla,auto)")
+  p.add_argument("--hidden", type=int, default=16, help="channels of every layer")
+  p.add_argument("--size", type=int, default=64, help="frame height and width")
+  p.add_argument("--batch", type=int, default=2)
+  p.add_argument("--seq-len", type=int, default=20, help="T (T-1 predicted frames)")
+  p.add_argument("--in-len", type=int, default=10, help="context frames")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--threads", type=int, default=1, help="PyTorch threads")
+  p.add_argument("--threshold", type=float, default=1e-4)
+  p.add_argument("--out", default=os.path.join(HERE, "results", "parity.json"))
+  p.add_argument("--torch-side", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
+  args = p.parse_args(argv)
+  if args.torch_side is None:
+    bad = [m for m in args.models.split(",") if m not in MODELS]
+    if bad:
+      p.error(f"unknown model(s) {bad}; valid: {', '.join(MODELS)}")
+    if args.size % 4:
+      p.error("--size must be a multiple of 4 (the MS pyramid)")
+    if not 1 <= args.in_len < args.seq_len:
+      p.error("need 1 <= --in-len < --seq-len")
+  return args
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  if args.torch_side:
+    torch_side(*args.torch_side)
+    return 0
+  check_torch(args.torch_python)
+  sys.path.insert(0, ROOT)
+  import jax
+
+  t0 = time.perf_counter()
+  impls = [i for i in args.conv_impl.split(",") if i]
+  results = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for name in args.models.split(","):
+      print(f"{name}:", flush=True)
+      results += check_model(name, impls, args, tmp)
+  seconds = time.perf_counter() - t0
+  settings = {k: v for k, v in vars(args).items() if k not in ("torch_side", "out")}
+  settings.update(layers=NUM_LAYERS, jax=jax.__version__, backend=jax.default_backend(),
+                  torch=results[0]["torch"] if results else None, seconds=seconds)
+  os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+  with open(args.out + ".tmp", "w") as f:
+    json.dump({"settings": settings, "results": results}, f, indent=1)
+  os.replace(args.out + ".tmp", args.out)
+  print(table(results, args.threshold))
+  print(f"{sum(r['pass'] for r in results)}/{len(results)} passed in {seconds:.0f} s; "
+        f"wrote {args.out}")
+  return 0 if all(r["pass"] for r in results) else 1
+
+
+if __name__ == "__main__":
+  sys.exit(main())
