@@ -500,12 +500,3 @@ class TrainMetrics(clu_metrics.Collection):
   loss: clu_metrics.Average.from_output("loss")
   mse: clu_metrics.Average.from_output("mse")
   mae: clu_metrics.Average.from_output("mae")
-
-
-@flax.struct.dataclass
-class EvalLossMetrics(clu_metrics.Collection):
-  """Means of the loss and its terms on an evaluation split (reference 'test loss')."""
-
-  loss: clu_metrics.Average.from_output("loss")
-  mse: clu_metrics.Average.from_output("mse")
-  mae: clu_metrics.Average.from_output("mae")

@@ -35,20 +35,16 @@ import jax.numpy as jnp
 SKIPS = ("none", "unet", "unet3p", "full")
 
 
-def mirror_levels(num_layers: int, max_level: int | None = None) -> tuple[int, ...]:
-  """Mirror-pyramid levels ``min(l, N-1-l)``, optionally capped.
+def mirror_levels(num_layers: int) -> tuple[int, ...]:
+  """Mirror-pyramid levels ``min(l, N-1-l)``.
 
   Args:
     num_layers: N.
-    max_level: cap on the level (None: no cap).
 
   Returns:
     For N=6: ``(0, 1, 2, 2, 1, 0)``; N=3: ``(0, 1, 0)``; N=4: ``(0, 1, 1, 0)``.
   """
-  levels = [min(l, num_layers - 1 - l) for l in range(num_layers)]
-  if max_level is not None:
-    levels = [min(v, max_level) for v in levels]
-  return tuple(levels)
+  return tuple(min(l, num_layers - 1 - l) for l in range(num_layers))
 
 
 def _window_argmax(x: jax.Array, factor: int) -> jax.Array:

@@ -179,7 +179,8 @@ def test_resize_matches_bilinear_half_pixel_rule():
 
 def test_window_helpers():
   groups = [[10, 3, 2, 1], [40, 2, 1, -1]]
-  idx = common.window_indices(groups, 3)
+  starts, steps = common.expand_windows(groups)
+  idx = starts[:, None] + steps[:, None] * np.arange(3)[None, :]
   np.testing.assert_array_equal(idx, [[10, 11, 12], [12, 13, 14], [14, 15, 16],
                                       [40, 39, 38], [41, 40, 39]])
   frames, new = common.remap_to_split(groups, 3)

@@ -1,6 +1,5 @@
 """Tests for msrnn_jax.metrics against numpy, scikit-image and hand-computed values."""
 
-import functools
 import json
 import os
 
@@ -316,11 +315,3 @@ def test_train_metrics_collection_masked_average():
   np.testing.assert_allclose(out["loss"], 2.5)  # mean of 1,2,3,2,3,4
   np.testing.assert_allclose(out["mse"], 1.25)
   np.testing.assert_allclose(out["mae"], 0.625)
-  ev = functools.reduce(
-    lambda a, b: a.merge(b),
-    [
-      metrics.EvalLossMetrics.single_from_model_output(loss=x, mse=x, mae=x)
-      for x in (loss[:2], loss[2:3])
-    ],
-  )
-  np.testing.assert_allclose(ev.compute()["loss"], 2.0)

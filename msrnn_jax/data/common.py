@@ -174,12 +174,6 @@ def expand_windows(groups: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndar
   return np.concatenate(starts), np.concatenate(steps)
 
 
-def window_indices(groups: Sequence[Sequence[int]], seq_len: int) -> np.ndarray:
-  """All record indices of all windows, int64 ``(num_windows, seq_len)``."""
-  starts, steps = expand_windows(groups)
-  return starts[:, None] + steps[:, None] * np.arange(seq_len)[None, :]
-
-
 def runs_of_constant_spacing(times: np.ndarray, spacing: int) -> list[tuple[int, int]]:
   """Splits sorted times into maximal runs with exactly ``spacing`` between neighbours.
 
