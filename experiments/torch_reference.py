@@ -211,11 +211,19 @@ def loss_fn(preds, frames):
   return (d ** 2).sum(dim=(2, 3, 4)).mean() + d.abs().sum(dim=(2, 3, 4)).mean()
 
 
-def train_step(model, opt, frames, in_len: int, eta: float, generator) -> float:
-  """One step over frames ``[S, B, C, H, W]``: S-1 predictions, sampled inputs, Adam."""
+def train_step(model, opt, frames, in_len: int, eta: float, generator,
+               autocast: bool = False) -> float:
+  """One step over frames ``[S, B, C, H, W]``: S-1 predictions, sampled inputs, Adam.
+
+  ``autocast`` runs the forward pass under ``torch.autocast('cpu', torch.bfloat16)``
+  (convolutions in bfloat16, parameters, optimizer and loss in float32), as a PyTorch
+  user gets mixed precision with one line.
+  """
   seq, batch = frames.shape[:2]
   mask = (torch.rand(seq - 1, batch, generator=generator) < eta).float()
-  loss = loss_fn(unroll(model, frames, in_len, mask), frames)
+  with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    preds = unroll(model, frames, in_len, mask)
+  loss = loss_fn(preds.float(), frames)
   opt.zero_grad(set_to_none=True)
   loss.backward()
   opt.step()
@@ -232,6 +240,8 @@ def main(argv=None) -> dict:
   p.add_argument("--repeats", type=int, default=8)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--threads", type=int, default=2)
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                 help="bfloat16: the forward pass under torch.autocast('cpu', torch.bfloat16)")
   p.add_argument("--out", default=None)
   p.add_argument("--serve", action="store_true",
                  help="after the warm-up, one timed step per 'step' line on stdin")
@@ -241,9 +251,10 @@ def main(argv=None) -> dict:
   generator = torch.Generator().manual_seed(0)
   model = build(args.model, args.hidden)
   opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+  autocast = args.dtype == "bfloat16"
   frames = torch.rand(args.seq_len, args.batch, 1, args.size, args.size, generator=generator)
   for _ in range(args.warmup):
-    train_step(model, opt, frames, args.seq_len // 2, 0.5, generator)
+    train_step(model, opt, frames, args.seq_len // 2, 0.5, generator, autocast)
   if args.serve:
     print("ready", flush=True)
     for line in sys.stdin:
@@ -253,13 +264,13 @@ def main(argv=None) -> dict:
       if line.strip() != "step":
         break
       t0 = time.perf_counter()
-      train_step(model, opt, frames, args.seq_len // 2, 0.5, generator)
+      train_step(model, opt, frames, args.seq_len // 2, 0.5, generator, autocast)
       print(f"{time.perf_counter() - t0:.6f}", flush=True)
     return {}
   times = []
   for _ in range(args.repeats):
     t0 = time.perf_counter()
-    train_step(model, opt, frames, args.seq_len // 2, 0.5, generator)
+    train_step(model, opt, frames, args.seq_len // 2, 0.5, generator, autocast)
     times.append(time.perf_counter() - t0)
   params = sum(v.numel() for v in model.parameters())
   result = {"model": args.model, "params": params, "torch": torch.__version__,

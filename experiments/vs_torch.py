@@ -9,6 +9,12 @@ gives a ratio; the median of the per-round ratios is the figure to read.
 
     python experiments/vs_torch.py --torch-python /path/to/torch-venv/bin/python \\
         --models convlstm,ms_convlstm --conv-impls onednn,matmul --rounds 8
+    python experiments/vs_torch.py --torch-python ... --dtype bfloat16 \
+        --models convlstm,ms_convlstm,predrnn,ms_predrnn --conv-impls onednn
+
+``--dtype bfloat16`` compares mixed precision on both sides: our
+``model.dtype='bfloat16'`` against PyTorch's forward pass under
+``torch.autocast('cpu', dtype=torch.bfloat16)``.
 
 Shapes are the paper's (6 x 64 hidden, 64x64, T = 20, batch 4). The JAX
 step is ``train.make_train_step`` (forward, loss, backward, Adam; donated
@@ -50,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--models", default="convlstm,ms_convlstm")
   p.add_argument("--conv-impls", default="onednn,matmul", help="JAX conv_impl values to compare")
   p.add_argument("--rounds", type=int, default=8)
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                 help="bfloat16: our model.dtype='bfloat16' against PyTorch under "
+                      "torch.autocast('cpu', torch.bfloat16)")
   p.add_argument("--warmup", type=int, default=2,
                  help="untimed steps first (two: the kept heap settles after the second)")
   p.add_argument("--out", default=os.path.join(HERE, "results", "vs_torch.json"))
@@ -67,10 +76,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 class TorchStep:
   """A persistent ``torch_reference.py --serve`` process: one step per call."""
 
-  def __init__(self, python: str, model: str, warmup: int, keep_freed_memory: bool = False):
+  def __init__(self, python: str, model: str, warmup: int, keep_freed_memory: bool = False,
+               dtype: str = "float32"):
     cmd = [python, os.path.join(HERE, "torch_reference.py"), "--model", model, "--serve",
            "--warmup", str(warmup), "--size", str(SHAPE["size"]), "--batch", str(SHAPE["batch"]),
-           "--seq-len", str(SHAPE["seq_len"])]
+           "--seq-len", str(SHAPE["seq_len"]), "--dtype", dtype]
     env = dict(os.environ)
     if keep_freed_memory:  # the same glibc settings as host_memory.keep_freed_memory()
       env["GLIBC_TUNABLES"] = host_memory.GLIBC_TUNABLES
@@ -98,11 +108,11 @@ class TorchStep:
 class JaxStep:
   """The compiled JAX training step on random frames (as ``benchmark.py`` runs it)."""
 
-  def __init__(self, name: str, conv_impl: str, warmup: int):
+  def __init__(self, name: str, conv_impl: str, warmup: int, dtype: str = "float32"):
     t = SHAPE["seq_len"]
     self.shape = (SHAPE["batch"], t, SHAPE["size"], SHAPE["size"], 1)
     model = models.create(name, hidden=SHAPE["hidden"], num_layers=SHAPE["num_layers"],
-                          channels=1, in_len=t // 2, conv_impl=conv_impl)
+                          channels=1, in_len=t // 2, conv_impl=conv_impl, dtype=dtype)
     tx = optax.adam(3e-4)
     _, self.compiled, _, _ = memory.compile_train_step(model, tx, self.shape, t // 2, 0.01)
     self.state = jax.jit(lambda: train.create_train_state(model, tx, self.shape, 0))()
@@ -119,8 +129,9 @@ class JaxStep:
 
 
 def compare(name: str, impls: list[str], args) -> dict:
-  torch_step = TorchStep(args.torch_python, name, args.warmup, args.torch_malloc == "keep")
-  jax_steps = {impl: JaxStep(name, impl, args.warmup) for impl in impls}
+  torch_step = TorchStep(args.torch_python, name, args.warmup, args.torch_malloc == "keep",
+                         args.dtype)
+  jax_steps = {impl: JaxStep(name, impl, args.warmup, args.dtype) for impl in impls}
   times = {"torch": [], **{impl: [] for impl in impls}}
   try:
     for r in range(args.rounds):
@@ -150,6 +161,7 @@ def main(argv=None) -> None:
   if "onednn" in impls:
     onednn.require()
   results = {"settings": {**SHAPE, "rounds": args.rounds, "warmup": args.warmup,
+                          "dtype": args.dtype, "onednn_isa": onednn.cpu_isa(),
                           "onednn": onednn.version(), "loadavg_start": os.getloadavg(),
                           "jax_keep_freed_memory": kept, "torch_malloc": args.torch_malloc},
              "models": {}}
