@@ -17,8 +17,17 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   # Seed of parameter init, data order and scheduled-sampling draws.
   config.seed = 2022
-  # Call jax.distributed.initialize() (multi-host runs; cluster auto-detected).
-  config.distributed = False
+  # Multi-process runs (docs/running.md): jax.distributed.initialize() is
+  # called before any other JAX call when enabled. Unset (None) values are
+  # detected from the cluster launcher (SLURM, Open MPI, TPU pods), as
+  # jax.distributed.initialize does; set all three to launch by hand.
+  config.distributed = ml_collections.ConfigDict()
+  config.distributed.enabled = False
+  # host:port of process 0's coordinator service, e.g. "10.0.0.1:1234".
+  config.distributed.coordinator_address = config_dict.placeholder(str)
+  config.distributed.num_processes = config_dict.placeholder(int)
+  # This process's index in [0, num_processes).
+  config.distributed.process_id = config_dict.placeholder(int)
   # Summary writer: 'auto' (clu if TensorFlow is installed, else tensorboardX),
   # 'tensorboardx' or 'clu'.
   config.summary_backend = "auto"
@@ -67,7 +76,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.train = ml_collections.ConfigDict()
   # Global batch (split over all devices; the paper: 1 per GPU x 4 GPUs).
   config.train.batch_size = 4
-  # Training length: epochs over the training set, or num_steps if > 0.
+  # Training length: num_steps (>= 1), or -1 for `epochs` passes over the
+  # training set.
   config.train.epochs = 20
   config.train.num_steps = -1
   # Adam, constant learning rate, no clipping, no weight decay (reference).
@@ -79,7 +89,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Weight of PredRNN-V2's decoupling loss.
   config.train.decouple_weight = 0.01
   # Log train metrics, run validation, save checkpoints every N steps
-  # (eval_every_steps <= 0: once per epoch).
+  # (eval_every_steps <= 0: once per epoch); keep the newest
+  # keep_checkpoints (>= 1) checkpoints.
   config.train.log_every_steps = 50
   config.train.eval_every_steps = -1
   config.train.checkpoint_every_steps = 1000

@@ -1,31 +1,137 @@
-"""Orbax checkpoints of the whole training state, written atomically.
+"""Orbax checkpoints of the whole training state: atomic, finite and self-describing.
 
-Orbax writes each step into a temporary directory and renames it when the
-(asynchronous) save is complete, so a run killed mid-save leaves the previous
-checkpoint intact. Each checkpoint holds the train state pytree (params,
-optimizer state, step, PRNG key) and a JSON item with the scheduled-sampling
-and data positions.
+* Atomic: orbax writes each step into a temporary directory and renames it
+  when the (asynchronous) save is complete, so a run killed mid-save leaves
+  the previous checkpoint intact.
+* Finite: the trainer saves only states that pass ``all_finite``, so the
+  checkpoint a non-finite loss error points to can be resumed from.
+* Self-describing: besides the train state pytree (params, optimizer state,
+  step, PRNG key) each checkpoint holds a JSON item ``meta`` with the data and
+  schedule positions and the settings of ``config_checks.settings``;
+  ``check_settings`` compares them with the current config before a run
+  touches its workdir.
+* Damage tolerant: ``Checkpointer.restore_intact`` skips checkpoints that
+  cannot be read (truncated files, a missing item) or hold non-finite values,
+  with a warning naming each, and restores the newest intact one.
 """
 
 import os
+import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from msrnn_jax import config_checks
+
+# Sub-directories of the workdir: checkpoints, and where training moves
+# damaged ones so that it can save their steps again.
+CHECKPOINT_DIR = "checkpoints"
+DAMAGED_DIR = "checkpoints_damaged"
+
+
+class CheckpointError(ValueError):
+  """No usable checkpoint, or one of other settings; the message is one line."""
+
+
+def checkpoint_steps(directory: str) -> list[int]:
+  """Finalized checkpoint steps in ``directory``, ascending (no JAX needed)."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(ocp.path.step.checkpoint_steps(directory))
+
+
+def read_meta(directory: str, step: int) -> dict[str, Any]:
+  """The ``meta`` item of a checkpoint (no JAX needed); raises if it cannot be read."""
+  path = epath.Path(directory) / str(step) / "meta"
+  return dict(ocp.handlers.JsonCheckpointHandler().restore(path))
+
+
+def check_settings(workdir: str, config: ml_collections.ConfigDict, mode: str) -> None:
+  """Raises ``CheckpointError`` if the workdir's checkpoints were made with other settings.
+
+  Compares ``config_checks.MODE_KEYS[mode]`` with the newest checkpoint whose
+  ``meta`` can be read; unreadable ones are left to ``restore_intact``.
+  Touches nothing, needs no JAX.
+  """
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  for step in reversed(checkpoint_steps(directory)):
+    try:
+      saved = read_meta(directory, step).get("settings")
+    except Exception:  # damaged: restore_intact names it
+      continue
+    if saved is None:  # written before settings were recorded
+      return
+    diffs = config_checks.differences(saved, config, config_checks.MODE_KEYS[mode])
+    if diffs:
+      raise CheckpointError(config_checks.mismatch_message(workdir, step, diffs))
+    return
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
+
+
+def all_finite(tree: Any) -> bool:
+  """Whether every float leaf of ``tree`` is free of NaN and Inf (one jitted reduction)."""
+  return bool(_all_finite(tree))
+
+
+def _ignore_callbacks_of_a_failed_restore() -> None:
+  """Silences the tracebacks that outlive a failed orbax restore (process-wide, once).
+
+  When one read of a damaged checkpoint fails, orbax closes its event loop while
+  other tensorstore reads are still in flight; their completion callbacks then
+  report ``RuntimeError('Event loop is closed')`` as unraisable exceptions, a
+  traceback each, which say nothing the warning does not. Other unraisable
+  exceptions are reported as before.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, "msrnn_jax_filter", False):
+    return
+
+  def hook(unraisable: Any) -> None:
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and "Event loop is closed" in str(unraisable.exc_value)):
+      previous(unraisable)
+
+  hook.msrnn_jax_filter = True
+  sys.unraisablehook = hook
+
+
+def _reason(error: Exception) -> str:
+  text = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {text[0][:160] if text else ''}".rstrip(": ")
 
 
 class Checkpointer:
   """Saves and restores ``(state, meta)`` under ``<workdir>/checkpoints``.
 
   Args:
-    directory: checkpoint directory (created if missing).
-    keep: number of most recent checkpoints to keep.
+    directory: checkpoint directory (created if missing, unless read-only).
+    keep: number of most recent checkpoints to keep (>= 1).
+    read_only: only restore (evaluation, prediction): never save, delete or
+      clean up, even if a training run writes to the directory meanwhile.
   """
 
-  def __init__(self, directory: str, keep: int = 3):
+  def __init__(self, directory: str, keep: int = 3, read_only: bool = False):
+    if keep < 1:
+      raise ValueError(f"keep={keep}: at least one checkpoint must be kept.")
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(
-        preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=True)
+    if read_only:
+      # No preservation policy: nothing is ever deleted. (orbax's own
+      # read_only option warns on every use.)
+      options = ocp.CheckpointManagerOptions(create=False)
+    else:
+      options = ocp.CheckpointManagerOptions(
+          preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
@@ -46,6 +152,64 @@ class Checkpointer:
     out = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     return out["state"], dict(out["meta"])
+
+  def restore_intact(self, target: Any, *, quarantine: str | None = None
+                     ) -> tuple[Any, dict[str, Any]] | None:
+    """Restores the newest checkpoint that can be read and is finite.
+
+    Each newer one that fails is named in a warning. With ``quarantine`` (a
+    directory; training passes ``<workdir>/checkpoints_damaged``) those are
+    moved there once an intact one is found, so that training can save their
+    steps again; nothing is moved or deleted otherwise.
+
+    Args:
+      target: a state with the structure, shapes and shardings to restore into.
+      quarantine: where to move damaged checkpoints, or None.
+
+    Returns:
+      ``(state, meta)``, or None if the directory holds no checkpoint.
+
+    Raises:
+      CheckpointError: there are checkpoints but none is intact.
+    """
+    _ignore_callbacks_of_a_failed_restore()
+    damaged = []
+    for step in reversed(self._manager.all_steps()):
+      try:
+        state, meta = self.restore(target, step)
+        if not all_finite(state):
+          raise ValueError("it holds non-finite values (NaN or Inf)")
+      except Exception as e:  # any read failure means damaged
+        reason = _reason(e)
+        logging.warning("checkpoint %s cannot be used (%s); trying the one before it.",
+                        os.path.join(self.directory, str(step)), reason)
+        damaged.append((step, reason))
+        continue
+      if damaged and quarantine:
+        self._move_aside([s for s, _ in damaged], quarantine)
+      return state, meta
+    if not damaged:
+      return None
+    listed = "; ".join(f"step {s}: {r}" for s, r in damaged)
+    paths = " ".join(os.path.join(self.directory, str(s)) for s, _ in damaged)
+    raise CheckpointError(
+        f"no intact checkpoint in {self.directory} ({listed}). Remove the damaged ones to start "
+        f"from step 0 (rm -r {paths}), or choose another --workdir.")
+
+  def _move_aside(self, steps: list[int], quarantine: str) -> None:
+    if jax.process_index() == 0:
+      os.makedirs(quarantine, exist_ok=True)
+      for step in steps:
+        dest = os.path.join(quarantine, str(step))
+        n = 1
+        while os.path.exists(dest):
+          dest, n = os.path.join(quarantine, f"{step}.{n}"), n + 1
+        os.rename(os.path.join(self.directory, str(step)), dest)
+        logging.warning("moved damaged checkpoint %s to %s.", step, dest)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("msrnn_jax: damaged checkpoints moved")
+    self._manager.reload()
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -7,10 +7,15 @@
     python -m msrnn_jax.main --config=configs/mmnist.py:cpu --workdir=runs/demo \\
         --mode=predict --input=context.npy --output=pred.npy --horizon=10
 
+Exit status: 0 done, 2 ``error: ...`` (one line on stderr), 75 stopped by
+SIGTERM/SIGINT after saving a checkpoint (rerun to continue); see
+``msrnn_jax/commands.py`` and docs/running.md.
+
 This file only parses flags (kept short so the logic stays importable).
 """
 
 import logging as pylogging
+import re
 import sys
 
 from absl import app, flags, logging
@@ -20,10 +25,13 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to do.")
-flags.DEFINE_string("input", None, "predict: context frames (.npy, (T,H,W) or (T,H,W,C)).")
+flags.DEFINE_string("input", None, "predict: context frames (.npy): (T,H,W[,C]) or (N,T,H,W[,C]).")
 flags.DEFINE_string("output", None, "predict: where to write the predicted frames (.npy).")
-flags.DEFINE_integer("horizon", None, "predict: number of frames (default data.out_len).")
+flags.DEFINE_integer("horizon", None, "predict: number of frames, >= 1 (default data.out_len).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# Same value as msrnn_jax.commands.EXIT_ERROR (not imported: --help stays fast).
+_EXIT_ERROR = 2
 
 
 class _QuietLibraries(pylogging.Filter):
@@ -35,35 +43,69 @@ class _QuietLibraries(pylogging.Filter):
     return record.levelno >= pylogging.WARNING or not noisy
 
 
+def _exit_error(message: str) -> None:
+  print("error: " + " ".join(str(message).split()), file=sys.stderr, flush=True)
+  sys.exit(_EXIT_ERROR)
+
+
+def _config_error(error: Exception, argv: list[str]) -> str:
+  """One line for an error ml_collections raised while applying ``--config.*`` overrides."""
+  chain, e = [], error
+  while e is not None and e not in chain:
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  for e in chain:
+    if isinstance(e, KeyError) and e.args:
+      key, _, hint = str(e.args[0]).partition("\n")
+      key = key.strip("'\"")
+      names = [a.split("=", 1)[0] for a in argv
+               if re.match(rf"-{{1,2}}config\.(.+\.)?{re.escape(key)}(=|$)", a)]
+      where = names[0] if names else f"--config...{key}"
+      return f"{where}: the config has no key {key!r}. {hint.strip()}".strip()
+  return _last_line(error)
+
+
+def _last_line(error: Exception) -> str:
+  """The last line of a message (a config file's error comes with its traceback)."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  if not lines:
+    return type(error).__name__
+  return re.sub(r"^\w+(Error|Exception): ", "", lines[-1])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every mistake reported as one ``error:`` line (exit 2)."""
+  try:
+    rest = FLAGS(argv)
+  except flags.Error as e:
+    if "Error whilst parsing config file" in str(e):  # the config file raised; drop its traceback
+      spec = next((a.split("=", 1)[1] for a in argv if re.match(r"-{1,2}config=", a)), "")
+      _exit_error(f"cannot load --config={spec}: {_last_line(e)}")
+    if any(a.startswith("--config.distributed=") for a in argv):
+      _exit_error(f"{e}: config.distributed is a group; use --config.distributed.enabled=True "
+                  "(docs/running.md).")
+    _exit_error(f"{e} (see --helpshort).")
+  except OSError as e:  # the config file failed to load (raised by an override)
+    _exit_error(f"cannot load the --config file: {_last_line(e)}")
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    # Raised by ml_collections while applying --config.* overrides.
+    _exit_error(_config_error(e, argv))
+  try:
+    FLAGS.config.get("seed")  # a config file that failed to load raises here
+  except OSError as e:
+    _exit_error(f"cannot load --config={FLAGS['config'].config_filename}: {_last_line(e)}")
+  return rest
+
+
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    _exit_error(f"unexpected arguments {argv[1:]}; every option is a --flag (see --helpshort).")
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  from msrnn_jax import host_memory
-  if FLAGS.config.get("keep_freed_memory", True):
-    # Before anything starts JAX's backend: XLA's threads must not have
-    # malloc arenas of their own yet (msrnn_jax/host_memory.py).
-    host_memory.keep_freed_memory()
   # Imported here so that --help stays fast and flags are parsed first.
-  import jax
-
-  from msrnn_jax import inference, train
-  logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
-               jax.local_devices())
-  try:
-    if FLAGS.mode == "train":
-      train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    elif FLAGS.mode == "eval":
-      train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir)
-    else:
-      if not FLAGS.input or not FLAGS.output:
-        raise ValueError("--mode=predict needs --input=<context.npy> and --output=<pred.npy>.")
-      inference.predict_file(FLAGS.config, FLAGS.workdir, FLAGS.input, FLAGS.output, FLAGS.horizon)
-  except (ValueError, FileNotFoundError, FloatingPointError) as e:
-    # Bad input: one line saying what to do, no traceback.
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  from msrnn_jax import commands
+  sys.exit(commands.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.input, FLAGS.output,
+                        FLAGS.horizon))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

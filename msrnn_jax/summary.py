@@ -4,6 +4,12 @@ clu's ``metric_writers`` import TensorFlow (1.4 GB). By default we write
 TensorBoard files with the lean ``tensorboardX``; if TensorFlow happens to be
 installed, clu's default writer is used instead. Every scalar also goes to
 ``<workdir>/metrics.jsonl``, one JSON object per line.
+
+A resumed run rewinds both logs to the restored checkpoint, so the steps
+between that checkpoint and the interruption are not logged twice:
+``metrics.jsonl`` is cut back to what it held when the checkpoint was saved,
+and tensorboardX marks the later steps of the old event files as purged
+(``purge_step``; TensorBoard hides them). clu's writer has no purge.
 """
 
 import importlib.util
@@ -16,6 +22,41 @@ from typing import Any
 import numpy as np
 
 
+def rewind_jsonl(path: str, step: int, lines: int | None = None) -> int:
+  """Cuts a JSONL log back to a checkpoint; returns the number of lines kept.
+
+  Keeps the lines with ``"step" <= step``, at most the first ``lines`` of them
+  (the count when the checkpoint was saved: drops what came after the save at
+  the same step, e.g. a final evaluation cut short). A line that does not
+  parse (a write cut short) goes too. Replaces the file atomically.
+
+  Args:
+    path: the log; nothing happens if it does not exist.
+    step: the restored step.
+    lines: the log's line count recorded with the checkpoint, or None.
+  """
+  if not os.path.exists(path):
+    return 0
+  with open(path) as f:
+    old = f.readlines()
+  keep = []
+  for line in old:
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(record, dict) and record.get("step", 0) <= step:
+      keep.append(line if line.endswith("\n") else line + "\n")
+  if lines is not None:
+    keep = keep[:lines]
+  if keep != old:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(keep)
+    os.replace(tmp, path)
+  return len(keep)
+
+
 class Writer:
   """Scalars, images and hparams to TensorBoard + JSONL (process 0 only).
 
@@ -24,17 +65,31 @@ class Writer:
     enabled: False on non-zero processes (writes nothing).
     backend: ``'auto'`` (clu if TensorFlow is importable, else tensorboardX),
       ``'tensorboardx'`` or ``'clu'``.
+    resume_step: the step a resumed run restored; both logs are rewound to it
+      (module docstring). None for a fresh run.
+    resume_lines: ``lines`` recorded with that checkpoint (``rewind_jsonl``).
+
+  Attributes:
+    lines: lines in ``metrics.jsonl`` so far (record it with a checkpoint).
   """
 
-  def __init__(self, workdir: str, enabled: bool = True, backend: str = "auto"):
+  def __init__(self, workdir: str, enabled: bool = True, backend: str = "auto",
+               resume_step: int | None = None, resume_lines: int | None = None):
     self.enabled = enabled
+    self.lines = 0
     self._jsonl = None
     self._tb = None
     self._clu = None
     if not enabled:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    path = os.path.join(workdir, "metrics.jsonl")
+    if resume_step is not None:
+      self.lines = rewind_jsonl(path, resume_step, resume_lines)
+    elif os.path.exists(path):
+      with open(path) as f:
+        self.lines = sum(1 for _ in f)
+    self._jsonl = open(path, "a")
     if backend == "auto":
       backend = "clu" if importlib.util.find_spec("tensorflow") else "tensorboardx"
     if backend == "clu":
@@ -42,7 +97,9 @@ class Writer:
       self._clu = metric_writers.create_default_writer(workdir)
     else:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"))
+      # Events at steps >= purge_step in earlier files are hidden by TensorBoard.
+      purge = None if resume_step is None else resume_step + 1
+      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"), purge_step=purge)
 
   def write_scalars(self, step: int, scalars: dict[str, Any]) -> None:
     if not self.enabled:
@@ -50,6 +107,7 @@ class Writer:
     scalars = {k: float(v) for k, v in scalars.items()}
     self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
     self._jsonl.flush()
+    self.lines += 1
     if self._clu is not None:
       self._clu.write_scalars(step, scalars)
     else:

@@ -6,16 +6,24 @@ next-frame predictions, scheduled sampling decaying linearly per iteration
 (reverse scheduled sampling for PredRNN-V2). Steps are jitted with the batch
 sharded over every device. The run is resumable exactly: the batch of step s
 is ``train_dataset[s]`` and the sampling masks come from
-``fold_in(rng, s)``, so a checkpoint of (params, Adam state, step, rng) plus
-the schedule position is all that is needed.
+``fold_in(rng, s)`` (each example gets the row of its position in the global
+batch, whichever process holds it), so a checkpoint of (params, Adam state,
+step, rng) plus the schedule position is all that is needed.
+
+Robustness (docs/running.md): everything that can be checked (config values,
+the workdir, the settings its checkpoints recorded, devices, data) is checked
+before the workdir is created or changed; the workdir is locked for the run;
+only finite states are checkpointed; damaged checkpoints are skipped; SIGTERM
+and SIGINT save a checkpoint and raise ``Preempted``.
 """
 
+import contextlib
 import functools
 import json
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import flax
@@ -27,6 +35,8 @@ import optax
 from absl import logging
 
 from msrnn_jax import (
+  checkpointing,
+  config_checks,
   data,
   host_memory,
   losses,
@@ -37,6 +47,7 @@ from msrnn_jax import (
   summary,
   visualize,
 )
+from msrnn_jax import workdir as workdir_lib
 from msrnn_jax.checkpointing import Checkpointer
 
 
@@ -103,12 +114,21 @@ def create_train_state(model: models.Predictor, tx: optax.GradientTransformation
 
 def make_train_step(model: models.Predictor, tx: optax.GradientTransformation, in_len: int,
                     decouple_weight: float) -> Callable:
-  """A jitted ``(state, frames, eta, eta_context) -> (state, TrainMetrics)``."""
+  """A jitted ``(state, frames, eta, eta_context, rows=None) -> (state, TrainMetrics)``.
 
-  def train_step(state: TrainState, frames: jax.Array, eta: jax.Array, eta_context: jax.Array):
+  ``rows`` (int32 ``[batch]``, sharded like ``frames``) gives each row's
+  position in the step's global batch (``data.process_rows``); None means
+  row order. The scheduled-sampling mask is drawn for the global batch in
+  that order, so an example gets the same mask whichever process holds it.
+  """
+
+  def train_step(state: TrainState, frames: jax.Array, eta: jax.Array, eta_context: jax.Array,
+                 rows: jax.Array | None = None):
     b, t = frames.shape[:2]
     mask = sampling.sample_mask(jax.random.fold_in(state.rng, state.step), b, t, in_len, eta,
                                 eta_context)
+    if rows is not None:
+      mask = mask[rows]
 
     def loss_fn(params):
       preds, aux = model.apply({"params": params}, frames, mask)
@@ -222,16 +242,17 @@ def _scalars(prefix: str, result: dict[str, Any], keys=("mse", "mae", "ssim", "p
   return out
 
 
-def check_workdir(workdir: str) -> str:
-  """Absolute workdir; its parent must exist (we do not create whole trees by accident)."""
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  parent = os.path.dirname(workdir)
-  if not os.path.isdir(parent):
-    raise FileNotFoundError(
-        f"the parent of workdir {workdir} does not exist; create {parent} first or choose "
-        f"another --workdir.")
-  os.makedirs(workdir, exist_ok=True)
-  return workdir
+class Preempted(Exception):
+  """Training stopped on SIGTERM or SIGINT after saving a checkpoint; rerun to continue.
+
+  Attributes:
+    step: the step of the checkpoint just saved.
+  """
+
+  def __init__(self, step: int, directory: str):
+    super().__init__(f"stopped by a signal at step {step}; the checkpoint of step {step} is in "
+                     f"{directory}; rerun the same command to continue.")
+    self.step = step
 
 
 class _Stop:
@@ -254,13 +275,79 @@ class _Stop:
     logging.warning("signal %d received: saving a checkpoint and stopping.", signum)
     self.requested = True
 
+  def agreed(self) -> bool:
+    """Whether any process was asked to stop; every process gets the same answer.
+
+    A scheduler may signal only some processes, and all of them must save the
+    (collective) checkpoint at the same step.
+    """
+    if jax.process_count() == 1:
+      return self.requested
+    from jax.experimental import multihost_utils
+    return bool(np.max(multihost_utils.process_allgather(np.int32(self.requested))))
+
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
 
 
+def start_jax(config: ml_collections.ConfigDict) -> None:
+  """Initialises ``jax.distributed`` if configured; the first JAX call of every mode."""
+  sharding.initialize_distributed(config.distributed)
+  logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
+               jax.local_devices())
+
+
+@contextlib.contextmanager
+def locked_workdir(workdir: str) -> Iterator[None]:
+  """Creates and locks ``workdir`` (process 0) for the ``with`` block.
+
+  Every process learns whether that worked, so a refused multi-process run
+  stops everywhere with the same error instead of hanging.
+
+  Raises:
+    WorkdirError: the workdir cannot be created or another run holds it.
+  """
+  lock, error = None, ""
+  if jax.process_index() == 0:
+    try:
+      workdir_lib.create_workdir(workdir)
+      lock = workdir_lib.WorkdirLock(workdir)
+      lock.acquire()
+    except workdir_lib.WorkdirError as e:
+      lock, error = None, str(e)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    if not bool(multihost_utils.broadcast_one_to_all(np.int32(not error))) and not error:
+      error = f"process 0 could not create or lock workdir {workdir} (see its error)."
+  if error:
+    raise workdir_lib.WorkdirError(error)
+  try:
+    yield
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _nonfinite(what: str, step: int, last_saved: int | None, directory: str) -> FloatingPointError:
+  if last_saved is None:
+    kept = "no checkpoint has been written yet"
+    resume = "start from step 0"
+  else:
+    kept = (f"the last good checkpoint (step {last_saved}, finite) is kept in {directory} and "
+            "none after it was written")
+    resume = f"resume from step {last_saved}"
+  return FloatingPointError(
+      f"{what} at step {step}; {kept}. Lower train.learning_rate or check the data for NaNs, "
+      f"then rerun with this workdir to {resume}.")
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains (resuming from ``workdir`` if it has a checkpoint), then evaluates.
+
+  Everything that can be checked before training (config values, workdir,
+  the settings recorded in its checkpoints, devices, data) is checked before
+  the workdir is created or changed. The workdir is locked for the run.
 
   Args:
     config: the full configuration (``configs/default.py``).
@@ -269,9 +356,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
   Returns:
     The final train state.
+
+  Raises:
+    Preempted: SIGTERM/SIGINT stopped training after a checkpoint was saved.
+    FloatingPointError: the loss or the parameters became non-finite; only
+      finite checkpoints are ever written.
+    ValueError, OSError: a config, workdir, checkpoint or data problem (one
+      line saying what to do).
   """
-  workdir = check_workdir(workdir)
-  sharding.initialize_distributed(config.distributed)
+  config_checks.check_config(config)
+  workdir = workdir_lib.check_workdir(workdir)
+  checkpointing.check_settings(workdir, config, "train")
+  if not config.distributed.enabled:
+    workdir_lib.check_unlocked(workdir)
+  start_jax(config)
   lead = jax.process_index() == 0
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.train.batch_size, "train.batch_size")
@@ -282,9 +380,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   train_ds = data.train_dataset(config.data, global_batch=config.train.batch_size,
                                 seed=config.seed, process_index=jax.process_index(),
                                 process_count=jax.process_count())
+  rows = data.process_rows(config.train.batch_size, jax.process_index(), jax.process_count())
   steps_per_epoch = data.steps_per_epoch(config.data, config.train.batch_size)
   total_steps = (config.train.num_steps if config.train.num_steps > 0
                  else config.train.epochs * steps_per_epoch)
+  if config.train.num_steps == -1:
+    logging.info("train.num_steps=-1: training train.epochs=%d epochs of %d steps = %d steps.",
+                 config.train.epochs, steps_per_epoch, total_steps)
   eval_every = (config.train.eval_every_steps if config.train.eval_every_steps > 0
                 else steps_per_epoch)
   eval_examples = None if config.train.eval_examples < 0 else config.train.eval_examples
@@ -296,82 +398,94 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   replicated = sharding.replicated(mesh)
   state = jax.jit(functools.partial(create_train_state, model, tx, global_shape, config.seed),
                   out_shardings=replicated)()
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=config.train.keep_checkpoints)
-  if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(state)
-    logging.info("resumed from step %d (data position %d).", int(state.step), meta["data_position"])
-
-  writer = summary.Writer(workdir, enabled=lead, backend=config.summary_backend)
-  writer.write_hparams(config.to_dict())
-  n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-  if host_memory.applied():
-    logging.info("keep_freed_memory: on (freed host memory is reused, not page-faulted in again)")
-  elif config.get("keep_freed_memory", True) and jax.default_backend() == "cpu":
-    logging.info("keep_freed_memory: off in this process; to stop per-step page faults call "
-                 "msrnn_jax.host_memory.keep_freed_memory() before the first JAX computation "
-                 "(msrnn_jax.main does; docs/performance.md)")
-  logging.info("model %s: %d parameters; %d steps (%d per epoch); devices: %s", config.model.name,
-               n_params, total_steps, steps_per_epoch, jax.devices())
   train_step = make_train_step(model, tx, in_len, config.train.decouple_weight)
-  progress = summary.Progress(total_steps, int(state.step))
-  running = None
-  last_saved = ckpt.latest_step()
 
-  def save(step: int, eta: float, eta_context: float) -> None:
-    nonlocal last_saved
-    meta = {"step": step, "data_position": step, "eta": eta, "eta_context": eta_context,
-            "total_steps": total_steps, "seed": config.seed, "model": config.model.name}
-    ckpt.save(step, state, meta)
-    last_saved = step
+  with locked_workdir(workdir), contextlib.ExitStack() as cleanup:
+    ckpt = Checkpointer(os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
+                        keep=config.train.keep_checkpoints)
+    # Pending asynchronous saves finish whatever ends the run.
+    cleanup.callback(ckpt.close)
+    restored = ckpt.restore_intact(
+        state, quarantine=os.path.join(workdir, checkpointing.DAMAGED_DIR))
+    meta = {}
+    if restored is not None:
+      state, meta = restored
+      logging.info("resumed from step %d (data position %d).", int(state.step),
+                   meta.get("data_position", int(state.step)))
+    step = int(state.step)
+    last_saved = step if restored is not None else None
 
-  step = int(state.step)
-  with _Stop() as stop:
-    while step < total_steps:
-      eta, eta_context = schedule(mode, step, total_steps, steps_per_epoch)
-      batch = sharding.shard_batch(train_ds[step], mesh)
-      state, batch_metrics = train_step(state, batch["frames"], jnp.float32(eta),
-                                        jnp.float32(eta_context))
-      step += 1
-      loss = float(batch_metrics.loss.compute())
-      if not np.isfinite(loss):
-        ckpt.close()
-        raise FloatingPointError(
-            f"non-finite training loss ({loss}) at step {step}; the last good checkpoint "
-            f"(step {last_saved}) is kept in {ckpt.directory}. Lower train.learning_rate or "
-            f"check the data for NaNs.")
-      running = batch_metrics if running is None else running.merge(batch_metrics)
-      if step % config.train.log_every_steps == 0 or step == total_steps:
-        values = {f"train/{k}": v for k, v in running.compute().items()}
-        values["train/eta"] = eta
-        values["train/steps_per_s"] = progress.rate(step)
-        writer.write_scalars(step, values)
-        progress.report(step, loss=values["train/loss"], eta=eta)
-        running = None
-      if step % eval_every == 0 and step < total_steps:
-        ev = evaluate(config, state.params, mesh, "validation", max_examples=eval_examples)
-        writer.write_scalars(step, _scalars("valid", ev["result"]))
-        writer.write_images(step, {"valid/predictions": truth_vs_prediction(ev["samples"])})
-      if step % config.train.checkpoint_every_steps == 0 or step == total_steps or stop.requested:
-        save(step, eta, eta_context)
-      if stop.requested:
-        ckpt.close()
-        writer.close()
-        logging.warning("stopped at step %d; rerun with the same workdir to continue.", step)
-        return state
-  if last_saved != step:
-    save(step, *schedule(mode, step, total_steps, steps_per_epoch))
-  ckpt.close()
+    writer = summary.Writer(workdir, enabled=lead, backend=config.summary_backend,
+                            resume_step=step if restored is not None else None,
+                            resume_lines=meta.get("log_lines"))
+    cleanup.callback(writer.close)
+    writer.write_hparams(config.to_dict())
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+    if host_memory.applied():
+      logging.info("keep_freed_memory: on (freed host memory is reused, not page-faulted in again)")
+    elif config.get("keep_freed_memory", True) and jax.default_backend() == "cpu":
+      logging.info("keep_freed_memory: off in this process; to stop per-step page faults call "
+                   "msrnn_jax.host_memory.keep_freed_memory() before the first JAX computation "
+                   "(msrnn_jax.main does; docs/performance.md)")
+    logging.info("model %s: %d parameters; %d steps (%d per epoch); devices: %s",
+                 config.model.name, n_params, total_steps, steps_per_epoch, jax.devices())
+    progress = summary.Progress(total_steps, step)
+    running = None
+    settings = config_checks.settings(config)
 
-  t0 = time.time()
-  max_examples = None if config.eval.max_examples < 0 else config.eval.max_examples
-  ev = evaluate(config, state.params, mesh, config.eval.split, max_examples=max_examples)
-  if lead:
-    paths = write_evaluation(ev, workdir, config.eval.split)
-    writer.write_scalars(step, _scalars(config.eval.split, ev["result"]))
-    for name, result in ev["baselines"].items():
-      writer.write_scalars(step, _scalars(f"{config.eval.split}_{name}", result))
-    _log_summary(ev, config.eval.split, time.time() - t0, paths)
-  writer.close()
+    def save(step: int, eta: float, eta_context: float) -> None:
+      nonlocal last_saved
+      # A checkpoint must be one a rerun can continue from.
+      if not checkpointing.all_finite((state.params, state.opt_state)):
+        raise _nonfinite("non-finite parameters or optimizer state after the update", step,
+                         last_saved, ckpt.directory)
+      meta = {"step": step, "data_position": step, "eta": eta, "eta_context": eta_context,
+              "total_steps": total_steps, "seed": config.seed, "model": config.model.name,
+              "settings": settings, "log_lines": writer.lines}
+      ckpt.save(step, state, meta)
+      last_saved = step
+
+    with _Stop() as stop:
+      while step < total_steps:
+        eta, eta_context = schedule(mode, step, total_steps, steps_per_epoch)
+        batch = sharding.shard_batch({"frames": train_ds[step]["frames"], "rows": rows}, mesh)
+        state, batch_metrics = train_step(state, batch["frames"], jnp.float32(eta),
+                                          jnp.float32(eta_context), batch["rows"])
+        step += 1
+        loss = float(batch_metrics.loss.compute())
+        if not np.isfinite(loss):
+          raise _nonfinite(f"non-finite training loss ({loss})", step, last_saved,
+                           ckpt.directory)
+        running = batch_metrics if running is None else running.merge(batch_metrics)
+        if step % config.train.log_every_steps == 0 or step == total_steps:
+          values = {f"train/{k}": v for k, v in running.compute().items()}
+          values["train/eta"] = eta
+          values["train/steps_per_s"] = progress.rate(step)
+          writer.write_scalars(step, values)
+          progress.report(step, loss=values["train/loss"], eta=eta)
+          running = None
+        if step % eval_every == 0 and step < total_steps:
+          ev = evaluate(config, state.params, mesh, "validation", max_examples=eval_examples)
+          writer.write_scalars(step, _scalars("valid", ev["result"]))
+          writer.write_images(step, {"valid/predictions": truth_vs_prediction(ev["samples"])})
+        stopping = stop.agreed()
+        if step % config.train.checkpoint_every_steps == 0 or step == total_steps or stopping:
+          save(step, eta, eta_context)
+        if stopping:
+          logging.warning("stopped at step %d; rerun with the same workdir to continue.", step)
+          raise Preempted(step, ckpt.directory)
+    if last_saved != step:
+      save(step, *schedule(mode, step, total_steps, steps_per_epoch))
+
+    t0 = time.time()
+    max_examples = None if config.eval.max_examples < 0 else config.eval.max_examples
+    ev = evaluate(config, state.params, mesh, config.eval.split, max_examples=max_examples)
+    if lead:
+      paths = write_evaluation(ev, workdir, config.eval.split)
+      writer.write_scalars(step, _scalars(config.eval.split, ev["result"]))
+      for name, result in ev["baselines"].items():
+        writer.write_scalars(step, _scalars(f"{config.eval.split}_{name}", result))
+      _log_summary(ev, config.eval.split, time.time() - t0, paths)
   return state
 
 
@@ -391,37 +505,70 @@ def _log_summary(ev: dict[str, Any], split: str, seconds: float, paths: dict[str
         flush=True)
 
 
-def restore_params(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
-                   frames_shape: tuple[int, ...]) -> tuple[Any, int]:
-  """Parameters of the latest checkpoint in ``workdir`` (and its step)."""
-  directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-  if not os.path.isdir(directory):
+def check_checkpoints(config: ml_collections.ConfigDict, workdir: str, mode: str) -> str:
+  """The absolute workdir if it has checkpoints of ``config``'s settings (no JAX, no writes).
+
+  Raises:
+    FileNotFoundError: no workdir or no checkpoint in it.
+    CheckpointError: the checkpoints were made with other settings.
+  """
+  workdir = workdir_lib.check_workdir(workdir, must_exist=True)
+  directory = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
+  if not checkpointing.checkpoint_steps(directory):
     raise FileNotFoundError(
         f"no checkpoint in {directory}; train first with --mode=train --workdir={workdir}.")
-  ckpt = Checkpointer(directory, keep=config.train.keep_checkpoints)
+  checkpointing.check_settings(workdir, config, mode)
+  return workdir
+
+
+def restore_params(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
+                   frames_shape: tuple[int, ...], mode: str = "eval") -> tuple[Any, int]:
+  """Parameters of the newest intact checkpoint in ``workdir`` (and its step).
+
+  Args:
+    config: the configuration; its ``config_checks.MODE_KEYS[mode]`` must
+      match the checkpoint's.
+    workdir: the run directory.
+    mesh: parameters are replicated over it.
+    frames_shape: a frame batch shape to build the parameter structure.
+    mode: ``'eval'`` or ``'predict'`` (which settings must match).
+  """
+  workdir = check_checkpoints(config, workdir, mode)
+  ckpt = Checkpointer(os.path.join(workdir, checkpointing.CHECKPOINT_DIR), read_only=True)
   model = create_model(config)
   tx = create_optimizer(config)
   target = jax.jit(functools.partial(create_train_state, model, tx, frames_shape, config.seed),
                    out_shardings=sharding.replicated(mesh))()
-  state, _ = ckpt.restore(target)
-  ckpt.close()
+  try:
+    state, _ = ckpt.restore_intact(target)
+  finally:
+    ckpt.close()
   return state.params, int(state.step)
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """``--mode=eval``: evaluates the latest checkpoint and writes the results."""
+  """``--mode=eval``: evaluates the newest intact checkpoint and writes the results.
+
+  The workdir is locked while the results are written.
+  """
+  config_checks.check_config(config)
+  workdir = check_checkpoints(config, workdir, "eval")
+  if not config.distributed.enabled:
+    workdir_lib.check_unlocked(workdir)
+  start_jax(config)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.eval.batch_size, "eval.batch_size")
   in_len, out_len = data.sequence_lengths(config.data, "train")
   size = config.data.image_size
   shape = (jax.device_count(), in_len + out_len, size, size, config.data.channels)
-  params, step = restore_params(config, workdir, mesh, shape)
-  max_examples = None if config.eval.max_examples < 0 else config.eval.max_examples
-  t0 = time.time()
-  ev = evaluate(config, params, mesh, config.eval.split, max_examples=max_examples)
-  if jax.process_index() == 0:
-    paths = write_evaluation(ev, workdir, config.eval.split)
-    with open(os.path.join(workdir, f"{config.eval.split}_checkpoint.json"), "w") as f:
-      json.dump({"step": step}, f)
-    _log_summary(ev, config.eval.split, time.time() - t0, paths)
+  with locked_workdir(workdir):
+    params, step = restore_params(config, workdir, mesh, shape)
+    max_examples = None if config.eval.max_examples < 0 else config.eval.max_examples
+    t0 = time.time()
+    ev = evaluate(config, params, mesh, config.eval.split, max_examples=max_examples)
+    if jax.process_index() == 0:
+      paths = write_evaluation(ev, workdir, config.eval.split)
+      with open(os.path.join(workdir, f"{config.eval.split}_checkpoint.json"), "w") as f:
+        json.dump({"step": step}, f)
+      _log_summary(ev, config.eval.split, time.time() - t0, paths)
   return ev

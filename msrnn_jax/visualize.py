@@ -101,6 +101,49 @@ def save_strip(frames: Any, path: str, scale: int = 1) -> np.ndarray:
   return image
 
 
+def save_sequences(
+  frames: Any,
+  path_png: str,
+  path_gif: str | None = None,
+  context_len: int = 0,
+  scale: int = 1,
+  gif_duration_ms: int = 200,
+) -> np.ndarray:
+  """Saves sequences as a PNG (one row each) and optionally a GIF (one frame per step).
+
+  Args:
+    frames: <float>[num_seq, time, height, width, channels] in [0, 1].
+    path_png: output PNG path; row n is sequence n, time left to right.
+    path_gif: optional output GIF path: animation frame t shows frame t of
+      every sequence, one above the other, over a progress bar that is light
+      for the first ``context_len`` (given) frames and dark after them.
+    context_len: frames at the start of each sequence that were given.
+    scale: integer nearest-neighbour upscaling factor.
+    gif_duration_ms: display time of each GIF frame.
+
+  Returns:
+    The PNG image, <uint8>[num_seq * tile_h + (num_seq - 1) * GAP,
+    time * tile_w + (time - 1) * GAP, 3].
+  """
+  frames = np.asarray(frames)
+  if frames.ndim != 5:
+    raise ValueError(f"frames must be [N, T, H, W, C], got shape {frames.shape}")
+  tiles = to_rgb(frames, scale)
+  image = _compose([list(row) for row in tiles])
+  iio.imwrite(path_png, image)
+  if path_gif is not None:
+    steps = frames.shape[1]
+    animation = []
+    for t in range(steps):
+      grid = _compose([[tiles[n, t]] for n in range(frames.shape[0])])
+      bar = np.full((GAP + 3, grid.shape[1], 3), _BACKGROUND, np.uint8)
+      filled = int(round(grid.shape[1] * (t + 1) / steps))
+      bar[GAP:, :filled] = 160 if t < context_len else 64
+      animation.append(np.concatenate([grid, bar], axis=0))
+    iio.imwrite(path_gif, np.stack(animation), duration=gif_duration_ms, loop=0)
+  return image
+
+
 def prediction_grid(
   context: Any,
   truth: Any,

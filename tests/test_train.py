@@ -3,17 +3,30 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
 
+import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import test as test_config
-from msrnn_jax import data, inference, losses, sampling, sharding, summary, train
+from msrnn_jax import (
+  checkpointing,
+  commands,
+  data,
+  inference,
+  losses,
+  sampling,
+  sharding,
+  summary,
+  train,
+)
+from msrnn_jax import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -132,14 +145,6 @@ def test_batch_not_divisible_by_devices():
     sharding.check_batch_size(6, "train.batch_size")
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  """One straight 4-step run of configs/test.py (checkpoints at 2 and 4)."""
-  workdir = tmp_path_factory.mktemp("runs") / "straight"
-  train.train_and_evaluate(_config(), str(workdir))
-  return workdir
-
-
 def test_run_writes_outputs(trained):
   for name in ("test.json", "test.csv", "test_per_frame.csv", "test_copy_last.json",
                "test_blank.json", "test_per_frame.png", "test_predictions.png", "test_predictions.gif",
@@ -173,11 +178,32 @@ def test_blank_frame_baseline_is_all_zero_prediction(trained):
   assert header == "metric,all,future,copy_last_all,copy_last_future,blank_all,blank_future"
 
 
+def _log(workdir):
+  """metrics.jsonl without the timing column."""
+  lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return [{k: v for k, v in x.items() if k != "train/steps_per_s"} for x in lines]
+
+
+def _purge_steps(workdir):
+  """Steps of the purge markers (SessionLog START) in the TensorBoard event files."""
+  from tensorboardX.proto import event_pb2
+  steps = []
+  for path in sorted((workdir / "tensorboard").iterdir()):
+    data, pos = path.read_bytes(), 0
+    while pos < len(data):  # TFRecord: length, crc, payload, crc
+      n = int.from_bytes(data[pos:pos + 8], "little")
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + n])
+      pos += 16 + n
+      if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+        steps.append(event.step)
+  return steps
+
+
 def test_resume_is_exact(trained, tmp_path):
-  """Kill after step 2 (simulated by dropping later checkpoints), rerun: same params."""
+  """Kill after step 2 (simulated by dropping later checkpoints), rerun: same params, and
+  metrics.jsonl/TensorBoard hold each step once."""
   workdir = tmp_path / "resumed"
-  train.train_and_evaluate(_config(), str(workdir))
-  import shutil
+  shutil.copytree(trained, workdir)
   shutil.rmtree(workdir / "checkpoints" / "4")
   (workdir / "test.json").unlink()
   train.train_and_evaluate(_config(), str(workdir))
@@ -186,9 +212,14 @@ def test_resume_is_exact(trained, tmp_path):
   assert s1 == s2 == 4
   jax.tree.map(np.testing.assert_array_equal, resumed, straight)
   assert (workdir / "test.json").is_file()
+  # The log was cut back to the checkpoint of step 2: the rerun's steps 3-4 and final
+  # evaluation replace the first run's, bit for bit.
+  assert _log(workdir) == _log(trained)
+  assert _purge_steps(workdir) == [3]
 
 
-def test_sigterm_saves_and_stops(tmp_path, monkeypatch):
+def test_sigterm_saves_and_stops(tmp_path, monkeypatch, capsys):
+  """SIGTERM: checkpoint, then the distinct exit status 75 (a finished run exits 0)."""
   original = summary.Progress.report
 
   def report_then_term(self, step, **values):
@@ -197,10 +228,12 @@ def test_sigterm_saves_and_stops(tmp_path, monkeypatch):
 
   monkeypatch.setattr(summary.Progress, "report", report_then_term)
   config = _config(checkpoint_every_steps=100)
-  state = train.train_and_evaluate(config, str(tmp_path / "w"))
-  assert int(state.step) == 2
+  config.keep_freed_memory = False  # not in the test process
+  assert commands.run(config, str(tmp_path / "w")) == commands.EXIT_PREEMPTED == 75
   assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["2"]
   assert not (tmp_path / "w" / "test.json").exists()
+  assert "stopped by a signal at step 2" in capsys.readouterr().err
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good(tmp_path, monkeypatch):
@@ -217,18 +250,49 @@ def test_nonfinite_loss_stops_and_keeps_last_good(tmp_path, monkeypatch):
       return batch
 
   monkeypatch.setattr(data, "train_dataset", lambda *a, **k: Poisoned(real(*a, **k)))
-  with pytest.raises(FloatingPointError, match=r"at step 3; the last good checkpoint \(step 2\)"):
+  with pytest.raises(FloatingPointError,
+                     match=r"at step 3; the last good checkpoint \(step 2, finite\)"):
     train.train_and_evaluate(_config(), str(tmp_path / "w"))
   assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["2"]
 
 
+def test_nonfinite_parameters_are_never_checkpointed(tmp_path, monkeypatch):
+  """The update of step 4 turns the parameters to NaN while its loss is finite: checkpoint 4
+  is not written, the error names step 2 (finite), and rerunning resumes from it."""
+  real = train.make_train_step
+
+  def poisoned(*args, **kwargs):
+    step_fn = real(*args, **kwargs)
+
+    def step(state, *rest):
+      state, batch_metrics = step_fn(state, *rest)
+      if int(state.step) == 4:
+        state = state.replace(params=jax.tree.map(lambda p: p * jnp.nan, state.params))
+      return state, batch_metrics
+
+    return step
+
+  monkeypatch.setattr(train, "make_train_step", poisoned)
+  with pytest.raises(FloatingPointError, match=r"non-finite parameters .* at step 4; the last "
+                     r"good checkpoint \(step 2, finite\)"):
+    train.train_and_evaluate(_config(), str(tmp_path / "w"))
+  assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["2"]
+  monkeypatch.undo()
+  state = train.train_and_evaluate(_config(), str(tmp_path / "w"))
+  assert int(state.step) == 4 and checkpointing.all_finite(state.params)
+
+
 def test_bad_workdir_and_predict_inputs(tmp_path, trained):
   with pytest.raises(FileNotFoundError, match="does not exist; create"):
-    train.check_workdir(str(tmp_path / "missing" / "run"))
+    workdir_lib.check_workdir(str(tmp_path / "missing" / "run"))
+  assert not (tmp_path / "missing").exists()
   config = _config()
   bad = tmp_path / "bad.npy"
   np.save(bad, np.zeros((3, 16, 16), np.uint8))
-  with pytest.raises(FileNotFoundError, match="no checkpoint"):
+  with pytest.raises(FileNotFoundError, match="does not exist; train first"):
+    inference.predict_file(config, str(tmp_path / "empty"), str(bad), str(tmp_path / "p.npy"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="no checkpoint in"):
     inference.predict_file(config, str(tmp_path / "empty"), str(bad), str(tmp_path / "p.npy"))
   np.save(bad, np.zeros((3, 16, 16, 3), np.float32))
   with pytest.raises(ValueError, match="3 channels; the model expects 1"):
@@ -237,8 +301,37 @@ def test_bad_workdir_and_predict_inputs(tmp_path, trained):
   with pytest.raises(ValueError, match="outside \\[0, 1\\]"):
     inference.predict_file(config, str(trained), str(bad), str(tmp_path / "p.npy"))
   np.save(bad, np.zeros((16, 16), np.float32))
-  with pytest.raises(ValueError, match=r"expected \(T, H, W\) or \(T, H, W, C\)"):
+  with pytest.raises(ValueError, match=r"expected \(T, H, W\), \(T, H, W, C\), \(N, T, H, W\)"):
     inference.predict_file(config, str(trained), str(bad), str(tmp_path / "p.npy"))
+  assert not list(tmp_path.glob("p.*"))
+
+
+def test_predict_accepts_one_sequence_or_a_batch(tmp_path, trained):
+  """(T,H,W), (T,H,W,C), (N,T,H,W), (N,T,H,W,C): a batch predicts each sequence as alone."""
+  config = _config()
+  rng = np.random.default_rng(0)
+  batch = rng.uniform(size=(3, 2, 16, 16)).astype(np.float32)
+  shapes = {}
+  for name, arr in [("t", batch[0]), ("tc", batch[0, ..., None]), ("n", batch),
+                    ("nc", batch[..., None])]:
+    np.save(tmp_path / f"{name}.npy", arr)
+    context, batched = inference.load_context(str(tmp_path / f"{name}.npy"), 1, 4)
+    shapes[name] = (context.shape, batched)
+  assert shapes == {"t": ((1, 2, 16, 16, 1), False), "tc": ((1, 2, 16, 16, 1), False),
+                    "n": ((3, 2, 16, 16, 1), True), "nc": ((3, 2, 16, 16, 1), True)}
+  # Batches of 2 (the last one padded) give what one sequence at a time gives.
+  pred = inference.predict_file(config, str(trained), str(tmp_path / "n.npy"),
+                                str(tmp_path / "out.npy"), horizon=3)
+  assert pred.shape == (3, 3, 16, 16, 1) and np.load(tmp_path / "out.npy").shape == pred.shape
+  one = inference.predict_file(config, str(trained), str(tmp_path / "t.npy"),
+                               str(tmp_path / "one.npy"), horizon=3)
+  assert one.shape == (3, 16, 16, 1)
+  np.testing.assert_allclose(pred[0], one, atol=1e-6)
+  params, _ = train.restore_params(config, str(trained), sharding.make_mesh(), (1, 2, 16, 16, 1))
+  pairs = inference.predict_frames(config, {"params": params}, batch[..., None], 3, batch_size=2)
+  np.testing.assert_allclose(pairs, pred, atol=1e-6)
+  for name in ("out.png", "out.gif", "one.png", "one.gif"):
+    assert (tmp_path / name).stat().st_size > 0, name
 
 
 def _main(*args, check=True):
@@ -260,18 +353,22 @@ def test_main_train_eval_predict(tmp_path):
   _main("--config=configs/test.py", f"--workdir={workdir}", "--mode=eval")
   assert json.loads((workdir / "test_checkpoint.json").read_text())["step"] == 4
   assert (workdir / "test.json").is_file()
-  context = (np.random.default_rng(0).uniform(size=(2, 16, 16)) * 255).astype(np.uint8)
+  context = (np.random.default_rng(0).uniform(size=(3, 2, 16, 16)) * 255).astype(np.uint8)
   np.save(tmp_path / "ctx.npy", context)
   _main("--config=configs/test.py", f"--workdir={workdir}", "--mode=predict",
         f"--input={tmp_path / 'ctx.npy'}", f"--output={tmp_path / 'pred.npy'}", "--horizon=5")
   pred = np.load(tmp_path / "pred.npy")
-  assert pred.shape == (5, 16, 16, 1) and pred.min() >= 0 and pred.max() <= 1
+  assert pred.shape == (3, 5, 16, 16, 1) and pred.min() >= 0 and pred.max() <= 1
   assert (tmp_path / "pred.png").is_file()
+  gif = iio.imread(tmp_path / "pred.gif", index=None)
+  assert gif.shape[0] == 2 + 5  # one frame per time step: context, then predictions
   # Bad input: one line saying what to do, exit code 2, no traceback.
   proc = _main("--config=configs/test.py", f"--workdir={tmp_path / 'none'}", "--mode=predict",
                f"--input={tmp_path / 'ctx.npy'}", f"--output={tmp_path / 'p.npy'}", check=False)
   assert proc.returncode == 2
-  assert "error: no checkpoint in" in proc.stderr and "Traceback" not in proc.stderr
+  assert proc.stderr.startswith("error: workdir") and "does not exist; train first" in proc.stderr
+  assert "Traceback" not in proc.stderr
   proc = _main("--config=configs/test.py", f"--workdir={workdir}", "--config.train.nonexistent=1",
                check=False)
-  assert proc.returncode != 0 and "nonexistent" in proc.stderr
+  assert proc.returncode == 2 and proc.stderr.startswith("error: --config.train.nonexistent")
+  assert "Traceback" not in proc.stderr

@@ -11,6 +11,7 @@ Public API::
   train_dataset(data_cfg, global_batch=, seed=, process_index=, process_count=)
   eval_batches(data_cfg, split, global_batch=, process_index=, process_count=, max_examples=)
   sequence_lengths(data_cfg, split)      # (in_len, out_len)
+  process_rows(global_batch, process_index, process_count)  # this process's rows of a batch
 """
 
 from msrnn_jax.data.config import dataset_preset, default_config
@@ -19,6 +20,7 @@ from msrnn_jax.data.pipeline import (
     example_source,
     get_builder,
     num_examples,
+    process_rows,
     sequence_lengths,
     steps_per_epoch,
     train_dataset,
@@ -31,6 +33,7 @@ __all__ = [
     "example_source",
     "get_builder",
     "num_examples",
+    "process_rows",
     "sequence_lengths",
     "steps_per_epoch",
     "train_dataset",

@@ -194,6 +194,19 @@ def _local_batch(global_batch: int, process_index: int, process_count: int) -> i
   return global_batch // process_count
 
 
+def process_rows(global_batch: int, process_index: int = 0, process_count: int = 1) -> np.ndarray:
+  """Positions in the global batch of this process's rows, int32 ``(local_batch,)``.
+
+  Process p holds the examples ``p, p + P, p + 2P, ...`` of every global batch
+  (training and evaluation alike), so row j of its batch is example
+  ``p + P * j`` of the step's global batch. A per-example draw indexed by this
+  position (scheduled sampling) is then the same however many processes share
+  the batch.
+  """
+  local = _local_batch(global_batch, process_index, process_count)
+  return (process_index + process_count * np.arange(local)).astype(np.int32)
+
+
 def train_dataset(data_cfg: Any, *, global_batch: int, seed: int, process_index: int = 0,
                   process_count: int = 1) -> grain.MapDataset:
   """Infinite, random-access training batches.
@@ -244,10 +257,9 @@ def eval_batches(data_cfg: Any, split: str, *, global_batch: int, process_index:
   Yields:
     ``dict(frames=float32 (local_batch, T, H, W, C), mask=bool (local_batch,))``.
   """
-  local = _local_batch(global_batch, process_index, process_count)
+  rows = process_rows(global_batch, process_index, process_count)
   source = example_source(data_cfg, split)
   total = len(source) if max_examples is None else min(len(source), int(max_examples))
-  rows = process_index + process_count * np.arange(local)
   template = None
   for b in range(math.ceil(total / global_batch)):
     ids = b * global_batch + rows

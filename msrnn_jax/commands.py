@@ -1,0 +1,73 @@
+"""What ``python -m msrnn_jax.main`` runs once its flags are parsed, and its exit statuses.
+
+``run`` returns the process exit status instead of raising, so that a
+scheduler (and a test) can tell the outcomes apart:
+
+* ``EXIT_OK`` (0): finished.
+* ``EXIT_ERROR`` (2): stopped by a problem the user can fix, printed as one
+  line ``error: ...`` on stderr: a config value, the workdir (a file, not
+  writable, in use by another run, checkpoints of other settings or none
+  intact), an input file, or a non-finite loss. Errors found before training
+  starts leave the workdir as it was.
+* ``EXIT_PREEMPTED`` (75, ``EX_TEMPFAIL`` of sysexits.h: "try again later"):
+  SIGTERM or SIGINT stopped training after a checkpoint was saved; rerunning
+  the same command continues exactly where it stopped. Requeue on it.
+
+Any other status (1 with a Python traceback) is a bug or a failure of the
+machine, not of the input.
+"""
+
+import sys
+from typing import Any
+
+from absl import logging
+
+EXIT_OK = 0
+EXIT_ERROR = 2
+EXIT_PREEMPTED = 75
+
+
+def one_line(message: Any) -> str:
+  """``message`` with its line breaks and runs of spaces folded into single spaces."""
+  return " ".join(str(message).split())
+
+
+def run(config: Any, workdir: str, mode: str = "train", input_path: str | None = None,
+        output_path: str | None = None, horizon: int | None = None) -> int:
+  """Trains, evaluates or predicts; returns the exit status (module docstring).
+
+  Args:
+    config: the configuration (``configs/default.py``).
+    workdir: the run directory.
+    mode: ``'train'``, ``'eval'`` or ``'predict'``.
+    input_path: predict: context frames (``.npy``; see ``inference``).
+    output_path: predict: where to write the predictions (``.npy``).
+    horizon: predict: frames to predict (None: ``data.out_len``).
+  """
+  from msrnn_jax import host_memory
+  if config.get("keep_freed_memory", True):
+    # Before anything starts JAX's backend: XLA's threads must not have
+    # malloc arenas of their own yet (msrnn_jax/host_memory.py).
+    host_memory.keep_freed_memory()
+  from msrnn_jax import inference, train
+  try:
+    if mode == "train":
+      train.train_and_evaluate(config, workdir)
+    elif mode == "eval":
+      train.evaluate_checkpoint(config, workdir)
+    elif mode == "predict":
+      if not input_path or not output_path:
+        raise ValueError("--mode=predict needs --input=<context.npy> and --output=<pred.npy>.")
+      inference.predict_file(config, workdir, input_path, output_path, horizon)
+    else:
+      raise ValueError(f"--mode={mode} is unknown; use train, eval or predict.")
+  except train.Preempted as e:
+    print(f"stopped: {one_line(e)} (exit status {EXIT_PREEMPTED})", file=sys.stderr, flush=True)
+    return EXIT_PREEMPTED
+  except (ValueError, OSError, FloatingPointError) as e:
+    # Bad input: one line saying what to do. The traceback is for developers
+    # (--verbosity=1).
+    logging.debug("error details", exc_info=True)
+    print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
+    return EXIT_ERROR
+  return EXIT_OK

@@ -1,0 +1,378 @@
+"""Faults and bad inputs: each ends in one ``error:`` line, exit status 2, and an unchanged workdir.
+
+The table runs through the command line (``msrnn_jax.main``'s ``app.run`` with each
+argv) in one helper process that imports everything once and forks a fresh child per
+case, so 30-odd cases cost about one start-up. Run as a script, this module is that
+helper: it reads the cases (JSON) on stdin and prints the results.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """A command line (``{d}``: the case's folder) and the error it must print.
+
+  Attributes:
+    name: test id.
+    args: arguments after ``--config=configs/test.py``.
+    error: regex the ``error:`` line must match (``{d}``, ``{pid}`` substituted).
+    setup: what the folder holds first: ``copy`` (a trained workdir ``w``, a context
+      ``ctx.npy`` and a file ``file``), ``damaged`` (a copy whose checkpoints are all
+      damaged), ``empty`` (an empty workdir ``w``) or ``none``.
+    alone: the error line is all of stderr (it comes before JAX starts).
+    lock_may_change: the run got as far as locking the workdir (the lock file then
+      holds its pid; everything else must be unchanged).
+  """
+
+  name: str
+  args: tuple[str, ...]
+  error: str
+  setup: str = "none"
+  alone: bool = True
+  lock_may_change: bool = False
+
+
+NEW = "--workdir={d}/new"  # must not be created
+W = "--workdir={d}/w"
+PREDICT = ("--mode=predict", "--input={d}/ctx.npy", "--output={d}/pred.npy")
+
+CASES = (
+    # Flags and config values: reported before JAX starts.
+    Case("unknown_key", (NEW, "--config.train.num_step=5"),
+         r"--config.train.num_step: the config has no key 'num_step'. Did you mean \"num_steps\""),
+    Case("missing_config_file", (NEW, "--config=configs/missing.py"),
+         r"cannot load --config=configs/missing.py: \[Errno 2\] No such file"),
+    Case("unknown_config_variant", (NEW, "--config=configs/mmnist.py:gpu"),
+         r"unknown variant 'gpu' of configs/mmnist.py"),
+    Case("value_not_a_number", (NEW, "--config.train.num_steps=ten"),
+         r"--config.train.num_steps=ten: invalid literal for int"),
+    Case("no_workdir", (), r"--workdir must have a value"),
+    Case("positional_argument", (NEW, "train"), r"unexpected arguments \['train'\]"),
+    Case("distributed_as_bool", (NEW, "--config.distributed=True"),
+         r"config.distributed is a group; use --config.distributed.enabled=True"),
+    Case("keep_checkpoints_0", (NEW, "--config.train.keep_checkpoints=0"),
+         r"--config.train.keep_checkpoints=0: must be >= 1 \(0 would delete every checkpoint\)"),
+    Case("checkpoint_every_0", (NEW, "--config.train.checkpoint_every_steps=0"),
+         r"--config.train.checkpoint_every_steps=0: must be >= 1"),
+    Case("log_every_0", (NEW, "--config.train.log_every_steps=0"),
+         r"--config.train.log_every_steps=0: must be >= 1"),
+    Case("num_steps_0", (NEW, "--config.train.num_steps=0"),
+         r"--config.train.num_steps=0: use a number of steps >= 1, or -1 to train "
+         r"train.epochs=20 epochs"),
+    Case("num_visualize_0", (NEW, "--config.eval.num_visualize=0"),
+         r"--config.eval.num_visualize=0: must be >= 1"),
+    Case("image_size_off_pyramid", (NEW, "--config.data.image_size=17"),
+         r"--config.data.image_size=17: ms_convlstm .* needs a multiple of 2"),
+    Case("process_id_out_of_range",
+         (NEW, "--config.distributed.enabled=True", "--config.distributed.num_processes=2",
+          "--config.distributed.process_id=2"),
+         r"--config.distributed.process_id=2: must lie in \[0, num_processes=2\)"),
+    # Found once JAX starts, still before the workdir is created.
+    Case("distributed_without_launcher", (NEW, "--config.distributed.enabled=True"),
+         r"jax.distributed.initialize\(\) failed: coordinator_address should be defined\. "
+         r"Launch under SLURM", alone=False),
+    # Evaluation and prediction start jax.distributed too (before any other JAX call).
+    Case("eval_distributed_without_launcher",
+         (W, "--mode=eval", "--config.distributed.enabled=True"),
+         r"jax.distributed.initialize\(\) failed: coordinator_address", setup="copy", alone=False),
+    Case("predict_distributed_without_launcher",
+         (W, *PREDICT, "--config.distributed.enabled=True"),
+         r"jax.distributed.initialize\(\) failed: coordinator_address", setup="copy", alone=False),
+    Case("batch_not_divisible", (NEW, "--config.train.batch_size=3"),
+         r"train.batch_size=3 is not divisible by the 2 devices", alone=False),
+    # The workdir.
+    Case("workdir_is_a_file", ("--workdir={d}/file",),
+         r"workdir {d}/file is a file, not a directory", setup="copy"),
+    Case("workdir_not_writable", ("--workdir=/proc/self/msrnn_run",),
+         r"cannot create workdir /proc/self/msrnn_run: /proc/self is not writable"),
+    Case("workdir_parent_missing", ("--workdir={d}/missing/w",),
+         r"the parent of workdir {d}/missing/w does not exist"),
+    Case("workdir_in_use", (W,),
+         r"workdir {d}/w is in use by another run \(pid {pid}\); wait for it to end", setup="copy"),
+    # Checkpoints of other settings: the keys that differ and both ways out.
+    Case("resume_other_hidden_size", (W, "--config.model.hidden=8"),
+         r"workdir {d}/w holds checkpoints \(newest step 4\) of other settings: model.hidden=4 "
+         r"there, 8 now\. Use another --workdir for the new settings, or rerun with the old "
+         r"ones: --config.model.hidden=4$", setup="copy"),
+    Case("resume_other_model_and_image_size",
+         (W, "--config.model.name=convlstm", "--config.data.image_size=32"),
+         r"model.name=ms_convlstm there, convlstm now; data.image_size=16 there, 32 now\. .*"
+         r"--config.model.name=ms_convlstm --config.data.image_size=16$", setup="copy"),
+    Case("resume_other_batch_size", (W, "--config.train.batch_size=8"),
+         r"train.batch_size=4 there, 8 now", setup="copy"),
+    Case("eval_other_layers", (W, "--mode=eval", "--config.model.num_layers=2"),
+         r"model.num_layers=3 there, 2 now", setup="copy"),
+    Case("predict_other_hidden_size", (W, *PREDICT, "--config.model.hidden=8"),
+         r"model.hidden=4 there, 8 now", setup="copy"),
+    # Damaged checkpoints: none intact (a truncated one, one without its metadata).
+    Case("no_intact_checkpoint", (W,),
+         r"no intact checkpoint in {d}/w/checkpoints \(step 4: .+; step 2: .+meta.+\)\. Remove "
+         r"the damaged ones to start from step 0 \(rm -r {d}/w/checkpoints/4 "
+         r"{d}/w/checkpoints/2\), or choose another --workdir\.$",
+         setup="damaged", alone=False, lock_may_change=True),
+    Case("eval_without_checkpoint", (W, "--mode=eval"),
+         r"no checkpoint in {d}/w/checkpoints; train first", setup="empty"),
+    Case("eval_missing_workdir", (NEW, "--mode=eval"),
+         r"workdir {d}/new does not exist; train first"),
+    # Prediction arguments.
+    Case("horizon_0", (W, *PREDICT, "--horizon=0"),
+         r"--horizon=0: the number of frames to predict must be >= 1", setup="copy"),
+    Case("horizon_negative", (W, *PREDICT, "--horizon=-3"),
+         r"--horizon=-3: the number of frames to predict must be >= 1", setup="copy"),
+    Case("output_not_npy", (W, "--mode=predict", "--input={d}/ctx.npy", "--output={d}/pred.out"),
+         r"--output={d}/pred.out must end in .npy", setup="copy"),
+    Case("input_missing", (W, "--mode=predict", "--input={d}/none.npy", "--output={d}/p.npy"),
+         r"context file {d}/none.npy does not exist", setup="copy"),
+    Case("input_one_frame_image", (W, "--mode=predict", "--input={d}/image.npy",
+                                   "--output={d}/p.npy"),
+         r"has shape \(16, 16\); expected \(T, H, W\), \(T, H, W, C\)", setup="copy"),
+    Case("predict_without_input", (W, "--mode=predict", "--output={d}/p.npy"),
+         r"--mode=predict needs --input=<context.npy> and --output=<pred.npy>", setup="copy"),
+)
+
+
+def _snapshot(root: pathlib.Path, lock_may_change: bool) -> dict[str, str]:
+  """Every path under ``root`` with its content hash ('dir' for folders)."""
+  out = {}
+  for path in sorted(root.rglob("*")):
+    rel = str(path.relative_to(root))
+    if path.is_dir():
+      out[rel] = "dir"
+    elif lock_may_change and path.name == ".lock":
+      out[rel] = "lock"
+    else:
+      out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+  return out
+
+
+def _setup(case: Case, d: pathlib.Path, trained: pathlib.Path) -> None:
+  d.mkdir()
+  if case.setup in ("copy", "damaged"):
+    shutil.copytree(trained, d / "w")
+    np.save(d / "ctx.npy", np.zeros((2, 16, 16), np.uint8))
+    np.save(d / "image.npy", np.zeros((16, 16), np.uint8))
+    (d / "file").write_text("not a directory\n")
+  if case.setup == "damaged":  # step 4 truncated, step 2 without its metadata
+    _damage_step(d / "w" / "checkpoints", truncate=4, drop_meta=2)
+  if case.setup == "empty":
+    (d / "w").mkdir()
+
+
+@pytest.fixture(scope="module")
+def cli_results(trained, tmp_path_factory):
+  """Runs every case; returns name -> (result, snapshot before, snapshot after)."""
+  from msrnn_jax import workdir as workdir_lib
+  root = tmp_path_factory.mktemp("cli")
+  argvs, before = [], {}
+  for case in CASES:
+    d = root / case.name
+    _setup(case, d, trained)
+    before[case.name] = _snapshot(d, case.lock_may_change)
+    argvs.append(["msrnn_jax.main", "--config=configs/test.py"]
+                 + [a.format(d=d) for a in case.args])
+  # The case 'workdir_in_use' meets a run (this process) that holds its workdir.
+  with workdir_lib.WorkdirLock(str(root / "workdir_in_use" / "w")):
+    env = dict(os.environ, JAX_PLATFORMS="cpu",
+               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    proc = subprocess.run([sys.executable, __file__], input=json.dumps(argvs), cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  results = json.loads(proc.stdout.splitlines()[-1])
+  return {case.name: (result, before[case.name], _snapshot(root / case.name, case.lock_may_change))
+          for case, result in zip(CASES, results, strict=True)}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_one_line_error_and_workdir_unchanged(case, cli_results, tmp_path_factory):
+  if case.name == "workdir_not_writable" and not os.path.isdir("/proc/self"):
+    pytest.skip("needs Linux /proc")
+  result, before, after = cli_results[case.name]
+  stderr = result["stderr"]
+  assert result["rc"] == 2, stderr[-2000:]
+  assert "Traceback" not in stderr, stderr[-3000:]
+  errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, stderr[-2000:]
+  if case.alone:
+    assert stderr == errors[0] + "\n"
+  d = str(tmp_path_factory.getbasetemp())
+  pattern = case.error.replace("{d}", re.escape(d) + r"/cli\d*/" + case.name)
+  pattern = pattern.replace("{pid}", str(os.getpid()))
+  assert re.search(pattern, errors[0]), errors[0]
+  assert after == before
+
+
+def test_shipped_configs_pass_the_checks():
+  import importlib
+
+  from msrnn_jax import config_checks
+  for name in ("default", "mmnist", "kth", "taxibj", "hko7", "test"):
+    module = importlib.import_module(f"configs.{name}")
+    variants = [""] if name in ("default", "test") else ["", "cpu"]
+    for variant in variants:
+      config = module.get_config(variant) if variant else module.get_config()
+      config_checks.check_config(config)
+
+
+def test_stale_lock_after_kill_9_does_not_block(tmp_path):
+  """The kernel drops a flock with its holder, so a killed run never blocks the next."""
+  from msrnn_jax import workdir as workdir_lib
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time; from msrnn_jax.workdir import WorkdirLock; "
+       "WorkdirLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)",
+       str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    busy = rf"in use by another run \(pid {holder.pid}\)"
+    with pytest.raises(workdir_lib.WorkdirError, match=busy):
+      workdir_lib.check_unlocked(str(tmp_path))
+    with pytest.raises(workdir_lib.WorkdirError, match="in use by another run"):
+      workdir_lib.WorkdirLock(str(tmp_path)).acquire()
+  finally:
+    holder.kill()  # SIGKILL: no clean-up runs in the holder
+    holder.wait(timeout=30)
+  assert (tmp_path / ".lock").read_text().strip() == str(holder.pid)  # stale, not held
+  workdir_lib.check_unlocked(str(tmp_path))
+  with workdir_lib.WorkdirLock(str(tmp_path)):
+    assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+
+
+def test_damaged_checkpoints_fall_back_to_the_newest_intact(tmp_path, caplog):
+  """Truncated data, a missing metadata item and NaN values are each skipped with a warning
+  naming the step; training moves them aside so that it can save those steps again."""
+  import jax.numpy as jnp
+
+  from msrnn_jax import checkpointing
+  state = {"w": jnp.arange(300.0), "count": jnp.int32(0)}
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=10)
+  for step in (2, 4, 6):
+    ckpt.save(step, {"w": state["w"] + step, "count": jnp.int32(step)}, {"step": step})
+  ckpt.save(8, {"w": state["w"] * jnp.nan, "count": jnp.int32(8)}, {"step": 8})
+  ckpt.close()
+  _damage_step(tmp_path / "checkpoints", truncate=6, drop_meta=4)
+  caplog.set_level("WARNING")
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
+  restored, meta = ckpt.restore_intact(state)
+  assert meta == {"step": 2} and int(restored["count"]) == 2
+  np.testing.assert_array_equal(restored["w"], np.arange(300.0) + 2)
+  warned = "\n".join(r.getMessage() for r in caplog.records)
+  for step, reason in ((8, "non-finite"), (6, ""), (4, "meta")):
+    assert re.search(rf"checkpoint {tmp_path}/checkpoints/{step} cannot be used \(.*{reason}",
+                     warned), warned
+  assert checkpointing.checkpoint_steps(str(tmp_path / "checkpoints")) == [2, 4, 6, 8]
+  ckpt.close()
+  # Training moves them aside (nothing is deleted) and can save those steps again.
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
+  ckpt.restore_intact(state, quarantine=str(tmp_path / "damaged"))
+  assert sorted(os.listdir(tmp_path / "damaged")) == ["4", "6", "8"]
+  ckpt.save(4, restored, {"step": 4})
+  ckpt.close()
+  assert checkpointing.checkpoint_steps(str(tmp_path / "checkpoints")) == [2, 4]
+
+
+def _damage_step(checkpoints: pathlib.Path, truncate: int, drop_meta: int) -> None:
+  for path in (checkpoints / str(truncate) / "state").rglob("*"):
+    if path.is_file() and path.parent.name == "d":
+      os.truncate(path, path.stat().st_size // 2)
+  shutil.rmtree(checkpoints / str(drop_meta) / "meta")
+
+
+def test_eval_falls_back_past_a_damaged_checkpoint(trained, tmp_path, caplog):
+  from configs import test as test_config
+  from msrnn_jax import sharding, train
+  workdir = tmp_path / "w"
+  shutil.copytree(trained, workdir)
+  _damage_step(workdir / "checkpoints", truncate=4, drop_meta=4)
+  before = _snapshot(workdir, lock_may_change=False)
+  caplog.set_level("WARNING")
+  _, step = train.restore_params(test_config.get_config(), str(workdir), sharding.make_mesh(),
+                                 (4, 4, 16, 16, 1))
+  assert step == 2
+  assert f"checkpoint {workdir}/checkpoints/4 cannot be used" in caplog.text
+  assert _snapshot(workdir, lock_may_change=False) == before  # evaluation moves nothing
+
+
+def test_rewind_jsonl(tmp_path):
+  from msrnn_jax import summary
+  path = tmp_path / "metrics.jsonl"
+  lines = [json.dumps({"step": s, "train/loss": float(s)}) + "\n" for s in (1, 2, 2, 3, 4)]
+  path.write_text("".join(lines) + '{"step": 5, "tra')  # cut short by a crash
+  assert summary.rewind_jsonl(str(path), 2) == 3
+  assert path.read_text() == "".join(lines[:3])
+  # With the line count recorded at the save: what came after it at the same step goes.
+  assert summary.rewind_jsonl(str(path), 2, lines=2) == 2
+  assert path.read_text() == "".join(lines[:2])
+  writer = summary.Writer(str(tmp_path), resume_step=1, resume_lines=None)
+  assert writer.lines == 1
+  writer.write_scalars(2, {"x": 1.0})
+  assert writer.lines == 2 and len(path.read_text().splitlines()) == 2
+  writer.close()
+
+
+def _serve() -> None:
+  """The helper process: runs each argv of stdin's JSON list like ``python -m msrnn_jax.main``.
+
+  Everything is imported once (no JAX backend yet, one thread), then each case runs in a
+  forked child with stdout/stderr captured; prints a JSON list of
+  ``{"rc", "stdout", "stderr"}``.
+  """
+  import traceback
+
+  from absl import app
+
+  import configs.test  # noqa: F401 - imported once for every child
+  from msrnn_jax import commands, inference, main, train  # noqa: F401
+  results = []
+  for argv in json.load(sys.stdin):
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+      pid = os.fork()
+      if pid == 0:
+        code = 1
+        try:
+          os.dup2(out.fileno(), 1)
+          os.dup2(err.fileno(), 2)
+          sys.argv = argv
+          app.run(main.main, argv=argv, flags_parser=main.parse_flags)
+          code = 0
+        except SystemExit as e:
+          code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        except BaseException:
+          traceback.print_exc()
+        finally:
+          sys.stdout.flush()
+          sys.stderr.flush()
+          os._exit(code)
+      deadline = time.time() + 120
+      while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+        if time.time() > deadline:
+          os.kill(pid, signal.SIGKILL)
+          done = os.waitpid(pid, 0)
+          break
+        time.sleep(0.02)
+      rc = os.waitstatus_to_exitcode(done[1])
+      out.seek(0)
+      err.seek(0)
+      results.append({"rc": rc, "stdout": out.read().decode(errors="replace"),
+                      "stderr": err.read().decode(errors="replace")})
+  print(json.dumps(results))
+
+
+if __name__ == "__main__":
+  sys.path.insert(0, str(REPO))
+  _serve()
