@@ -2,15 +2,15 @@
 
 MS-ConvLSTM on Moving MNIST as in the paper (6 layers x 64 channels, 3x3
 kernels, Adam 3e-4, global batch 4, 20 epochs, 10 -> 10 frames). The data
-set configs (mmnist.py, kth.py, taxibj.py, hko7.py) start from this one.
+set configs (mmnist.py, kth.py, taxibj.py, hko7.py) start from this one
+(``from configs import default``: run from the repository root, as
+``python -m msrnn_jax.main`` is). Plain data: no import of msrnn_jax.
 
     python -m msrnn_jax.main --config=configs/default.py --workdir=/tmp/run
 """
 
 import ml_collections
 from ml_collections import config_dict
-
-from msrnn_jax import data
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -70,8 +70,89 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.motion_k = 3
   config.model.motion_alpha = 0.5
 
-  # The data section (see msrnn_jax/data/config.py and docs/data.md).
-  config.data = data.default_config()
+  # The data section (docs/data.md). The data-set configs set a data set's
+  # reference shapes (msrnn_jax/data/registry.py; tests check they agree).
+  config.data = ml_collections.ConfigDict()
+  # Which data set: 'mmnist' | 'kth' | 'taxibj' | 'hko7' | 'synthetic'.
+  config.data.name = "mmnist"
+  # Where the prepared tfds ArrayRecord data are written (one sub-folder per builder config).
+  config.data.data_dir = "./data/tfds"
+  # Raw files placed by hand; '' means <data_dir>/downloads/manual.
+  config.data.manual_dir = ""
+  # Input and predicted frames per training example.
+  config.data.in_len = 10
+  config.data.out_len = 10
+  # Predicted frames at evaluation (None = out_len); the paper's KTH protocol uses 20.
+  config.data.eval_out_len = config_dict.placeholder(int)
+  # Frame side in pixels (frames are square). Resized where the data set allows
+  # (Moving MNIST, KTH, HKO-7); TaxiBJ must be 32.
+  config.data.image_size = 64
+  # Channels per frame; must match the data (TaxiBJ 'both' = 2, everything else 1).
+  config.data.channels = 1
+  # Resampling: 'bilinear' (2x2 taps like cv2.resize, as the reference) or 'antialias' (PIL).
+  config.data.resize_method = "bilinear"
+
+  # Moving MNIST. Digit source: 'auto' (MNIST idx files in manual_dir if both are there,
+  # else scikit-learn's bundled 8x8 digits), 'sklearn', 'idx', or 'npy' (a fixed
+  # (20, N, 64, 64) file such as the canonical mnist_test_seq.npy).
+  config.data.mmnist_digits = "auto"
+  # Sequences generated for train and test (ignored for 'npy').
+  config.data.mmnist_num_train = 10000
+  config.data.mmnist_num_test = 2000
+  # Seed of the sequence generator (sequence i of a split depends only on this and i).
+  config.data.mmnist_seed = 0
+  # Share of the sklearn digit pool (or of the .npy sequences) used for training.
+  config.data.mmnist_train_fraction = 0.7
+  # File name of the fixed sequences in manual_dir for mmnist_digits='npy'.
+  config.data.mmnist_npy_file = "mnist_test_seq.npy"
+
+  # TaxiBJ. Year files BJ<yy>_M32x32_T30_InOut.h5 to read (comma-separated yy).
+  config.data.taxibj_years = "13,14,15,16"
+  # 'both' (inflow and outflow, C=2) or 'inflow' (C=1, as the reference trains).
+  config.data.taxibj_channels = "both"
+  # True reproduces the reference's clips [t-30min, t-60min, ..., t-240min] (newest first).
+  config.data.taxibj_reverse_time = False
+  # The last this-many windows form the test set (1344 = 4 weeks of half-hours).
+  config.data.taxibj_num_test = 1344
+
+  # KTH. 'all' six classes or 'run_jog_walk' (the reference's KTH_Only).
+  config.data.kth_classes = "all"
+  # Window strides: train; test for running/jogging; test for the other classes (paper §V-D).
+  config.data.kth_train_stride = 1
+  config.data.kth_test_stride_fast = 3
+  config.data.kth_test_stride_slow = 20
+  # Optional MCnet-style lists "personXX_class_dY start end" restricting windows to those
+  # frame ranges (paths; '' = whole videos, persons 1-16 train and 17-25 test).
+  config.data.kth_train_list = ""
+  config.data.kth_test_list = ""
+
+  # HKO-7. Day lists (text files, one YYYYMMDD per line; '' = unused) and date ranges
+  # ('YYYYMMDD-YYYYMMDD'; '' = unused). A day goes to test if listed/in range there, else
+  # to validation, else to train.
+  config.data.hko_train_days = ""
+  config.data.hko_valid_days = ""
+  config.data.hko_test_days = ""
+  config.data.hko_train_range = "20090101-20141231"
+  config.data.hko_valid_range = ""
+  config.data.hko_test_range = "20150101-20151231"
+  # Radar scans (6 minutes apart) between frames of a sequence: 1 = 6 min (2022 reference),
+  # 6 = 36 min (reference HEAD).
+  config.data.hko_interval = 1
+  # Scans between the starts of consecutive sequences; 0 = non-overlapping (reference).
+  config.data.hko_stride = 0
+  # Apply the HKO .mask files (zeroing invalid pixels) when they are present.
+  config.data.hko_use_mask = True
+  # Folder holding the .mask files mirroring the PNG tree; '' = next to each PNG, or
+  # <manual_dir>/radarPNG_mask when that exists.
+  config.data.hko_mask_dir = ""
+
+  # Synthetic moving shapes (name='synthetic'); shapes come from in_len/out_len/
+  # eval_out_len/image_size/channels, the style from synthetic_like:
+  # 'mmnist' | 'kth' | 'taxibj' | 'hko7' | 'blobs'.
+  config.data.synthetic_like = "mmnist"
+  config.data.synthetic_num_train = 256
+  config.data.synthetic_num_test = 64
+  config.data.synthetic_seed = 0
 
   config.train = ml_collections.ConfigDict()
   # Global batch (split over all devices; the paper: 1 per GPU x 4 GPUs).

@@ -66,6 +66,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--seq-len", type=int, default=20)
   p.add_argument("--batch", type=int, default=1, help="examples per device")
   p.add_argument("--conv-impl", default="xla", help="model conv_impl (see module docstring)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                 help="compute dtype (bfloat16: activations and residuals in bfloat16; "
+                      "parameters and Adam state stay float32)")
   p.add_argument("--budget-gb", type=float, default=40.0, help="memory budget per device, GB")
   p.add_argument("--no-max-res", action="store_true", help="skip the max-resolution search")
   p.add_argument("--max-size", type=int, default=8192, help="cap of the max-resolution search")
@@ -101,7 +104,7 @@ def settings_of(args) -> dict:
   """The settings every entry of one results file shares."""
   return {"hidden": args.hidden, "num_layers": args.num_layers, "seq_len": args.seq_len,
           "batch_per_device": args.batch, "conv_impl": args.conv_impl, "kernel_size": 3,
-          "channels": 1, "dtype": "float32", "optimizer": "adam"}
+          "channels": 1, "dtype": args.dtype, "optimizer": "adam"}
 
 
 def load(path: str, settings: dict) -> dict:
@@ -127,7 +130,8 @@ def run_sweep(args, data: dict, path: str) -> None:
   models = [m for m in args.models.split(",") if m]
   remats = [r for r in args.remat.split(",") if r]
   sizes = [int(s) for s in args.sizes.split(",") if s]
-  opts = dict(hidden=args.hidden, num_layers=args.num_layers, conv_impl=args.conv_impl)
+  opts = dict(hidden=args.hidden, num_layers=args.num_layers, conv_impl=args.conv_impl,
+              dtype=args.dtype)
   done = {(e["model"], e["remat"], e["size"]) for e in data["entries"]}
   for name in models:
     for remat in remats:

@@ -211,9 +211,6 @@ class Checkpointer:
       multihost_utils.sync_global_devices("msrnn_jax: damaged checkpoints moved")
     self._manager.reload()
 
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
-
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()

@@ -24,6 +24,10 @@ from msrnn_jax.train import check_checkpoints, create_model, restore_params, sta
 # Sequences drawn in the PNG/GIF beside the predictions (all are predicted).
 MAX_PICTURE_ROWS = 16
 
+# One jitted function for every call: a (model, horizon, batch shape) seen
+# before reuses its compilation.
+_predict = jax.jit(models.predict, static_argnums=(0, 3))
+
 
 def load_context(path: str, channels: int, size_multiple: int) -> tuple[np.ndarray, bool]:
   """Reads context sequences as float32 ``[N, T, H, W, C]`` in [0, 1].
@@ -97,7 +101,8 @@ def check_horizon(horizon: int | None, config: ml_collections.ConfigDict) -> int
 
 
 def predict_frames(config: ml_collections.ConfigDict, variables: Any, context: np.ndarray,
-                   horizon: int, batch_size: int | None = None) -> np.ndarray:
+                   horizon: int, batch_size: int | None = None,
+                   model: models.Predictor | None = None) -> np.ndarray:
   """Predicts ``horizon`` frames, clipped to [0, 1].
 
   Args:
@@ -107,14 +112,17 @@ def predict_frames(config: ml_collections.ConfigDict, variables: Any, context: n
     horizon: frames to predict.
     batch_size: sequences per call (default ``config.eval.batch_size``); the
       last call is padded so that one compilation serves all.
+    model: ``create_model(config)`` when the caller has it already; None
+      builds it. Its ``in_len`` does not matter: ``models.predict`` takes
+      the context length from ``context``.
 
   Returns:
     ``[horizon, H, W, C]`` or ``[N, horizon, H, W, C]``, as ``context``.
   """
   single = context.ndim == 4
   context = context[None] if single else context
-  model = create_model(config, in_len=context.shape[1])
-  fn = jax.jit(models.predict, static_argnums=(0, 3))
+  if model is None:
+    model = create_model(config)
   n = context.shape[0]
   chunk = min(n, batch_size or config.eval.batch_size)
   out = []
@@ -123,7 +131,7 @@ def predict_frames(config: ml_collections.ConfigDict, variables: Any, context: n
     pad = chunk - part.shape[0]
     if pad:
       part = np.concatenate([part, np.zeros((pad,) + part.shape[1:], part.dtype)])
-    pred = np.asarray(fn(model, variables, jnp.asarray(part), horizon))
+    pred = np.asarray(_predict(model, variables, jnp.asarray(part), horizon))
     out.append(pred[:chunk - pad])
   pred = np.clip(np.concatenate(out), 0.0, 1.0)
   return pred[0] if single else pred
@@ -148,10 +156,10 @@ def predict_file(config: ml_collections.ConfigDict, workdir: str, input_path: st
   start_jax(config)
   mesh = sharding.make_mesh()
   shape = (1, 2) + context.shape[2:]
-  params, _ = restore_params(config, workdir, mesh, shape, mode="predict")
+  params, _ = restore_params(config, workdir, mesh, shape, mode="predict", model=model)
   # This process's copy: prediction runs on one device, whatever the mesh.
   params = jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), params)
-  pred = predict_frames(config, {"params": params}, context, horizon)
+  pred = predict_frames(config, {"params": params}, context, horizon, model=model)
   if jax.process_index() == 0:
     np.save(output_path, pred if batched else pred[0])
     stem = output_path[:-len(".npy")]

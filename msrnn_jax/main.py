@@ -87,6 +87,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     _exit_error(f"{e} (see --helpshort).")
   except OSError as e:  # the config file failed to load (raised by an override)
     _exit_error(f"cannot load the --config file: {_last_line(e)}")
+  except ImportError as e:  # the config file's own imports
+    spec = next((a.split("=", 1)[1] for a in argv if re.match(r"-{1,2}config=", a)), "")
+    # configs/*.py build on configs.default, importable from the repository root.
+    hint = "; run from the repository root" if e.name == "configs" else ""
+    _exit_error(f"cannot load --config={spec}: {e}{hint}.")
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # Raised by ml_collections while applying --config.* overrides.
     _exit_error(_config_error(e, argv))

@@ -135,12 +135,6 @@ class Writer:
     else:
       self._tb.add_text("hparams", "\n".join(f"    {k}: {v}" for k, v in sorted(flat.items())), 0)
 
-  def flush(self) -> None:
-    if self._tb is not None:
-      self._tb.flush()
-    if self._clu is not None:
-      self._clu.flush()
-
   def close(self) -> None:
     if self._jsonl is not None:
       self._jsonl.close()

@@ -176,17 +176,32 @@ def _host(x: jax.Array) -> np.ndarray:
 
 
 def evaluate(config: ml_collections.ConfigDict, params: Any, mesh: jax.sharding.Mesh, split: str,
-             max_examples: int | None = None) -> dict[str, Any]:
+             max_examples: int | None = None, eval_step: Callable | None = None
+             ) -> dict[str, Any]:
   """Evaluates ``params`` on a split with both protocols and the trivial baselines.
+
+  Args:
+    config: the configuration.
+    params: model parameters (replicated over ``mesh``).
+    mesh: the device mesh; each batch is sharded over it.
+    split: 'validation', 'test' or 'train'.
+    max_examples: evaluate only the first this-many examples.
+    eval_step: ``make_eval_step`` of the model, passed by a caller that
+      evaluates more than once so that every evaluation reuses its
+      compilation (every evaluation split has the same in/out lengths); None
+      builds one for this call.
 
   Returns:
     dict with ``result`` and ``baselines`` (name -> result; see
-    ``metrics.EvalAccumulator.result`` and ``metrics.BASELINES``) and ``samples``: (context, truth, prediction) arrays of the first
+    ``metrics.EvalAccumulator.result`` and ``metrics.BASELINES``) and
+    ``samples``: (context, truth, prediction) arrays of the first
     ``config.eval.num_visualize`` sequences.
   """
-  in_len, out_len = data.sequence_lengths(config.data, split)
-  model = create_model(config, in_len=in_len)
-  step = make_eval_step(model, _radar(config.data))
+  # Every split has data.in_len context frames, the in_len of create_model.
+  in_len, _ = data.sequence_lengths(config.data, split)
+  step = eval_step
+  if step is None:
+    step = make_eval_step(create_model(config), _radar(config.data))
   acc = metrics.EvalAccumulator()
   base = {name: metrics.EvalAccumulator() for name in metrics.BASELINES}
   num_vis = config.eval.num_visualize
@@ -398,7 +413,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   replicated = sharding.replicated(mesh)
   state = jax.jit(functools.partial(create_train_state, model, tx, global_shape, config.seed),
                   out_shardings=replicated)()
+  # Built once per run: the train step compiles once, and the eval step once
+  # for all the periodic validations and the final test (same shapes).
   train_step = make_train_step(model, tx, in_len, config.train.decouple_weight)
+  eval_step = make_eval_step(model, _radar(config.data))
 
   with locked_workdir(workdir), contextlib.ExitStack() as cleanup:
     ckpt = Checkpointer(os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
@@ -465,7 +483,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           progress.report(step, loss=values["train/loss"], eta=eta)
           running = None
         if step % eval_every == 0 and step < total_steps:
-          ev = evaluate(config, state.params, mesh, "validation", max_examples=eval_examples)
+          ev = evaluate(config, state.params, mesh, "validation", max_examples=eval_examples,
+                        eval_step=eval_step)
           writer.write_scalars(step, _scalars("valid", ev["result"]))
           writer.write_images(step, {"valid/predictions": truth_vs_prediction(ev["samples"])})
         stopping = stop.agreed()
@@ -479,7 +498,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
     t0 = time.time()
     max_examples = None if config.eval.max_examples < 0 else config.eval.max_examples
-    ev = evaluate(config, state.params, mesh, config.eval.split, max_examples=max_examples)
+    ev = evaluate(config, state.params, mesh, config.eval.split, max_examples=max_examples,
+                  eval_step=eval_step)
     if lead:
       paths = write_evaluation(ev, workdir, config.eval.split)
       writer.write_scalars(step, _scalars(config.eval.split, ev["result"]))
@@ -522,7 +542,8 @@ def check_checkpoints(config: ml_collections.ConfigDict, workdir: str, mode: str
 
 
 def restore_params(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
-                   frames_shape: tuple[int, ...], mode: str = "eval") -> tuple[Any, int]:
+                   frames_shape: tuple[int, ...], mode: str = "eval",
+                   model: models.Predictor | None = None) -> tuple[Any, int]:
   """Parameters of the newest intact checkpoint in ``workdir`` (and its step).
 
   Args:
@@ -532,10 +553,13 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sh
     mesh: parameters are replicated over it.
     frames_shape: a frame batch shape to build the parameter structure.
     mode: ``'eval'`` or ``'predict'`` (which settings must match).
+    model: ``create_model(config)`` when the caller has it already; None
+      builds it.
   """
   workdir = check_checkpoints(config, workdir, mode)
   ckpt = Checkpointer(os.path.join(workdir, checkpointing.CHECKPOINT_DIR), read_only=True)
-  model = create_model(config)
+  if model is None:
+    model = create_model(config)
   tx = create_optimizer(config)
   target = jax.jit(functools.partial(create_train_state, model, tx, frames_shape, config.seed),
                    out_shardings=sharding.replicated(mesh))()
@@ -561,11 +585,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   in_len, out_len = data.sequence_lengths(config.data, "train")
   size = config.data.image_size
   shape = (jax.device_count(), in_len + out_len, size, size, config.data.channels)
+  model = create_model(config)
   with locked_workdir(workdir):
-    params, step = restore_params(config, workdir, mesh, shape)
+    params, step = restore_params(config, workdir, mesh, shape, model=model)
     max_examples = None if config.eval.max_examples < 0 else config.eval.max_examples
     t0 = time.time()
-    ev = evaluate(config, params, mesh, config.eval.split, max_examples=max_examples)
+    ev = evaluate(config, params, mesh, config.eval.split, max_examples=max_examples,
+                  eval_step=make_eval_step(model, _radar(config.data)))
     if jax.process_index() == 0:
       paths = write_evaluation(ev, workdir, config.eval.split)
       with open(os.path.join(workdir, f"{config.eval.split}_checkpoint.json"), "w") as f:

@@ -1,6 +1,7 @@
 """Config, synthetic sources, grain batching, multi-process shards, eval padding, atomicity."""
 
 import hashlib
+import importlib
 import os
 
 import numpy as np
@@ -8,7 +9,7 @@ import pytest
 from data_fixtures import data_config
 
 import msrnn_jax.data as data_lib
-from msrnn_jax.data import common, mmnist, synthetic
+from msrnn_jax.data import common, mmnist, registry, synthetic
 
 
 def _ids(frames: np.ndarray) -> list[str]:
@@ -39,6 +40,26 @@ def test_default_config_and_presets():
   cfg.lock()
   with pytest.raises(AttributeError):
     cfg.no_such_key = 1
+
+
+@pytest.mark.parametrize("name", ["default", *(n for n in registry.NAMES if n != "synthetic"),
+                                  "test"])
+def test_config_files_agree_with_the_code(name):
+  """configs/*.py are plain data: their data section repeats default_config() and each
+  data set's reference shapes from the registry (one table), and must agree with both."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  got = config.data.to_dict()
+  expected = data_lib.default_config()
+  assert got.keys() == expected.to_dict().keys()
+  if name == "default":
+    assert got == expected.to_dict()
+  elif name == "test":  # Synthetic data: the shapes of the imitated data set, smaller.
+    preset = data_lib.dataset_preset("synthetic", like=got["synthetic_like"])
+    for key in ("name", "synthetic_like", "channels", "eval_out_len"):
+      assert got[key] == preset[key], key
+  else:
+    expected.update(data_lib.dataset_preset(name))
+    assert got == expected.to_dict()
 
 
 @pytest.mark.parametrize("style,channels", [("mmnist", 1), ("blobs", 1), ("kth", 1),

@@ -218,6 +218,30 @@ def test_resume_is_exact(trained, tmp_path):
   assert _purge_steps(workdir) == [3]
 
 
+def test_run_compiles_each_step_once(tmp_path):
+  """Three periodic validations and the final test share one eval-step compilation; the
+  train step compiles once too. Counted from JAX's backend-compile events by function."""
+  from jax._src import dispatch  # the event name; jax.monitoring has no public constant
+  compiled = []
+
+  def listener(event, duration, **kwargs):
+    del duration
+    if event == dispatch.BACKEND_COMPILE_EVENT:
+      compiled.append(str(kwargs.get("fun_name", "")))
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    train.train_and_evaluate(_config(num_steps=8, eval_every_steps=2,
+                                     checkpoint_every_steps=100), str(tmp_path / "w"))
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  lines = [json.loads(x) for x in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+  assert [x["step"] for x in lines if "valid/mse_all" in x] == [2, 4, 6]
+  assert [x["step"] for x in lines if "test/mse_all" in x] == [8]
+  assert sum("train_step" in name for name in compiled) == 1, compiled
+  assert sum("eval_step" in name for name in compiled) == 1, compiled
+
+
 def test_sigterm_saves_and_stops(tmp_path, monkeypatch, capsys):
   """SIGTERM: checkpoint, then the distinct exit status 75 (a finished run exits 0)."""
   original = summary.Progress.report

@@ -7,6 +7,7 @@ Each real data set is a tfds ``GeneratorBasedBuilder`` that reads raw files from
 Public API::
 
   default_config()                       # the config.data section
+  dataset_preset(name, like=None)        # a data set's reference shapes (registry.DATASETS)
   get_builder(data_cfg)                  # prepared tfds builder
   train_dataset(data_cfg, global_batch=, seed=, process_index=, process_count=)
   eval_batches(data_cfg, split, global_batch=, process_index=, process_count=, max_examples=)
@@ -14,7 +15,7 @@ Public API::
   process_rows(global_batch, process_index, process_count)  # this process's rows of a batch
 """
 
-from msrnn_jax.data.config import dataset_preset, default_config
+from msrnn_jax.data.config import default_config
 from msrnn_jax.data.pipeline import (
     eval_batches,
     example_source,
@@ -25,6 +26,7 @@ from msrnn_jax.data.pipeline import (
     steps_per_epoch,
     train_dataset,
 )
+from msrnn_jax.data.registry import dataset_preset
 
 __all__ = [
     "dataset_preset",

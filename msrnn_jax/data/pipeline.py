@@ -21,24 +21,12 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from msrnn_jax.data import common, hko7, kth, mmnist, synthetic, taxibj
+from msrnn_jax.data import common, registry, synthetic
 from msrnn_jax.data import config as config_lib
 
-_MODULES = {"mmnist": (mmnist, mmnist.MsrnnMovingMnist),
-            "kth": (kth, kth.MsrnnKth),
-            "taxibj": (taxibj, taxibj.MsrnnTaxibj),
-            "hko7": (hko7, hko7.MsrnnHko7),
-            "synthetic": (synthetic, synthetic.MsrnnSynthetic)}
 # Splits that fall back to the test split when a data set has no validation set
 # (the reference validates on the test set for all but HKO-7).
 _SPLIT_ALIASES = {"valid": "validation", "val": "validation", "eval": "test"}
-
-
-def _module(data_cfg: Any):
-  if data_cfg.name not in _MODULES:
-    raise ValueError(f"config.data.name={data_cfg.name!r} is unknown; use one of "
-                     f"{config_lib.DATASETS}.")
-  return _MODULES[data_cfg.name]
 
 
 def _check_common(data_cfg: Any) -> None:
@@ -52,13 +40,13 @@ def _check_common(data_cfg: Any) -> None:
 def make_builder(data_cfg: Any) -> tfds.core.DatasetBuilder:
   """The builder for a ``config.data`` without preparing it."""
   _check_common(data_cfg)
-  module, cls = _module(data_cfg)
-  kwargs = dict(config=module.builder_config(data_cfg),
+  dataset = registry.get(data_cfg.name)
+  kwargs = dict(config=dataset.module.builder_config(data_cfg),
                 data_dir=os.path.expanduser(data_cfg.data_dir),
                 manual_dir=config_lib.manual_dir(data_cfg), file_format="array_record")
   if data_cfg.name == "synthetic":
     kwargs["data_cfg"] = data_cfg
-  return cls(**kwargs)
+  return dataset.builder(**kwargs)
 
 
 def get_builder(data_cfg: Any) -> tfds.core.DatasetBuilder:

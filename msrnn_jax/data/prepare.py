@@ -24,18 +24,14 @@ from typing import Any
 from absl import app, flags
 
 from msrnn_jax.data import config as config_lib
-from msrnn_jax.data import hko7, kth, mmnist, pipeline, taxibj
+from msrnn_jax.data import pipeline, registry
 
-_DATASET = flags.DEFINE_enum("dataset", "mmnist", list(config_lib.DATASETS), "Data set to prepare.")
+_DATASET = flags.DEFINE_enum("dataset", "mmnist", list(registry.NAMES), "Data set to prepare.")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "Folder with the raw files ('' = "
                                   "<data_dir>/downloads/manual).")
 _DATA_DIR = flags.DEFINE_string("data_dir", "./data/tfds", "Where the prepared data go.")
 _SET = flags.DEFINE_multi_string("set", [], "Overrides of config.data keys, key=value.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete and regenerate existing data.")
-
-_DESCRIBE = {"mmnist": mmnist.describe_sources, "kth": kth.describe_sources,
-             "taxibj": taxibj.describe_sources, "hko7": hko7.describe_sources,
-             "synthetic": lambda cfg: []}
 
 
 def _parse_value(text: str) -> Any:
@@ -49,7 +45,7 @@ def build_config(dataset: str, manual_dir: str, data_dir: str, overrides: list[s
   """The ``config.data`` of the command line."""
   cfg = config_lib.default_config()
   like = [item.partition("=")[2] for item in overrides if item.startswith("synthetic_like=")]
-  cfg.update(config_lib.dataset_preset(dataset, like=like[-1] if like else None))
+  cfg.update(registry.dataset_preset(dataset, like=like[-1] if like else None))
   cfg.manual_dir = manual_dir
   cfg.data_dir = data_dir
   for item in overrides:
@@ -61,7 +57,7 @@ def build_config(dataset: str, manual_dir: str, data_dir: str, overrides: list[s
 
 
 def print_sources(cfg: Any) -> None:
-  rows = _DESCRIBE[cfg.name](cfg)
+  rows = registry.get(cfg.name).module.describe_sources(cfg)
   if not rows:
     return
   print(f"Raw files for {cfg.name} (manual_dir = {config_lib.manual_dir(cfg)}):")

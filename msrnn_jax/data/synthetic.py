@@ -187,3 +187,9 @@ class MsrnnSynthetic(common.MsrnnBuilder):
   def _generate(self, source):
     for i in range(len(source)):
       yield i, source[i]
+
+
+def describe_sources(data_cfg: Any) -> list[tuple[str, str]]:
+  """Raw files to place in ``manual_dir``: none (synthetic sequences are drawn on demand)."""
+  del data_cfg
+  return []

@@ -1,0 +1,78 @@
+"""The data sets: name -> builder module, tfds builder class and reference shapes.
+
+The one table of data sets. ``pipeline`` builds from it, ``prepare`` lists raw
+files with it, and the shape keys of each data set's reference protocol
+(``dataset_preset``) come from it. ``configs/<name>.py`` write the same shape
+values out as plain data; tests/test_data_pipeline.py checks that they agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Mapping
+from typing import Any
+
+from msrnn_jax.data import common, hko7, kth, mmnist, synthetic, taxibj
+
+
+@dataclasses.dataclass(frozen=True)
+class DataSet:
+  """One data set.
+
+  Attributes:
+    module: its module, with ``builder_config(data_cfg)`` and
+      ``describe_sources(data_cfg)`` (raw files: ``[(path, where to get it)]``).
+    builder: its tfds builder class.
+    preset: the ``config.data`` shape keys of its reference protocol (section 7 of
+      the reference notes); None for synthetic data, which take the shapes of
+      the data set they imitate.
+  """
+
+  module: types.ModuleType
+  builder: type[common.MsrnnBuilder]
+  preset: Mapping[str, Any] | None
+
+
+DATASETS: dict[str, DataSet] = {
+    "mmnist": DataSet(mmnist, mmnist.MsrnnMovingMnist,
+                      dict(image_size=64, channels=1, in_len=10, out_len=10, eval_out_len=None)),
+    "kth": DataSet(kth, kth.MsrnnKth,
+                   dict(image_size=88, channels=1, in_len=10, out_len=10, eval_out_len=20)),
+    "taxibj": DataSet(taxibj, taxibj.MsrnnTaxibj,
+                      dict(image_size=32, channels=2, in_len=4, out_len=4, eval_out_len=None)),
+    "hko7": DataSet(hko7, hko7.MsrnnHko7,
+                    dict(image_size=88, channels=1, in_len=10, out_len=10, eval_out_len=None)),
+    "synthetic": DataSet(synthetic, synthetic.MsrnnSynthetic, None),
+}
+NAMES: tuple[str, ...] = tuple(DATASETS)
+
+
+def get(name: str) -> DataSet:
+  """The data set called ``name`` (``config.data.name``)."""
+  if name not in DATASETS:
+    raise ValueError(f"config.data.name={name!r} is unknown; use one of {NAMES}.")
+  return DATASETS[name]
+
+
+def dataset_preset(name: str, like: str | None = None) -> dict[str, Any]:
+  """Shape keys (image_size, channels, in/out lengths) of a data set's reference protocol.
+
+  ``cfg.data.update(dataset_preset('kth'))`` applies one.
+
+  Args:
+    name: a data-set name; for 'synthetic' the shapes of ``like`` are returned.
+    like: the data set that synthetic data imitate (default 'mmnist'; styles
+      without a data set of their own, such as 'blobs', take mmnist's shapes).
+
+  Returns:
+    A dict to ``update`` a ``config.data`` with (includes ``name``, and
+    ``synthetic_like`` for synthetic data).
+  """
+  if name == "synthetic":
+    like = like or "mmnist"
+    preset = DATASETS[like].preset if like in DATASETS else None
+    return dict(preset or DATASETS["mmnist"].preset, name="synthetic", synthetic_like=like)
+  preset = get(name).preset
+  assert preset is not None, name
+  return dict(preset, name=name)
