@@ -164,6 +164,10 @@ def _load() -> None:
                    _state["version"], _state["isa"])
     except (RuntimeError, OSError, AttributeError) as e:
       _state.update(ok=False, reason=str(e))
+      if jax.default_backend() == "cpu":  # elsewhere XLA's own convolutions are the plan
+        logging.warning("oneDNN convolutions unavailable (%s); CPU convolutions take the "
+                        "portable, slower path. Install them with: pip install "
+                        "'msrnn_jax[cpu]'", " ".join(str(e).split())[:300])
 
 
 def available() -> bool:
