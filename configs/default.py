@@ -57,8 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
   # nn.scan unroll factor: 1 = rolled loop (compile time independent of T);
   # >= T-1 = fully unrolled.
   config.model.scan_unroll = 1
-  # Convolution: 'auto' (oneDNN on one CPU device, the matmul kernel gradient
-  # on several, XLA's on GPU), 'xla', 'matmul', 'matmul_bf16', 'onednn'.
+  # Convolution: 'auto' (oneDNN on CPU where installed, else the matmul kernel
+  # gradient; XLA's on GPU), 'xla', 'matmul', 'matmul_bf16', 'onednn'.
   config.model.conv_impl = "auto"
   # Compute dtype ('float32' or 'bfloat16'); params and Adam state stay float32.
   config.model.dtype = "float32"
