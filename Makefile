@@ -14,7 +14,7 @@ $(BIN)/.installed: requirements.txt requirements-dev.txt setup.cfg
 	$(BIN)/pip install -q -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps -e .
 	# Compile the oneDNN convolutions now (cached), and say if they are unavailable.
-	$(BIN)/python -c "from msrnn_jax import onednn; print('oneDNN convolutions:', onednn.version() or 'unavailable: ' + onednn.unavailable_reason())"
+	$(BIN)/python -c "from msrnn_jax import backend; print(backend.summary())"
 	touch $@
 
 venv: $(BIN)/.installed

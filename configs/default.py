@@ -31,11 +31,19 @@ def get_config() -> ml_collections.ConfigDict:
   # Summary writer: 'auto' (clu if TensorFlow is installed, else tensorboardX),
   # 'tensorboardx' or 'clu'.
   config.summary_backend = "auto"
-  # Keep freed host memory for reuse (glibc; msrnn_jax/host_memory.py): CPU
-  # steps stop page-faulting their temporaries in every step (ConvLSTM at the
-  # paper's shape: ~0.9x the step time) at the price of ~2x their size in
-  # resident memory. Applied by msrnn_jax.main before JAX starts.
-  config.keep_freed_memory = True
+
+  # The platform seam (msrnn_jax/backend): how fast, with how much host
+  # memory; results agree to float rounding whatever is chosen.
+  config.backend = ml_collections.ConfigDict()
+  # Convolution kernel: 'auto' (oneDNN on CPU where the msrnn_jax[cpu] extra
+  # is installed, else the portable matmul gradients; XLA's own on GPU/TPU),
+  # 'xla', 'matmul', 'matmul_bf16', 'onednn'.
+  config.backend.conv_impl = "auto"
+  # Keep freed host memory for reuse (glibc; msrnn_jax/backend/allocator.py):
+  # CPU steps stop page-faulting their temporaries in every step (ConvLSTM at
+  # the paper's shape: ~0.9x the step time) at the price of ~2x their size
+  # in resident memory. Applied by msrnn_jax.main before JAX starts.
+  config.backend.keep_freed_memory = True
 
   config.model = ml_collections.ConfigDict()
   # One of msrnn_jax.models.MODEL_NAMES, e.g. convlstm, ms_convlstm, ms_motionrnn.
@@ -57,9 +65,6 @@ def get_config() -> ml_collections.ConfigDict:
   # nn.scan unroll factor: 1 = rolled loop (compile time independent of T);
   # >= T-1 = fully unrolled.
   config.model.scan_unroll = 1
-  # Convolution: 'auto' (oneDNN on CPU where installed, else the matmul kernel
-  # gradient; XLA's on GPU), 'xla', 'matmul', 'matmul_bf16', 'onednn'.
-  config.model.conv_impl = "auto"
   # Compute dtype ('float32' or 'bfloat16'); params and Adam state stay float32.
   config.model.dtype = "float32"
   # 'torch' (PyTorch Conv2d defaults, as the reference) or 'flax'.

@@ -1,6 +1,6 @@
 """Training-step speed: step time, compile time and achieved GFLOP/s.
 
-For each model, the real jitted training step (``train.make_train_step``:
+For each model, the real jitted training step (``msrnn_jax.training.step.make_train_step``:
 forward, loss, backward, Adam; state donated) is compiled ahead of time and
 run on random frames:
 
@@ -9,7 +9,7 @@ run on random frames:
   time over ``--repeats`` (>= 5) timed steps after ``--warmup`` steps, and
   compiled memory;
 * FLOPs per step from XLA's cost analysis of the unrolled program (a rolled
-  loop's body is counted once, see ``msrnn_jax/memory.py``), hence GFLOP/s of
+  loop's body is counted once, see ``msrnn_jax/analysis/footprint.py``), hence GFLOP/s of
   both paths;
 * the scan path's compile time at T=20 and T=40 (compile only), which should
   hardly grow since the loop body is compiled once.
@@ -28,9 +28,11 @@ already there are skipped) and a table is printed::
 
 Timings on a shared machine are inflated by other processes; compare rows
 measured back to back. Like ``msrnn_jax.main``, the script first makes glibc
-keep freed memory for reuse (``msrnn_jax.host_memory``), so steps do not
-page-fault their temporaries in again; ``--no-keep-freed-memory`` leaves
-malloc as it is (docs/performance.md).
+keep freed memory for reuse (``msrnn_jax.backend.prepare_host``), so steps do
+not page-fault their temporaries in again; ``--no-keep-freed-memory`` leaves
+malloc as it is (docs/performance.md). ``--conv-impl`` sets the process-wide
+convolution kernel (``msrnn_jax.backend.configure``) once, before anything is
+traced.
 """
 
 import argparse
@@ -45,8 +47,10 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from msrnn_jax import host_memory, memory, models, train  # noqa: E402
-from msrnn_jax.conv import resolve_impl  # noqa: E402
+from msrnn_jax import backend  # noqa: E402
+from msrnn_jax import model as model_lib  # noqa: E402
+from msrnn_jax.analysis import footprint  # noqa: E402
+from msrnn_jax.training import step as train_step  # noqa: E402
 
 CELLS = ("convlstm", "trajgru", "predrnn", "predrnn_pp", "mim", "motionrnn")
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -73,9 +77,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--no-unrolled", action="store_true", help="skip the fully unrolled path")
   p.add_argument("--no-compile-t40", action="store_true",
                  help="skip the T=20 vs T=40 compile-time comparison")
-  p.add_argument("--conv-impl", default="auto")
+  p.add_argument("--conv-impl", default="auto",
+                 help="convolution kernel for the whole run (msrnn_jax.backend.configure): "
+                      + ", ".join(backend.CONV_IMPLS))
   p.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
-                 help="leave glibc malloc as it is (default: host_memory.keep_freed_memory(), "
+                 help="leave glibc malloc as it is (default: backend.prepare_host(), "
                       "as msrnn_jax.main does)")
   p.add_argument("--malloc-tuning", action="store_true",
                  help="accepted for old command lines; keeping freed memory is the default now")
@@ -91,13 +97,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def compile_step(model, tx, shape, in_len):
-  """AOT-compiles the train step on abstract arguments (``memory.compile_train_step``).
+  """AOT-compiles the train step on abstract arguments (``footprint.compile_train_step``).
 
   Returns:
     ``(compiled, wall seconds, process CPU seconds)``.
   """
   t0, c0 = time.perf_counter(), time.process_time()
-  _, compiled, _, _ = memory.compile_train_step(model, tx, shape, in_len, 0.01)
+  _, compiled, _, _ = footprint.compile_train_step(model, tx, shape, in_len, 0.01)
   return compiled, time.perf_counter() - t0, time.process_time() - c0
 
 
@@ -120,7 +126,7 @@ def time_steps(compiled, model, tx, shape, warmup: int,
     On a shared machine the CPU time is the steadier figure: it does not
     count time spent waiting for a core.
   """
-  state = jax.jit(lambda: train.create_train_state(model, tx, shape, 0))()
+  state = jax.jit(lambda: train_step.create_train_state(model, tx, shape, 0))()
   frames = jax.random.uniform(jax.random.PRNGKey(1), shape, jnp.float32)
   # eta = 0.5: scheduled sampling mixes truth and predictions, as in training.
   eta, eta_c = jnp.asarray(0.5, jnp.float32), jnp.asarray(1.0, jnp.float32)
@@ -141,19 +147,18 @@ def bench_model(name: str, args, sh: dict) -> dict:
   in_len = t // 2
   shape = (sh["batch"], t, sh["size"], sh["size"], 1)
   tx = optax.adam(3e-4)
-  opts = dict(hidden=sh["hidden"], num_layers=sh["num_layers"], channels=1, in_len=in_len,
-              conv_impl=args.conv_impl)
-  out = {"model": name, "params": memory.param_count(name, hidden=sh["hidden"],
-                                                      num_layers=sh["num_layers"])}
+  opts = dict(hidden=sh["hidden"], num_layers=sh["num_layers"], channels=1, in_len=in_len)
+  out = {"model": name, "params": footprint.param_count(name, hidden=sh["hidden"],
+                                                         num_layers=sh["num_layers"])}
   paths = {"scan": 1} if args.no_unrolled else {"scan": 1, "unrolled": t - 1}
   for path, unroll in paths.items():
-    model = models.create(name, scan_unroll=unroll, **opts)
+    model = model_lib.create(name, scan_unroll=unroll, **opts)
     compiled, compile_s, compile_cpu_s = compile_step(model, tx, shape, in_len)
-    need, have = memory.memory_sizes(compiled)["total"], available_bytes()
+    need, have = footprint.memory_sizes(compiled)["total"], available_bytes()
     if have is not None and need > 0.9 * have:
       # E.g. unrolled PredRNN at the paper's shape needs ~32 GB on a 24 GB host.
       out[path] = {"compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
-                   "total_bytes": need, "raw_flops": memory.flops_of(compiled),
+                   "total_bytes": need, "raw_flops": footprint.flops_of(compiled),
                    "skipped": f"needs {need / 1e9:.1f} GB, {have / 1e9:.1f} GB available"}
       print(f"  {name} {path}: compile {compile_s:.1f}s; not run: {out[path]['skipped']}",
             flush=True)
@@ -162,24 +167,25 @@ def bench_model(name: str, args, sh: dict) -> dict:
     out[path] = {"compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
                  "step_s": statistics.median(times), "step_min_s": min(times), "times": times,
                  "step_cpu_s": statistics.median(cpu), "cpu_times": cpu,
-                 "total_bytes": need, "raw_flops": memory.flops_of(compiled)}
+                 "total_bytes": need, "raw_flops": footprint.flops_of(compiled)}
     print(f"  {name} {path}: compile {compile_s:.1f}s ({compile_cpu_s:.1f} CPU-s), step "
           f"{statistics.median(times):.3f}s (min {min(times):.3f}, max {max(times):.3f}; "
           f"CPU {statistics.median(cpu):.3f}s)", flush=True)
-  if "unrolled" in out and resolve_impl(args.conv_impl) != "onednn":  # compiled even if too large
+  # Compiled even if too large to run; custom-call kernels hide their FLOPs.
+  if "unrolled" in out and backend.conv_impl() in ("xla", "matmul", "matmul_bf16"):
     out["flops"] = out["unrolled"]["raw_flops"]
   else:
-    # memory.analyze counts onednn steps' FLOPs on the matmul path (XLA's
-    # cost analysis does not see inside custom calls).
-    out["flops"] = memory.analyze(name, image_size=sh["size"], batch_per_device=sh["batch"],
-                                  seq_len=t, flops="multiply", hidden=sh["hidden"],
-                                  num_layers=sh["num_layers"], conv_impl=args.conv_impl)["flops"]
+    # footprint.analyze counts the FLOPs of kernels XLA's cost analysis cannot
+    # see into (custom calls) on a visible kernel (backend.flop_countable).
+    out["flops"] = footprint.analyze(name, image_size=sh["size"], batch_per_device=sh["batch"],
+                                     seq_len=t, flops="multiply", hidden=sh["hidden"],
+                                     num_layers=sh["num_layers"])["flops"]
   for path in paths:
     if "step_s" in out[path]:
       out[path]["gflops_per_s"] = out["flops"] / out[path]["step_s"] / 1e9
   if not args.no_compile_t40:
     for tt in (20, 40):
-      model = models.create(name, scan_unroll=1, **{**opts, "in_len": tt // 2})
+      model = model_lib.create(name, scan_unroll=1, **{**opts, "in_len": tt // 2})
       _, secs, cpu_secs = compile_step(model, tx, (sh["batch"], tt, sh["size"], sh["size"], 1),
                                        tt // 2)
       out[f"scan_compile_s_T{tt}"] = secs
@@ -229,7 +235,9 @@ def table(results: dict, markdown: bool = False) -> str:
 def main(argv=None) -> None:
   args = parse_args(argv)
   # Before JAX starts its backend, as msrnn_jax.main does (docs/performance.md).
-  malloc_tuned = host_memory.keep_freed_memory() if args.keep_freed_memory else False
+  malloc_tuned = backend.prepare_host(keep_freed_memory=args.keep_freed_memory)
+  # One kernel for the whole process, chosen before anything is traced.
+  backend.configure(args.conv_impl)
   sh = SHAPES[args.shape]
   names = args.models.split(",") if args.models else list(sh["models"])
   settings = {k: v for k, v in sh.items() if k != "models"}
@@ -243,6 +251,7 @@ def main(argv=None) -> None:
     if old.get("settings") == settings:
       results = old
   print(f"shape {args.shape}: {settings}", flush=True)
+  print(backend.summary(), flush=True)
   for name in names:
     if name in results["models"] and ("unrolled" in results["models"][name]
                                       or args.no_unrolled):

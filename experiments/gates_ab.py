@@ -1,6 +1,6 @@
-"""A/B: the fused gate VJPs (``msrnn_jax.gates``) against plain autodiff of the same maths.
+"""A/B: the fused gate VJPs (``msrnn_jax.model.gates``) against plain autodiff of the same maths.
 
-Compiles the real training step (``memory.compile_train_step``, state donated)
+Compiles the real training step (``footprint.compile_train_step``, state donated)
 twice in one process: with the cells' fused custom-VJP gate functions (the
 library) and with those functions' plain bodies, so autodiff derives the
 backward pass. Reports compiled memory of both and step times measured
@@ -12,8 +12,10 @@ shared machine hit both alike.
 """
 
 import argparse
+import importlib
 import json
 import os
+import pkgutil
 import statistics
 import sys
 import time
@@ -23,9 +25,15 @@ import jax.numpy as jnp
 import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from msrnn_jax import cells, gates, memory, models, train  # noqa: E402
+from msrnn_jax import model as model_lib  # noqa: E402
+from msrnn_jax.analysis import footprint  # noqa: E402
+from msrnn_jax.model import cells, gates  # noqa: E402
+from msrnn_jax.training import step as train_step  # noqa: E402
 
 GATE_FUNCTIONS = ("lstm_update", "memory_update", "gated_tanh")
+# The cell modules (one file per cell), which import the gate functions by name.
+CELL_MODULES = tuple(importlib.import_module(f"{cells.__name__}.{m.name}")
+                     for m in pkgutil.iter_modules(cells.__path__))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,7 +52,9 @@ def use_fused_gates(fused: bool) -> None:
   """Points the cells at the custom-VJP gate functions or at their plain bodies."""
   for name in GATE_FUNCTIONS:
     fn = getattr(gates, name)
-    setattr(cells, name, fn if fused else fn.fun)
+    for module in CELL_MODULES:
+      if hasattr(module, name):
+        setattr(module, name, fn if fused else fn.fun)
 
 
 def main(argv=None) -> dict:
@@ -57,15 +67,16 @@ def main(argv=None) -> dict:
   try:
     for variant in ("autodiff", "fused"):
       use_fused_gates(variant == "fused")
-      model = models.create(args.model, channels=1, in_len=in_len, hidden=args.hidden)
+      model = model_lib.create(args.model, channels=1, in_len=in_len, hidden=args.hidden)
       tx = optax.adam(1e-4)
-      state = jax.jit(lambda model=model, tx=tx: train.create_train_state(model, tx, shape, 0))()
-      _, compiled, _, compile_s = memory.compile_train_step(model, tx, shape, in_len, 0.0)
+      state = jax.jit(
+          lambda model=model, tx=tx: train_step.create_train_state(model, tx, shape, 0))()
+      _, compiled, _, compile_s = footprint.compile_train_step(model, tx, shape, in_len, 0.0)
       state, _ = compiled(state, *inputs)  # warm-up
       jax.block_until_ready(state)
       runs[variant] = [compiled, state]
       result["variants"][variant] = {"compile_s": compile_s,
-                                     "total_bytes": memory.memory_sizes(compiled)["total"],
+                                     "total_bytes": footprint.memory_sizes(compiled)["total"],
                                      "times": []}
   finally:
     use_fused_gates(True)

@@ -2,9 +2,9 @@
 
 For each model (plain and MS- of the six cells) and remat mode, compiles the
 real training step at each frame size without running it
-(``msrnn_jax.memory.analyze``) and records XLA's per-device memory analysis;
-then finds the largest square frame whose step fits the budget
-(``memory.find_max_resolution``, seeded with the sweep's own figures). The
+(``msrnn_jax.analysis.footprint.analyze``) and records XLA's per-device
+memory analysis; then finds the largest square frame whose step fits the budget
+(``footprint.find_max_resolution``, seeded with the sweep's own figures). The
 defaults are the paper's settings: 6 layers x 64 channels, 3x3 kernels,
 T = 20 (10 -> 10), one example per device, float32, Adam.
 
@@ -21,7 +21,8 @@ table. Examples::
     # CI-sized run (two models, small hidden, two sizes, a 50 MB budget).
     python experiments/memory_vs_resolution.py --quick
 
-Convolutions default to ``--conv-impl xla``: the GPU path (``conv_impl='auto'``
+Convolutions default to ``--conv-impl xla`` (the process-wide kernel, set
+once with ``msrnn_jax.backend.configure``): the GPU path (``conv_impl='auto'``
 resolves to it on GPU), which is where a 40 GB budget applies. The CPU path
 (``matmul``) builds im2col patches for the kernel gradient and needs more
 temporary memory (see experiments/README.md).
@@ -40,7 +41,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from msrnn_jax import memory  # noqa: E402
+from msrnn_jax import backend  # noqa: E402
+from msrnn_jax.analysis import footprint  # noqa: E402
 
 CELLS = ("convlstm", "trajgru", "predrnn", "predrnn_pp", "mim", "motionrnn")
 ALL_MODELS = tuple(n for c in CELLS for n in (c, f"ms_{c}"))
@@ -65,7 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--num-layers", type=int, default=6)
   p.add_argument("--seq-len", type=int, default=20)
   p.add_argument("--batch", type=int, default=1, help="examples per device")
-  p.add_argument("--conv-impl", default="xla", help="model conv_impl (see module docstring)")
+  p.add_argument("--conv-impl", default="xla",
+                 help="convolution kernel (msrnn_jax.backend.configure; see module docstring)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                  help="compute dtype (bfloat16: activations and residuals in bfloat16; "
                       "parameters and Adam state stay float32)")
@@ -130,8 +133,7 @@ def run_sweep(args, data: dict, path: str) -> None:
   models = [m for m in args.models.split(",") if m]
   remats = [r for r in args.remat.split(",") if r]
   sizes = [int(s) for s in args.sizes.split(",") if s]
-  opts = dict(hidden=args.hidden, num_layers=args.num_layers, conv_impl=args.conv_impl,
-              dtype=args.dtype)
+  opts = dict(hidden=args.hidden, num_layers=args.num_layers, dtype=args.dtype)
   done = {(e["model"], e["remat"], e["size"]) for e in data["entries"]}
   for name in models:
     for remat in remats:
@@ -140,8 +142,8 @@ def run_sweep(args, data: dict, path: str) -> None:
           continue
         t0 = time.perf_counter()
         try:
-          r = memory.analyze(name, image_size=size, batch_per_device=args.batch,
-                             seq_len=args.seq_len, flops="none", remat=remat, **opts)
+          r = footprint.analyze(name, image_size=size, batch_per_device=args.batch,
+                                seq_len=args.seq_len, flops="none", remat=remat, **opts)
         except ValueError as e:  # e.g. a size the pyramid cannot take
           print(f"skip {name} remat={remat} {size}: {e}", flush=True)
           continue
@@ -169,10 +171,10 @@ def run_sweep(args, data: dict, path: str) -> None:
       hi = min(above) if above else None
       t0 = time.perf_counter()
       try:
-        res = memory.find_max_resolution(name, budget, batch_per_device=args.batch,
-                                         seq_len=args.seq_len, lo=lo, hi=hi,
-                                         max_size=args.max_size, known=known, remat=remat,
-                                         **opts)
+        res = footprint.find_max_resolution(name, budget, batch_per_device=args.batch,
+                                            seq_len=args.seq_len, lo=lo, hi=hi,
+                                            max_size=args.max_size, known=known, remat=remat,
+                                            **opts)
       except ValueError as e:
         print(f"max-res {name} remat={remat}: {e}", flush=True)
         res = {"model": name, "size": None, "bytes": None, "next_size": None,
@@ -302,6 +304,8 @@ def main(argv=None) -> None:
   args = parse_args(argv)
   path = args.out + ".json"
   data = load(path, settings_of(args))
+  # The kernel is a process-wide setting, read when the steps are traced.
+  backend.configure(args.conv_impl)
   run_sweep(args, data, path)
   write_csv(args.out + ".csv", data)
   budget = args.budget_gb * 1e9

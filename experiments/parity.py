@@ -1,7 +1,7 @@
 """Parity self-check: msrnn_jax against a PyTorch rebuild of the authors' models.
 
 For each model (``--models``; ConvLSTM, MS-ConvLSTM, PredRNN, MS-PredRNN) this
-builds our JAX model with ``msrnn_jax.models.create`` and the PyTorch rebuild
+builds our JAX model with ``msrnn_jax.model.create`` and the PyTorch rebuild
 of the authors' model (``experiments/torch_reference.py``; MS-RNN, Ma et al.,
 arXiv:2206.03010, code at github.com/mazhf/MS-RNN, commit c563636),
 initialises the JAX parameters, copies them into the PyTorch model (HWIO
@@ -12,7 +12,7 @@ all in float32:
 
 * the T-1 predicted frames: ``max|a - b| / max|b|`` over the whole output;
 * the loss (L2 sum + L1 sum over pixels, mean over frames and batch,
-  ``msrnn_jax.losses``): ``|a - b| / |b|``;
+  ``msrnn_jax.training.losses``): ``|a - b| / |b|``;
 * every parameter gradient: ``max|a - b| / max|b|`` per tensor (``a`` ours,
   ``b`` PyTorch's), reported as the worst tensor;
 * the parameter counts (equal, and at 6 x 64 equal to the authors' models).
@@ -44,7 +44,9 @@ GB.) Then, from the repository root::
 Defaults: hidden 16, 6 layers, batch 2, T = 20 with 10 context frames, 64x64,
 ``conv_impl='auto'`` (oneDNN on CPU): about 2 minutes for the four models on
 2 cores. ``--conv-impl xla`` checks XLA's own convolutions (the GPU path),
-which are slow on CPU inside the rolled time loop (about 16 minutes).
+which are slow on CPU inside the rolled time loop (about 16 minutes). Each
+kernel listed is the process-wide one (``msrnn_jax.backend.using``) while
+its JAX side is traced and run.
 """
 
 import argparse
@@ -210,7 +212,7 @@ def jax_loss_and_grads(model, params, frames: np.ndarray, mask: np.ndarray):
   import jax
   import jax.numpy as jnp
 
-  from msrnn_jax import losses
+  from msrnn_jax.training import losses
 
   frames = jnp.asarray(frames, jnp.float32)
   mask = jnp.asarray(mask, jnp.float32)
@@ -230,21 +232,23 @@ def check_model(name: str, impls: list[str], args: argparse.Namespace, tmp: str)
   import jax
   import jax.numpy as jnp
 
-  from msrnn_jax import conv, models
+  from msrnn_jax import backend
+  from msrnn_jax import model as model_lib
 
   rng = np.random.default_rng(args.seed)
   b, t, s, c = args.batch, args.seq_len, args.size, 1
   frames = rng.uniform(size=(b, t, s, s, c)).astype(np.float32)
   mask = (rng.uniform(size=(b, t - 1)) < 0.5).astype(np.float32)
 
-  def create(impl, hidden=args.hidden):
-    return models.create(name, hidden=hidden, num_layers=NUM_LAYERS, channels=c,
-                         in_len=args.in_len, conv_impl=impl)
+  def create(hidden=args.hidden):
+    return model_lib.create(name, hidden=hidden, num_layers=NUM_LAYERS, channels=c,
+                            in_len=args.in_len)
 
-  params = jax.jit(create("xla").init)(jax.random.PRNGKey(args.seed), jnp.asarray(frames),
-                                       jnp.asarray(mask))["params"]
-  paper_shapes = jax.eval_shape(create("xla", 64).init, jax.random.PRNGKey(0),
-                                jax.ShapeDtypeStruct((1, 2, 16, 16, 1), jnp.float32))
+  with backend.using("xla"):
+    params = jax.jit(create().init)(jax.random.PRNGKey(args.seed), jnp.asarray(frames),
+                                    jnp.asarray(mask))["params"]
+    paper_shapes = jax.eval_shape(create(64).init, jax.random.PRNGKey(0),
+                                  jax.ShapeDtypeStruct((1, 2, 16, 16, 1), jnp.float32))
   jax_params_6x64 = int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(paper_shapes)))
   torch_params = jax_to_torch(params)
   cfg = {"model": name, "hidden": args.hidden, "layers": NUM_LAYERS, "channels": c,
@@ -255,12 +259,14 @@ def check_model(name: str, impls: list[str], args: argparse.Namespace, tmp: str)
   results = []
   for impl in impls:
     t0 = time.perf_counter()
-    preds, loss, grads = jax_loss_and_grads(create(impl), params, frames, mask)
+    # Traced and run inside the block: the kernel is read when tracing.
+    with backend.using(impl) as resolved:
+      preds, loss, grads = jax_loss_and_grads(create(), params, frames, mask)
     seconds = time.perf_counter() - t0
     preds = preds.transpose(1, 0, 4, 2, 3)
     grad_errs = {k: rel_err(v, ref["grads"][k]) for k, v in jax_to_torch(grads).items()}
     worst = max(grad_errs, key=grad_errs.get)
-    r = {"model": name, "conv_impl": impl, "resolved_impl": conv.resolve_impl(impl),
+    r = {"model": name, "conv_impl": impl, "resolved_impl": resolved,
          "params": count(torch_params.values()), "torch_params": ref["meta"]["params"],
          "params_6x64": jax_params_6x64, "torch_params_6x64": ref["meta"]["params_6x64"],
          "paper_params_6x64": PAPER_PARAMS[name],

@@ -10,7 +10,8 @@ CPU recipe (embedded Moving MNIST, see experiments/README.md):
 
     python experiments/reproduce.py --out=experiments/results/reproduce_cpu
 
-Paper scale (GPU): ``--config=configs/mmnist.py --set=train.num_steps=-1``.
+Paper scale (GPU): ``--config=configs/mmnist.py --config.train.num_steps=-1``. Any
+config key is overridden as on the main command line (``--config.<key>=<value>``).
 
 ``--summarize_only`` trains nothing and summarises the finished runs (e.g. while
 other seeds are still training).
@@ -23,6 +24,7 @@ import pathlib
 import sys
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -31,51 +33,20 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
   """Defined only when run as a script, so importing this module (tests) adds no flags."""
-  flags.DEFINE_string("config", "configs/mmnist.py:cpu", "Base config file[:variant].")
+  config_flags.DEFINE_config_file("config", "configs/mmnist.py:cpu",
+                                  "Base config file[:variant]; override keys with --config.x=v.")
   flags.DEFINE_list("models", ["blank", "copy_last", "convlstm", "ms_convlstm_noskip", "ms_convlstm",
                                "predrnn", "ms_predrnn"],
                     "Models: registry names, '<name>_noskip' (MS without skips), and the "
                     "baselines 'copy_last' and 'blank' (all-zero frames).")
   flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds (parameter init, data order, sampling).")
-  flags.DEFINE_multi_string("set", [], "Config overrides key=value, e.g. train.num_steps=500.")
   flags.DEFINE_string("out", "experiments/results/reproduce", "Output folder.")
   flags.DEFINE_bool("summarize_only", False,
                     "Train nothing: summarise the finished runs of --models/--seeds in --out.")
 
 METRICS = ("mse", "mae", "ssim", "psnr")
-# Trivial predictors every run evaluates too (msrnn_jax.metrics.BASELINES).
+# Trivial predictors every run evaluates too (msrnn_jax.evaluation.metrics.BASELINES).
 BASELINES = ("copy_last", "blank")
-
-
-def load_config(spec: str):
-  """Loads ``file.py[:variant]`` like ``--config`` does."""
-  import importlib.util
-  path, _, variant = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("reproduce_base_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(variant) if variant else module.get_config()
-
-
-def apply_overrides(config, overrides: list[str]):
-  """``key.sub=value`` strings; values parsed as Python literals when possible."""
-  import ast
-  for item in overrides:
-    key, sep, value = item.partition("=")
-    if not sep:
-      raise ValueError(f"--set expects key=value, got {item!r}.")
-    try:
-      value = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      pass
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    if leaf not in node:
-      raise ValueError(f"config has no key {key!r}; valid under it: {', '.join(node.keys())}.")
-    node[leaf] = value
-  return config
 
 
 def run_config(base, model: str, seed: int):
@@ -92,7 +63,7 @@ def run_config(base, model: str, seed: int):
 
 def run_one(base, model: str, seed: int, out: str) -> dict:
   """Trains and evaluates one (model, seed) unless its result exists."""
-  from msrnn_jax import train
+  from msrnn_jax.training import train
   path = os.path.join(out, f"{model}_seed{seed}.json")
   if os.path.exists(path):
     logging.info("skipping %s seed %d: %s exists", model, seed, path)
@@ -205,7 +176,7 @@ def _bar_chart(rows: list[dict], path: str) -> None:
 
 def main(argv):
   del argv
-  base = apply_overrides(load_config(FLAGS.config), FLAGS.set)
+  base = FLAGS.config
   os.makedirs(FLAGS.out, exist_ok=True)
   seeds = [int(s) for s in FLAGS.seeds]
   if FLAGS.summarize_only:

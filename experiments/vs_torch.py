@@ -14,15 +14,20 @@ gives a ratio; the median of the per-round ratios is the figure to read.
 
 ``--dtype bfloat16`` compares mixed precision on both sides: our
 ``model.dtype='bfloat16'`` against PyTorch's forward pass under
-``torch.autocast('cpu', dtype=torch.bfloat16)``.
+``torch.autocast('cpu', dtype=torch.bfloat16)``; ``--dtype both`` runs the
+float32 pair and the bfloat16 pair in the same rounds, and also gives our
+bfloat16 step against PyTorch's float32 one.
 
 Shapes are the paper's (6 x 64 hidden, 64x64, T = 20, batch 4). The JAX
-step is ``train.make_train_step`` (forward, loss, backward, Adam; donated
-state), the PyTorch step the reference's (see ``torch_reference.py``).
+step is ``msrnn_jax.training.step.make_train_step`` (forward, loss,
+backward, Adam; donated state), the PyTorch step the reference's (see
+``torch_reference.py``). Each ``--conv-impls`` kernel's step is compiled
+ahead of time inside ``msrnn_jax.backend.using(conv_impl)``, so the
+compiled steps keep their kernels while they take turns.
 Results go to ``experiments/results/vs_torch.json`` and a table is printed.
 
 This process keeps freed host memory for reuse as ``msrnn_jax.main`` does
-(``msrnn_jax.host_memory``; ``--no-keep-freed-memory`` to compare); the
+(``msrnn_jax.backend.prepare_host``; ``--no-keep-freed-memory`` to compare); the
 PyTorch process runs with glibc's defaults, as the authors run it, unless
 ``--torch-malloc keep`` gives it the same settings. The JSON also records
 both processes' peak resident memory.
@@ -43,7 +48,10 @@ import optax
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from msrnn_jax import host_memory, memory, models, onednn, train  # noqa: E402
+from msrnn_jax import backend  # noqa: E402
+from msrnn_jax import model as model_lib  # noqa: E402
+from msrnn_jax.analysis import footprint  # noqa: E402
+from msrnn_jax.training import step as train_step  # noqa: E402
 
 SHAPE = dict(hidden=64, num_layers=6, size=64, seq_len=20, batch=4)
 
@@ -56,15 +64,15 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--models", default="convlstm,ms_convlstm")
   p.add_argument("--conv-impls", default="onednn,matmul", help="JAX conv_impl values to compare")
   p.add_argument("--rounds", type=int, default=8)
-  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+  p.add_argument("--dtype", choices=("float32", "bfloat16", "both"), default="float32",
                  help="bfloat16: our model.dtype='bfloat16' against PyTorch under "
-                      "torch.autocast('cpu', torch.bfloat16)")
+                      "torch.autocast('cpu', torch.bfloat16); both: the two pairs interleaved")
   p.add_argument("--warmup", type=int, default=2,
                  help="untimed steps first (two: the kept heap settles after the second)")
   p.add_argument("--out", default=os.path.join(HERE, "results", "vs_torch.json"))
   p.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
                  help="leave glibc malloc as it is in this (JAX) process (default: "
-                      "msrnn_jax.host_memory.keep_freed_memory(), as msrnn_jax.main does)")
+                      "msrnn_jax.backend.prepare_host(), as msrnn_jax.main does)")
   p.add_argument("--torch-malloc", choices=("default", "keep"), default="default",
                  help="'keep' gives the PyTorch process the same glibc settings (GLIBC_TUNABLES)")
   args = p.parse_args(argv)
@@ -82,8 +90,8 @@ class TorchStep:
            "--warmup", str(warmup), "--size", str(SHAPE["size"]), "--batch", str(SHAPE["batch"]),
            "--seq-len", str(SHAPE["seq_len"]), "--dtype", dtype]
     env = dict(os.environ)
-    if keep_freed_memory:  # the same glibc settings as host_memory.keep_freed_memory()
-      env["GLIBC_TUNABLES"] = host_memory.GLIBC_TUNABLES
+    if keep_freed_memory:  # the same glibc settings as backend.prepare_host()
+      env["GLIBC_TUNABLES"] = backend.allocator.GLIBC_TUNABLES
     self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                  env=env)
     line = self.proc.stdout.readline().strip()
@@ -106,16 +114,22 @@ class TorchStep:
 
 
 class JaxStep:
-  """The compiled JAX training step on random frames (as ``benchmark.py`` runs it)."""
+  """The compiled JAX training step on random frames (as ``benchmark.py`` runs it).
+
+  The step is compiled ahead of time with ``conv_impl`` as the process-wide
+  kernel; the executable keeps it after the ``using`` block restores the
+  setting, so steps of several kernels can take turns in one process.
+  """
 
   def __init__(self, name: str, conv_impl: str, warmup: int, dtype: str = "float32"):
     t = SHAPE["seq_len"]
     self.shape = (SHAPE["batch"], t, SHAPE["size"], SHAPE["size"], 1)
-    model = models.create(name, hidden=SHAPE["hidden"], num_layers=SHAPE["num_layers"],
-                          channels=1, in_len=t // 2, conv_impl=conv_impl, dtype=dtype)
+    model = model_lib.create(name, hidden=SHAPE["hidden"], num_layers=SHAPE["num_layers"],
+                             channels=1, in_len=t // 2, dtype=dtype)
     tx = optax.adam(3e-4)
-    _, self.compiled, _, _ = memory.compile_train_step(model, tx, self.shape, t // 2, 0.01)
-    self.state = jax.jit(lambda: train.create_train_state(model, tx, self.shape, 0))()
+    with backend.using(conv_impl):
+      _, self.compiled, _, _ = footprint.compile_train_step(model, tx, self.shape, t // 2, 0.01)
+      self.state = jax.jit(lambda: train_step.create_train_state(model, tx, self.shape, 0))()
     self.frames = jax.random.uniform(jax.random.PRNGKey(1), self.shape, jnp.float32)
     self.eta = (jnp.asarray(0.5, jnp.float32), jnp.asarray(1.0, jnp.float32))
     for _ in range(warmup):
@@ -128,41 +142,62 @@ class JaxStep:
     return time.perf_counter() - t0
 
 
+def _dtypes(arg: str) -> list[str]:
+  return ["float32", "bfloat16"] if arg == "both" else [arg]
+
+
+def _ratio(times: list[float], reference: list[float]) -> dict:
+  ratios = [j / p for j, p in zip(times, reference, strict=True)]
+  return {"step_s": statistics.median(times), "ratio_median": statistics.median(ratios),
+          "ratio_min": min(ratios), "ratio_max": max(ratios), "ratios": ratios}
+
+
 def compare(name: str, impls: list[str], args) -> dict:
-  torch_step = TorchStep(args.torch_python, name, args.warmup, args.torch_malloc == "keep",
-                         args.dtype)
-  jax_steps = {impl: JaxStep(name, impl, args.warmup, args.dtype) for impl in impls}
-  times = {"torch": [], **{impl: [] for impl in impls}}
+  """Interleaved rounds; keys ``torch`` / ``<impl>`` (float32) and ``torch_bf16`` /
+  ``<impl>_bf16`` (mixed precision)."""
+  suffix = {"float32": "", "bfloat16": "_bf16"}
+  torch_steps, jax_steps = {}, {}
   try:
+    for dtype in _dtypes(args.dtype):
+      torch_steps["torch" + suffix[dtype]] = TorchStep(
+          args.torch_python, name, args.warmup, args.torch_malloc == "keep", dtype)
+      for impl in impls:
+        jax_steps[impl + suffix[dtype]] = JaxStep(name, impl, args.warmup, dtype)
+    times = {k: [] for k in (*torch_steps, *jax_steps)}
     for r in range(args.rounds):
-      for impl, step in jax_steps.items():
-        times[impl].append(step())
-      times["torch"].append(torch_step())
+      for key, step in (*jax_steps.items(), *torch_steps.items()):
+        times[key].append(step())
       print(f"  {name} round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
             flush=True)
-    # Peak resident memory: the PyTorch process's, and this process's so far
+    # Peak resident memory: the PyTorch processes', and this process's so far
     # (every JAX step built in it up to now).
     rss = {"jax": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
-           "torch": torch_step.max_rss_gb()}
+           **{k: t.max_rss_gb() for k, t in torch_steps.items()}}
   finally:
-    torch_step.close()
-  out = {"times": times, "torch_step_s": statistics.median(times["torch"]), "max_rss_gb": rss}
-  for impl in impls:
-    ratios = [j / p for j, p in zip(times[impl], times["torch"], strict=True)]
-    out[impl] = {"step_s": statistics.median(times[impl]), "ratio_median": statistics.median(ratios),
-                 "ratio_min": min(ratios), "ratio_max": max(ratios), "ratios": ratios}
+    for t in torch_steps.values():
+      t.close()
+  out = {"times": times, "max_rss_gb": rss,
+         **{f"{k}_step_s": statistics.median(times[k]) for k in torch_steps}}
+  for key in jax_steps:
+    ref = "torch_bf16" if key.endswith("_bf16") else "torch"
+    out[key] = _ratio(times[key], times[ref])
+    if ref != "torch" and "torch" in times:  # mixed precision against PyTorch's float32 step
+      out[key]["vs_torch_fp32"] = _ratio(times[key], times["torch"])
   return out
 
 
 def main(argv=None) -> None:
   args = parse_args(argv)
-  kept = host_memory.keep_freed_memory() if args.keep_freed_memory else False
+  kept = backend.prepare_host(keep_freed_memory=args.keep_freed_memory)
   impls = [i for i in args.conv_impls.split(",") if i]
-  if "onednn" in impls:
-    onednn.require()
+  for impl in impls:
+    backend.resolve(impl)  # fails here, with the reason, for an unknown or unavailable kernel
+  # oneDNN's version and ISA (describe() reports them while oneDNN is the kernel).
+  with backend.using("onednn" if "onednn" in impls else "auto"):
+    info = backend.describe()
   results = {"settings": {**SHAPE, "rounds": args.rounds, "warmup": args.warmup,
-                          "dtype": args.dtype, "onednn_isa": onednn.cpu_isa(),
-                          "onednn": onednn.version(), "loadavg_start": os.getloadavg(),
+                          "dtype": args.dtype, "onednn_isa": info.get("cpu_isa"),
+                          "onednn": info.get("onednn"), "loadavg_start": os.getloadavg(),
                           "jax_keep_freed_memory": kept, "torch_malloc": args.torch_malloc},
              "models": {}}
   for name in args.models.split(","):
@@ -173,15 +208,20 @@ def main(argv=None) -> None:
   with open(args.out + ".tmp", "w") as f:
     json.dump(results, f, indent=1)
   os.replace(args.out + ".tmp", args.out)
-  print("| model | PyTorch step | " + " | ".join(
-      f"JAX `{i}` step | `{i}` / PyTorch (median of rounds, range)" for i in impls) + " |")
-  print("|---|---|" + "---|---|" * len(impls))
+  print("| model | step | PyTorch | JAX | JAX / PyTorch (median of rounds, range) | "
+        "JAX / PyTorch fp32 |")
+  print("|---|---|---|---|---|---|")
   for name, r in results["models"].items():
-    cells = [f"{r['torch_step_s']:.2f} s"]
-    for i in impls:
-      cells += [f"{r[i]['step_s']:.2f} s",
-                f"**{r[i]['ratio_median']:.2f}** ({r[i]['ratio_min']:.2f}-{r[i]['ratio_max']:.2f})"]
-    print(f"| {name} | " + " | ".join(cells) + " |")
+    for dtype in _dtypes(args.dtype):
+      tkey = "torch" if dtype == "float32" else "torch_bf16"
+      for i in impls:
+        key = i if dtype == "float32" else f"{i}_bf16"
+        x = r[key]
+        vs32 = x.get("vs_torch_fp32")
+        print(f"| {name} | {dtype} `{i}` | {r[tkey + '_step_s']:.2f} s | {x['step_s']:.2f} s | "
+              f"**{x['ratio_median']:.2f}** ({x['ratio_min']:.2f}-{x['ratio_max']:.2f}) | "
+              + (f"**{vs32['ratio_median']:.2f}** ({vs32['ratio_min']:.2f}-"
+                 f"{vs32['ratio_max']:.2f})" if vs32 else "") + " |")
   print(f"wrote {args.out}")
 
 

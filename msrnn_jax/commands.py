@@ -44,12 +44,10 @@ def run(config: Any, workdir: str, mode: str = "train", input_path: str | None =
     output_path: predict: where to write the predictions (``.npy``).
     horizon: predict: frames to predict (None: ``data.out_len``).
   """
-  from msrnn_jax import host_memory
-  if config.get("keep_freed_memory", True):
-    # Before anything starts JAX's backend: XLA's threads must not have
-    # malloc arenas of their own yet (msrnn_jax/host_memory.py).
-    host_memory.keep_freed_memory()
-  from msrnn_jax import inference, train
+  from msrnn_jax import backend
+  # Before anything starts JAX's runtime (msrnn_jax/backend/allocator.py).
+  backend.prepare_host(config.get("backend", {}).get("keep_freed_memory", True))
+  from msrnn_jax.training import inference, train
   try:
     if mode == "train":
       train.train_and_evaluate(config, workdir)

@@ -17,7 +17,7 @@ def trained(tmp_path_factory):
   Tests that change a workdir copy it first (shutil.copytree).
   """
   from configs import test as test_config
-  from msrnn_jax import train
+  from msrnn_jax.training import train
   workdir = tmp_path_factory.mktemp("runs") / "straight"
   train.train_and_evaluate(test_config.get_config(), str(workdir))
   return workdir

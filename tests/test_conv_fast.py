@@ -15,8 +15,12 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from msrnn_jax import models, onednn, sharding, train
-from msrnn_jax.conv import CONV_IMPLS, conv2d, input_grad, kernel_grad, resolve_impl
+from msrnn_jax import backend
+from msrnn_jax import model as model_lib
+from msrnn_jax.backend import CONV_IMPLS, conv2d, onednn
+from msrnn_jax.backend.matmul_grads import input_grad, kernel_grad
+from msrnn_jax.training import sharding, train
+from msrnn_jax.training import step as train_step
 
 RNG = np.random.default_rng(5)
 _DN = ("NHWC", "HWIO", "NHWC")
@@ -71,7 +75,7 @@ def test_values_and_gradients_match_lax(case):
     if impl == "onednn" and not onednn.available():
       continue  # test_onednn_is_available_on_linux_x86 says where it must be
     def ours(x, k, impl=impl):
-      return conv2d(x, k, stride=stride, padding=pad, lhs_dilation=dil, impl=impl)
+      return conv2d(x, k, stride=stride, padding=pad, lhs_dilation=dil, conv_impl=impl)
 
     y1, (v1, (dx1, dk1)) = jax.jit(lambda x, k, f=ours: (f(x, k), jax.value_and_grad(
         loss(f), (0, 1))(x, k)))(x, k)
@@ -120,7 +124,7 @@ def test_gradients_inside_rolled_scan(impl):
 
   def loss(k, xs, impl):
     def body(carry, x):
-      return carry + jnp.sum(jnp.tanh(conv2d(x, k, impl=impl)) ** 2), None
+      return carry + jnp.sum(jnp.tanh(conv2d(x, k, conv_impl=impl)) ** 2), None
     return jax.lax.scan(body, 0.0, xs)[0]
 
   g0 = jax.grad(loss, (0, 1))(k, xs, "xla")
@@ -141,13 +145,13 @@ _ONEDNN = "target_name=msrnn_onednn_conv_bwd"
     ("auto", "auto"),
 ])
 def test_config_switch_reaches_the_cells(impl, marker):
-  """``config.model.conv_impl`` decides which kernel gradient the training step uses."""
+  """``config.backend.conv_impl`` decides which kernel gradient the training step uses."""
   if marker == "auto":
     cpu = jax.default_backend() == "cpu"
     marker = (_ONEDNN if onednn.available() else "name=conv_dk_matmul ") if cpu else None
   config = test_config.get_config()
-  config.model.conv_impl = impl
-  model = train.create_model(config)
+  config.backend.conv_impl = impl
+  model = train_step.create_model(config)
   frames = jnp.zeros((1, 4, 16, 16, config.data.channels))
   params = jax.eval_shape(model.init, jax.random.key(0), frames)["params"]
   params = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), params)
@@ -155,7 +159,11 @@ def test_config_switch_reaches_the_cells(impl, marker):
   def loss(p):
     return jnp.sum(model.apply({"params": p}, frames)[0] ** 2)
 
-  jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
+  try:
+    train.start_jax(config)  # where every mode applies config.backend
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
+  finally:
+    backend.configure("auto")
   names = ("name=conv_dk_matmul ", "name=conv_dk_matmul_bf16 ", _ONEDNN)
   assert [n for n in names if n in jaxpr] == ([marker] if marker else [])
   if marker == _ONEDNN:  # the forward pass too
@@ -176,16 +184,16 @@ def test_onednn_is_available_on_linux_x86():
 def test_auto_picks_onednn_on_cpu_any_device_count(monkeypatch, devices):
   monkeypatch.setattr(jax, "device_count", lambda: devices)
   monkeypatch.setattr(onednn, "available", lambda: True)
-  assert resolve_impl("auto") == ("onednn" if jax.default_backend() == "cpu" else "xla")
+  assert backend.resolve("auto") == ("onednn" if jax.default_backend() == "cpu" else "xla")
   monkeypatch.setattr(onednn, "available", lambda: False)
-  assert resolve_impl("auto") == ("matmul" if jax.default_backend() == "cpu" else "xla")
+  assert backend.resolve("auto") == ("matmul" if jax.default_backend() == "cpu" else "xla")
 
 
 def test_onednn_unavailable_error_names_the_fix(monkeypatch):
   monkeypatch.setitem(onednn._state, "ok", False)
   monkeypatch.setitem(onednn._state, "reason", "the oneDNN wheels are not installed: pip install x")
   with pytest.raises(RuntimeError, match="conv_impl='onednn' is unavailable.*pip install.*'matmul'"):
-    resolve_impl("onednn")
+    backend.resolve("onednn")
 
 
 def test_onednn_falls_back_where_it_does_not_apply(monkeypatch):
@@ -194,12 +202,12 @@ def test_onednn_falls_back_where_it_does_not_apply(monkeypatch):
   x, k = _rand(1, 5, 4, 3), _rand(3, 3, 3, 2)
   pad = ((2, 2), (2, 2))
   jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(
-      conv2d(x, k, padding=pad, lhs_dilation=2, impl="onednn") ** 2)))(k))
+      conv2d(x, k, padding=pad, lhs_dilation=2, conv_impl="onednn") ** 2)))(k))
   assert "conv_dk_matmul" in jaxpr and "msrnn_onednn" not in jaxpr
 
   def low_precision_jaxpr(dtype):
     return str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(conv2d(
-        x, k, impl="onednn", dtype=dtype).astype(jnp.float32))))(k))
+        x, k, conv_impl="onednn", dtype=dtype).astype(jnp.float32))))(k))
 
   jaxpr = low_precision_jaxpr(jnp.float16)
   assert "conv_dk_matmul" in jaxpr and "msrnn_onednn" not in jaxpr
@@ -218,7 +226,7 @@ def test_onednn_under_batch_sharding_equals_reference():
 
   def grads(impl):
     def loss(x, k):
-      return jnp.sum(conv2d(x, k, impl=impl) * cot)
+      return jnp.sum(conv2d(x, k, conv_impl=impl) * cot)
     return jax.jit(jax.grad(loss, (0, 1)))(jax.device_put(x, batch), k)
 
   ref = jax.grad(lambda x, k: jnp.sum(_ref_conv(x, k, 1, pad, 1) * cot), (0, 1))(x, k)
@@ -237,15 +245,15 @@ def test_onednn_model_gradients_equal_matmul(name, remat, layers, t):
     pytest.skip(onednn.unavailable_reason())
   frames = jnp.asarray(RNG.uniform(size=(2, t, 16, 16, 1)), jnp.float32)
   out = {}
+  model = model_lib.create(name, hidden=8, num_layers=layers, in_len=2, remat=remat)
+  params = model.init(jax.random.key(0), frames)["params"]
+
+  def loss(p):
+    return jnp.sum((model.apply({"params": p}, frames)[0] - frames[:, 1:]) ** 2)
+
   for impl in ("matmul", "onednn"):
-    model = models.create(name, hidden=8, num_layers=layers, in_len=2, remat=remat,
-                          conv_impl=impl)
-    params = model.init(jax.random.key(0), frames)["params"]
-
-    def loss(p, model=model):
-      return jnp.sum((model.apply({"params": p}, frames)[0] - frames[:, 1:]) ** 2)
-
-    out[impl] = jax.jit(jax.value_and_grad(loss))(params)
+    with backend.using(impl):
+      out[impl] = jax.jit(jax.value_and_grad(loss))(params)
   np.testing.assert_allclose(out["onednn"][0], out["matmul"][0], rtol=1e-5)
   for got, want in zip(jax.tree.leaves(out["onednn"][1]), jax.tree.leaves(out["matmul"][1]),
                        strict=True):
@@ -279,7 +287,7 @@ def test_onednn_runs_on_each_devices_batch_slice(mesh_shape, batch_axes):
   pad = ((1, 1), (1, 1))
 
   def fwd_and_grads(x, k, cot):
-    y, vjp = jax.vjp(lambda x, k: conv2d(x, k, impl="onednn"), x, k)
+    y, vjp = jax.vjp(lambda x, k: conv2d(x, k, conv_impl="onednn"), x, k)
     return (y, *vjp(cot))
 
   step = jax.jit(fwd_and_grads)
@@ -314,7 +322,7 @@ def test_onednn_indivisible_batch_is_replicated_and_exact():
   pad = ((1, 1), (1, 1))
 
   def loss(x, k):
-    return jnp.sum(conv2d(x, k, impl="onednn") * cot)
+    return jnp.sum(conv2d(x, k, conv_impl="onednn") * cot)
 
   # A batch of 6 cannot be placed on 4 devices: ask for the split inside the jit.
   def sharded_grads(x, k):
@@ -332,8 +340,7 @@ def test_onednn_model_gradients_sharded_equal_one_device():
   if not onednn.available():
     pytest.skip(onednn.unavailable_reason())
   config = test_config.get_config()
-  config.model.conv_impl = "onednn"
-  model = train.create_model(config)
+  model = train_step.create_model(config)
   frames = jnp.asarray(RNG.uniform(size=(4, 4, 16, 16, config.data.channels)), jnp.float32)
   mask = jnp.asarray(RNG.uniform(size=(4, 3)) < 0.5, jnp.float32)
   params = model.init(jax.random.key(0), frames)["params"]
@@ -343,17 +350,18 @@ def test_onednn_model_gradients_sharded_equal_one_device():
     return jnp.mean((preds - frames[:, 1:]) ** 2)
 
   grad = jax.jit(jax.value_and_grad(loss))
-  one = grad(params, frames, mask)
   mesh = sharding.make_mesh()
   assert mesh.size == 4
   args = (jax.device_put(params, sharding.replicated(mesh)),
           jax.device_put(frames, sharding.data_sharded(mesh)),
           jax.device_put(mask, sharding.data_sharded(mesh)))
-  four = grad(*args)
+  with backend.using("onednn"):
+    one = grad(params, frames, mask)
+    four = grad(*args)
+    hlo = grad.lower(*args).compile().as_text()
   np.testing.assert_allclose(four[0], one[0], rtol=1e-5)
   for got, want in zip(jax.tree.leaves(four[1]), jax.tree.leaves(one[1]), strict=True):
     _close(got, want, 1e-5)
-  hlo = grad.lower(*args).compile().as_text()
   calls = _onednn_calls(hlo)
   assert calls and all(shape[0] == 1 for _, shape in calls), calls
   assert "all-gather" not in hlo
@@ -403,7 +411,7 @@ def test_onednn_bf16_matches_float32_on_rounded_inputs(case):
   def fwd_and_grads(x, k):
     # As Conv calls it: bfloat16 activations, the float32 kernel as it is.
     y, vjp = jax.vjp(lambda x, k: conv2d(x.astype(jnp.bfloat16), k, stride=stride, padding=pad,
-                                         impl="onednn", dtype=jnp.bfloat16), x, k)
+                                         conv_impl="onednn", dtype=jnp.bfloat16), x, k)
     return (y, *vjp(cot.astype(jnp.bfloat16)))
 
   jaxpr = str(jax.make_jaxpr(fwd_and_grads)(x, k))
@@ -425,7 +433,7 @@ def test_onednn_bf16_kernel_in_bf16_and_batch_sharded():
   cot = _rand(4, 8, 8, 8)
 
   def loss(x, k):
-    return jnp.sum(conv2d(x, k, impl="onednn").astype(jnp.float32) * cot)
+    return jnp.sum(conv2d(x, k, conv_impl="onednn").astype(jnp.float32) * cot)
 
   grads = jax.jit(jax.grad(loss, (0, 1)))
   dx, dk = grads(jax.device_put(x, batch), k)
@@ -444,12 +452,11 @@ def test_bf16_model_routes_to_onednn_with_float32_gradients():
   if not (onednn.available() and onednn.bf16_supported()):
     pytest.skip("no native oneDNN bfloat16 kernels here")
   config = test_config.get_config()
-  config.model.conv_impl = "onednn"
   frames = jnp.asarray(RNG.uniform(size=(2, 4, 16, 16, config.data.channels)), jnp.float32)
   grads = {}
   for dtype in ("float32", "bfloat16"):
     config.model.dtype = dtype
-    model = train.create_model(config)
+    model = train_step.create_model(config)
     params = model.init(jax.random.key(0), frames)["params"]
 
     def loss(p, model=model):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from msrnn_jax import pyramid
-from msrnn_jax.cells import bilinear_warp
-from msrnn_jax.conv import conv2d
+from msrnn_jax.backend import conv2d
+from msrnn_jax.model import pyramid
+from msrnn_jax.model.layers import bilinear_warp
 
 RNG = np.random.default_rng(0)
 
@@ -43,7 +43,7 @@ def test_conv_matches_lax(impl, case):
     return jnp.sum(y * cot)
 
   def ours(x, k):
-    return jnp.sum(conv2d(x, k, stride=stride, padding=pad, lhs_dilation=dil, impl=impl) * cot)
+    return jnp.sum(conv2d(x, k, stride=stride, padding=pad, lhs_dilation=dil, conv_impl=impl) * cot)
 
   (v0, (dx0, dk0)) = jax.value_and_grad(ref, (0, 1))(x, k)
   (v1, (dx1, dk1)) = jax.jit(jax.value_and_grad(ours, (0, 1)))(x, k)
@@ -56,8 +56,8 @@ def test_conv_matches_lax(impl, case):
 
 def test_conv_matmul_is_custom_vjp_and_xla_is_not():
   x, k = _rand(1, 4, 4, 2), _rand(3, 3, 2, 2)
-  fast = str(jax.make_jaxpr(lambda x, k: conv2d(x, k, impl="matmul"))(x, k))
-  stock = str(jax.make_jaxpr(lambda x, k: conv2d(x, k, impl="xla"))(x, k))
+  fast = str(jax.make_jaxpr(lambda x, k: conv2d(x, k, conv_impl="matmul"))(x, k))
+  stock = str(jax.make_jaxpr(lambda x, k: conv2d(x, k, conv_impl="xla"))(x, k))
   assert "custom_vjp" in fast
   assert "custom_vjp" not in stock
 

@@ -8,7 +8,7 @@ from data_fixtures import data_config, hko_name, write_hko_mask
 from PIL import Image
 
 import msrnn_jax.data as data_lib
-import msrnn_jax.rainfall as rainfall
+import msrnn_jax.data.rainfall as rainfall
 from msrnn_jax.data import hko7
 
 SIZE = 24
@@ -85,7 +85,7 @@ def test_resize_interval_and_units(raw_dir):
   assert np.all(np.diff(_minutes(train.keys(0))) == 12)
   assert train[0]["frames"].shape == (4, 8, 8, 1)
   assert int(train[0]["frames"][0, 0, 0, 0]) == 50  # Unmasked this time.
-  # The unit conversions are those of msrnn_jax.rainfall, not copies.
+  # The unit conversions are those of msrnn_jax.data.rainfall, not copies.
   assert hko7.pixel_to_dbz is rainfall.pixel_to_dbz
   assert hko7.rainfall_to_pixel is rainfall.rainfall_to_pixel
   assert hko7.dbz_to_rainfall is rainfall.dbz_to_rainfall

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from msrnn_jax import gates
+from msrnn_jax.model import gates
 
 RNG = np.random.default_rng(3)
 

@@ -1,4 +1,4 @@
-"""Tests for msrnn_jax.metrics against numpy, scikit-image and hand-computed values."""
+"""Tests for msrnn_jax.evaluation.metrics against numpy, scikit-image and hand-computed values."""
 
 import json
 import os
@@ -10,7 +10,8 @@ import pytest
 from scipy import signal
 from skimage.metrics import structural_similarity
 
-from msrnn_jax import metrics, rainfall
+from msrnn_jax.data import rainfall
+from msrnn_jax.evaluation import metrics
 
 # One compiled function for the whole file keeps compile time down.
 _stats = jax.jit(metrics.frame_stats, static_argnames=("with_gdl", "with_radar"))

@@ -5,11 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msrnn_jax import cells, models
-from msrnn_jax import conv as conv_lib
+from msrnn_jax import backend
+from msrnn_jax import model as models
+from msrnn_jax.model import cells
+from msrnn_jax.model.config import ModelConfig
+from msrnn_jax.model.layers import Conv
 
 RNG = np.random.default_rng(1)
-BASES = ("convlstm", "trajgru", "predrnn", "predrnn_pp", "mim", "motionrnn", "predrnn_v2")
+BASES = tuple(cells.FAMILIES)
 
 
 def _frames(b=2, t=4, h=16, w=16, c=1, seed=0):
@@ -38,10 +41,10 @@ def test_shapes_and_ms_params_equal_plain(base):
     init_states, init_m, _ = model.initial_carry(2, 16, 24)
     assert _shapes(states) == _shapes(init_states)
     assert prev.shape == (2, 16, 24, 1)
-    levels = model.pyramid_levels()
+    levels = model.config.pyramid_levels()
     for l, state in enumerate(states):
       assert state[0].shape == (2, 16 >> levels[l], 24 >> levels[l], 8)
-    if cells.CELLS[base].uses_memory:
+    if cells.FAMILIES[base].cell.zigzag_m:
       assert m.shape == init_m.shape == (2, 16 >> levels[-1], 24 >> levels[-1], 8)
     else:
       assert m is None
@@ -51,7 +54,7 @@ def test_shapes_and_ms_params_equal_plain(base):
 
 def test_ms_levels_and_motion_states():
   model = models.create("ms_motionrnn", hidden=8)
-  assert model.pyramid_levels() == (0, 1, 2, 2, 1, 0)
+  assert model.config.pyramid_levels() == (0, 1, 2, 2, 1, 0)
   states, _, _ = model.initial_carry(1, 64, 64)
   # F/D maps at half each layer's resolution: 32, 16, 8, 8, 16, 32, 18 channels.
   assert [s[4].shape[1] for s in states] == [32, 16, 8, 8, 16, 32]
@@ -108,10 +111,11 @@ def _np_params(tree):
 @pytest.mark.parametrize("impl", ["xla", "matmul"])
 def test_convlstm_step_matches_numpy(impl):
   hd = 4
-  cell = cells.ConvLSTMCell(hidden=hd, impl=impl)
+  cell = cells.ConvLSTMCell(config=ModelConfig(hidden=hd))
   x, h, c = (np.asarray(RNG.normal(size=(2, 5, 6, hd)), np.float32) for _ in range(3))
-  variables = cell.init(jax.random.key(0), x, (h, c))
-  h1, (h2, c1), _, _ = cell.apply(variables, x, (h, c))
+  with backend.using(impl):
+    variables = cell.init(jax.random.key(0), x, (h, c))
+    h1, (h2, c1), _, _ = cell.apply(variables, x, (h, c))
   p = _np_params(variables["params"])
   gates = _np_conv(x, p["conv_x"]["kernel"], p["conv_x"]["bias"]) + _np_conv(
       h, p["conv_h"]["kernel"], p["conv_h"]["bias"])
@@ -125,10 +129,11 @@ def test_convlstm_step_matches_numpy(impl):
 
 def test_stlstm_step_matches_numpy():
   hd = 4
-  cell = cells.STLSTMCell(hidden=hd, impl="matmul")
+  cell = cells.STLSTMCell(config=ModelConfig(family="predrnn", hidden=hd))
   x, h, c, m = (np.asarray(RNG.normal(size=(2, 5, 6, hd)), np.float32) for _ in range(4))
-  variables = cell.init(jax.random.key(0), x, (h, c), m)
-  h1, (_, c1), m1, extras = cell.apply(variables, x, (h, c), m)
+  with backend.using("matmul"):
+    variables = cell.init(jax.random.key(0), x, (h, c), m)
+    h1, (_, c1), m1, extras = cell.apply(variables, x, (h, c), m)
   p = _np_params(variables["params"])
 
   def conv(name, v):
@@ -148,14 +153,14 @@ def test_stlstm_step_matches_numpy():
 
 
 def test_torch_init_bounds():
-  cell = cells.ConvLSTMCell(hidden=16)
+  cell = cells.ConvLSTMCell(config=ModelConfig(hidden=16))
   x = np.zeros((1, 4, 4, 16), np.float32)
   p = cell.init(jax.random.key(0), x, (x, x))["params"]["conv_x"]
   bound = 1.0 / np.sqrt(16 * 9)
   for a in (p["kernel"], p["bias"]):
     assert np.abs(a).max() <= bound
     assert np.abs(a).max() > 0.9 * bound  # uniform over the whole range
-  flax_p = cells.ConvLSTMCell(hidden=16, initializer="flax").init(
+  flax_p = cells.ConvLSTMCell(config=ModelConfig(hidden=16, initializer="flax")).init(
       jax.random.key(0), x, (x, x))["params"]["conv_x"]
   assert not np.any(flax_p["bias"])
 
@@ -294,15 +299,15 @@ def test_plain_stack_is_sequential_composition_of_cells(base):
   predictions).
   """
   hd, nl, in_len = 4, 6, 2
-  model = models.create(base, hidden=hd, num_layers=nl, in_len=in_len, conv_impl="xla")
+  model = models.create(base, hidden=hd, num_layers=nl, in_len=in_len)
   x = _frames(b=2, t=5, h=8, w=8)
   variables = model.init(jax.random.key(3), x)
   preds, _ = model.apply(variables, x)
   p = variables["params"]["step"]
-  cell_cls = cells.CELLS[model.cell]
+  cell_cls = cells.FAMILIES[base].cell
 
   def conv1x1(name, features, in_features, v):
-    conv = conv_lib.Conv(features, in_features=in_features, kernel_size=1, impl="xla")
+    conv = Conv(features, in_features=in_features, kernel_size=1)
     return conv.apply({"params": p[name]}, v)
 
   states, m, prev = model.initial_carry(2, 8, 8)
@@ -313,22 +318,22 @@ def test_plain_stack_is_sequential_composition_of_cells(base):
     inp = conv1x1("embed", hd, 1, frame)
     old = list(states)
     for l in range(nl):
-      layer = cell_cls(hidden=hd, layer=l, num_layers=nl, impl="xla")
+      layer = cell_cls(config=model.config, layer=l)
       diag = old[l - 1][0] if (cell_cls.uses_diagonal and l > 0) else None
       inp, states[l], m, _ = layer.apply({"params": p[f"layer_{l}"]}, inp, old[l], m, diag)
     prev = conv1x1("head", 1, hd, inp)
     expected.append(prev)
   np.testing.assert_allclose(preds, jnp.stack(expected, axis=1), rtol=1e-5, atol=1e-6)
   # And MS models keep the paper's UNet skips.
-  assert models.create(f"ms_{base}").skip_topology() == "unet"
-  assert model.skip_topology() == "none"
+  assert models.create(f"ms_{base}").config.skip_topology() == "unet"
+  assert model.config.skip_topology() == "none"
 
 
 def test_predrnn_v2_evaluation_feeds_the_whole_context():
   """Reverse scheduled sampling only acts in training: evaluation (mask None) feeds every
   context frame, as the reference tests PredRNN-V2 at eta_r = 1."""
   model = models.create("predrnn_v2", hidden=4, num_layers=2, in_len=3)
-  assert model.reverse_scheduled_sampling
+  assert model.config.spec.reverse_scheduled_sampling
   np.testing.assert_array_equal(model.truth_mask(None, 2, 5), [[1, 1, 1, 0, 0]] * 2)
   np.testing.assert_array_equal(model.truth_mask(jnp.zeros((2, 5)), 2, 5), [[1, 0, 0, 0, 0]] * 2)
   x = _frames(b=2, t=6, h=8, w=8)
@@ -336,3 +341,68 @@ def test_predrnn_v2_evaluation_feeds_the_whole_context():
   preds, _ = model.apply(variables, x)
   fed, _ = model.apply(variables, x, jnp.asarray([[1, 1, 1, 0, 0]] * 2, jnp.float32))
   np.testing.assert_array_equal(preds, fed)
+
+
+def test_a_new_cell_is_one_class_and_one_registry_entry(monkeypatch):
+  """The worked example of docs/model.md: a ConvGRU cell, registered, is a plain and an MS model."""
+  from typing import ClassVar
+
+  import flax.linen as nn
+
+  from msrnn_jax.model.layers import fused_conv  # noqa: F401  (what a cell file imports)
+
+  class ConvGRUCell(cells.CellBase):
+    units: ClassVar[int] = 4
+
+    def setup(self):
+      self.conv_x = self.conv(3 * self.hidden)
+      self.conv_h = self.conv(2 * self.hidden)
+      self.conv_c = self.conv(self.hidden)
+
+    @classmethod
+    def state_spec(cls, config, layer):
+      return ((config.hidden, 1),)
+
+    def __call__(self, x, state, m=None, diag=None):
+      (h,) = state
+      zx, rx, cx = jnp.split(self.conv_x(x), 3, axis=-1)
+      zh, rh = jnp.split(self.conv_h(h), 2, axis=-1)
+      z, r = nn.sigmoid(zx + zh), nn.sigmoid(rx + rh)
+      h = (1.0 - z) * h + z * jnp.tanh(cx + self.conv_c(r * h))
+      return h, (h,), m, {}
+
+  monkeypatch.setitem(cells.FAMILIES, "convgru", cells.Family(ConvGRUCell))
+  x = _frames(b=1, t=4, h=16, w=16)
+  for name in ("convgru", "ms_convgru"):
+    model = models.create(name, hidden=4, num_layers=6, in_len=2)
+    params = model.init(jax.random.key(0), x)["params"]
+    # 6 layers of conv_x (4 -> 12), conv_h (4 -> 8), conv_c (4 -> 4), 3x3 with bias;
+    # the 1x1 embed (1 -> 4) and head (4 -> 1).
+    assert _count(params) == 6 * ((36 * 12 + 12) + (36 * 8 + 8) + (36 * 4 + 4)) + 8 + 5
+    preds, _ = model.apply({"params": params}, x)
+    assert preds.shape == (1, 3, 16, 16, 1) and bool(jnp.all(jnp.isfinite(preds)))
+  assert models.create("ms_convgru").config.pyramid_levels() == (0, 1, 2, 2, 1, 0)
+
+
+def test_bfloat16_carry_storage_changes_no_bit(monkeypatch):
+  """The float16 containers of bfloat16 carries are bit reinterpretations: loss and
+  gradients are identical to storing the carries as they are."""
+  from msrnn_jax.backend import carry_storage
+
+  model = models.create("ms_predrnn", hidden=8, num_layers=4, in_len=2, dtype="bfloat16",
+                        remat="step")
+  x = _frames(b=2, t=5, h=16, w=16)
+  params = model.init(jax.random.key(0), x)["params"]
+
+  def loss(p):
+    preds, aux = model.apply({"params": p}, x, jnp.ones((2, 4)))
+    return jnp.mean((preds - x[:, 1:]) ** 2), aux["carry"]
+
+  (stored, carry), g_stored = jax.value_and_grad(loss, has_aux=True)(params)
+  assert all(c.dtype == jnp.bfloat16 for c in jax.tree.leaves(carry))
+  monkeypatch.setattr(carry_storage, "_packs", lambda dtype: False)
+  jax.clear_caches()
+  (plain, _), g_plain = jax.value_and_grad(loss, has_aux=True)(params)
+  assert float(stored) == float(plain)
+  for a, b in zip(jax.tree.leaves(g_stored), jax.tree.leaves(g_plain), strict=True):
+    np.testing.assert_array_equal(a, b)

@@ -76,6 +76,8 @@ CASES = (
     Case("num_steps_0", (NEW, "--config.train.num_steps=0"),
          r"--config.train.num_steps=0: use a number of steps >= 1, or -1 to train "
          r"train.epochs=20 epochs"),
+    Case("unknown_conv_impl", (NEW, "--config.backend.conv_impl=cudnn"),
+         r"--config.backend.conv_impl='cudnn': use one of \('auto', 'xla'"),
     Case("num_visualize_0", (NEW, "--config.eval.num_visualize=0"),
          r"--config.eval.num_visualize=0: must be >= 1"),
     Case("image_size_off_pyramid", (NEW, "--config.data.image_size=17"),
@@ -178,7 +180,7 @@ def _setup(case: Case, d: pathlib.Path, trained: pathlib.Path) -> None:
 @pytest.fixture(scope="module")
 def cli_results(trained, tmp_path_factory):
   """Runs every case; returns name -> (result, snapshot before, snapshot after)."""
-  from msrnn_jax import workdir as workdir_lib
+  from msrnn_jax.training import workdir as workdir_lib
   root = tmp_path_factory.mktemp("cli")
   argvs, before = [], {}
   for case in CASES:
@@ -221,7 +223,7 @@ def test_bad_input_one_line_error_and_workdir_unchanged(case, cli_results, tmp_p
 def test_shipped_configs_pass_the_checks():
   import importlib
 
-  from msrnn_jax import config_checks
+  from msrnn_jax.training import config_checks
   for name in ("default", "mmnist", "kth", "taxibj", "hko7", "test"):
     module = importlib.import_module(f"configs.{name}")
     variants = [""] if name in ("default", "test") else ["", "cpu"]
@@ -232,9 +234,9 @@ def test_shipped_configs_pass_the_checks():
 
 def test_stale_lock_after_kill_9_does_not_block(tmp_path):
   """The kernel drops a flock with its holder, so a killed run never blocks the next."""
-  from msrnn_jax import workdir as workdir_lib
+  from msrnn_jax.training import workdir as workdir_lib
   holder = subprocess.Popen(
-      [sys.executable, "-c", "import sys, time; from msrnn_jax.workdir import WorkdirLock; "
+      [sys.executable, "-c", "import sys, time; from msrnn_jax.training.workdir import WorkdirLock; "
        "WorkdirLock(sys.argv[1]).acquire(); print('locked', flush=True); time.sleep(60)",
        str(tmp_path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
   try:
@@ -258,7 +260,7 @@ def test_damaged_checkpoints_fall_back_to_the_newest_intact(tmp_path, caplog):
   naming the step; training moves them aside so that it can save those steps again."""
   import jax.numpy as jnp
 
-  from msrnn_jax import checkpointing
+  from msrnn_jax.training import checkpointing
   state = {"w": jnp.arange(300.0), "count": jnp.int32(0)}
   ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=10)
   for step in (2, 4, 6):
@@ -295,7 +297,7 @@ def _damage_step(checkpoints: pathlib.Path, truncate: int, drop_meta: int) -> No
 
 def test_eval_falls_back_past_a_damaged_checkpoint(trained, tmp_path, caplog):
   from configs import test as test_config
-  from msrnn_jax import sharding, train
+  from msrnn_jax.training import sharding, train
   workdir = tmp_path / "w"
   shutil.copytree(trained, workdir)
   _damage_step(workdir / "checkpoints", truncate=4, drop_meta=4)
@@ -309,7 +311,7 @@ def test_eval_falls_back_past_a_damaged_checkpoint(trained, tmp_path, caplog):
 
 
 def test_rewind_jsonl(tmp_path):
-  from msrnn_jax import summary
+  from msrnn_jax.training import summary
   path = tmp_path / "metrics.jsonl"
   lines = [json.dumps({"step": s, "train/loss": float(s)}) + "\n" for s in (1, 2, 2, 3, 4)]
   path.write_text("".join(lines) + '{"step": 5, "tra')  # cut short by a crash
@@ -337,7 +339,8 @@ def _serve() -> None:
   from absl import app
 
   import configs.test  # noqa: F401 - imported once for every child
-  from msrnn_jax import commands, inference, main, train  # noqa: F401
+  from msrnn_jax import commands, main  # noqa: F401
+  from msrnn_jax.training import inference, train  # noqa: F401
   results = []
   for argv in json.load(sys.stdin):
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:

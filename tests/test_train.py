@@ -15,18 +15,9 @@ import numpy as np
 import pytest
 
 from configs import test as test_config
-from msrnn_jax import (
-  checkpointing,
-  commands,
-  data,
-  inference,
-  losses,
-  sampling,
-  sharding,
-  summary,
-  train,
-)
-from msrnn_jax import workdir as workdir_lib
+from msrnn_jax import commands, data
+from msrnn_jax.training import checkpointing, inference, losses, sampling, sharding, summary, train
+from msrnn_jax.training import workdir as workdir_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -252,7 +243,7 @@ def test_sigterm_saves_and_stops(tmp_path, monkeypatch, capsys):
 
   monkeypatch.setattr(summary.Progress, "report", report_then_term)
   config = _config(checkpoint_every_steps=100)
-  config.keep_freed_memory = False  # not in the test process
+  config.backend.keep_freed_memory = False  # not in the test process
   assert commands.run(config, str(tmp_path / "w")) == commands.EXIT_PREEMPTED == 75
   assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["2"]
   assert not (tmp_path / "w" / "test.json").exists()
@@ -371,7 +362,7 @@ def test_main_train_eval_predict(tmp_path):
   workdir = tmp_path / "cli"
   proc = _main("--config=configs/test.py", f"--workdir={workdir}")
   assert (workdir / "test.json").is_file()
-  # main applies config.keep_freed_memory before JAX starts (host_memory.py).
+  # main applies config.backend.keep_freed_memory before JAX starts (backend/allocator.py).
   assert "keep_freed_memory: on" in proc.stderr
   (workdir / "test.json").unlink()
   _main("--config=configs/test.py", f"--workdir={workdir}", "--mode=eval")

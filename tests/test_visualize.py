@@ -1,10 +1,10 @@
-"""Tests for msrnn_jax.visualize: files are written with the expected geometry."""
+"""Tests for msrnn_jax.evaluation.visualize: files are written with the expected geometry."""
 
 import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from msrnn_jax import metrics, visualize
+from msrnn_jax.evaluation import metrics, visualize
 
 GAP = visualize.GAP
 

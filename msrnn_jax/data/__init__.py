@@ -2,7 +2,8 @@
 
 Each real data set is a tfds ``GeneratorBasedBuilder`` that reads raw files from
 ``config.data.manual_dir`` and writes ArrayRecord files under ``config.data.data_dir``
-(no TensorFlow needed); batches come from grain. See docs/data.md.
+(no TensorFlow needed); batches come from grain. See docs/data.md. Imports nothing
+else from msrnn_jax (``rainfall`` holds HKO-7's unit conversions).
 
 Public API::
 

@@ -17,7 +17,7 @@ starting every ``hko_stride`` scans (non-overlapping by default, like the refere
 Frames are stored one record per scan (key ``YYYYMMDDHHMM``) and resized to
 ``image_size`` (88 in the 2022 reference, 128 at its HEAD). Pixel values p/255 relate
 to dBZ and rain rate through the functions re-exported below from
-:mod:`msrnn_jax.rainfall`.
+:mod:`msrnn_jax.data.rainfall`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import tqdm
 
 from msrnn_jax.data import common
 from msrnn_jax.data import config as config_lib
-from msrnn_jax.rainfall import (  # noqa: F401  (re-exported: HKO-7 unit conversions)
+from msrnn_jax.data.rainfall import (  # noqa: F401  (re-exported: HKO-7 unit conversions)
     BALANCING_WEIGHTS,
     THRESHOLDS,
     ZR_A,

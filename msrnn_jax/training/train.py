@@ -26,146 +26,29 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from absl import logging
 
-from msrnn_jax import (
-  checkpointing,
-  config_checks,
-  data,
-  host_memory,
-  losses,
-  metrics,
-  models,
-  sampling,
-  sharding,
-  summary,
-  visualize,
+from msrnn_jax import backend, data
+from msrnn_jax import model as model_lib
+from msrnn_jax.evaluation import metrics, visualize
+from msrnn_jax.training import checkpointing, config_checks, sharding, summary
+from msrnn_jax.training import workdir as workdir_lib
+from msrnn_jax.training.checkpointing import Checkpointer
+from msrnn_jax.training.step import (
+    TrainState,
+    create_model,
+    create_optimizer,
+    create_train_state,
+    is_radar,
+    make_eval_step,
+    make_train_step,
+    sampling_mode,
+    schedule,
 )
-from msrnn_jax import workdir as workdir_lib
-from msrnn_jax.checkpointing import Checkpointer
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything that changes during training.
-
-  Attributes:
-    step: number of optimizer steps taken.
-    params: model parameters.
-    opt_state: Adam state.
-    rng: base PRNG key (raw uint32[2]); step s uses ``fold_in(rng, s)``.
-  """
-
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  rng: jax.Array
-
-
-def create_model(config: ml_collections.ConfigDict, in_len: int | None = None) -> models.Predictor:
-  """The model of ``config.model`` for the frames of ``config.data``."""
-  options = {k: v for k, v in config.model.items() if k != "name"}
-  return models.create(config.model.name, channels=config.data.channels,
-                       in_len=in_len or config.data.in_len, **options)
-
-
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-  """Adam with the reference's constant learning rate (no clipping or decay)."""
-  return optax.adam(config.train.learning_rate)
-
-
-def sampling_mode(config: ml_collections.ConfigDict) -> str:
-  """'linear', 'reverse' or 'none' (resolving 'auto' by model)."""
-  mode = config.train.scheduled_sampling
-  valid = ("auto", "linear", "reverse", "none")
-  if mode not in valid:
-    raise ValueError(f"train.scheduled_sampling={mode!r} is unknown; valid: {', '.join(valid)}.")
-  if mode == "auto":
-    return "reverse" if config.model.name.endswith("predrnn_v2") else "linear"
-  return mode
-
-
-def schedule(mode: str, step: int, total_steps: int, steps_per_epoch: int) -> tuple[float, float]:
-  """``(eta, eta_context)``: truth probabilities of the prediction and context phases."""
-  if mode == "linear":
-    return float(sampling.linear_eta(step, total_steps)), 1.0
-  if mode == "reverse":
-    epochs = max(1, round(total_steps / steps_per_epoch))
-    eta_r, eta = sampling.reverse_etas(step // steps_per_epoch, epochs)
-    return eta, eta_r
-  return 1.0, 1.0
-
-
-def create_train_state(model: models.Predictor, tx: optax.GradientTransformation,
-                       frames_shape: tuple[int, ...], seed: int) -> TrainState:
-  """Initialises parameters on a zero batch of ``frames_shape``."""
-  rng = jax.random.PRNGKey(seed)
-  init_rng, rng = jax.random.split(rng)
-  params = model.init(init_rng, jnp.zeros(frames_shape, jnp.float32))["params"]
-  return TrainState(step=jnp.asarray(0, jnp.int32), params=params, opt_state=tx.init(params),
-                    rng=rng)
-
-
-def make_train_step(model: models.Predictor, tx: optax.GradientTransformation, in_len: int,
-                    decouple_weight: float) -> Callable:
-  """A jitted ``(state, frames, eta, eta_context, rows=None) -> (state, TrainMetrics)``.
-
-  ``rows`` (int32 ``[batch]``, sharded like ``frames``) gives each row's
-  position in the step's global batch (``data.process_rows``); None means
-  row order. The scheduled-sampling mask is drawn for the global batch in
-  that order, so an example gets the same mask whichever process holds it.
-  """
-
-  def train_step(state: TrainState, frames: jax.Array, eta: jax.Array, eta_context: jax.Array,
-                 rows: jax.Array | None = None):
-    b, t = frames.shape[:2]
-    mask = sampling.sample_mask(jax.random.fold_in(state.rng, state.step), b, t, in_len, eta,
-                                eta_context)
-    if rows is not None:
-      mask = mask[rows]
-
-    def loss_fn(params):
-      preds, aux = model.apply({"params": params}, frames, mask)
-      loss, terms = losses.training_loss(preds, frames, aux["decouple_loss"], decouple_weight)
-      return loss, terms
-
-    (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    batch_metrics = metrics.TrainMetrics.single_from_model_output(
-        loss=jnp.full((b,), loss), mse=terms["mse"], mae=terms["mae"])
-    return new_state, batch_metrics
-
-  return jax.jit(train_step, donate_argnums=(0,))
-
-
-def _radar(data_cfg: ml_collections.ConfigDict) -> bool:
-  return data_cfg.name == "hko7" or (data_cfg.name == "synthetic"
-                                     and data_cfg.synthetic_like == "hko7")
-
-
-def make_eval_step(model: models.Predictor, radar: bool) -> Callable:
-  """A jitted ``(params, frames, valid) -> (stats, baseline_stats, preds)``.
-
-  ``baseline_stats`` maps each name of ``metrics.BASELINES`` to its stats.
-  """
-  stats_fn = functools.partial(metrics.frame_stats, with_radar=radar)
-
-  def eval_step(params, frames, valid):
-    preds, _ = model.apply({"params": params}, frames)
-    truth = frames[:, 1:]
-    baselines = {name: stats_fn(fn(frames, model.in_len), truth, valid)
-                 for name, fn in metrics.BASELINES.items()}
-    return stats_fn(preds, truth, valid), baselines, preds
-
-  return jax.jit(eval_step)
 
 
 def _host(x: jax.Array) -> np.ndarray:
@@ -201,7 +84,7 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, mesh: jax.sharding.
   in_len, _ = data.sequence_lengths(config.data, split)
   step = eval_step
   if step is None:
-    step = make_eval_step(create_model(config), _radar(config.data))
+    step = make_eval_step(create_model(config), is_radar(config.data))
   acc = metrics.EvalAccumulator()
   base = {name: metrics.EvalAccumulator() for name in metrics.BASELINES}
   num_vis = config.eval.num_visualize
@@ -309,8 +192,9 @@ class _Stop:
 def start_jax(config: ml_collections.ConfigDict) -> None:
   """Initialises ``jax.distributed`` if configured; the first JAX call of every mode."""
   sharding.initialize_distributed(config.distributed)
-  logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
-               jax.local_devices())
+  backend.configure(config.backend.conv_impl)
+  logging.info("JAX process %d/%d, local devices: %s; %s", jax.process_index(),
+               jax.process_count(), jax.local_devices(), backend.summary())
 
 
 @contextlib.contextmanager
@@ -416,7 +300,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   # Built once per run: the train step compiles once, and the eval step once
   # for all the periodic validations and the final test (same shapes).
   train_step = make_train_step(model, tx, in_len, config.train.decouple_weight)
-  eval_step = make_eval_step(model, _radar(config.data))
+  eval_step = make_eval_step(model, is_radar(config.data))
 
   with locked_workdir(workdir), contextlib.ExitStack() as cleanup:
     ckpt = Checkpointer(os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
@@ -439,12 +323,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     cleanup.callback(writer.close)
     writer.write_hparams(config.to_dict())
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
-    if host_memory.applied():
-      logging.info("keep_freed_memory: on (freed host memory is reused, not page-faulted in again)")
-    elif config.get("keep_freed_memory", True) and jax.default_backend() == "cpu":
-      logging.info("keep_freed_memory: off in this process; to stop per-step page faults call "
-                   "msrnn_jax.host_memory.keep_freed_memory() before the first JAX computation "
-                   "(msrnn_jax.main does; docs/performance.md)")
     logging.info("model %s: %d parameters; %d steps (%d per epoch); devices: %s",
                  config.model.name, n_params, total_steps, steps_per_epoch, jax.devices())
     progress = summary.Progress(total_steps, step)
@@ -543,7 +421,7 @@ def check_checkpoints(config: ml_collections.ConfigDict, workdir: str, mode: str
 
 def restore_params(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sharding.Mesh,
                    frames_shape: tuple[int, ...], mode: str = "eval",
-                   model: models.Predictor | None = None) -> tuple[Any, int]:
+                   model: model_lib.Predictor | None = None) -> tuple[Any, int]:
   """Parameters of the newest intact checkpoint in ``workdir`` (and its step).
 
   Args:
@@ -591,7 +469,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     max_examples = None if config.eval.max_examples < 0 else config.eval.max_examples
     t0 = time.time()
     ev = evaluate(config, params, mesh, config.eval.split, max_examples=max_examples,
-                  eval_step=make_eval_step(model, _radar(config.data)))
+                  eval_step=make_eval_step(model, is_radar(config.data)))
     if jax.process_index() == 0:
       paths = write_evaluation(ev, workdir, config.eval.split)
       with open(os.path.join(workdir, f"{config.eval.split}_checkpoint.json"), "w") as f:

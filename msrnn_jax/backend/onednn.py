@@ -2,7 +2,7 @@
 
 XLA:CPU's convolution gradients are its weak spot (``docs/performance.md``):
 the kernel gradient runs at a fraction of the matmul rate, and the
-``matmul`` replacement in ``msrnn_jax.conv`` still materialises patch
+``matmul`` gradients (``matmul_grads.py``) still materialises patch
 matrices. oneDNN, the library behind PyTorch's CPU convolutions, computes
 the forward pass, the input gradient and the kernel gradient directly from
 NHWC activations at close to the matmul rate. ``native/onednn_conv.cc``
@@ -38,7 +38,7 @@ weights need no cast in XLA); the kernel gradient is float32 always
 (oneDNN accumulates in float32). oneDNN picks its kernels for the CPU at run
 time (AMX, AVX-512 BF16, ...): :func:`cpu_isa` names the instruction set it
 uses and :func:`bf16_supported` says whether bfloat16 convolutions have
-native kernels here (else ``msrnn_jax.conv`` keeps them on its ``matmul``
+native kernels here (else the backend keeps them on its ``matmul``
 path); both are logged once.
 
 Layouts: ``x`` ``[N, H, W, C]``, kernel ``[KH, KW, C, O]``, no input or
@@ -211,7 +211,7 @@ def bf16_supported() -> bool:
   True when oneDNN's effective ISA has bfloat16 arithmetic and the
   implementations it picks for a probe convolution (forward, dX, dK) are
   none of its reference (``ref``) ones. Decided once and logged with the
-  implementation names; ``msrnn_jax.conv`` routes bfloat16 convolutions
+  implementation names; the backend routes bfloat16 convolutions
   elsewhere when False.
   """
   if not available():
@@ -391,3 +391,25 @@ def conv_backward(x: jax.Array, kernel: jax.Array, dy: jax.Array, stride: tuple[
   """
   require()
   return _backward_partitioned(x, kernel, dy, stride, padding, parts)
+
+
+# The kernel enters in its own dtype (float32 master weights under bfloat16
+# activations): the custom calls convert it, and its gradient, accumulated
+# in float32 by oneDNN, goes back to the float32 parameters without a detour
+# through bfloat16.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def conv(x, kernel, stride, padding):
+  return conv_forward(x, kernel, stride, padding)
+
+
+def _conv_fwd(x, kernel, stride, padding):
+  return conv_forward(x, kernel, stride, padding), (x, kernel)
+
+
+def _conv_bwd(stride, padding, res, dy):
+  x, kernel = res
+  dx, dk = conv_backward(x, kernel, dy.astype(x.dtype), stride, padding)
+  return dx, dk.astype(kernel.dtype)
+
+
+conv.defvjp(_conv_fwd, _conv_bwd)

@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from msrnn_jax import config_checks
+from msrnn_jax.training import config_checks
 
 # Sub-directories of the workdir: checkpoints, and where training moves
 # damaged ones so that it can save their steps again.

@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metrics as clu_metrics
 
-from msrnn_jax import rainfall
+from msrnn_jax.data import rainfall
 
 # SSIM constants of Wang et al. (2004), as in the TF/MS-SSIM reference code.
 SSIM_FILTER_SIZE = 11

@@ -1,13 +1,13 @@
 """Training memory and FLOPs of a model, from compile-only analyses.
 
-Everything here compiles the real training step (``train.make_train_step``:
+Everything here compiles the real training step (``training.step.make_train_step``:
 forward, L2+L1 loss, backward, Adam update, donated state) but never runs it:
 the state comes from ``jax.eval_shape`` and the frames are
 ``jax.ShapeDtypeStruct``\\ s, so analysing a 1024x1024 step allocates nothing
 near the memory it reports (the host RSS after compiling is recorded as
 evidence). Figures are per device: one data-parallel replica holding
 ``batch_per_device`` examples and a full copy of the parameters and Adam
-state, as ``train.py`` shards training (the gradient all-reduce buffers of a
+state, as the training loop shards training (the gradient all-reduce buffers of a
 multi-device run are not included).
 
 * :func:`analyze`: XLA's ``memory_analysis()`` (temp, argument, output,
@@ -29,7 +29,7 @@ count directly (slow to compile at large T); the two agree to within XLA's
 fusion differences (checked in tests). ``'rolled'`` reports the raw,
 under-counted figure; ``'none'`` skips it.
 
-Units U of eq. 3-5 (:data:`CELL_UNITS`). The paper counts "basic units (such
+Units U of eq. 3-5 (each cell's ``units``). The paper counts "basic units (such
 as input gates, forget gates, etc.)" per RNN module without listing them. We
 count, per cell and in units of ``hidden`` channels at the layer's
 resolution, every gate pre-activation chunk plus every state or block output
@@ -68,11 +68,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from msrnn_jax import models, pyramid, train
-from msrnn_jax.conv import resolve_impl
+from msrnn_jax import backend
+from msrnn_jax import model as model_lib
+from msrnn_jax.model import pyramid
+from msrnn_jax.training import step as train_step
 
 __all__ = [
-    "CELL_UNITS", "DEFAULT_BUDGET_BYTES", "FLOPS_METHODS", "analyze", "cell_units",
+    "DEFAULT_BUDGET_BYTES", "FLOPS_METHODS", "analyze", "cell_units",
     "find_max_resolution", "layer_weight_sum", "paper_estimate", "param_count",
 ]
 
@@ -81,13 +83,6 @@ __all__ = [
 DEFAULT_BUDGET_BYTES = 40e9
 
 FLOPS_METHODS = ("multiply", "unrolled", "rolled", "none")
-
-# U per cell; see the module docstring. TrajGRU's depends on L (links).
-CELL_UNITS: dict[str, int] = {
-    "convlstm": 6, "trajgru": 18, "predrnn": 10, "predrnn_v2": 10, "predrnn_pp": 10,
-    "mim": 22, "motionrnn": 26,
-}
-
 
 def cell_units(cell: str, links: int = 13) -> int:
   """U of eq. 3-5 for a cell (``'convlstm'``, ``'ms_mim'``, ...).
@@ -99,12 +94,10 @@ def cell_units(cell: str, links: int = 13) -> int:
   Returns:
     The number of hidden-sized tensors the cell is counted with.
   """
-  base = cell[3:] if cell.startswith("ms_") else cell
-  if base not in CELL_UNITS:
-    raise ValueError(f"Unknown cell {cell!r}; valid: {', '.join(CELL_UNITS)}.")
-  if base == "trajgru":
-    return 5 + links
-  return CELL_UNITS[base]
+  if cell not in model_lib.MODEL_NAMES:
+    raise ValueError(f"Unknown cell {cell!r}; valid: {', '.join(model_lib.MODEL_NAMES)}.")
+  config = model_lib.config_for(cell, links=links)
+  return config.spec.cell.paper_units(config)
 
 
 def layer_weight_sum(num_layers: int, multiscale: bool) -> float:
@@ -182,14 +175,14 @@ def _build(model_name: str, image_size: int | tuple[int, int], batch_per_device:
     in_len = seq_len // 2
   if not 1 <= in_len < seq_len:
     raise ValueError(f"in_len must be in [1, seq_len); got in_len={in_len}, seq_len={seq_len}.")
-  model = models.create(model_name, channels=channels, in_len=in_len, **model_options)
+  model = model_lib.create(model_name, channels=channels, in_len=in_len, **model_options)
   h, w = _square(image_size)
-  k = model.size_multiple()
+  k = model.config.size_multiple()
   for name, v in (("height", h), ("width", w)):
     if v < 1 or v % k:
       raise ValueError(
           f"image {name} {v} is not a positive multiple of {k}, the pyramid factor of "
-          f"{model_name} (model.size_multiple()); use a multiple of {k}, e.g. "
+          f"{model_name} (model.config.size_multiple()); use a multiple of {k}, e.g. "
           f"{max(k, v // k * k)} or {(v // k + 1) * k}.")
   return model, (batch_per_device, seq_len, h, w, channels), in_len
 
@@ -197,22 +190,22 @@ def _build(model_name: str, image_size: int | tuple[int, int], batch_per_device:
 def _abstract_state(model, tx, frames_shape):
   # eval_shape traces init and optimizer setup without computing or
   # allocating anything: the state is ShapeDtypeStructs only.
-  return jax.eval_shape(lambda: train.create_train_state(model, tx, frames_shape, 0))
+  return jax.eval_shape(lambda: train_step.create_train_state(model, tx, frames_shape, 0))
 
 
 def param_count(model_name: str, channels: int = 1, **model_options: Any) -> int:
   """Number of parameters of a model (independent of frame size and batch).
 
   Args:
-    model_name: one of ``models.MODEL_NAMES``.
+    model_name: one of ``model_lib.MODEL_NAMES``.
     channels: frame channels.
-    **model_options: ``models.create`` options (``hidden``, ``num_layers``, ...).
+    **model_options: ``msrnn_jax.model.create`` options (``hidden``, ``num_layers``, ...).
 
   Returns:
     The parameter count, from shapes only (nothing is initialised).
   """
-  model = models.create(model_name, channels=channels, **model_options)
-  k = model.size_multiple()
+  model = model_lib.create(model_name, channels=channels, **model_options)
+  k = model.config.size_multiple()
   shape = (1, 2, k, k, channels)
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape)))
   return int(sum(math.prod(x.shape) for x in jax.tree.leaves(variables["params"])))
@@ -225,7 +218,7 @@ def compile_train_step(model, tx, frames_shape, in_len, decouple_weight):
     ``(abstract state, compiled, lowering seconds, compile seconds)``.
   """
   state = _abstract_state(model, tx, frames_shape)
-  step = train.make_train_step(model, tx, in_len, decouple_weight)
+  step = train_step.make_train_step(model, tx, in_len, decouple_weight)
   scalar = jax.ShapeDtypeStruct((), jnp.float32)
   t0 = time.perf_counter()
   lowered = step.lower(state, jax.ShapeDtypeStruct(frames_shape, jnp.float32), scalar, scalar)
@@ -264,8 +257,8 @@ def _measure_peak(model, tx, frames_shape, in_len, decouple_weight, steps):
   figure.
   """
   device = jax.devices()[0]
-  step = train.make_train_step(model, tx, in_len, decouple_weight)
-  state = jax.jit(lambda: train.create_train_state(model, tx, frames_shape, 0))()
+  step = train_step.make_train_step(model, tx, in_len, decouple_weight)
+  state = jax.jit(lambda: train_step.create_train_state(model, tx, frames_shape, 0))()
   frames = jax.random.uniform(jax.random.PRNGKey(1), frames_shape, jnp.float32)
   eta = jnp.asarray(0.5, jnp.float32)
   for _ in range(steps):
@@ -273,6 +266,36 @@ def _measure_peak(model, tx, frames_shape, in_len, decouple_weight, steps):
   jax.block_until_ready(state)
   stats = device.memory_stats()
   return None if not stats else stats.get("peak_bytes_in_use")
+
+
+def _count_flops(model, compiled, tx, frames_shape, in_len, decouple_weight, flops, unroll,
+                 steps):
+  """``(flops per training step, method, rolled raw count)``; see the module docstring."""
+  method, rolled_raw = flops, None
+  # Kernels opaque to XLA's cost analysis are counted on a visible one with
+  # the same arithmetic (its dK adds ~3% of padded columns).
+  with backend.flop_countable() as switched:
+    step = compile_train_step(model, tx, frames_shape, in_len,
+                              decouple_weight)[1] if switched else compiled
+
+    def compiled_with(unroll_factor):
+      return compile_train_step(model.replace(scan_unroll=unroll_factor), tx, frames_shape,
+                                in_len, decouple_weight)[1]
+
+    if unroll >= steps or steps == 1:
+      # Already fully unrolled (or a single trip): the count is exact.
+      return flops_of(step), "exact", None
+    if flops == "rolled":
+      rolled_raw = flops_of(step)
+      return rolled_raw, method, rolled_raw
+    if flops == "unrolled":
+      return flops_of(compiled_with(steps)), method, None
+    # c(u) = outside + (u + L mod u) * step for u = 1, 2 (jax unrolls the
+    # remainder of an unrolled scan outside its loop).
+    c1 = flops_of(step if unroll == 1 else compiled_with(1))
+    c2 = flops_of(compiled_with(2))
+    per_step = (c2 - c1) / (1 + steps % 2)
+    return c1 + (steps - 1) * per_step, method, c1
 
 
 def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_device: int = 1,
@@ -283,9 +306,9 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
   """Compile-only memory and FLOPs of one training step, per device.
 
   Args:
-    model_name: one of ``models.MODEL_NAMES`` (``'convlstm'``, ``'ms_mim'``...).
+    model_name: one of ``model_lib.MODEL_NAMES`` (``'convlstm'``, ``'ms_mim'``...).
     image_size: frame side (square) or ``(height, width)``; a multiple of
-      ``model.size_multiple()``.
+      ``model.config.size_multiple()``.
     batch_per_device: examples per device (the paper: 1 per GPU).
     seq_len: T, frames per example (the paper: 20 = 10 in + 10 out); the
       model runs T-1 recurrent steps.
@@ -297,8 +320,9 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
     measure_peak: run ``peak_steps`` real steps and read the device
       allocator's peak; None = only when the default backend is a GPU.
     peak_steps: steps to run for ``measure_peak``.
-    **model_options: ``models.create`` options: ``hidden``, ``num_layers``,
-      ``remat``, ``scan_unroll``, ``conv_impl``, ``dtype``...
+    **model_options: ``msrnn_jax.model.create`` options: ``hidden``, ``num_layers``,
+      ``remat``, ``scan_unroll``, ``dtype``... The convolution kernel is the
+      process-wide one (``msrnn_jax.backend.configure``).
 
   Returns:
     A flat dict: ``model``, ``image_size`` [h, w], ``batch_per_device``,
@@ -325,50 +349,27 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
   mem = memory_sizes(compiled)
   params = int(sum(math.prod(x.shape) for x in jax.tree.leaves(state.params)))
 
+  cfg = model.config
   steps = seq_len - 1
-  unroll = max(1, min(model.scan_unroll, steps))
+  unroll = max(1, min(cfg.scan_unroll, steps))
   flop_count, method, rolled_raw = float("nan"), flops, None
   if flops != "none":
-    # XLA's cost analysis sees no FLOPs inside custom calls: count the same
-    # arithmetic on the matmul path (its dK adds ~3% of padded columns).
-    counted, counted_step = model, compiled
-    if resolve_impl(model.conv_impl) == "onednn":
-      counted = model.clone(conv_impl="matmul")
-      counted_step = compile_train_step(counted, tx, frames_shape, in_len, decouple_weight)[1]
-    if unroll >= steps or steps == 1:
-      # Already fully unrolled (or a single trip): the count is exact.
-      flop_count, method = flops_of(counted_step), "exact"
-    elif flops == "rolled":
-      flop_count = rolled_raw = flops_of(counted_step)
-    elif flops == "unrolled":
-      _, full, _, _ = compile_train_step(counted.clone(scan_unroll=steps), tx, frames_shape,
-                                         in_len, decouple_weight)
-      flop_count = flops_of(full)
-    else:
-      # c(u) = outside + (u + L mod u) * step for u = 1, 2 (jax unrolls the
-      # remainder of an unrolled scan outside its loop).
-      one = counted_step if unroll == 1 else compile_train_step(
-          counted.clone(scan_unroll=1), tx, frames_shape, in_len, decouple_weight)[1]
-      two = compile_train_step(counted.clone(scan_unroll=2), tx, frames_shape, in_len,
-                               decouple_weight)[1]
-      c1, c2 = flops_of(one), flops_of(two)
-      rolled_raw = c1
-      per_step = (c2 - c1) / (1 + steps % 2)
-      flop_count = c1 + (steps - 1) * per_step
+    flop_count, method, rolled_raw = _count_flops(model, compiled, tx, frames_shape, in_len,
+                                                  decouple_weight, flops, unroll, steps)
 
   b, _, h, w, _ = frames_shape
-  units = cell_units(model.cell, model.links)
-  bits = 16 if model.dtype in ("bfloat16", "float16") else 32
-  est = paper_estimate(model.num_layers, False, seq_len, units, b, model.hidden, h, w,
+  units = cfg.spec.cell.paper_units(cfg)
+  bits = 16 if cfg.dtype in ("bfloat16", "float16") else 32
+  est = paper_estimate(cfg.num_layers, False, seq_len, units, b, cfg.hidden, h, w,
                        params=params, bits=bits)
   # Eq. 3 with N replaced by the model's own sum_l 4**-level: eq. 4-5 for the
   # mirror pyramid, and also right for custom ``levels``. Parameters stay
   # float32 whatever the compute dtype.
-  weight = float(sum(4.0 ** -lv for lv in model.pyramid_levels()))
-  out_bytes = est["out_bytes"] * weight / model.num_layers
+  weight = float(sum(4.0 ** -lv for lv in model.config.pyramid_levels()))
+  out_bytes = est["out_bytes"] * weight / cfg.num_layers
   par_bytes = 4 * params
   all_bytes = 4 * par_bytes + 2 * out_bytes
-  map_bytes = bits // 8 * seq_len * b * model.hidden * h * w
+  map_bytes = bits // 8 * seq_len * b * cfg.hidden * h * w
   implied = (mem["total"] - 4 * par_bytes) / 2 / (map_bytes * weight)
 
   peak = None
@@ -378,13 +379,13 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
     peak = _measure_peak(model, tx, frames_shape, in_len, decouple_weight, peak_steps)
 
   return {
-      "model": model_name, "cell": model.cell, "multiscale": bool(model.multiscale),
+      "model": model_name, "cell": cfg.family, "multiscale": cfg.multiscale,
       "image_size": [h, w], "batch_per_device": b, "seq_len": seq_len, "steps": steps,
       "model_options": {k: (list(v) if isinstance(v, tuple) else v)
                         for k, v in sorted(model_options.items())},
-      "remat": model.remat, "scan_unroll": unroll, "conv_impl": model.conv_impl,
-      "hidden": model.hidden, "num_layers": model.num_layers,
-      "size_multiple": model.size_multiple(), "params": params, "param_bytes": 4 * params,
+      "remat": cfg.remat, "scan_unroll": unroll, "conv_impl": backend.conv_impl(),
+      "hidden": cfg.hidden, "num_layers": cfg.num_layers,
+      "size_multiple": model.config.size_multiple(), "params": params, "param_bytes": 4 * params,
       **{f"{k}_bytes": v for k, v in mem.items()},
       "flops": flop_count, "flops_method": method, "flops_rolled_raw": rolled_raw,
       "paper_units": units, "paper_out_bytes": out_bytes, "paper_all_bytes": all_bytes,
@@ -413,7 +414,7 @@ def find_max_resolution(model_name: str, budget_bytes: float = DEFAULT_BUDGET_BY
   search never needs more than about twice bisection's compiles.
 
   Args:
-    model_name: one of ``models.MODEL_NAMES``.
+    model_name: one of ``model_lib.MODEL_NAMES``.
     budget_bytes: memory per device (default 40e9, the paper's 40 GB).
     batch_per_device: examples per device.
     seq_len: frames T per example.
@@ -425,7 +426,7 @@ def find_max_resolution(model_name: str, budget_bytes: float = DEFAULT_BUDGET_BY
     known: ``{size: total_bytes}`` already measured with the same settings
       (e.g. by a sweep); used instead of compiling those sizes again.
     analyze_fn: replaces :func:`analyze` (for tests); same signature.
-    **model_options: ``models.create`` options (``remat``, ``hidden``...).
+    **model_options: ``msrnn_jax.model.create`` options (``remat``, ``hidden``...).
 
   Returns:
     dict with ``size`` (largest fitting side), ``bytes`` (its total),
@@ -440,8 +441,8 @@ def find_max_resolution(model_name: str, budget_bytes: float = DEFAULT_BUDGET_BY
       ``lo``/``hi`` are not multiples of m or not increasing.
   """
   analyze_fn = analyze_fn or analyze
-  model = models.create(model_name, channels=channels, **model_options)
-  m = model.size_multiple()
+  model = model_lib.create(model_name, channels=channels, **model_options)
+  m = model.config.size_multiple()
   params = param_count(model_name, channels=channels, **model_options)
   floor_bytes = 4 * 4 * params
   if budget_bytes < floor_bytes:

@@ -21,7 +21,7 @@ for each step's loss) the heap settles after two steps at about twice the
 step's temporaries: MS-ConvLSTM at the paper's shape 3.9 GB resident instead
 of ~2.3 GB, ConvLSTM 7.4 GB instead of ~3.8 GB. A caller that dispatches
 several steps ahead holds more (four in flight: MS-ConvLSTM 8.8 GB). The
-compiled-memory figures of ``msrnn_jax.memory`` (what a GPU needs) are
+compiled-memory figures of ``msrnn_jax.analysis.footprint`` (what a GPU needs) are
 unchanged. Off: ``config.keep_freed_memory = False``.
 
 It must run before JAX starts its CPU backend: the arena limit only binds

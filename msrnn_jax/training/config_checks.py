@@ -106,27 +106,30 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   needs the devices (batch divisibility) or the data (split sizes) is checked
   later, still before the workdir is created.
   """
-  from msrnn_jax import models
+  from msrnn_jax import model as model_lib
 
   try:
     _check_distributed(config)
     if config.summary_backend not in _SUMMARY_BACKENDS:
       _fail("summary_backend", config.summary_backend, f"use one of {_SUMMARY_BACKENDS}")
     _int(config, "seed")
+    from msrnn_jax import backend
+    if config.backend.conv_impl not in backend.CONV_IMPLS:
+      _fail("backend.conv_impl", config.backend.conv_impl, f"use one of {backend.CONV_IMPLS}")
 
-    if config.model.name not in models.MODEL_NAMES:
-      _fail("model.name", config.model.name, f"use one of {', '.join(models.MODEL_NAMES)}")
+    if config.model.name not in model_lib.MODEL_NAMES:
+      _fail("model.name", config.model.name, f"use one of {', '.join(model_lib.MODEL_NAMES)}")
     for key in ("hidden", "num_layers", "kernel_size"):
       _at_least(config, f"model.{key}", 1)
     for key in ("in_len", "out_len", "channels", "image_size"):
       _at_least(config, f"data.{key}", 1)
-    model = models.create(config.model.name, channels=config.data.channels,
-                          in_len=config.data.in_len,
-                          **{k: v for k, v in config.model.items() if k != "name"})
-    multiple = model.size_multiple()
+    model = model_lib.create(config.model.name, channels=config.data.channels,
+                             in_len=config.data.in_len,
+                             **{k: v for k, v in config.model.items() if k != "name"})
+    multiple = model.config.size_multiple()
     if config.data.image_size % multiple:
       _fail("data.image_size", config.data.image_size,
-            f"{config.model.name} with pyramid levels {model.pyramid_levels()} needs a multiple "
+            f"{config.model.name} with pyramid levels {model.config.pyramid_levels()} needs a multiple "
             f"of {multiple}")
 
     _at_least(config, "train.batch_size", 1)

@@ -18,15 +18,18 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from msrnn_jax import config_checks, models, sharding, visualize
-from msrnn_jax.train import check_checkpoints, create_model, restore_params, start_jax
+from msrnn_jax import model as model_lib
+from msrnn_jax.evaluation import visualize
+from msrnn_jax.training import config_checks, sharding
+from msrnn_jax.training.step import create_model
+from msrnn_jax.training.train import check_checkpoints, restore_params, start_jax
 
 # Sequences drawn in the PNG/GIF beside the predictions (all are predicted).
 MAX_PICTURE_ROWS = 16
 
 # One jitted function for every call: a (model, horizon, batch shape) seen
 # before reuses its compilation.
-_predict = jax.jit(models.predict, static_argnums=(0, 3))
+_predict = jax.jit(model_lib.predict, static_argnums=(0, 3))
 
 
 def load_context(path: str, channels: int, size_multiple: int) -> tuple[np.ndarray, bool]:
@@ -102,7 +105,7 @@ def check_horizon(horizon: int | None, config: ml_collections.ConfigDict) -> int
 
 def predict_frames(config: ml_collections.ConfigDict, variables: Any, context: np.ndarray,
                    horizon: int, batch_size: int | None = None,
-                   model: models.Predictor | None = None) -> np.ndarray:
+                   model: model_lib.Predictor | None = None) -> np.ndarray:
   """Predicts ``horizon`` frames, clipped to [0, 1].
 
   Args:
@@ -113,7 +116,7 @@ def predict_frames(config: ml_collections.ConfigDict, variables: Any, context: n
     batch_size: sequences per call (default ``config.eval.batch_size``); the
       last call is padded so that one compilation serves all.
     model: ``create_model(config)`` when the caller has it already; None
-      builds it. Its ``in_len`` does not matter: ``models.predict`` takes
+      builds it. Its ``in_len`` does not matter: ``model_lib.predict`` takes
       the context length from ``context``.
 
   Returns:
@@ -151,7 +154,7 @@ def predict_file(config: ml_collections.ConfigDict, workdir: str, input_path: st
   horizon = check_horizon(horizon, config)
   check_output(output_path)
   model = create_model(config)
-  context, batched = load_context(input_path, config.data.channels, model.size_multiple())
+  context, batched = load_context(input_path, config.data.channels, model.config.size_multiple())
   workdir = check_checkpoints(config, workdir, "predict")
   start_jax(config)
   mesh = sharding.make_mesh()

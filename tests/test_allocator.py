@@ -1,4 +1,4 @@
-"""host_memory.keep_freed_memory: freed large blocks are reused instead of faulted in again."""
+"""allocator.keep_freed_memory: freed large blocks are reused instead of faulted in again."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import jax.numpy as jnp
 import pytest
 
-from msrnn_jax import host_memory
+from msrnn_jax.backend import allocator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -15,8 +15,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # frees it; prints the minor page faults of each.
 _PROBE = """
 import ctypes, resource, sys, threading
-from msrnn_jax import host_memory
-kept = host_memory.keep_freed_memory() if sys.argv[1] == "keep" else False
+from msrnn_jax.backend import allocator
+kept = allocator.keep_freed_memory() if sys.argv[1] == "keep" else False
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
 libc.free.argtypes = (ctypes.c_void_p,)
@@ -43,7 +43,7 @@ def _probe(mode: str, **env_extra: str) -> tuple[bool, list[int]]:
   return out[0] == "True", [int(v) for v in out[1].strip("[]\n").split(",")]
 
 
-@pytest.mark.skipif(host_memory._mallopt() is None, reason="needs glibc on Linux")
+@pytest.mark.skipif(allocator._mallopt() is None, reason="needs glibc on Linux")
 def test_keep_freed_memory_reuses_large_blocks_across_threads():
   kept, faults = _probe("keep")
   assert kept
@@ -56,17 +56,17 @@ def test_keep_freed_memory_reuses_large_blocks_across_threads():
   assert min(faults_default) > 0.9 * _PAGES, faults_default
 
 
-@pytest.mark.skipif(host_memory._mallopt() is None, reason="needs glibc on Linux")
+@pytest.mark.skipif(allocator._mallopt() is None, reason="needs glibc on Linux")
 def test_glibc_tunables_string_has_the_same_effect():
   # What vs_torch.py gives a PyTorch process: set at start-up, no mallopt call.
-  _, faults = _probe("default", GLIBC_TUNABLES=host_memory.GLIBC_TUNABLES)
+  _, faults = _probe("default", GLIBC_TUNABLES=allocator.GLIBC_TUNABLES)
   assert faults[0] > 0.9 * _PAGES and max(faults[1:]) < 0.01 * _PAGES, faults
 
 
 def test_keep_freed_memory_after_backend_start_changes_nothing(monkeypatch):
   jnp.zeros(2).block_until_ready()  # the test process's backend is running
-  monkeypatch.setitem(host_memory._state, "applied", False)
+  monkeypatch.setitem(allocator._state, "applied", False)
   calls = []
-  monkeypatch.setattr(host_memory, "_mallopt", lambda: lambda *a: calls.append(a) or 1)
-  assert host_memory.keep_freed_memory() is False
-  assert calls == [] and not host_memory.applied()
+  monkeypatch.setattr(allocator, "_mallopt", lambda: lambda *a: calls.append(a) or 1)
+  assert allocator.keep_freed_memory() is False
+  assert calls == [] and not allocator.applied()

@@ -1,4 +1,4 @@
-"""Tests of msrnn_jax.memory: compile-only analysis, the paper's formula, the finder.
+"""Tests of msrnn_jax.analysis.footprint: compile-only analysis, the paper's formula, the finder.
 
 Tiny models (hidden 4, 3 layers, 16x16, T=4) and few compiles (about eight)
 keep the file fast; XLA's heavier optimisation passes are switched off while
@@ -8,7 +8,7 @@ it runs (the tests check relations between figures, not their values).
 import jax
 import pytest
 
-from msrnn_jax import memory
+from msrnn_jax.analysis import footprint
 
 TINY = dict(hidden=4, num_layers=3, seq_len=4)
 
@@ -24,8 +24,8 @@ def _fast_compiles():
 @pytest.fixture(scope="module")
 def tiny_pair():
   """(plain, MS) analyses of the tiny ConvLSTM at 16x16."""
-  return (memory.analyze("convlstm", image_size=16, flops="none", **TINY),
-          memory.analyze("ms_convlstm", image_size=16, flops="none", **TINY))
+  return (footprint.analyze("convlstm", image_size=16, flops="none", **TINY),
+          footprint.analyze("ms_convlstm", image_size=16, flops="none", **TINY))
 
 
 def test_analysis_ms_below_plain(tiny_pair):
@@ -47,8 +47,8 @@ def test_flops_multiply_matches_unrolled_program():
   # L = T-1 = 3 recurrent steps: odd, so the scan_unroll=2 program has a
   # remainder step outside its loop.
   opts = dict(hidden=4, num_layers=3, seq_len=4, image_size=8)
-  multiplied = memory.analyze("convlstm", flops="multiply", **opts)
-  exact = memory.analyze("convlstm", flops="rolled", scan_unroll=3, **opts)
+  multiplied = footprint.analyze("convlstm", flops="multiply", **opts)
+  exact = footprint.analyze("convlstm", flops="rolled", scan_unroll=3, **opts)
   assert exact["flops_method"] == "exact"
   assert multiplied["flops"] == pytest.approx(exact["flops"], rel=0.03)
   # The rolled loop's body alone is counted once: far fewer FLOPs.
@@ -59,24 +59,24 @@ def test_paper_estimate_hand_values():
   # N=3: M0 = 32*R*3*U*bchw = 96 RUbchw, M1 = 32*R*U*bc*(hw + hw/4 + hw) = 72 RUbchw.
   r, u, b, c, h, w = 20, 6, 1, 64, 64, 64
   unit = r * u * b * c * h * w
-  plain3 = memory.paper_estimate(3, False, r, u, b, c, h, w)
-  ms3 = memory.paper_estimate(3, True, r, u, b, c, h, w)
+  plain3 = footprint.paper_estimate(3, False, r, u, b, c, h, w)
+  ms3 = footprint.paper_estimate(3, True, r, u, b, c, h, w)
   assert plain3["out_bits"] == 96 * unit and ms3["out_bits"] == 72 * unit
   assert 1 - ms3["out_bits"] / plain3["out_bits"] == pytest.approx(0.25)
   # N=6: 192 vs 2*32*(1 + 1/4 + 1/16) = 84 RUbchw: 56.25% less (eq. 8).
-  plain6 = memory.paper_estimate(6, False, r, u, b, c, h, w)
-  ms6 = memory.paper_estimate(6, True, r, u, b, c, h, w)
+  plain6 = footprint.paper_estimate(6, False, r, u, b, c, h, w)
+  ms6 = footprint.paper_estimate(6, True, r, u, b, c, h, w)
   assert plain6["out_units"] == 192 and ms6["out_units"] == pytest.approx(84)
   assert 1 - ms6["out_bits"] / plain6["out_bits"] == pytest.approx(0.5625)
   # Eq. 2 with parameters: M_all = 4 M_par + 2 M_out, bytes.
-  est = memory.paper_estimate(6, False, r, u, b, c, h, w, params=1000)
+  est = footprint.paper_estimate(6, False, r, u, b, c, h, w, params=1000)
   assert est["par_bytes"] == 4000
   assert est["all_bytes"] == 4 * 4000 + 2 * 192 * unit / 8
   # Eq. 6: 72 <= M1 / RUbchw < 256/3 for every N >= 3.
   for n in range(3, 30):
-    units = memory.paper_estimate(n, True, 1, 1, 1, 1, 1, 1)["out_units"]
+    units = footprint.paper_estimate(n, True, 1, 1, 1, 1, 1, 1)["out_units"]
     assert 72 - 1e-9 <= units < 256 / 3
-  assert memory.cell_units("ms_convlstm") == 6 and memory.cell_units("trajgru", links=10) == 15
+  assert footprint.cell_units("ms_convlstm") == 6 and footprint.cell_units("trajgru", links=10) == 15
 
 
 def test_finder_search_logic_with_fake_costs():
@@ -86,7 +86,7 @@ def test_finder_search_logic_with_fake_costs():
     return {"total_bytes": 10_000_000 + 3_000 * image_size ** 2 + 7 * image_size}
 
   for budget in (2e7, 5e7, 3.3e8, 1e9, 5e10):
-    res = memory.find_max_resolution("ms_convlstm", budget, analyze_fn=fake, lo=4,
+    res = footprint.find_max_resolution("ms_convlstm", budget, analyze_fn=fake, lo=4,
                                      max_size=8192, **TINY)
     m = res["multiple"]
     best = max(s for s in range(m, 8193, m) if fake("", image_size=s)["total_bytes"] <= budget)
@@ -95,7 +95,7 @@ def test_finder_search_logic_with_fake_costs():
     assert res["next_size"] == res["size"] + m
     # Interpolation makes the search short (bisection alone: ~12 + doubling).
     assert len(res["evaluations"]) <= 16
-  res = memory.find_max_resolution("ms_convlstm", 1e12, analyze_fn=fake, lo=4, max_size=8192,
+  res = footprint.find_max_resolution("ms_convlstm", 1e12, analyze_fn=fake, lo=4, max_size=8192,
                                    **TINY)
   assert res["hi_fits"] and res["size"] == 8192 and res["next_size"] is None
 
@@ -103,7 +103,7 @@ def test_finder_search_logic_with_fake_costs():
 def test_finder_real_compile_on_tiny_budget(tiny_pair):
   ms16 = tiny_pair[1]["total_bytes"]
   budget = int(ms16 * 1.15)
-  res = memory.find_max_resolution("ms_convlstm", budget, lo=16, known={16: ms16}, **TINY)
+  res = footprint.find_max_resolution("ms_convlstm", budget, lo=16, known={16: ms16}, **TINY)
   assert res["multiple"] == 2
   assert res["size"] >= 16 and res["next_size"] == res["size"] + 2
   assert res["bytes"] <= budget < res["next_bytes"]
@@ -114,23 +114,32 @@ def test_finder_real_compile_on_tiny_budget(tiny_pair):
 
 def test_bad_inputs_raise_clear_errors():
   with pytest.raises(ValueError, match="parameters.*raise the budget"):
-    memory.find_max_resolution("convlstm", budget_bytes=1000, **TINY)
+    footprint.find_max_resolution("convlstm", budget_bytes=1000, **TINY)
   with pytest.raises(ValueError, match="not a positive multiple of 4.*e.g. 16"):
-    memory.analyze("ms_convlstm", image_size=18, hidden=4, num_layers=6, seq_len=4)
+    footprint.analyze("ms_convlstm", image_size=18, hidden=4, num_layers=6, seq_len=4)
   with pytest.raises(ValueError, match="lo=3 is not a positive multiple of 2"):
-    memory.find_max_resolution("ms_convlstm", 1e9, lo=3, **TINY)
+    footprint.find_max_resolution("ms_convlstm", 1e9, lo=3, **TINY)
   with pytest.raises(ValueError, match="Unknown flops method"):
-    memory.analyze("convlstm", image_size=8, flops="exact", **TINY)
+    footprint.analyze("convlstm", image_size=8, flops="exact", **TINY)
   with pytest.raises(ValueError, match="seq_len must be >= 2"):
-    memory.analyze("convlstm", image_size=8, hidden=4, num_layers=3, seq_len=1)
+    footprint.analyze("convlstm", image_size=8, hidden=4, num_layers=3, seq_len=1)
   with pytest.raises(ValueError, match="even 8x8 needs.*remat='step'"):
-    memory.find_max_resolution("convlstm", 1e9, lo=8,
+    footprint.find_max_resolution("convlstm", 1e9, lo=8,
                                analyze_fn=lambda *a, **k: {"total_bytes": 2e9}, **TINY)
 
 
 def test_peak_path_runs_real_steps():
   # The GPU-only measurement path also runs on CPU, where the allocator has
   # no statistics, so it reports None instead of failing.
-  r = memory.analyze("convlstm", image_size=8, flops="none", measure_peak=True, peak_steps=1,
+  r = footprint.analyze("convlstm", image_size=8, flops="none", measure_peak=True, peak_steps=1,
                      hidden=4, num_layers=1, seq_len=3)
   assert r["peak_bytes"] is None and r["backend"] == "cpu"
+
+
+def test_bfloat16_halves_the_stored_carries():
+  """remat='step' keeps every step's carry; in bfloat16 they take half float32's bytes
+  (on XLA:CPU via msrnn_jax.backend.carry_storage, which would otherwise keep float32)."""
+  opts = dict(image_size=64, hidden=16, num_layers=6, seq_len=12, remat="step", flops="none")
+  f32 = footprint.analyze("ms_convlstm", **opts)
+  bf16 = footprint.analyze("ms_convlstm", dtype="bfloat16", **opts)
+  assert bf16["temp_bytes"] < 0.6 * f32["temp_bytes"], (bf16["temp_bytes"], f32["temp_bytes"])

@@ -1,0 +1,47 @@
+"""The recurrent cells and the registry of model families.
+
+One file per cell (``base.py`` states the interface). A family is what a
+model name without the ``ms_`` prefix refers to: a cell plus family-wide
+switches. Adding a cell takes its file and one entry in :data:`FAMILIES`
+(``docs/model.md`` walks through an example).
+"""
+
+import dataclasses
+
+from msrnn_jax.model.cells.base import CellBase
+from msrnn_jax.model.cells.causal_lstm import CausalLSTMCell
+from msrnn_jax.model.cells.convlstm import ConvLSTMCell
+from msrnn_jax.model.cells.mim import MIMCell
+from msrnn_jax.model.cells.motionrnn import MotionRNNCell
+from msrnn_jax.model.cells.st_lstm import STLSTMCell
+from msrnn_jax.model.cells.trajgru import TrajGRUCell
+
+__all__ = ["FAMILIES", "CausalLSTMCell", "CellBase", "ConvLSTMCell", "Family", "MIMCell",
+           "MotionRNNCell", "STLSTMCell", "TrajGRUCell"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """A model family.
+
+  Attributes:
+    cell: the cell class every layer uses.
+    decouple: compute PredRNN-V2's decoupling loss term.
+    reverse_scheduled_sampling: the sampling mask may also replace
+      context frames (PredRNN-V2); step 0 is always truth.
+  """
+
+  cell: type[CellBase]
+  decouple: bool = False
+  reverse_scheduled_sampling: bool = False
+
+
+FAMILIES: dict[str, Family] = {
+    "convlstm": Family(ConvLSTMCell),
+    "trajgru": Family(TrajGRUCell),
+    "predrnn": Family(STLSTMCell),
+    "predrnn_pp": Family(CausalLSTMCell),
+    "mim": Family(MIMCell),
+    "motionrnn": Family(MotionRNNCell),
+    "predrnn_v2": Family(STLSTMCell, decouple=True, reverse_scheduled_sampling=True),
+}

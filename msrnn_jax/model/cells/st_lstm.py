@@ -1,0 +1,54 @@
+"""PredRNN's spatiotemporal LSTM (Wang et al. 2017), also PredRNN-V2's cell."""
+
+from typing import ClassVar
+
+import jax.numpy as jnp
+
+from msrnn_jax.model.cells.base import CellBase
+from msrnn_jax.model.gates import gated_tanh, memory_update
+from msrnn_jax.model.layers import fused_conv
+
+
+class STLSTMCell(CellBase):
+  """PredRNN's spatiotemporal LSTM (ST-LSTM).
+
+  ``[i,f,g,o] = conv_x(X) + conv_h(H)``, ``C' = s(f) C + s(i) tanh(g)``;
+  ``[i',f',g'] = conv_xm(X) + conv_mm(M)``, ``M' = s(f') M + s(i') tanh(g')``;
+  ``o = s(o + conv_co(C') + conv_mo(M'))``; ``H' = o tanh(conv1x1([C', M']))``.
+  State ``(H, C)``; M zig-zags through the stack. ``extras`` holds
+  ``delta_c = s(i) tanh(g)`` and ``delta_m = s(i') tanh(g')`` for PredRNN-V2.
+  """
+
+  zigzag_m: ClassVar[bool] = True
+  units: ClassVar[int] = 10
+
+  def setup(self):
+    self.setup_st_lstm()
+
+  def setup_st_lstm(self):
+    """The ST-LSTM convolutions (also MIM's core)."""
+    hd = self.hidden
+    self.conv_x = self.conv(4 * hd)
+    self.conv_h = self.conv(4 * hd)
+    self.conv_xm = self.conv(3 * hd)
+    self.conv_mm = self.conv(3 * hd)
+    self.conv_co = self.conv(hd)
+    self.conv_mo = self.conv(hd)
+    self.conv_last = self.conv(hd, in_features=2 * hd, kernel_size=1)
+
+  @classmethod
+  def state_spec(cls, config, layer):
+    return ((config.hidden, 1), (config.hidden, 1))
+
+  def __call__(self, x, state, m, diag=None):
+    h, c = state
+    i, f, g, o = jnp.split(fused_conv([self.conv_x, self.conv_h], [x, h]), 4, axis=-1)
+    c = memory_update(i, f, g, c)
+    im, fm, gm = jnp.split(fused_conv([self.conv_xm, self.conv_mm], [x, m]), 3, axis=-1)
+    m = memory_update(im, fm, gm, m)
+    h = gated_tanh(o + fused_conv([self.conv_co, self.conv_mo], [c, m]),
+                   self.conv_last(jnp.concatenate([c, m], axis=-1)))
+    # Only PredRNN-V2's decoupling loss reads the increments; elsewhere XLA
+    # drops them as dead code.
+    extras = {"delta_c": gated_tanh(i, g), "delta_m": gated_tanh(im, gm)}
+    return h, (h, c), m, extras

@@ -1,0 +1,59 @@
+"""TrajGRU (Shi et al. 2017)."""
+
+from typing import ClassVar
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from msrnn_jax.model.cells.base import CellBase
+from msrnn_jax.model.layers import bilinear_warp, fused_conv, leaky_relu
+
+
+class TrajGRUCell(CellBase):
+  """TrajGRU (Shi et al. 2017) with L learned warping links.
+
+  A flow generator ``u = lrelu(conv_x2f(X) + conv_h2f(H))``,
+  ``flows = conv_flow(u)`` (2L channels, pairs (dx, dy)) warps H along each
+  negated flow; a 1x1 projection of the L warped maps gives the recurrent
+  gate terms of a GRU with LeakyReLU(0.2) candidate. State ``(H,)``.
+
+  Deviation from the reference (documented in ``docs/model.md``): PyTorch's
+  code builds an ``align_corners=True`` grid but samples with
+  ``align_corners=False``, so its sample point is ``(x+dx) W/(W-1) - 0.5``
+  and zero flow is not the identity. We sample at the intended pixel
+  ``x - dx`` exactly.
+  """
+
+  # Number of warped links L (13 in the paper-era code, 10 at the reference's HEAD).
+  options: ClassVar[dict] = {"links": 13}
+
+  def setup(self):
+    hd = self.hidden
+    self.conv_x2h = self.conv(3 * hd)
+    self.conv_x2f = self.conv(hd)
+    self.conv_h2f = self.conv(hd)
+    self.conv_flow = self.conv(2 * self.option("links"))
+    self.project = self.conv(3 * hd, in_features=hd * self.option("links"), kernel_size=1)
+
+  @classmethod
+  def state_spec(cls, config, layer):
+    return ((config.hidden, 1),)
+
+  @classmethod
+  def paper_units(cls, config):
+    return 5 + config.option("links")
+
+  def __call__(self, x, state, m=None, diag=None):
+    (h,) = state
+    zx, rx, hx = jnp.split(self.conv_x2h(x), 3, axis=-1)
+    u = leaky_relu(fused_conv([self.conv_x2f, self.conv_h2f], [x, h]))
+    flows = self.conv_flow(u)
+    b, hh, ww, _ = flows.shape
+    flows = flows.reshape(b, hh, ww, self.option("links"), 2)
+    warped = bilinear_warp(h, -flows).reshape(b, hh, ww, self.option("links") * self.hidden)
+    zh, rh, hh_ = jnp.split(self.project(warped), 3, axis=-1)
+    z = nn.sigmoid(zx + zh)
+    r = nn.sigmoid(rx + rh)
+    cand = leaky_relu(hx + r * hh_)
+    h = (1.0 - z) * cand + z * h
+    return h, (h,), m, {}

@@ -1,0 +1,178 @@
+"""The layers the cells are built of: PyTorch-style convolutions and warping.
+
+:class:`Conv` holds one PyTorch ``Conv2d``'s parameters (``[kh, kw, in,
+out]`` kernel, bias, PyTorch's default initialisation) and computes in the
+model's dtype through ``msrnn_jax.backend.conv2d``, which picks the kernel
+for the platform. :func:`fused_conv` sums several convolutions of a cell in
+one call. :func:`bilinear_warp` is TrajGRU's and MotionGRU's warping.
+Layouts are NHWC activations and HWIO kernels throughout.
+"""
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from msrnn_jax import backend
+from msrnn_jax.model.config import INITS
+
+
+def torch_uniform_init(fan_in: int):
+  """PyTorch's Conv2d default: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)).
+
+  The same bound is PyTorch's default for the bias.
+  """
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+class Conv(nn.Module):
+  """A convolution holding one PyTorch-style ``Conv2d``'s parameters.
+
+  Parameters are created in ``setup`` from the declared ``in_features`` so a
+  parent can fuse several convolutions that feed the same sum into one call
+  (see :func:`fused_conv`), which halves the number of kernel launches without
+  changing the parameter tree.
+
+  Attributes:
+    features: output channels.
+    in_features: input channels.
+    kernel_size: square kernel size.
+    stride: spatial stride.
+    transpose: if True, a ``ConvTranspose2d`` with ``padding``
+      ``torch_padding`` (output size ``(in - 1) * stride - 2 p + k``).
+    torch_padding: the PyTorch ``padding`` of a transposed convolution.
+    use_bias: add a bias.
+    initializer: ``'torch'`` (PyTorch defaults) or ``'flax'`` (lecun normal, zero bias).
+    dtype: compute dtype; parameters stay float32.
+  """
+
+  features: int
+  in_features: int
+  kernel_size: int = 3
+  stride: int = 1
+  transpose: bool = False
+  torch_padding: int = 0
+  use_bias: bool = True
+  initializer: str = "torch"
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    if self.initializer not in INITS:
+      raise ValueError(f"Unknown init {self.initializer!r}; valid: {', '.join(INITS)}.")
+    k = self.kernel_size
+    # PyTorch computes fan_in from weight.size(1) * k * k: in_channels for a
+    # conv, but out_channels for a transposed conv (weight is (in, out, k, k)).
+    fan_in = (self.features if self.transpose else self.in_features) * k * k
+    if self.initializer == "torch":
+      k_init = b_init = torch_uniform_init(fan_in)
+    else:
+      k_init, b_init = nn.initializers.lecun_normal(), nn.initializers.zeros
+    self.kernel = self.param("kernel", k_init, (k, k, self.in_features, self.features))
+    if self.use_bias:
+      self.bias = self.param("bias", b_init, (self.features,))
+
+  def check_input(self, x: jax.Array) -> None:
+    if x.shape[-1] != self.in_features:
+      raise ValueError(
+          f"{self.name}: expected {self.in_features} input channels, got array of shape "
+          f"{x.shape}; check the channel count of the data (config data.channels).")
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Applies the convolution to ``x`` ``[batch, height, width, in_features]``."""
+    self.check_input(x)
+    x = x.astype(self.dtype)
+    # conv2d gets the float32 kernel and casts it itself (see its dtype).
+    if self.transpose:
+      # A transposed conv is a stride-1 conv over the stride-dilated input with
+      # padding k-1-p; the kernel is stored in that forward orientation.
+      pad = self.kernel_size - 1 - self.torch_padding
+      y = backend.conv2d(x, self.kernel, padding=((pad, pad), (pad, pad)),
+                         lhs_dilation=self.stride, dtype=self.dtype)
+    elif self.kernel_size == 1 and self.stride == 1:
+      # A 1x1 convolution is a matmul over channels: use the dot directly.
+      y = jnp.einsum("nhwc,cd->nhwd", x, self.kernel[0, 0].astype(self.dtype))
+    else:
+      padding = "SAME" if self.stride == 1 else "VALID"
+      y = backend.conv2d(x, self.kernel, stride=self.stride, padding=padding, dtype=self.dtype)
+    if self.use_bias:
+      y = y + self.bias.astype(self.dtype)
+    return y
+
+
+def fused_conv(convs: Sequence[Conv], xs: Sequence[jax.Array]) -> jax.Array:
+  """Computes ``sum_i convs[i](xs[i])`` as one convolution.
+
+  Stacking the inputs along channels and the kernels along their input axis
+  gives the same sum with one larger, faster convolution.
+
+  Args:
+    convs: stride-1, same-size ``Conv`` modules with equal ``features``.
+    xs: their inputs ``[batch, height, width, convs[i].in_features]``.
+
+  Returns:
+    ``[batch, height, width, features]``.
+  """
+  if len(convs) == 1:
+    return convs[0](xs[0])
+  for c, x in zip(convs, xs, strict=True):
+    c.check_input(x)
+  c0 = convs[0]
+  dtype = c0.dtype
+  x = jnp.concatenate([x.astype(dtype) for x in xs], axis=-1)
+  # Concatenated in the parameters' float32; conv2d casts (see its dtype).
+  kernel = jnp.concatenate([c.kernel for c in convs], axis=2)
+  if c0.kernel_size == 1:
+    y = jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0].astype(dtype))
+  else:
+    y = backend.conv2d(x, kernel, dtype=dtype)
+  bias = sum(c.bias.astype(dtype) for c in convs if c.use_bias)
+  return y + bias
+
+
+def leaky_relu(x: jax.Array) -> jax.Array:
+  return nn.leaky_relu(x, negative_slope=0.2)
+
+
+def bilinear_warp(image: jax.Array, flow: jax.Array) -> jax.Array:
+  """Samples ``image`` at ``(x + dx, y + dy)`` for each of K flows, bilinearly.
+
+  Sample points are in pixel units (zero flow is the identity); taps outside
+  the image read zeros (``grid_sample`` with ``padding_mode='zeros'``).
+
+  Args:
+    image: ``[batch, height, width, channels]``.
+    flow: ``[batch, height, width, K, 2]``; ``flow[..., 0]`` is the
+      displacement along the width (x), ``flow[..., 1]`` along the height (y).
+
+  Returns:
+    ``[batch, height, width, K, channels]``.
+  """
+  b, h, w, c = image.shape
+  ys, xs = jnp.meshgrid(jnp.arange(h, dtype=flow.dtype), jnp.arange(w, dtype=flow.dtype),
+                        indexing="ij")
+  sx = xs[None, :, :, None] + flow[..., 0]
+  sy = ys[None, :, :, None] + flow[..., 1]
+  x0 = jnp.floor(sx)
+  y0 = jnp.floor(sy)
+  wx1 = sx - x0
+  wy1 = sy - y0
+  flat = image.reshape(b, h * w, c)
+  k = flow.shape[3]
+  out = jnp.zeros((b, h, w, k, c), image.dtype)
+  for dy, wy in ((0, 1.0 - wy1), (1, wy1)):
+    for dx, wx in ((0, 1.0 - wx1), (1, wx1)):
+      xi = x0 + dx
+      yi = y0 + dy
+      valid = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
+      idx = (jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)).astype(jnp.int32)
+      vals = jnp.take_along_axis(flat, idx.reshape(b, -1, 1), axis=1)
+      weight = jnp.where(valid, wx * wy, 0.0).astype(image.dtype)
+      out = out + vals.reshape(b, h, w, k, c) * weight[..., None]
+  return out

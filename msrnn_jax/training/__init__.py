@@ -1,0 +1,10 @@
+"""Training, evaluation runs and prediction from a workdir.
+
+``step`` (the state, the jitted train and eval steps: public, also used by
+``msrnn_jax.analysis``), ``train`` (``train_and_evaluate(config, workdir)``,
+the loop), ``losses``, ``sampling`` (scheduled sampling), ``sharding``
+(meshes, multi-host), ``checkpointing`` (orbax, atomic, finite only),
+``summary`` (TensorBoard, progress), ``workdir`` (checks, lock),
+``config_checks`` (one-line config errors) and ``inference`` (``--mode=predict``).
+May import ``backend``, ``model``, ``data`` and ``evaluation``.
+"""
