@@ -67,6 +67,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--dtype", choices=("float32", "bfloat16", "both"), default="float32",
                  help="bfloat16: our model.dtype='bfloat16' against PyTorch under "
                       "torch.autocast('cpu', torch.bfloat16); both: the two pairs interleaved")
+  p.add_argument("--torch-fp32-reference", action="store_true",
+                 help="with --dtype bfloat16: also time PyTorch's float32 step (not ours), for "
+                      "the bfloat16 / PyTorch fp32 ratio in less memory than --dtype both")
   p.add_argument("--warmup", type=int, default=2,
                  help="untimed steps first (two: the kept heap settles after the second)")
   p.add_argument("--out", default=os.path.join(HERE, "results", "vs_torch.json"))
@@ -158,6 +161,9 @@ def compare(name: str, impls: list[str], args) -> dict:
   suffix = {"float32": "", "bfloat16": "_bf16"}
   torch_steps, jax_steps = {}, {}
   try:
+    if args.dtype == "bfloat16" and args.torch_fp32_reference:
+      torch_steps["torch"] = TorchStep(args.torch_python, name, args.warmup,
+                                       args.torch_malloc == "keep", "float32")
     for dtype in _dtypes(args.dtype):
       torch_steps["torch" + suffix[dtype]] = TorchStep(
           args.torch_python, name, args.warmup, args.torch_malloc == "keep", dtype)
