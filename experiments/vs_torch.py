@@ -70,6 +70,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--torch-fp32-reference", action="store_true",
                  help="with --dtype bfloat16: also time PyTorch's float32 step (not ours), for "
                       "the bfloat16 / PyTorch fp32 ratio in less memory than --dtype both")
+  p.add_argument("--remat", default="none", help="our model's remat ('none', 'step', 'cell')")
   p.add_argument("--warmup", type=int, default=2,
                  help="untimed steps first (two: the kept heap settles after the second)")
   p.add_argument("--out", default=os.path.join(HERE, "results", "vs_torch.json"))
@@ -124,11 +125,12 @@ class JaxStep:
   setting, so steps of several kernels can take turns in one process.
   """
 
-  def __init__(self, name: str, conv_impl: str, warmup: int, dtype: str = "float32"):
+  def __init__(self, name: str, conv_impl: str, warmup: int, dtype: str = "float32",
+               remat: str = "none"):
     t = SHAPE["seq_len"]
     self.shape = (SHAPE["batch"], t, SHAPE["size"], SHAPE["size"], 1)
     model = model_lib.create(name, hidden=SHAPE["hidden"], num_layers=SHAPE["num_layers"],
-                             channels=1, in_len=t // 2, dtype=dtype)
+                             channels=1, in_len=t // 2, dtype=dtype, remat=remat)
     tx = optax.adam(3e-4)
     with backend.using(conv_impl):
       _, self.compiled, _, _ = footprint.compile_train_step(model, tx, self.shape, t // 2, 0.01)
@@ -168,7 +170,7 @@ def compare(name: str, impls: list[str], args) -> dict:
       torch_steps["torch" + suffix[dtype]] = TorchStep(
           args.torch_python, name, args.warmup, args.torch_malloc == "keep", dtype)
       for impl in impls:
-        jax_steps[impl + suffix[dtype]] = JaxStep(name, impl, args.warmup, dtype)
+        jax_steps[impl + suffix[dtype]] = JaxStep(name, impl, args.warmup, dtype, args.remat)
     times = {k: [] for k in (*torch_steps, *jax_steps)}
     for r in range(args.rounds):
       for key, step in (*jax_steps.items(), *torch_steps.items()):
@@ -202,6 +204,7 @@ def main(argv=None) -> None:
   with backend.using("onednn" if "onednn" in impls else "auto"):
     info = backend.describe()
   results = {"settings": {**SHAPE, "rounds": args.rounds, "warmup": args.warmup,
+                          "remat": args.remat,
                           "dtype": args.dtype, "onednn_isa": info.get("cpu_isa"),
                           "onednn": info.get("onednn"), "loadavg_start": os.getloadavg(),
                           "jax_keep_freed_memory": kept, "torch_malloc": args.torch_malloc},
