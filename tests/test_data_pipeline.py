@@ -214,13 +214,18 @@ def test_window_helpers():
 def test_prepare_cli_helpers(tmp_path, capsys):
   from msrnn_jax.data import prepare
 
-  cfg = prepare.build_config("synthetic", "", str(tmp_path / "tfds"),
-                             ["synthetic_like=taxibj", "synthetic_num_train=8",
-                              "synthetic_num_test=3"])
+  def data_config(name, **values):
+    cfg = data_lib.default_config()
+    cfg.update(data_lib.dataset_preset(name, like=values.get("synthetic_like")))
+    cfg.update(values, data_dir=str(tmp_path / "tfds"))
+    return cfg
+
+  cfg = data_config("synthetic", synthetic_like="taxibj", synthetic_num_train=8,
+                    synthetic_num_test=3)
   assert (cfg.image_size, cfg.channels, cfg.in_len, cfg.synthetic_num_train) == (32, 2, 4, 8)
   builder = prepare.prepare(cfg)
   assert builder.info.splits["train"].num_examples == 8
-  taxi = prepare.build_config("taxibj", str(tmp_path / "raw"), str(tmp_path / "tfds"), [])
+  taxi = data_config("taxibj", manual_dir=str(tmp_path / "raw"))
   prepare.print_sources(taxi)
   out = capsys.readouterr().out
   assert "[missing]" in out and "BJ16_M32x32_T30_InOut.h5" in out and "DeepST" in out

@@ -1,59 +1,33 @@
 r"""Prepares a data set: reads the raw files and writes the tfds ArrayRecord data.
 
-Usage::
+Usage (the same config file and overrides as training, so both see the same
+``config.data``; run from the repository root)::
 
-  python -m msrnn_jax.data.prepare --dataset=taxibj --manual_dir=~/raw/taxibj \
-      --data_dir=./data/tfds
-  python -m msrnn_jax.data.prepare --dataset=kth --manual_dir=~/raw/kth \
-      --set=kth_classes=run_jog_walk --set=image_size=88
+  python -m msrnn_jax.data.prepare --config=configs/taxibj.py \
+      --config.data.manual_dir=~/raw/taxibj
+  python -m msrnn_jax.data.prepare --config=configs/kth.py \
+      --config.data.manual_dir=~/raw/kth --config.data.kth_classes=run_jog_walk
 
-The shape settings of the data set's reference protocol are applied first
-(``dataset_preset``), then every ``--set key=value``. Training reads the data back
-with the same ``config.data``, so pass the same settings there. Missing files are
-listed with the place to obtain them.
+Missing files are listed with the place to obtain them.
 """
 
 from __future__ import annotations
 
-import ast
 import os
 import shutil
 import sys
 from typing import Any
 
 from absl import app, flags
+from ml_collections import config_flags
 
 from msrnn_jax.data import config as config_lib
 from msrnn_jax.data import pipeline, registry
 
-_DATASET = flags.DEFINE_enum("dataset", "mmnist", list(registry.NAMES), "Data set to prepare.")
-_MANUAL_DIR = flags.DEFINE_string("manual_dir", "", "Folder with the raw files ('' = "
-                                  "<data_dir>/downloads/manual).")
-_DATA_DIR = flags.DEFINE_string("data_dir", "./data/tfds", "Where the prepared data go.")
-_SET = flags.DEFINE_multi_string("set", [], "Overrides of config.data keys, key=value.")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file[:variant] (configs/*.py); its data section is prepared.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete and regenerate existing data.")
-
-
-def _parse_value(text: str) -> Any:
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text  # A bare string such as run_jog_walk.
-
-
-def build_config(dataset: str, manual_dir: str, data_dir: str, overrides: list[str]) -> Any:
-  """The ``config.data`` of the command line."""
-  cfg = config_lib.default_config()
-  like = [item.partition("=")[2] for item in overrides if item.startswith("synthetic_like=")]
-  cfg.update(registry.dataset_preset(dataset, like=like[-1] if like else None))
-  cfg.manual_dir = manual_dir
-  cfg.data_dir = data_dir
-  for item in overrides:
-    key, sep, value = item.partition("=")
-    if not sep or key not in cfg:
-      raise app.UsageError(f"--set {item!r}: expected key=value with a config.data key.")
-    setattr(cfg, key, _parse_value(value))
-  return cfg
+flags.mark_flags_as_required(["config"])
 
 
 def print_sources(cfg: Any) -> None:
@@ -89,7 +63,7 @@ def prepare(cfg: Any, overwrite: bool = False) -> Any:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
-  cfg = build_config(_DATASET.value, _MANUAL_DIR.value, _DATA_DIR.value, _SET.value)
+  cfg = _CONFIG.value.data
   print_sources(cfg)
   try:
     prepare(cfg, _OVERWRITE.value)
@@ -98,5 +72,18 @@ def main(argv: list[str]) -> None:
     sys.exit(1)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a mistake in a flag or a ``--config.*`` override as one line."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    print(f"error: a --config.* override names no key of the config ({e}); the keys are in "
+          "configs/default.py.", file=sys.stderr)
+    sys.exit(2)
+  except Exception as e:  # noqa: BLE001  (any other parse failure is the user's input)
+    print("error: " + " ".join(str(e).split()), file=sys.stderr)
+    sys.exit(2)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
