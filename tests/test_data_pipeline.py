@@ -229,3 +229,16 @@ def test_prepare_cli_helpers(tmp_path, capsys):
   prepare.print_sources(taxi)
   out = capsys.readouterr().out
   assert "[missing]" in out and "BJ16_M32x32_T30_InOut.h5" in out and "DeepST" in out
+
+
+def test_prepare_cli_bad_override_is_one_line():
+  """A --config.data.* key the config lacks: one ``error:`` line, exit 2, no traceback."""
+  import subprocess
+  import sys
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run([sys.executable, "-m", "msrnn_jax.data.prepare", "--config=configs/test.py",
+                         "--config.data.nope=1"], cwd=repo, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: a --config.* override names no key")

@@ -122,10 +122,10 @@ def describe() -> dict[str, str]:
           "keep_freed_memory": "on" if allocator.applied() else "off"}
   conv = impl
   if impl == "onednn":
-    info.update(onednn=onednn.version() or "", cpu_isa=onednn.cpu_isa() or "",
-                bf16=str(onednn.bf16_supported()))
+    bf16 = onednn.bf16_supported()
+    info.update(onednn=onednn.version() or "", cpu_isa=onednn.cpu_isa() or "", bf16=str(bf16))
     conv = (f"oneDNN {info['onednn']} (ISA {info['cpu_isa']}, bfloat16 "
-            f"{'native' if onednn.bf16_supported() else 'on the matmul path'})")
+            f"{'native' if bf16 else 'on the matmul path'})")
   elif impl == "matmul" and jax.default_backend() == "cpu":
     reason = onednn.unavailable_reason()
     if reason:
