@@ -10,9 +10,9 @@ kernel library. The lowest layer: it imports JAX and its own modules only.
   convolutions) as XLA FFI custom calls, built from ``native/`` on first
   use; x86-64 Linux with the ``msrnn_jax[cpu]`` extra installed.
 * ``allocator``: glibc settings that let CPU steps reuse freed memory.
-* ``carry_storage``: :func:`store_carry` / :func:`load_carry`, how a scan
-  carry is kept between time steps (bfloat16 in float16 containers on CPU,
-  where XLA would keep bfloat16 stacks as float32).
+* ``packing``: :func:`pack` / :func:`unpack`, bfloat16 values (checkpointed
+  carries, gate activations, stacked convolution inputs) in float16
+  containers on CPU, where XLA would keep or move them as float32.
 
 One process-wide setting picks the convolution (config ``backend.conv_impl``,
 applied by :func:`configure`):
@@ -42,11 +42,10 @@ import jax
 import jax.numpy as jnp
 
 from msrnn_jax.backend import allocator, matmul_grads, onednn
-from msrnn_jax.backend.carry_storage import load as load_carry
-from msrnn_jax.backend.carry_storage import store as store_carry
+from msrnn_jax.backend.packing import pack, unpack
 
 __all__ = ["CONV_IMPLS", "configure", "conv2d", "conv_impl", "describe", "flop_countable",
-           "load_carry", "prepare_host", "resolve", "store_carry", "summary", "using"]
+           "pack", "prepare_host", "resolve", "summary", "unpack", "using"]
 
 CONV_IMPLS = ("auto", "xla", "matmul", "matmul_bf16", "onednn")
 

@@ -18,11 +18,32 @@ figures and speed in ``docs/performance.md``. Values equal the plain
 expressions exactly (same operations); gradients equal autodiff's to
 float32 rounding (tested in ``tests/test_gates.py``).
 
-Gate chunks follow the reference's order ``i, f, g[, o]``.
+Gate chunks follow the reference's order ``i, f, g[, o]``. Mixed precision
+follows JAX's type promotion: bfloat16 gates with a float32 state give a
+float32 state; each gradient comes back in its input's dtype.
 """
 
 import jax
 import jax.numpy as jnp
+
+from msrnn_jax import backend
+
+
+def _keep(*activations):
+  """Residual activations as they are stored for the backward pass.
+
+  Low-precision activations are stored so that XLA keeps them in their own
+  dtype (``backend.pack``): the backward pass widens them to meet a
+  float32 state, and XLA would otherwise keep the unrounded float32 values.
+  """
+  dtype = activations[0].dtype
+  # The empty array records the dtype (residuals must be arrays).
+  return backend.pack(activations, dtype), jnp.zeros((0,), dtype)
+
+
+def _kept(stored):
+  activations, marker = stored
+  return backend.unpack(activations, marker.dtype)
 
 
 @jax.custom_vjp
@@ -45,18 +66,21 @@ def _lstm_update_fwd(gates, c):
   i, f, g, o = jnp.split(gates, 4, axis=-1)
   si, sf, tg, so = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
   c_new = sf * c + si * tg
-  return (so * jnp.tanh(c_new), c_new), (si, sf, tg, so, c)
+  return (so * jnp.tanh(c_new), c_new), (_keep(si, sf, tg, so), c)
 
 
 def _lstm_update_bwd(res, cotangents):
-  si, sf, tg, so, c = res
+  (si, sf, tg, so), c = _kept(res[0]), res[1]
   dh, dc_new = cotangents
   tc = jnp.tanh(sf * c + si * tg)
   # Total gradient reaching C': through H' and directly.
   dc = dc_new + dh * so * (1.0 - tc * tc)
-  dgates = jnp.concatenate([dc * tg * si * (1.0 - si), dc * c * sf * (1.0 - sf),
-                            dc * si * (1.0 - tg * tg), dh * tc * so * (1.0 - so)], axis=-1)
-  return dgates, dc * sf
+  # Each chunk in the gates' dtype before the concatenation: a float32
+  # concatenation would be a transient four times the state's size.
+  dgates = jnp.concatenate([d.astype(si.dtype) for d in (
+      dc * tg * si * (1.0 - si), dc * c * sf * (1.0 - sf), dc * si * (1.0 - tg * tg),
+      dh * tc * so * (1.0 - so))], axis=-1)
+  return dgates, (dc * sf).astype(c.dtype)
 
 
 lstm_update.defvjp(_lstm_update_fwd, _lstm_update_bwd)
@@ -70,13 +94,14 @@ def memory_update(i: jax.Array, f: jax.Array, g: jax.Array, c: jax.Array) -> jax
 
 def _memory_update_fwd(i, f, g, c):
   si, sf, tg = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g)
-  return sf * c + si * tg, (si, sf, tg, c)
+  return sf * c + si * tg, (_keep(si, sf, tg), c)
 
 
 def _memory_update_bwd(res, dc_new):
-  si, sf, tg, c = res
-  return (dc_new * tg * si * (1.0 - si), dc_new * c * sf * (1.0 - sf),
-          dc_new * si * (1.0 - tg * tg), dc_new * sf)
+  (si, sf, tg), c = _kept(res[0]), res[1]
+  return ((dc_new * tg * si * (1.0 - si)).astype(si.dtype),
+          (dc_new * c * sf * (1.0 - sf)).astype(sf.dtype),
+          (dc_new * si * (1.0 - tg * tg)).astype(tg.dtype), (dc_new * sf).astype(c.dtype))
 
 
 memory_update.defvjp(_memory_update_fwd, _memory_update_bwd)
@@ -90,12 +115,12 @@ def gated_tanh(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def _gated_tanh_fwd(a, b):
   sa, tb = jax.nn.sigmoid(a), jnp.tanh(b)
-  return sa * tb, (sa, tb)
+  return sa * tb, _keep(sa, tb)
 
 
 def _gated_tanh_bwd(res, dy):
-  sa, tb = res
-  return dy * tb * sa * (1.0 - sa), dy * sa * (1.0 - tb * tb)
+  sa, tb = _kept(res)
+  return (dy * tb * sa * (1.0 - sa)).astype(sa.dtype), (dy * sa * (1.0 - tb * tb)).astype(tb.dtype)
 
 
 gated_tanh.defvjp(_gated_tanh_fwd, _gated_tanh_bwd)

@@ -125,7 +125,9 @@ def fused_conv(convs: Sequence[Conv], xs: Sequence[jax.Array]) -> jax.Array:
     c.check_input(x)
   c0 = convs[0]
   dtype = c0.dtype
-  x = jnp.concatenate([x.astype(dtype) for x in xs], axis=-1)
+  # Concatenated packed: XLA would otherwise concatenate in float32 (backend.pack).
+  x = backend.unpack(jnp.concatenate(backend.pack([x.astype(dtype) for x in xs], dtype),
+                                     axis=-1), dtype)
   # Concatenated in the parameters' float32; conv2d casts (see its dtype).
   kernel = jnp.concatenate([c.kernel for c in convs], axis=2)
   if c0.kernel_size == 1:
@@ -155,7 +157,12 @@ def bilinear_warp(image: jax.Array, flow: jax.Array) -> jax.Array:
     ``[batch, height, width, K, channels]``.
   """
   b, h, w, c = image.shape
-  ys, xs = jnp.meshgrid(jnp.arange(h, dtype=flow.dtype), jnp.arange(w, dtype=flow.dtype),
+  # Sample coordinates in float32 whatever the compute dtype: bfloat16 holds
+  # integers exactly only up to 256. The taps are summed in float32 and the
+  # result (a convolution's input) returned in the flow's dtype.
+  dtype = flow.dtype
+  flow = flow.astype(jnp.float32)
+  ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
                         indexing="ij")
   sx = xs[None, :, :, None] + flow[..., 0]
   sy = ys[None, :, :, None] + flow[..., 1]
@@ -163,9 +170,9 @@ def bilinear_warp(image: jax.Array, flow: jax.Array) -> jax.Array:
   y0 = jnp.floor(sy)
   wx1 = sx - x0
   wy1 = sy - y0
-  flat = image.reshape(b, h * w, c)
+  flat = image.astype(dtype).reshape(b, h * w, c)
   k = flow.shape[3]
-  out = jnp.zeros((b, h, w, k, c), image.dtype)
+  out = jnp.zeros((b, h, w, k, c), jnp.float32)
   for dy, wy in ((0, 1.0 - wy1), (1, wy1)):
     for dx, wx in ((0, 1.0 - wx1), (1, wx1)):
       xi = x0 + dx
@@ -173,6 +180,6 @@ def bilinear_warp(image: jax.Array, flow: jax.Array) -> jax.Array:
       valid = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
       idx = (jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)).astype(jnp.int32)
       vals = jnp.take_along_axis(flat, idx.reshape(b, -1, 1), axis=1)
-      weight = jnp.where(valid, wx * wy, 0.0).astype(image.dtype)
+      weight = jnp.where(valid, wx * wy, 0.0)
       out = out + vals.reshape(b, h, w, k, c) * weight[..., None]
-  return out
+  return out.astype(dtype)

@@ -7,6 +7,16 @@ next frame with a 1x1 conv head (linear output). :class:`Predictor` unrolls
 the step over time with ``nn.scan`` (parameters broadcast, so every step
 shares them) and implements scheduled sampling: the input at step t is
 ``mask * frame_t + (1 - mask) * prediction_{t-1}``.
+
+Precision. Convolutions and gates compute in ``config.dtype``; the carry
+(every cell state, M, the previous prediction) is float32 whatever that
+dtype, as ``torch.autocast``'s type promotion keeps the reference's states:
+an LSTM cell state rounded to bfloat16 every step loses the small updates
+that long memories add up (MS-ConvLSTM's future MSE rose 2.6% on the
+embedded Moving MNIST, worse in every seed). With ``remat='step'`` and a
+low-precision dtype, :class:`CheckpointedStep` keeps each step's carry for
+the backward pass in that dtype, so the carries that fill training memory
+still cost 2 bytes a value.
 """
 
 import dataclasses
@@ -56,7 +66,7 @@ class Step(nn.Module):
   def __call__(self, carry, inputs):
     cfg = self.config
     dtype = cfg.compute_dtype
-    states, m, prev = backend.load_carry(carry, dtype)
+    states, m, prev = carry
     frame, use_truth = inputs
     cell_cls = cfg.spec.cell
     if cfg.remat == "cell":
@@ -65,8 +75,8 @@ class Step(nn.Module):
     lv = cfg.pyramid_levels()
     skip = cfg.skip_topology()
 
-    g = use_truth.astype(dtype)[:, None, None, None]
-    x = g * frame.astype(dtype) + (1.0 - g) * prev
+    g = use_truth.astype(jnp.float32)[:, None, None, None]
+    x = g * frame.astype(jnp.float32) + (1.0 - g) * prev
     x = Conv(cfg.hidden, in_features=cfg.channels, name="embed", **conv_kw)(x)
     x = pyramid.resample(x, 0, lv[0])
     if m is not None:
@@ -88,14 +98,51 @@ class Step(nn.Module):
         diag = pyramid.resample(states[l - 1][0], lv[l - 1], lv[l])
       h, state, m, extras = cell_cls(config=cfg, layer=l, name=f"layer_{l}")(x, states[l], m, diag)
       outs.append(h)
-      new_states.append(state)
+      new_states.append(tuple(v.astype(jnp.float32) for v in state))
+      if m is not None:
+        m = m.astype(jnp.float32)
       if adapter is not None:
         decouple = decouple + decouple_term(adapter, extras["delta_c"], extras["delta_m"])
 
     y = pyramid.resample(outs[-1], lv[-1], 0)
-    y = Conv(cfg.channels, in_features=cfg.hidden, name="head", **conv_kw)(y)
-    new_carry = backend.store_carry((tuple(new_states), m, y), dtype)
-    return new_carry, (y.astype(jnp.float32), decouple)
+    y = Conv(cfg.channels, in_features=cfg.hidden, name="head", **conv_kw)(y).astype(jnp.float32)
+    return (tuple(new_states), m, y), (y, decouple)
+
+
+class CheckpointedStep(Step):
+  """:class:`Step` that keeps its input carry for the backward pass in ``config.dtype``.
+
+  ``nn.remat`` would keep each step's float32 carry (the bulk of a
+  ``remat='step'`` training step's memory). Here the forward pass carries
+  float32 from step to step, the stored copy is rounded to the compute dtype
+  (in float16 bit containers on XLA:CPU, ``backend.pack``), and the
+  backward pass recomputes the step from that copy. The step recomputed
+  starts from a state within one rounding of the true one, so the error
+  stays at that rounding and never compounds over time; the carry's
+  cotangent flows in float32.
+  """
+
+  def __call__(self, carry, inputs):
+    if self.is_initializing():
+      # Parameters are created outside any custom gradient.
+      return Step.__call__(self, carry, inputs)
+    config = self.config
+    dtype = config.compute_dtype
+
+    def fwd(step, carry, inputs):
+      stored = backend.pack(jax.tree.map(lambda v: v.astype(dtype), carry), dtype)
+      # The parameters are loop-invariant: the scan keeps one copy, not one per step.
+      return Step.__call__(step, carry, inputs), (step.variables["params"], stored, inputs)
+
+    def bwd(residuals, cotangents):
+      params, stored, inputs = residuals
+      carry = jax.tree.map(lambda v: v.astype(jnp.float32), backend.unpack(stored, dtype))
+      _, vjp = jax.vjp(lambda p, c, i: Step(config).apply({"params": p}, c, i),
+                       params, carry, inputs)
+      d_params, d_carry, d_inputs = vjp(cotangents)
+      return {"params": d_params}, d_carry, d_inputs
+
+    return nn.custom_vjp(Step.__call__, fwd, bwd)(self, carry, inputs)
 
 
 class Predictor(nn.Module):
@@ -135,9 +182,9 @@ class Predictor(nn.Module):
             f"of {k} (e.g. {max(k, size // k * k)}).")
 
   def initial_carry(self, batch: int, height: int, width: int):
-    """Zero states for every layer, zero M and a zero previous prediction."""
+    """Zero states for every layer, zero M and a zero previous prediction (float32)."""
     cfg = self.config
-    dtype = cfg.compute_dtype
+    dtype = jnp.float32
     levels = cfg.pyramid_levels()
     cell_cls = cfg.spec.cell
     states = []
@@ -190,18 +237,18 @@ class Predictor(nn.Module):
     mask = self.truth_mask(mask, b, t - 1)
     step_cls = Step
     if cfg.remat == "step":
-      # prevent_cse=False is safe (and faster) inside a scan.
-      step_cls = nn.remat(Step, policy=remat_policy(cfg.remat_policy), prevent_cse=False)
+      if cfg.compute_dtype != jnp.float32 and cfg.remat_policy == "nothing_saveable":
+        step_cls = CheckpointedStep
+      else:
+        # prevent_cse=False is safe (and faster) inside a scan.
+        step_cls = nn.remat(Step, policy=remat_policy(cfg.remat_policy), prevent_cse=False)
     scan = nn.scan(step_cls, variable_broadcast="params", split_rngs={"params": False},
                    in_axes=1, out_axes=1, length=t - 1,
                    unroll=max(1, min(cfg.scan_unroll, t - 1)))
     # An explicit name keeps the parameter tree identical whatever the remat
     # setting.
     step = scan(config=cfg, name="step")
-    dtype = cfg.compute_dtype
-    carry, (preds, decouple) = step(backend.store_carry(self.initial_carry(b, h, w), dtype),
-                                    (frames[:, :-1], mask))
-    carry = backend.load_carry(carry, dtype)
+    carry, (preds, decouple) = step(self.initial_carry(b, h, w), (frames[:, :-1], mask))
     return preds, {"decouple_loss": jnp.mean(decouple), "carry": carry}
 
 
