@@ -163,3 +163,29 @@ def test_bilinear_warp_matches_scipy():
   # Zero flow is the identity (the reference's misnormalised grid is not).
   ident = bilinear_warp(jnp.asarray(img), jnp.zeros((b, h, w, 1, 2)))
   np.testing.assert_allclose(ident[:, :, :, 0], img, atol=1e-6)
+
+
+def test_bilinear_warp_samples_exactly_with_bfloat16_flows_on_large_frames():
+  """Sample coordinates are float32 whatever the flow's dtype: bfloat16 holds no integer
+  above 256 exactly, so bfloat16 coordinates would shift the samples of wide frames."""
+  w = 600
+  img = jnp.asarray(np.sin(np.arange(w) * 0.37).reshape(1, 1, w, 1), jnp.float32)
+  flow = jnp.full((1, 1, w, 1, 2), 0.5, jnp.bfloat16).at[..., 1].set(0.0)
+  out = bilinear_warp(img, flow)
+  assert out.dtype == jnp.bfloat16
+  img16 = img.astype(jnp.bfloat16).astype(jnp.float32)[0, 0, :, 0]
+  # Half-way between each pixel and its right neighbour (zero beyond the border).
+  expected = 0.5 * img16 + 0.5 * jnp.append(img16[1:], 0.0)
+  np.testing.assert_allclose(out[0, 0, :, 0, 0].astype(jnp.float32), expected, atol=1e-2)
+
+
+def test_bias_gradient_is_summed_in_float32():
+  """A bfloat16 layer's bias gradient sums every pixel's cotangent in float32."""
+  from msrnn_jax.model.layers import add_bias
+
+  y = jnp.zeros((2, 64, 64, 8), jnp.bfloat16)
+  cot = jnp.asarray(RNG.uniform(0.5, 1.5, size=y.shape), jnp.bfloat16)
+  _, vjp = jax.vjp(add_bias, y, jnp.zeros((8,), jnp.float32))
+  dy, db = vjp(cot)
+  assert dy.dtype == jnp.bfloat16 and db.dtype == jnp.float32
+  np.testing.assert_allclose(db, np.asarray(cot, np.float64).sum(axis=(0, 1, 2)), rtol=1e-6)
