@@ -64,6 +64,8 @@ from absl import logging
 from jax.experimental.custom_partitioning import custom_partitioning
 from jax.sharding import NamedSharding, PartitionSpec
 
+from msrnn_jax.backend import packing
+
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "onednn_conv.cc")
 _DISTS = ("onednn-cpu-gomp", "onednn-devel-cpu-gomp")
 _TARGET_FWD = "msrnn_onednn_conv_fwd"
@@ -403,11 +405,14 @@ def conv(x, kernel, stride, padding):
 
 
 def _conv_fwd(x, kernel, stride, padding):
-  return conv_forward(x, kernel, stride, padding), (x, kernel)
+  # x packed: stacked over time (no remat), XLA:CPU would hold it as float32.
+  return conv_forward(x, kernel, stride, padding), (packing.pack(x, x.dtype), kernel,
+                                                    jnp.zeros((0,), x.dtype))
 
 
 def _conv_bwd(stride, padding, res, dy):
-  x, kernel = res
+  packed, kernel, marker = res
+  x = packing.unpack(packed, marker.dtype)
   dx, dk = conv_backward(x, kernel, dy.astype(x.dtype), stride, padding)
   return dx, dk.astype(kernel.dtype)
 
