@@ -384,7 +384,7 @@ def test_a_new_cell_is_one_class_and_one_registry_entry(monkeypatch):
   assert models.create("ms_convgru").config.pyramid_levels() == (0, 1, 2, 2, 1, 0)
 
 
-def test_bfloat16_carry_storage_is_a_bit_reinterpretation():
+def test_bfloat16_packing_is_a_bit_reinterpretation():
   """On CPU a stored bfloat16 carry is a float16 container of the same bits (XLA
   can neither convert it through float32 nor elide its rounding), and loading it
   gives back every bit."""
