@@ -10,7 +10,8 @@ kernel library. The lowest layer: it imports JAX and its own modules only.
   convolutions) as XLA FFI custom calls, built from ``native/`` on first
   use; x86-64 Linux with the ``msrnn_jax[cpu]`` extra installed.
 * ``allocator``: glibc settings that let CPU steps reuse freed memory.
-* ``packing``: :func:`pack` / :func:`unpack`, bfloat16 values (checkpointed
+* ``packing``: :func:`pack` / :func:`unpack` (:func:`stash` / :func:`unstash`
+  for custom-gradient residuals), bfloat16 values (checkpointed
   carries, gate activations, stacked convolution inputs) in float16
   containers on CPU, where XLA would keep or move them as float32.
 
@@ -42,10 +43,11 @@ import jax
 import jax.numpy as jnp
 
 from msrnn_jax.backend import allocator, matmul_grads, onednn
-from msrnn_jax.backend.packing import pack, unpack
+from msrnn_jax.backend.packing import pack, stash, unpack, unstash
 
 __all__ = ["CONV_IMPLS", "configure", "conv2d", "conv_impl", "describe", "flop_countable",
-           "pack", "prepare_host", "resolve", "summary", "unpack", "using"]
+           "pack", "prepare_host", "resolve", "stash", "summary", "unpack", "unstash",
+           "using"]
 
 CONV_IMPLS = ("auto", "xla", "matmul", "matmul_bf16", "onednn")
 

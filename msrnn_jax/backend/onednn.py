@@ -406,13 +406,12 @@ def conv(x, kernel, stride, padding):
 
 def _conv_fwd(x, kernel, stride, padding):
   # x packed: stacked over time (no remat), XLA:CPU would hold it as float32.
-  return conv_forward(x, kernel, stride, padding), (packing.pack(x, x.dtype), kernel,
-                                                    jnp.zeros((0,), x.dtype))
+  return conv_forward(x, kernel, stride, padding), (packing.stash(x), kernel)
 
 
 def _conv_bwd(stride, padding, res, dy):
-  packed, kernel, marker = res
-  x = packing.unpack(packed, marker.dtype)
+  stashed, kernel = res
+  x = packing.unstash(stashed)
   dx, dk = conv_backward(x, kernel, dy.astype(x.dtype), stride, padding)
   return dx, dk.astype(kernel.dtype)
 

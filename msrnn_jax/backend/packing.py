@@ -55,3 +55,20 @@ def unpack(tree, dtype):
   if not _packs(dtype):
     return tree
   return jax.tree.map(lambda x: _from_container(x) if x.dtype == jnp.float16 else x, tree)
+
+
+def stash(values):
+  """Arrays of one dtype, packed with a record of that dtype, as a residual.
+
+  For a ``custom_vjp``'s forward pass; :func:`unstash` gives them back in
+  the backward pass, which knows no dtype of its own.
+  """
+  dtype = jax.tree.leaves(values)[0].dtype
+  # The empty array records the dtype (residuals must be arrays).
+  return pack(values, dtype), jnp.zeros((0,), dtype)
+
+
+def unstash(stashed):
+  """Inverse of :func:`stash`."""
+  values, marker = stashed
+  return unpack(values, marker.dtype)

@@ -20,30 +20,15 @@ float32 rounding (tested in ``tests/test_gates.py``).
 
 Gate chunks follow the reference's order ``i, f, g[, o]``. Mixed precision
 follows JAX's type promotion: bfloat16 gates with a float32 state give a
-float32 state; each gradient comes back in its input's dtype.
+float32 state; each gradient comes back in its input's dtype. The kept
+activations are stashed (``backend.stash``): the backward pass widens them
+to meet a float32 state, and XLA would otherwise keep the float32 values.
 """
 
 import jax
 import jax.numpy as jnp
 
 from msrnn_jax import backend
-
-
-def _keep(*activations):
-  """Residual activations as they are stored for the backward pass.
-
-  Low-precision activations are stored so that XLA keeps them in their own
-  dtype (``backend.pack``): the backward pass widens them to meet a
-  float32 state, and XLA would otherwise keep the unrounded float32 values.
-  """
-  dtype = activations[0].dtype
-  # The empty array records the dtype (residuals must be arrays).
-  return backend.pack(activations, dtype), jnp.zeros((0,), dtype)
-
-
-def _kept(stored):
-  activations, marker = stored
-  return backend.unpack(activations, marker.dtype)
 
 
 @jax.custom_vjp
@@ -66,11 +51,11 @@ def _lstm_update_fwd(gates, c):
   i, f, g, o = jnp.split(gates, 4, axis=-1)
   si, sf, tg, so = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
   c_new = sf * c + si * tg
-  return (so * jnp.tanh(c_new), c_new), (_keep(si, sf, tg, so), c)
+  return (so * jnp.tanh(c_new), c_new), (backend.stash((si, sf, tg, so)), c)
 
 
 def _lstm_update_bwd(res, cotangents):
-  (si, sf, tg, so), c = _kept(res[0]), res[1]
+  (si, sf, tg, so), c = backend.unstash(res[0]), res[1]
   dh, dc_new = cotangents
   tc = jnp.tanh(sf * c + si * tg)
   # Total gradient reaching C': through H' and directly.
@@ -94,11 +79,11 @@ def memory_update(i: jax.Array, f: jax.Array, g: jax.Array, c: jax.Array) -> jax
 
 def _memory_update_fwd(i, f, g, c):
   si, sf, tg = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g)
-  return sf * c + si * tg, (_keep(si, sf, tg), c)
+  return sf * c + si * tg, (backend.stash((si, sf, tg)), c)
 
 
 def _memory_update_bwd(res, dc_new):
-  (si, sf, tg), c = _kept(res[0]), res[1]
+  (si, sf, tg), c = backend.unstash(res[0]), res[1]
   return ((dc_new * tg * si * (1.0 - si)).astype(si.dtype),
           (dc_new * c * sf * (1.0 - sf)).astype(sf.dtype),
           (dc_new * si * (1.0 - tg * tg)).astype(tg.dtype), (dc_new * sf).astype(c.dtype))
@@ -115,11 +100,11 @@ def gated_tanh(a: jax.Array, b: jax.Array) -> jax.Array:
 
 def _gated_tanh_fwd(a, b):
   sa, tb = jax.nn.sigmoid(a), jnp.tanh(b)
-  return sa * tb, _keep(sa, tb)
+  return sa * tb, backend.stash((sa, tb))
 
 
 def _gated_tanh_bwd(res, dy):
-  sa, tb = _kept(res)
+  sa, tb = backend.unstash(res)
   return (dy * tb * sa * (1.0 - sa)).astype(sa.dtype), (dy * sa * (1.0 - tb * tb)).astype(tb.dtype)
 
 
