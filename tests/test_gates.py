@@ -73,3 +73,28 @@ def test_saturated_gates_give_finite_gradients():
   c = jnp.ones((1, 2, 2, 2))
   grads = jax.grad(lambda a, b: sum(x.sum() for x in gates.lstm_update(a, b)), (0, 1))(g4, c)
   assert all(np.all(np.isfinite(g)) for g in grads)
+
+
+@pytest.mark.parametrize("fused,plain,shapes", CASES, ids=["lstm", "memory", "gated"])
+def test_bfloat16_gates_round_once(fused, plain, shapes):
+  # bfloat16 pre-activations with a float32 state (the last argument, where
+  # there is one): the arithmetic runs in float32 and rounds once, so the
+  # result equals the plain float32 expression of the same inputs up to the
+  # output's own rounding. Rounding after every operation, as bfloat16
+  # arithmetic would, misses by ~1e-2.
+  args = _inputs(shapes)
+  args = [a.astype(jnp.bfloat16) for a in args[:-1]] + [
+      args[-1].astype(jnp.float32 if fused is not gates.gated_tanh else jnp.bfloat16)]
+  want = plain(*[a.astype(jnp.float32) for a in args])
+  out, vjp = jax.vjp(fused, *args)
+  tol = 1e-5 if fused is not gates.gated_tanh else 2 ** -8  # gated_tanh returns bfloat16
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      np.asarray(a, np.float32), b, rtol=tol, atol=tol), out, want)
+  # Activations kept 2-byte: the only 4-byte residual is the float32 state.
+  kept = [x for x in jax.tree.leaves(vjp) if hasattr(x, "dtype") and x.size]
+  wide = sum(x.size for x in kept if x.dtype.itemsize == 4)
+  assert wide == sum(a.size for a in args if a.dtype == jnp.float32)
+  assert sum(x.size for x in kept if x.dtype.itemsize == 2) == sum(
+      a.size for a in args if a.dtype == jnp.bfloat16)
+  for got, a in zip(vjp(jax.tree.map(jnp.ones_like, out)), args, strict=True):
+    assert got.dtype == a.dtype and np.all(np.isfinite(np.asarray(got, np.float32)))

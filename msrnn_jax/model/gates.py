@@ -18,11 +18,17 @@ figures and speed in ``docs/performance.md``. Values equal the plain
 expressions exactly (same operations); gradients equal autodiff's to
 float32 rounding (tested in ``tests/test_gates.py``).
 
-Gate chunks follow the reference's order ``i, f, g[, o]``. Mixed precision
-follows JAX's type promotion: bfloat16 gates with a float32 state give a
-float32 state; each gradient comes back in its input's dtype. The kept
-activations are stashed (``backend.stash``): the backward pass widens them
-to meet a float32 state, and XLA would otherwise keep the float32 values.
+Gate chunks follow the reference's order ``i, f, g[, o]``. Mixed precision:
+outputs follow JAX's type promotion (bfloat16 gates with a float32 state
+give a float32 state) and each gradient comes back in its input's dtype.
+The nonlinearities and products are computed in float32 whatever the
+inputs' dtype, rounded once at the end: XLA:CPU has no bfloat16 arithmetic
+and would round after every operation of ``1 / (1 + exp(-x))``, which is
+both less accurate and, with a conversion pair per operation, slower (a
+third of a bfloat16 PredRNN step's elementwise time). The kept activations
+are rounded to the gates' dtype and stashed (``backend.stash``): the
+backward pass widens them to meet a float32 state, and XLA would otherwise
+keep the float32 values.
 """
 
 import jax
@@ -47,22 +53,40 @@ def lstm_update(gates: jax.Array, c: jax.Array) -> tuple[jax.Array, jax.Array]:
   return _lstm_update_fwd(gates, c)[0]
 
 
+def _wide(x: jax.Array) -> jax.Array:
+  """``x`` in float32 at least, the precision the gate arithmetic runs in."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _keep(activations, like):
+  """Activations rounded to their inputs' dtypes and stashed for the backward pass."""
+  return backend.stash(tuple(a.astype(x.dtype) for a, x in zip(activations, like, strict=True)))
+
+
+def _restore(res):
+  """The stashed activations, widened, and the dtypes they were kept in."""
+  kept = backend.unstash(res)
+  return tuple(map(_wide, kept)), tuple(k.dtype for k in kept)
+
+
 def _lstm_update_fwd(gates, c):
-  i, f, g, o = jnp.split(gates, 4, axis=-1)
+  i, f, g, o = jnp.split(_wide(gates), 4, axis=-1)
   si, sf, tg, so = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o)
   c_new = sf * c + si * tg
-  return (so * jnp.tanh(c_new), c_new), (backend.stash((si, sf, tg, so)), c)
+  out = jnp.result_type(gates, c)
+  return ((so * jnp.tanh(c_new)).astype(out), c_new.astype(out)), (
+      _keep((si, sf, tg, so), (gates,) * 4), c)
 
 
 def _lstm_update_bwd(res, cotangents):
-  (si, sf, tg, so), c = backend.unstash(res[0]), res[1]
-  dh, dc_new = cotangents
+  ((si, sf, tg, so), (dtype, *_)), c = _restore(res[0]), res[1]
+  dh, dc_new = map(_wide, cotangents)
   tc = jnp.tanh(sf * c + si * tg)
   # Total gradient reaching C': through H' and directly.
   dc = dc_new + dh * so * (1.0 - tc * tc)
   # Each chunk in the gates' dtype before the concatenation: a float32
   # concatenation would be a transient four times the state's size.
-  dgates = jnp.concatenate([d.astype(si.dtype) for d in (
+  dgates = jnp.concatenate([d.astype(dtype) for d in (
       dc * tg * si * (1.0 - si), dc * c * sf * (1.0 - sf), dc * si * (1.0 - tg * tg),
       dh * tc * so * (1.0 - so))], axis=-1)
   return dgates, (dc * sf).astype(c.dtype)
@@ -78,15 +102,17 @@ def memory_update(i: jax.Array, f: jax.Array, g: jax.Array, c: jax.Array) -> jax
 
 
 def _memory_update_fwd(i, f, g, c):
-  si, sf, tg = jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g)
-  return sf * c + si * tg, (backend.stash((si, sf, tg)), c)
+  si, sf, tg = jax.nn.sigmoid(_wide(i)), jax.nn.sigmoid(_wide(f)), jnp.tanh(_wide(g))
+  out = (sf * c + si * tg).astype(jnp.result_type(i, f, g, c))
+  return out, (_keep((si, sf, tg), (i, f, g)), c)
 
 
 def _memory_update_bwd(res, dc_new):
-  (si, sf, tg), c = backend.unstash(res[0]), res[1]
-  return ((dc_new * tg * si * (1.0 - si)).astype(si.dtype),
-          (dc_new * c * sf * (1.0 - sf)).astype(sf.dtype),
-          (dc_new * si * (1.0 - tg * tg)).astype(tg.dtype), (dc_new * sf).astype(c.dtype))
+  ((si, sf, tg), dtypes), c = _restore(res[0]), res[1]
+  dc_new = _wide(dc_new)
+  return ((dc_new * tg * si * (1.0 - si)).astype(dtypes[0]),
+          (dc_new * c * sf * (1.0 - sf)).astype(dtypes[1]),
+          (dc_new * si * (1.0 - tg * tg)).astype(dtypes[2]), (dc_new * sf).astype(c.dtype))
 
 
 memory_update.defvjp(_memory_update_fwd, _memory_update_bwd)
@@ -99,13 +125,14 @@ def gated_tanh(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _gated_tanh_fwd(a, b):
-  sa, tb = jax.nn.sigmoid(a), jnp.tanh(b)
-  return sa * tb, backend.stash((sa, tb))
+  sa, tb = jax.nn.sigmoid(_wide(a)), jnp.tanh(_wide(b))
+  return (sa * tb).astype(jnp.result_type(a, b)), _keep((sa, tb), (a, b))
 
 
 def _gated_tanh_bwd(res, dy):
-  sa, tb = backend.unstash(res)
-  return (dy * tb * sa * (1.0 - sa)).astype(sa.dtype), (dy * sa * (1.0 - tb * tb)).astype(tb.dtype)
+  (sa, tb), dtypes = _restore(res)
+  dy = _wide(dy)
+  return (dy * tb * sa * (1.0 - sa)).astype(dtypes[0]), (dy * sa * (1.0 - tb * tb)).astype(dtypes[1])
 
 
 gated_tanh.defvjp(_gated_tanh_fwd, _gated_tanh_bwd)
