@@ -45,6 +45,8 @@ CASES = [
     ((1, 6, 5, 2), (1, 1, 2, 3), 1, ((1, 1), (1, 1)), 1),  # padding wider than the kernel
     ((1, 7, 7, 2), (3, 3, 2, 2), 1, ((-1, 0), (0, -1)), 1),  # negative padding (cropping)
     ((1, 4, 5, 3), (3, 3, 3, 2), 3, ((1, 2), (0, 1)), 2),  # stride 3 with input dilation 2
+    ((2, 5, 6, 32), (1, 1, 32, 16), 1, "SAME", 1),  # 1x1: a dot, oneDNN's in bfloat16
+    ((2, 4, 3, 1), (1, 1, 1, 8), 1, "VALID", 1),  # 1x1 from one channel (the embedding)
 ]
 
 

@@ -187,10 +187,18 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
     padding = jax.lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
   padding = tuple(tuple(int(v) for v in p) for p in padding)
   if impl == "onednn":
-    if (onednn.supports(x.shape, kernel.shape, dtype, strides, padding, dil)
-        and kernel.dtype in (jnp.float32, jnp.bfloat16)):
-      return onednn.conv(x, kernel, strides, padding)
-    impl = "matmul"
+    covered = (onednn.supports(x.shape, kernel.shape, dtype, strides, padding, dil)
+               and kernel.dtype in (jnp.float32, jnp.bfloat16))
+    impl = "onednn" if covered else "matmul"
+  pointwise = (kernel.shape[:2] == (1, 1) and strides == (1, 1) and dil == (1, 1)
+               and padding == ((0, 0), (0, 0)))
+  if pointwise and not (impl == "onednn" and dtype == jnp.bfloat16):
+    # A 1x1 convolution is a product over channels, which XLA runs on its
+    # matrix kernels; but in bfloat16 XLA:CPU widens both operands to
+    # float32 first, while oneDNN takes them as they are.
+    return jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0].astype(dtype))
+  if impl == "onednn":
+    return onednn.conv(x, kernel, strides, padding)
   kernel = kernel.astype(dtype)
   if impl == "xla":
     return matmul_grads.xla_conv(x, kernel, strides, padding, dil)

@@ -95,9 +95,6 @@ class Conv(nn.Module):
       pad = self.kernel_size - 1 - self.torch_padding
       y = backend.conv2d(x, self.kernel, padding=((pad, pad), (pad, pad)),
                          lhs_dilation=self.stride, dtype=self.dtype)
-    elif self.kernel_size == 1 and self.stride == 1:
-      # A 1x1 convolution is a matmul over channels: use the dot directly.
-      y = jnp.einsum("nhwc,cd->nhwd", x, self.kernel[0, 0].astype(self.dtype))
     else:
       padding = "SAME" if self.stride == 1 else "VALID"
       y = backend.conv2d(x, self.kernel, stride=self.stride, padding=padding, dtype=self.dtype)
@@ -156,10 +153,7 @@ def fused_conv(convs: Sequence[Conv], xs: Sequence[jax.Array]) -> jax.Array:
                                      axis=-1), dtype)
   # Concatenated in the parameters' float32; conv2d casts (see its dtype).
   kernel = jnp.concatenate([c.kernel for c in convs], axis=2)
-  if c0.kernel_size == 1:
-    y = jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0].astype(dtype))
-  else:
-    y = backend.conv2d(x, kernel, dtype=dtype)
+  y = backend.conv2d(x, kernel, dtype=dtype)
   biases = [c.bias for c in convs if c.use_bias]
   return add_bias(y, sum(biases)) if biases else y
 
