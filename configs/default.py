@@ -65,7 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
   # nn.scan unroll factor: 1 = rolled loop (compile time independent of T);
   # >= T-1 = fully unrolled.
   config.model.scan_unroll = 1
-  # Compute dtype ('float32' or 'bfloat16'); params and Adam state stay float32.
+  # Compute dtype ('float32', 'bfloat16', or 'auto': bfloat16 where the platform's
+  # convolutions have native bfloat16 kernels); params and Adam state stay float32.
   config.model.dtype = "float32"
   # 'torch' (PyTorch Conv2d defaults, as the reference) or 'flax'.
   config.model.initializer = "torch"

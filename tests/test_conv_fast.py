@@ -6,6 +6,7 @@ config switch reaching the cells of a model; the oneDNN calls split over a
 batch-sharded mesh (four simulated devices, conftest.py) and in bfloat16.
 """
 
+import importlib
 import os
 import re
 
@@ -475,3 +476,29 @@ def test_bf16_model_routes_to_onednn_with_float32_gradients():
     assert got.dtype == jnp.float32
     # bfloat16 activations through a recurrent stack: a few percent.
     _close(got, want, 0.1)
+
+
+@pytest.mark.parametrize("impl", ["matmul", "onednn"])
+def test_auto_dtype_is_bfloat16_only_where_convolutions_have_native_kernels(impl):
+  """``model.dtype='auto'`` (the CPU presets): bfloat16 with native oneDNN bfloat16 kernels,
+  float32 on the portable path, where bfloat16 would be slower."""
+  if impl == "onednn" and not onednn.available():
+    pytest.skip("oneDNN unavailable")
+  config = test_config.get_config()
+  config.model.dtype = "auto"
+  frames = jnp.zeros((1, 3, 16, 16, config.data.channels), jnp.float32)
+  with backend.using(impl):
+    want = "bfloat16" if impl == "onednn" and onednn.bf16_supported() else "float32"
+    assert backend.fast_dtype() == want
+    model = train_step.create_model(config)
+    assert model.config.compute_dtype == jnp.dtype(want)
+    jaxpr = str(jax.make_jaxpr(lambda f: model.init(jax.random.key(0), f))(frames))
+    assert ("bf16[" in jaxpr) == (want == "bfloat16")
+  assert "model.dtype 'auto' = " in backend.summary()
+
+
+def test_cpu_presets_pick_their_dtype_at_run_time():
+  for name in ("mmnist", "kth", "taxibj", "hko7"):
+    preset = importlib.import_module(f"configs.{name}")
+    assert preset.get_config("cpu").model.dtype == "auto"
+    assert preset.get_config().model.dtype == "float32"  # paper-scale: float32

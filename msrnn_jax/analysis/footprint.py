@@ -359,7 +359,7 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
 
   b, _, h, w, _ = frames_shape
   units = cfg.spec.cell.paper_units(cfg)
-  bits = 16 if cfg.dtype in ("bfloat16", "float16") else 32
+  bits = 8 * jnp.dtype(cfg.compute_dtype).itemsize
   est = paper_estimate(cfg.num_layers, False, seq_len, units, b, cfg.hidden, h, w,
                        params=params, bits=bits)
   # Eq. 3 with N replaced by the model's own sum_l 4**-level: eq. 4-5 for the

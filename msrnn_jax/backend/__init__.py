@@ -45,9 +45,9 @@ import jax.numpy as jnp
 from msrnn_jax.backend import allocator, matmul_grads, onednn
 from msrnn_jax.backend.packing import pack, stash, unpack, unstash
 
-__all__ = ["CONV_IMPLS", "configure", "conv2d", "conv_impl", "describe", "flop_countable",
-           "pack", "prepare_host", "resolve", "stash", "summary", "unpack", "unstash",
-           "using"]
+__all__ = ["CONV_IMPLS", "configure", "conv2d", "conv_impl", "describe", "fast_dtype",
+           "flop_countable", "pack", "prepare_host", "resolve", "stash", "summary", "unpack",
+           "unstash", "using"]
 
 CONV_IMPLS = ("auto", "xla", "matmul", "matmul_bf16", "onednn")
 
@@ -116,11 +116,25 @@ def flop_countable() -> Iterator[bool]:
       yield True
 
 
+def fast_dtype() -> str:
+  """The compute dtype that trains fastest here: what ``model.dtype='auto'`` resolves to.
+
+  ``'bfloat16'`` on GPU and TPU (XLA's bfloat16 convolutions) and on CPUs
+  whose oneDNN convolutions have native bfloat16 kernels (AMX, AVX-512
+  BF16); ``'float32'`` on other CPUs, where bfloat16 convolutions take the
+  portable path and are slower than float32.
+  """
+  if jax.default_backend() != "cpu":
+    return "bfloat16"
+  return "bfloat16" if conv_impl() == "onednn" and onednn.bf16_supported() else "float32"
+
+
 def describe() -> dict[str, str]:
   """What this process runs on, for logs and benchmark records."""
   impl = conv_impl()
   info = {"platform": jax.default_backend(), "conv_impl": impl,
-          "keep_freed_memory": "on" if allocator.applied() else "off"}
+          "keep_freed_memory": "on" if allocator.applied() else "off",
+          "auto_dtype": fast_dtype()}
   conv = impl
   if impl == "onednn":
     bf16 = onednn.bf16_supported()
@@ -138,7 +152,8 @@ def describe() -> dict[str, str]:
 def summary() -> str:
   """One log line: the convolution kernel and the host-memory setting."""
   info = describe()
-  line = f"convolutions: {info['conv']}; keep_freed_memory: {info['keep_freed_memory']}"
+  line = (f"convolutions: {info['conv']}; model.dtype 'auto' = {info['auto_dtype']}; "
+          f"keep_freed_memory: {info['keep_freed_memory']}")
   if info["platform"] == "cpu" and not allocator.applied():
     line += (" (to stop per-step page faults, call msrnn_jax.backend.prepare_host() before the "
              "first JAX computation; msrnn_jax.main does)")

@@ -14,6 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from msrnn_jax import backend
 from msrnn_jax.model import pyramid
 
 REMAT_MODES = ("none", "step", "cell")
@@ -51,8 +52,10 @@ class ModelConfig:
     remat: ``'none'``, ``'step'`` (checkpoint each time step) or ``'cell'``.
     remat_policy: a ``jax.checkpoint_policies`` name.
     scan_unroll: ``nn.scan`` unroll factor (1 = rolled loop).
-    dtype: compute dtype name (``'float32'``, ``'bfloat16'``); parameters
-      stay float32.
+    dtype: compute dtype name (``'float32'``, ``'bfloat16'``), or ``'auto'``:
+      bfloat16 where the platform's convolutions have native bfloat16
+      kernels, else float32 (``backend.fast_dtype``, decided when the model
+      is traced); parameters stay float32.
     initializer: ``'torch'`` (PyTorch defaults, as the reference) or ``'flax'``.
     options: the family's own options (TrajGRU's ``links``, MotionRNN's
       ``motion_k``...) as sorted ``(name, value)`` pairs; read them with
@@ -90,7 +93,7 @@ class ModelConfig:
 
   @property
   def compute_dtype(self):
-    return DTYPES[self.dtype]
+    return DTYPES[backend.fast_dtype() if self.dtype == "auto" else self.dtype]
 
   def option(self, key: str) -> Any:
     """A family option: the configured value, else the cell's default."""
@@ -123,8 +126,8 @@ class ModelConfig:
     spec = self.spec
     if self.remat not in REMAT_MODES:
       raise ValueError(f"Unknown remat {self.remat!r}; valid: {', '.join(REMAT_MODES)}.")
-    if self.dtype not in DTYPES:
-      raise ValueError(f"Unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}.")
+    if self.dtype not in (*DTYPES, "auto"):
+      raise ValueError(f"Unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}, auto.")
     if self.initializer not in INITS:
       raise ValueError(f"Unknown initializer {self.initializer!r}; valid: {', '.join(INITS)}.")
     if self.skip_topology() not in pyramid.SKIPS:
