@@ -66,7 +66,8 @@ def get_config() -> ml_collections.ConfigDict:
   # >= T-1 = fully unrolled.
   config.model.scan_unroll = 1
   # Compute dtype ('float32', 'bfloat16', or 'auto': bfloat16 where the platform's
-  # convolutions have native bfloat16 kernels); params and Adam state stay float32.
+  # convolutions have native bfloat16 kernels, float32 elsewhere; the CPU-sized
+  # presets use it, docs/performance.md); params and Adam state stay float32.
   config.model.dtype = "float32"
   # 'torch' (PyTorch Conv2d defaults, as the reference) or 'flax'.
   config.model.initializer = "torch"

@@ -22,9 +22,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.model.name = "ms_predrnn"
   config.train.epochs = 20
   if variant == "cpu":
-    # bfloat16 where this machine's convolutions have native bfloat16 kernels (faster
-    # here; docs/performance.md), float32 elsewhere.
-    config.model.dtype = "auto"
+    config.model.dtype = "auto"  # CPU-sized: the fast dtype here (configs/default.py)
     config.data.image_size = 32
     config.data.in_len, config.data.out_len, config.data.eval_out_len = 5, 5, 10
     config.model.hidden = 16

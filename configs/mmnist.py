@@ -22,9 +22,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.data.eval_out_len = None
   config.train.epochs = 20
   if variant == "cpu":
-    # bfloat16 where this machine's convolutions have native bfloat16 kernels (faster
-    # here; docs/performance.md), float32 elsewhere.
-    config.model.dtype = "auto"
+    config.model.dtype = "auto"  # CPU-sized: the fast dtype here (configs/default.py)
     # The demo: 32x32 frames, 5 -> 5, 6 x 16 channels, 1200 steps at Adam 3e-3 (a few
     # minutes on 2 cores); future MSE 0.47x the blank frame's (experiments/README.md).
     config.data.image_size = 32

@@ -24,9 +24,7 @@ def get_config(variant: str = "") -> ml_collections.ConfigDict:
   config.data.eval_out_len = None
   config.train.epochs = 20
   if variant == "cpu":
-    # bfloat16 where this machine's convolutions have native bfloat16 kernels (faster
-    # here; docs/performance.md), float32 elsewhere.
-    config.model.dtype = "auto"
+    config.model.dtype = "auto"  # CPU-sized: the fast dtype here (configs/default.py)
     config.model.hidden = 16
     config.train.batch_size = 8
     config.train.num_steps = 600
