@@ -1,5 +1,6 @@
 """Model library: registry, shapes, parameter counts, cell equations, remat, gradients, errors."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 
 from msrnn_jax import backend
 from msrnn_jax import model as models
-from msrnn_jax.model import cells
+from msrnn_jax.model import cells, predictor
 from msrnn_jax.model.config import ModelConfig
 from msrnn_jax.model.layers import Conv
 
@@ -427,3 +428,36 @@ def test_bfloat16_keeps_float32_states_and_checkpoints_them_in_bfloat16(name):
   flat_step = jnp.concatenate([g.ravel() for g in jax.tree.leaves(g_step)])
   rel = float(jnp.linalg.norm(flat_step - flat_none) / jnp.linalg.norm(flat_none))
   assert 0 < rel < 2e-2, rel
+
+
+@pytest.mark.parametrize("name", ["ms_convlstm", "predrnn_v2"])
+def test_checkpointed_loop_gradients_equal_autodiff(name):
+  """The hand-written reverse loop of remat='step' in low precision, run with
+  float32 storage (nothing rounded): loss, outputs and the gradients of the
+  parameters, the initial carry and the frames equal autodiff through nn.scan."""
+  x = _frames(b=2, t=5, h=8, w=8, seed=3)
+  mask = jnp.full((2, 4), 0.5)
+  model = models.create(name, hidden=4, num_layers=3, in_len=2)
+  params = model.init(jax.random.key(0), x)["params"]
+  carry = model.initial_carry(2, 8, 8)
+  carry = jax.tree.map(lambda v: v + 0.1, carry)  # a non-zero start, so its gradient means something
+
+  def run(loop):
+    def loss(p, c, frames):
+      preds, decouple = loop(p, c, frames)
+      return jnp.mean((preds - x[:, 1:]) ** 2) + 0.01 * jnp.mean(decouple)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(params, carry, x)
+
+  def scanned(p, c, frames):
+    scan = nn.scan(predictor.Step, variable_broadcast="params", split_rngs={"params": False},
+                   in_axes=1, out_axes=1)(config=model.config)
+    return scan.apply({"params": p["step"]}, c, (frames[:, :-1], mask))[1]
+
+  def checkpointed(p, c, frames):
+    return predictor.checkpointed_loop(model.config, p["step"], c, (frames[:, :-1], mask))[1]
+
+  l_ref, g_ref = run(scanned)
+  l_ckpt, g_ckpt = run(checkpointed)
+  np.testing.assert_allclose(float(l_ckpt), float(l_ref), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g_ckpt), jax.tree.leaves(g_ref), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(b))))

@@ -14,7 +14,7 @@ dtype, as ``torch.autocast``'s type promotion keeps the reference's states:
 an LSTM cell state rounded to bfloat16 every step loses the small updates
 that long memories add up (MS-ConvLSTM's future MSE rose 2.6% on the
 embedded Moving MNIST, worse in every seed). With ``remat='step'`` and a
-low-precision dtype, :class:`CheckpointedStep` keeps each step's carry for
+low-precision dtype, :func:`checkpointed_loop` keeps each step's carry for
 the backward pass in that dtype, so the carries that fill training memory
 still cost 2 bytes a value.
 """
@@ -109,40 +109,89 @@ class Step(nn.Module):
     return (tuple(new_states), m, y), (y, decouple)
 
 
-class CheckpointedStep(Step):
-  """:class:`Step` that keeps its input carry for the backward pass in ``config.dtype``.
+def checkpointed_loop(config: ModelConfig, params: Any, carry: Any, xs: Any) -> tuple[Any, Any]:
+  """:class:`Step` over time, keeping each step's input carry in ``config.dtype``.
 
-  ``nn.remat`` would keep each step's float32 carry (the bulk of a
-  ``remat='step'`` training step's memory). Here the forward pass carries
-  float32 from step to step, the stored copy is rounded to the compute dtype
-  (in float16 bit containers on XLA:CPU, ``backend.pack``), and the
-  backward pass recomputes the step from that copy. The step recomputed
-  starts from a state within one rounding of the true one, so the error
-  stays at that rounding and never compounds over time; the carry's
-  cotangent flows in float32.
+  The ``remat='step'`` time loop of a low-precision model. ``nn.remat``
+  would keep every step's float32 carry (the bulk of such a training step's
+  memory). Here the forward pass carries float32 from step to step and
+  stores a copy of each step's input carry rounded to the compute dtype (in
+  float16 bit containers on XLA:CPU, ``backend.pack``); the backward pass
+  runs the steps in reverse, recomputing each from its stored copy. Step 0
+  starts from the initial carry, which is kept as it is, so T-1 steps store
+  T-2 carries. A recomputed step starts from a state within one rounding of
+  the true one, so the error stays at that rounding and never compounds
+  over time; the carry's cotangent flows in float32.
+
+  Args:
+    config: the model's hyper-parameters.
+    params: the step's parameters.
+    carry: the initial carry ``(layer states, M, previous prediction)``.
+    xs: the per-step inputs ``(frames, truth weights)``, time on axis 1.
+
+  Returns:
+    ``(final carry, per-step outputs)``, outputs with time on axis 1.
   """
+  dtype = config.compute_dtype
+  steps = jax.tree.leaves(xs)[0].shape[1]
+  unroll = max(1, min(config.scan_unroll, steps))
+  time_major = jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), xs)
 
-  def __call__(self, carry, inputs):
-    if self.is_initializing():
-      # Parameters are created outside any custom gradient.
-      return Step.__call__(self, carry, inputs)
-    config = self.config
-    dtype = config.compute_dtype
+  def apply(p, c, x):
+    return Step(config).apply({"params": p}, c, x)
 
-    def fwd(step, carry, inputs):
-      stored = backend.pack(jax.tree.map(lambda v: v.astype(dtype), carry), dtype)
-      # The parameters are loop-invariant: the scan keeps one copy, not one per step.
-      return Step.__call__(step, carry, inputs), (step.variables["params"], stored, inputs)
+  def run(p, c, x_seq, store):
+    def body(state, x):
+      c, stack, t = state
+      if store:
+        # Step t's input goes to slot t - 1; step 0's write is overwritten.
+        kept = backend.pack(jax.tree.map(lambda v: v.astype(dtype), c), dtype)
+        stack = jax.tree.map(
+            lambda s, v: jax.lax.dynamic_update_index_in_dim(s, v, jnp.maximum(t - 1, 0), 0),
+            stack, kept)
+      c, y = apply(p, c, x)
+      return (c, stack, t + 1), y
 
-    def bwd(residuals, cotangents):
-      params, stored, inputs = residuals
-      carry = jax.tree.map(lambda v: v.astype(jnp.float32), backend.unpack(stored, dtype))
-      _, vjp = jax.vjp(lambda p, c, i: Step(config).apply({"params": p}, c, i),
-                       params, carry, inputs)
-      d_params, d_carry, d_inputs = vjp(cotangents)
-      return {"params": d_params}, d_carry, d_inputs
+    stack = None
+    if store:
+      slots = max(steps - 1, 1)
+      stack = jax.tree.map(lambda v: jnp.zeros((slots,) + v.shape, v.dtype),
+                           backend.pack(jax.tree.map(lambda v: v.astype(dtype), c), dtype))
+    (c, stack, _), ys = jax.lax.scan(body, (c, stack, 0), x_seq, unroll=unroll)
+    return c, ys, stack
 
-    return nn.custom_vjp(Step.__call__, fwd, bwd)(self, carry, inputs)
+  @jax.custom_vjp
+  def loop(p, c, x_seq):
+    c, ys, _ = run(p, c, x_seq, store=False)
+    return c, ys
+
+  def fwd(p, c, x_seq):
+    c_last, ys, stack = run(p, c, x_seq, store=True)
+    return (c_last, ys), (p, c, stack, x_seq)
+
+  def bwd(res, cotangents):
+    p, c0, stack, x_seq = res
+    d_carry, d_ys = cotangents
+
+    def body(state, inp):
+      d_c, d_p = state
+      t, x, d_y = inp
+      stored = jax.tree.map(lambda s: jax.lax.dynamic_index_in_dim(s, jnp.maximum(t - 1, 0), 0,
+                                                                   keepdims=False), stack)
+      c = jax.tree.map(lambda first, v: jnp.where(t == 0, first, v.astype(first.dtype)),
+                       c0, backend.unpack(stored, dtype))
+      _, vjp = jax.vjp(apply, p, c, x)
+      dp, d_c, dx = vjp((d_c, d_y))
+      return (d_c, jax.tree.map(jnp.add, d_p, dp)), dx
+
+    init = (d_carry, jax.tree.map(jnp.zeros_like, p))
+    (d_c0, d_p), d_x = jax.lax.scan(body, init, (jnp.arange(steps), x_seq, d_ys), reverse=True,
+                                    unroll=unroll)
+    return d_p, d_c0, d_x
+
+  loop.defvjp(fwd, bwd)
+  carry, ys = loop(params, carry, time_major)
+  return carry, jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), ys)
 
 
 class Predictor(nn.Module):
@@ -235,20 +284,24 @@ class Predictor(nn.Module):
     self.check_frames(frames)
     b, t, h, w, _ = frames.shape
     mask = self.truth_mask(mask, b, t - 1)
+    carry, xs = self.initial_carry(b, h, w), (frames[:, :-1], mask)
+    if (cfg.remat == "step" and cfg.compute_dtype != jnp.float32
+        and cfg.remat_policy == "nothing_saveable" and not self.is_initializing()):
+      # The parameters were made by the nn.scan below at initialisation.
+      carry, (preds, decouple) = checkpointed_loop(cfg, self.variables["params"]["step"], carry,
+                                                   xs)
+      return preds, {"decouple_loss": jnp.mean(decouple), "carry": carry}
     step_cls = Step
     if cfg.remat == "step":
-      if cfg.compute_dtype != jnp.float32 and cfg.remat_policy == "nothing_saveable":
-        step_cls = CheckpointedStep
-      else:
-        # prevent_cse=False is safe (and faster) inside a scan.
-        step_cls = nn.remat(Step, policy=remat_policy(cfg.remat_policy), prevent_cse=False)
+      # prevent_cse=False is safe (and faster) inside a scan.
+      step_cls = nn.remat(Step, policy=remat_policy(cfg.remat_policy), prevent_cse=False)
     scan = nn.scan(step_cls, variable_broadcast="params", split_rngs={"params": False},
                    in_axes=1, out_axes=1, length=t - 1,
                    unroll=max(1, min(cfg.scan_unroll, t - 1)))
     # An explicit name keeps the parameter tree identical whatever the remat
     # setting.
     step = scan(config=cfg, name="step")
-    carry, (preds, decouple) = step(self.initial_carry(b, h, w), (frames[:, :-1], mask))
+    carry, (preds, decouple) = step(carry, xs)
     return preds, {"decouple_loss": jnp.mean(decouple), "carry": carry}
 
 
