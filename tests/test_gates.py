@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from msrnn_jax.model import gates
+from msrnn_jax.model import gates, layers
 
 RNG = np.random.default_rng(3)
 
@@ -98,3 +98,25 @@ def test_bfloat16_gates_round_once(fused, plain, shapes):
       a.size for a in args if a.dtype == jnp.bfloat16)
   for got, a in zip(vjp(jax.tree.map(jnp.ones_like, out)), args, strict=True):
     assert got.dtype == a.dtype and np.all(np.isfinite(np.asarray(got, np.float32)))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_split_gates_equals_jnp_split_with_its_gradient(dtype):
+  """layers.split_gates: the chunks of jnp.split, and in bfloat16 the chunks'
+  gradients reassembled exactly (a concatenation rounds nothing)."""
+  y = jax.random.normal(jax.random.key(0), (2, 4, 4, 12)).astype(dtype)
+  weights = [jax.random.normal(jax.random.key(k), (2, 4, 4, 4)).astype(dtype) for k in (1, 2, 3)]
+
+  def loss(split, y):
+    return sum(jnp.sum((w * c).astype(jnp.float32) ** 2)
+               for w, c in zip(weights, split(y), strict=True))
+
+  def plain(y):
+    return jnp.split(y, 3, axis=-1)
+
+  for a, b in zip(layers.split_gates(y, 3), plain(y), strict=True):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+  grad = jax.jit(jax.grad(lambda v: loss(lambda u: layers.split_gates(u, 3), v)))(y)
+  ref = jax.jit(jax.grad(lambda v: loss(plain, v)))(y)
+  assert grad.dtype == dtype
+  np.testing.assert_array_equal(np.asarray(grad, np.float32), np.asarray(ref, np.float32))

@@ -8,6 +8,7 @@ one call. :func:`bilinear_warp` is TrajGRU's and MotionGRU's warping.
 Layouts are NHWC activations and HWIO kernels throughout.
 """
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -156,6 +157,44 @@ def fused_conv(convs: Sequence[Conv], xs: Sequence[jax.Array]) -> jax.Array:
   y = backend.conv2d(x, kernel, dtype=dtype)
   biases = [c.bias for c in convs if c.use_bias]
   return add_bias(y, sum(biases)) if biases else y
+
+
+def split_gates(y: jax.Array, sections: int) -> tuple[jax.Array, ...]:
+  """``jnp.split(y, sections, axis=-1)`` for a convolution's gate chunks.
+
+  In a low-precision model the gradient reassembles the chunks' gradients
+  in that precision: autodiff's concatenation would be moved by XLA:CPU past
+  the roundings and run in float32, twice the bytes (``backend.pack``).
+  float32 splits as ``jnp.split`` does.
+
+  Args:
+    y: ``[..., sections * chunk]``.
+    sections: the number of equal chunks.
+
+  Returns:
+    ``sections`` arrays ``[..., chunk]``.
+  """
+  if y.dtype == jnp.float32:
+    return tuple(jnp.split(y, sections, axis=-1))
+  return _split_packed(y, sections)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _split_packed(y, sections):
+  return tuple(jnp.split(y, sections, axis=-1))
+
+
+def _split_packed_fwd(y, sections):
+  return _split_packed(y, sections), jnp.zeros((0,), y.dtype)
+
+
+def _split_packed_bwd(sections, marker, cotangents):
+  dtype = marker.dtype
+  return (backend.unpack(jnp.concatenate(
+      backend.pack([c.astype(dtype) for c in cotangents], dtype), axis=-1), dtype),)
+
+
+_split_packed.defvjp(_split_packed_fwd, _split_packed_bwd)
 
 
 def leaky_relu(x: jax.Array) -> jax.Array:

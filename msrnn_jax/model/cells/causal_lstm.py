@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from msrnn_jax.model.cells.base import CellBase
 from msrnn_jax.model.gates import gated_tanh, memory_update
-from msrnn_jax.model.layers import fused_conv
+from msrnn_jax.model.layers import fused_conv, split_gates
 
 
 class CausalLSTMCell(CellBase):
@@ -50,7 +50,7 @@ class CausalLSTMCell(CellBase):
   def __call__(self, x, state, m, diag=None):
     if self.has_ghu(self.layer, self.num_layers):
       h, c, z = state
-      p, s = jnp.split(fused_conv([self.ghu_x, self.ghu_z], [x, z]), 2, axis=-1)
+      p, s = split_gates(fused_conv([self.ghu_x, self.ghu_z], [x, z]), 2)
       s = nn.sigmoid(s)
       z = s * jnp.tanh(p) + (1.0 - s) * z
       x = z
@@ -58,9 +58,9 @@ class CausalLSTMCell(CellBase):
     else:
       h, c = state
       extra = ()
-    i, f, g = jnp.split(self.conv_a(jnp.concatenate([x, h, c], axis=-1)), 3, axis=-1)
+    i, f, g = split_gates(self.conv_a(jnp.concatenate([x, h, c], axis=-1)), 3)
     c = memory_update(i, f, g, c)
-    im, fm, gm = jnp.split(self.conv_b(jnp.concatenate([x, c, m], axis=-1)), 3, axis=-1)
+    im, fm, gm = split_gates(self.conv_b(jnp.concatenate([x, c, m], axis=-1)), 3)
     m = gated_tanh(fm, self.conv_m(m)) + gated_tanh(im, gm)
     o = jnp.tanh(self.conv_o(jnp.concatenate([x, c, m], axis=-1)))
     h = o * jnp.tanh(self.conv_last(jnp.concatenate([c, m], axis=-1)))

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from msrnn_jax.model.cells.st_lstm import STLSTMCell
 from msrnn_jax.model.gates import gated_tanh, memory_update
-from msrnn_jax.model.layers import fused_conv
+from msrnn_jax.model.layers import fused_conv, split_gates
 
 
 class MIMCell(STLSTMCell):
@@ -55,18 +55,18 @@ class MIMCell(STLSTMCell):
     t = None
     if self.layer > 0 or self.is_initializing():
       xd = x - diag
-      i_n, f_n, g_n = jnp.split(fused_conv([self.n_x, self.n_h], [xd, n]), 3, axis=-1)
+      i_n, f_n, g_n = split_gates(fused_conv([self.n_x, self.n_h], [xd, n]), 3)
       n = memory_update(i_n, f_n, g_n, n)
       dif = gated_tanh(fused_conv([self.n_ox, self.n_on], [xd, n]), n)
-      i_s, f_s, g_s, o_s = jnp.split(fused_conv([self.s_x, self.s_c], [dif, c]), 4, axis=-1)
+      i_s, f_s, g_s, o_s = split_gates(fused_conv([self.s_x, self.s_c], [dif, c]), 4)
       s = memory_update(i_s, f_s, g_s, s)
       t = gated_tanh(o_s + self.s_o(s), s)
-    i, f, g, o = jnp.split(fused_conv([self.conv_x, self.conv_h], [x, h]), 4, axis=-1)
+    i, f, g, o = split_gates(fused_conv([self.conv_x, self.conv_h], [x, h]), 4)
     if self.layer == 0:
       c = memory_update(i, f, g, c)
     else:
       c = t + gated_tanh(i, g)
-    im, fm, gm = jnp.split(fused_conv([self.conv_xm, self.conv_mm], [x, m]), 3, axis=-1)
+    im, fm, gm = split_gates(fused_conv([self.conv_xm, self.conv_mm], [x, m]), 3)
     m = memory_update(im, fm, gm, m)
     o = o + fused_conv([self.conv_co, self.conv_mo], [c, m])
     h = gated_tanh(o, self.conv_last(jnp.concatenate([c, m], axis=-1)))

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from msrnn_jax.model.cells.base import CellBase
 from msrnn_jax.model.gates import gated_tanh, memory_update
-from msrnn_jax.model.layers import fused_conv
+from msrnn_jax.model.layers import fused_conv, split_gates
 
 
 class STLSTMCell(CellBase):
@@ -42,9 +42,9 @@ class STLSTMCell(CellBase):
 
   def __call__(self, x, state, m, diag=None):
     h, c = state
-    i, f, g, o = jnp.split(fused_conv([self.conv_x, self.conv_h], [x, h]), 4, axis=-1)
+    i, f, g, o = split_gates(fused_conv([self.conv_x, self.conv_h], [x, h]), 4)
     c = memory_update(i, f, g, c)
-    im, fm, gm = jnp.split(fused_conv([self.conv_xm, self.conv_mm], [x, m]), 3, axis=-1)
+    im, fm, gm = split_gates(fused_conv([self.conv_xm, self.conv_mm], [x, m]), 3)
     m = memory_update(im, fm, gm, m)
     h = gated_tanh(o + fused_conv([self.conv_co, self.conv_mo], [c, m]),
                    self.conv_last(jnp.concatenate([c, m], axis=-1)))

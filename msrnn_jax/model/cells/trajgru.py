@@ -3,10 +3,9 @@
 from typing import ClassVar
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from msrnn_jax.model.cells.base import CellBase
-from msrnn_jax.model.layers import bilinear_warp, fused_conv, leaky_relu
+from msrnn_jax.model.layers import bilinear_warp, fused_conv, leaky_relu, split_gates
 
 
 class TrajGRUCell(CellBase):
@@ -45,13 +44,13 @@ class TrajGRUCell(CellBase):
 
   def __call__(self, x, state, m=None, diag=None):
     (h,) = state
-    zx, rx, hx = jnp.split(self.conv_x2h(x), 3, axis=-1)
+    zx, rx, hx = split_gates(self.conv_x2h(x), 3)
     u = leaky_relu(fused_conv([self.conv_x2f, self.conv_h2f], [x, h]))
     flows = self.conv_flow(u)
     b, hh, ww, _ = flows.shape
     flows = flows.reshape(b, hh, ww, self.option("links"), 2)
     warped = bilinear_warp(h, -flows).reshape(b, hh, ww, self.option("links") * self.hidden)
-    zh, rh, hh_ = jnp.split(self.project(warped), 3, axis=-1)
+    zh, rh, hh_ = split_gates(self.project(warped), 3)
     z = nn.sigmoid(zx + zh)
     r = nn.sigmoid(rx + rh)
     cand = leaky_relu(hx + r * hh_)
