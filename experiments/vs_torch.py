@@ -67,9 +67,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--dtype", choices=("float32", "bfloat16", "both"), default="float32",
                  help="bfloat16: our model.dtype='bfloat16' against PyTorch under "
                       "torch.autocast('cpu', torch.bfloat16); both: the two pairs interleaved")
-  p.add_argument("--torch-fp32-reference", action="store_true",
-                 help="with --dtype bfloat16: also time PyTorch's float32 step (not ours), for "
-                      "the bfloat16 / PyTorch fp32 ratio in less memory than --dtype both")
+  p.add_argument("--torch-reference", choices=("autocast", "fp32", "both"), default="autocast",
+                 help="with --dtype bfloat16, the PyTorch step(s) ours is timed against: "
+                      "autocast, float32 (not ours: the bfloat16 / PyTorch fp32 ratio in less "
+                      "memory than --dtype both), or both")
   p.add_argument("--remat", default="none", help="our model's remat ('none', 'step', 'cell')")
   p.add_argument("--warmup", type=int, default=2,
                  help="untimed steps first (two: the kept heap settles after the second)")
@@ -163,12 +164,14 @@ def compare(name: str, impls: list[str], args) -> dict:
   suffix = {"float32": "", "bfloat16": "_bf16"}
   torch_steps, jax_steps = {}, {}
   try:
-    if args.dtype == "bfloat16" and args.torch_fp32_reference:
-      torch_steps["torch"] = TorchStep(args.torch_python, name, args.warmup,
-                                       args.torch_malloc == "keep", "float32")
-    for dtype in _dtypes(args.dtype):
+    torch_dtypes = _dtypes(args.dtype)
+    if args.dtype == "bfloat16":
+      torch_dtypes = {"autocast": ["bfloat16"], "fp32": ["float32"],
+                      "both": ["float32", "bfloat16"]}[args.torch_reference]
+    for dtype in torch_dtypes:
       torch_steps["torch" + suffix[dtype]] = TorchStep(
           args.torch_python, name, args.warmup, args.torch_malloc == "keep", dtype)
+    for dtype in _dtypes(args.dtype):
       for impl in impls:
         jax_steps[impl + suffix[dtype]] = JaxStep(name, impl, args.warmup, dtype, args.remat)
     times = {k: [] for k in (*torch_steps, *jax_steps)}
@@ -187,9 +190,11 @@ def compare(name: str, impls: list[str], args) -> dict:
   out = {"times": times, "max_rss_gb": rss,
          **{f"{k}_step_s": statistics.median(times[k]) for k in torch_steps}}
   for key in jax_steps:
-    ref = "torch_bf16" if key.endswith("_bf16") else "torch"
+    ref = "torch_bf16" if key.endswith("_bf16") and "torch_bf16" in times else "torch"
     out[key] = _ratio(times[key], times[ref])
     if ref != "torch" and "torch" in times:  # mixed precision against PyTorch's float32 step
+      out[key]["vs_torch_fp32"] = _ratio(times[key], times["torch"])
+    elif ref == "torch" and key.endswith("_bf16"):
       out[key]["vs_torch_fp32"] = _ratio(times[key], times["torch"])
   return out
 
@@ -222,7 +227,7 @@ def main(argv=None) -> None:
   print("|---|---|---|---|---|---|")
   for name, r in results["models"].items():
     for dtype in _dtypes(args.dtype):
-      tkey = "torch" if dtype == "float32" else "torch_bf16"
+      tkey = "torch_bf16" if dtype == "bfloat16" and "torch_bf16_step_s" in r else "torch"
       for i in impls:
         key = i if dtype == "float32" else f"{i}_bf16"
         x = r[key]
