@@ -192,9 +192,7 @@ def compare(name: str, impls: list[str], args) -> dict:
   for key in jax_steps:
     ref = "torch_bf16" if key.endswith("_bf16") and "torch_bf16" in times else "torch"
     out[key] = _ratio(times[key], times[ref])
-    if ref != "torch" and "torch" in times:  # mixed precision against PyTorch's float32 step
-      out[key]["vs_torch_fp32"] = _ratio(times[key], times["torch"])
-    elif ref == "torch" and key.endswith("_bf16"):
+    if key.endswith("_bf16") and "torch" in times:  # mixed precision against PyTorch's fp32 step
       out[key]["vs_torch_fp32"] = _ratio(times[key], times["torch"])
   return out
 

@@ -43,9 +43,9 @@ import jax
 import jax.numpy as jnp
 
 from msrnn_jax.backend import allocator, matmul_grads, onednn
-from msrnn_jax.backend.packing import pack, stash, unpack, unstash
+from msrnn_jax.backend.packing import concatenate, pack, stash, unpack, unstash
 
-__all__ = ["CONV_IMPLS", "configure", "conv2d", "conv_impl", "describe", "fast_dtype",
+__all__ = ["CONV_IMPLS", "concatenate", "configure", "conv2d", "conv_impl", "describe", "fast_dtype",
            "flop_countable", "pack", "prepare_host", "resolve", "stash", "summary", "unpack",
            "unstash", "using"]
 

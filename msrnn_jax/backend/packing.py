@@ -10,7 +10,8 @@ low-precision model lose memory to this:
   them through float32 (MS-ConvLSTM, 256x256: 2.03 GB against 1.20 GB);
 * gate activations kept for the backward pass, which that pass widens to
   meet a float32 state: XLA keeps the float32 values instead;
-* a convolution's stacked inputs, which XLA would concatenate in float32.
+* a convolution's stacked inputs and the gate gradients reassembled from
+  their chunks, which XLA would concatenate in float32 (:func:`concatenate`).
 
 :func:`pack` hands such values on as the bit patterns of their bfloat16
 values in float16 arrays, whose data movement is native and which nothing
@@ -55,6 +56,16 @@ def unpack(tree, dtype):
   if not _packs(dtype):
     return tree
   return jax.tree.map(lambda x: _from_container(x) if x.dtype == jnp.float16 else x, tree)
+
+
+def concatenate(values, dtype):
+  """``values`` rounded to ``dtype`` and concatenated along their last axis.
+
+  The concatenation moves packed values, so XLA:CPU cannot run it in
+  float32 after the roundings (twice the bytes, and a transient the size of
+  the result).
+  """
+  return unpack(jnp.concatenate(pack([v.astype(dtype) for v in values], dtype), axis=-1), dtype)
 
 
 def stash(values):

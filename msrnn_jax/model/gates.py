@@ -84,11 +84,11 @@ def _lstm_update_bwd(res, cotangents):
   tc = jnp.tanh(sf * c + si * tg)
   # Total gradient reaching C': through H' and directly.
   dc = dc_new + dh * so * (1.0 - tc * tc)
-  # Each chunk rounded and packed before the concatenation: XLA would
-  # otherwise concatenate in float32, a transient four times the state's size.
-  dgates = backend.unpack(jnp.concatenate(backend.pack([d.astype(dtype) for d in (
+  # Each chunk rounded before the concatenation (a float32 one would be a
+  # transient four times the state's size).
+  dgates = backend.concatenate([
       dc * tg * si * (1.0 - si), dc * c * sf * (1.0 - sf), dc * si * (1.0 - tg * tg),
-      dh * tc * so * (1.0 - so))], dtype), axis=-1), dtype)
+      dh * tc * so * (1.0 - so)], dtype)
   return dgates, (dc * sf).astype(c.dtype)
 
 

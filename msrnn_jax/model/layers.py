@@ -149,9 +149,7 @@ def fused_conv(convs: Sequence[Conv], xs: Sequence[jax.Array]) -> jax.Array:
     c.check_input(x)
   c0 = convs[0]
   dtype = c0.dtype
-  # Concatenated packed: XLA would otherwise concatenate in float32 (backend.pack).
-  x = backend.unpack(jnp.concatenate(backend.pack([x.astype(dtype) for x in xs], dtype),
-                                     axis=-1), dtype)
+  x = backend.concatenate(xs, dtype)
   # Concatenated in the parameters' float32; conv2d casts (see its dtype).
   kernel = jnp.concatenate([c.kernel for c in convs], axis=2)
   y = backend.conv2d(x, kernel, dtype=dtype)
@@ -163,8 +161,8 @@ def split_gates(y: jax.Array, sections: int) -> tuple[jax.Array, ...]:
   """``jnp.split(y, sections, axis=-1)`` for a convolution's gate chunks.
 
   In a low-precision model the gradient reassembles the chunks' gradients
-  in that precision: autodiff's concatenation would be moved by XLA:CPU past
-  the roundings and run in float32, twice the bytes (``backend.pack``).
+  in that precision (``backend.concatenate``); XLA:CPU would run autodiff's
+  concatenation in float32.
   float32 splits as ``jnp.split`` does.
 
   Args:
@@ -185,13 +183,12 @@ def _split_packed(y, sections):
 
 
 def _split_packed_fwd(y, sections):
-  return _split_packed(y, sections), jnp.zeros((0,), y.dtype)
+  return _split_packed(y, sections), None
 
 
-def _split_packed_bwd(sections, marker, cotangents):
-  dtype = marker.dtype
-  return (backend.unpack(jnp.concatenate(
-      backend.pack([c.astype(dtype) for c in cotangents], dtype), axis=-1), dtype),)
+def _split_packed_bwd(sections, _, cotangents):
+  # A custom_vjp's cotangents come in its outputs' dtype.
+  return (backend.concatenate(cotangents, cotangents[0].dtype),)
 
 
 _split_packed.defvjp(_split_packed_fwd, _split_packed_bwd)

@@ -140,15 +140,17 @@ def checkpointed_loop(config: ModelConfig, params: Any, carry: Any, xs: Any) -> 
   def apply(p, c, x):
     return Step(config).apply({"params": p}, c, x)
 
+  def rounded(c):
+    return backend.pack(jax.tree.map(lambda v: v.astype(dtype), c), dtype)
+
   def run(p, c, x_seq, store):
     def body(state, x):
       c, stack, t = state
       if store:
         # Step t's input goes to slot t - 1; step 0's write is overwritten.
-        kept = backend.pack(jax.tree.map(lambda v: v.astype(dtype), c), dtype)
         stack = jax.tree.map(
             lambda s, v: jax.lax.dynamic_update_index_in_dim(s, v, jnp.maximum(t - 1, 0), 0),
-            stack, kept)
+            stack, rounded(c))
       c, y = apply(p, c, x)
       return (c, stack, t + 1), y
 
@@ -156,7 +158,7 @@ def checkpointed_loop(config: ModelConfig, params: Any, carry: Any, xs: Any) -> 
     if store:
       slots = max(steps - 1, 1)
       stack = jax.tree.map(lambda v: jnp.zeros((slots,) + v.shape, v.dtype),
-                           backend.pack(jax.tree.map(lambda v: v.astype(dtype), c), dtype))
+                           jax.eval_shape(rounded, c))
     (c, stack, _), ys = jax.lax.scan(body, (c, stack, 0), x_seq, unroll=unroll)
     return c, ys, stack
 
