@@ -1,9 +1,11 @@
-"""experiments/reproduce.py on test-sized settings: outputs, and reruns skip finished runs."""
+"""experiments/reproduce.py on test-sized settings: receipts, reruns skip finished runs,
+and experiments/render.py's tables and plot from those receipts."""
 
 import importlib.util
 import json
 import pathlib
 
+import numpy as np
 import pytest
 
 from configs import test as test_config
@@ -12,46 +14,64 @@ from msrnn_jax.training import train
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def reproduce():
-  spec = importlib.util.spec_from_file_location("reproduce", REPO / "experiments" / "reproduce.py")
+def _load(name):
+  spec = importlib.util.spec_from_file_location(name, REPO / "experiments" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
 
 
-def test_reproduce_runs_writes_and_skips(reproduce, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def reproduce():
+  return _load("reproduce")
+
+
+@pytest.fixture(scope="module")
+def render():
+  return _load("render")
+
+
+def test_receipts_skip_and_render(reproduce, render, tmp_path, monkeypatch):
   base = test_config.get_config()
   base.train.num_steps = base.train.checkpoint_every_steps = 2
-  models = ["blank", "copy_last", "ms_convlstm_noskip", "convlstm"]
-  records = [reproduce.run_one(base, m, 0, str(tmp_path)) for m in models]
-  rows = reproduce.summarize(records, models, str(tmp_path))
-  for m in models:
-    record = json.loads((tmp_path / f"{m}_seed0.json").read_text())
-    assert record["model"] == m and record["all"]["mse"] > 0
-  assert [r["model"] for r in rows] == models
-  assert (tmp_path / "summary.csv").read_text().startswith("model,seeds,")
-  assert "| ms_convlstm_noskip | 1 |" in (tmp_path / "summary.md").read_text()
-  assert (tmp_path / "summary.png").stat().st_size > 1000
+  out, runs = tmp_path / "out", tmp_path / "runs"
+  models = ["convlstm", "ms_convlstm_noskip", "ms_convlstm"]
+  receipts = [reproduce.run_one(base, m, s, str(out), str(runs)) for s in (0, 1) for m in models]
+  for r in receipts:
+    on_disk = json.loads((out / f"{r['model']}_seed{r['seed']}.json").read_text())
+    assert on_disk == json.loads(json.dumps(r, default=str))
+    receipt = r["receipt"]
+    assert receipt["config"]["model"]["name"] == r["model"].removesuffix("_noskip")
+    assert receipt["config"]["seed"] == r["seed"]
+    assert len(receipt["commit"]) >= 40 and receipt["machine"]["cpu"]
+    assert receipt["wall_s"] > 0 and receipt["segments"][-1]["end"] is not None
+    assert set(r["baselines"]) == {"blank", "copy_last"} and r["future"]["mse"] > 0
   # The no-skip variant really ran with skip='none'.
-  assert (tmp_path / "runs" / "ms_convlstm_noskip_seed0" / "test.json").is_file()
+  noskip = json.loads((out / "ms_convlstm_noskip_seed0.json").read_text())
+  assert noskip["receipt"]["config"]["model"]["skip"] == "none"
 
   def fail(*args, **kwargs):
     raise AssertionError("finished runs must be skipped")
 
   monkeypatch.setattr(train, "train_and_evaluate", fail)
-  again = [reproduce.run_one(base, m, 0, str(tmp_path)) for m in models]
-  assert again == records
-  # Summaries of what has finished: an unrun model or seed is left out.
-  finished = reproduce.finished_records(base, models + ["predrnn"], [0, 1], str(tmp_path))
-  assert finished == records
-  # A record is rebuilt from the run's evaluation when only that exists.
-  (tmp_path / "copy_last_seed0.json").unlink()
-  assert reproduce.finished_records(base, ["copy_last"], [0], str(tmp_path)) == records[1:2]
-  rows = reproduce.summarize(finished, models + ["predrnn"], str(tmp_path))
-  assert [r["model"] for r in rows] == models
-  # The blank-frame row: the future MSE of all-zero predictions, and every row's ratio to it.
-  blank_row = rows[0]
-  assert blank_row["model"] == "blank" and blank_row["mse_future_vs_blank"] == pytest.approx(1.0)
-  run = json.loads((tmp_path / "runs" / "convlstm_seed0" / "test.json").read_text())
-  assert run["baselines"]["blank"]["future"]["mse"] == pytest.approx(blank_row["mse_future"])
+  again = [reproduce.run_one(base, m, s, str(out), str(runs)) for s in (0, 1) for m in models]
+  assert again == [json.loads(json.dumps(r, default=str)) for r in receipts]
+
+  # The rendered numbers, recomputed here from the receipt files.
+  table = render.reproduce_table(out)
+  def future(model):
+    return np.array([json.loads((out / f"{model}_seed{s}.json").read_text())["future"]["mse"]
+                     for s in (0, 1)])
+  plain, ms = future("convlstm"), future("ms_convlstm")
+  row = next(line for line in table.splitlines() if line.startswith("| ms_convlstm |"))
+  assert f"{ms.mean():.2f} ± {ms.std(ddof=1):.2f}" in row
+  family = next(line for line in table.splitlines() if line.startswith("| ConvLSTM |"))
+  assert f"| {ms.mean() / plain.mean():.2f} |" in family
+  assert " / ".join(f"{v:.2f}" for v in ms / plain) in family
+  assert ("yes" if (ms < plain).all() else "**no**") in family and "(2 of 3 seeds)" in family
+  blank = np.mean([json.loads(p.read_text())["baselines"]["blank"]["future"]["mse"]
+                   for p in out.glob("*.json")])
+  assert "| blank | - |" in table and f"{blank:.2f}" in table
+  assert "MS-ConvLSTM" in render.reproduce_headline(out)
+  render.reproduce_plot(out, tmp_path / "plot.png")
+  assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
