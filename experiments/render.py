@@ -1,7 +1,8 @@
 """Renders the docs' measured figures from the committed data in ``experiments/measured/``.
 
 A figure lives in one place: the data file an experiment wrote (with its command,
-machine, commit and date). The Markdown pages hold rendered copies between markers::
+machine, commit and date). The Markdown pages hold rendered copies between markers (indented
+like the opening marker, so a block can sit in a list item)::
 
     <!-- render: NAME -->
     ...generated...
@@ -25,8 +26,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 MEASURED = REPO / "experiments" / "measured"
 PAGES = ("README.md", "docs/model.md", "docs/performance.md", "docs/data.md", "docs/running.md",
          "experiments/README.md")
-BLOCK = re.compile(r"(<!-- render: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /render -->)",
-                   re.DOTALL)
+BLOCK = re.compile(r"^(?P<indent>[ ]*)<!-- render: (?P<name>[\w-]+) -->\n(?P<body>.*?)"
+                   r"^(?P=indent)<!-- /render -->", re.DOTALL | re.MULTILINE)
 # The families in the paper's Table I order (later families follow when measured).
 FAMILY_ORDER = ("convlstm", "trajgru", "predrnn", "predrnn_pp", "mim", "motionrnn", "predrnn_v2",
                 "cms_lstm", "modernn", "preciplstm", "mk_lstm")
@@ -141,7 +142,7 @@ def reproduce_headline(folder: pathlib.Path) -> str:
     if not f["complete"]:
       seeds += f", {len(f['seeds'])} of 3 seeds so far"
     parts.append(f"MS-{name} {f['ratio']:.2f}x {name} ({seeds})")
-  return "; ".join(parts) + ".\n"
+  return ("; ".join(parts) if parts else "no family has both models measured yet") + ".\n"
 
 
 def reproduce_plot(folder: pathlib.Path, path: pathlib.Path) -> None:
@@ -166,12 +167,174 @@ def reproduce_plot(folder: pathlib.Path, path: pathlib.Path) -> None:
   fig.savefig(path, dpi=110, metadata={"Software": None})
 
 
+# --------------------------------------------------------------------------- measured tables
+
+def _data(name: str) -> dict:
+  return json.loads((MEASURED / f"{name}.json").read_text())
+
+
+def _source(d: dict) -> str:
+  """The provenance line under a table: command, machine, commit, date."""
+  return (f"`{d['command']}`; {d['note'] + '; ' if d.get('note') else ''}{d['machine']}; "
+          f"commit {d['commit']}, {d['date']}.\n")
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+
+
+def demo_table() -> str:
+  d = _data("demo")
+  rows = [[r["dtype"], r["wall"], f"{r['steps_per_s']}", f"{r['mse_all']:.2f}",
+           f"**{r['mse_future']:.2f}**", f"{r['mae_future']:.2f}", f"{r['ssim_future']:.3f}",
+           f"{r['psnr_future']:.2f}", f"{r['mse_future'] / r['blank_mse_future']:.2f}",
+           f"{r['mse_future'] / r['copy_last_mse_future']:.2f}"] for r in d["rows"]]
+  return _table(["dtype", "wall", "steps/s", "MSE all", "MSE future", "MAE future", "SSIM future",
+                 "PSNR future", "/ blank", "/ copy-last"], rows) + "\n" + _source(d)
+
+
+def demo_output() -> str:
+  """README: what the demo prints (the first row of the demo data)."""
+  r = _data("demo")["rows"][0]
+  return ("```\n"
+          f"  model     future MSE {r['mse_future']:9.3f}  MAE {r['mae_future']:9.3f}  "
+          f"SSIM {r['ssim_future']:.4f}  PSNR {r['psnr_future']:.2f}\n"
+          f"  copy_last future MSE {r['copy_last_mse_future']:9.3f}  ...\n"
+          f"  blank     future MSE {r['blank_mse_future']:9.3f}  ...\n"
+          f"  model future MSE = {r['mse_future'] / r['copy_last_mse_future']:.2f}x copy_last, "
+          f"{r['mse_future'] / r['blank_mse_future']:.2f}x blank "
+          "(below 1 = better than that baseline)\n```\n")
+
+
+def parity_table() -> str:
+  d = _data("parity")
+  rows = [[r["model"], f"{r['params_16']:,} / {r['params_64']:,}", f"{r['output']:.1e}",
+           f"{r['loss']:.1e}", f"{r['gradient']:.1e} (`{r['tensor']}`)"] for r in d["rows"]]
+  return _table(["model", "parameters (x16 / x64)", "output", "loss", "worst gradient (tensor)"],
+                rows) + "\n" + _source(d)
+
+
+def vs_torch_fp32_table() -> str:
+  d = _data("vs_torch_fp32")
+  rows = [[r["model"], f"{r['torch_fp32_s']:.2f} s",
+           f"{r['ours_fp32_s']:.2f} s (**{r['ratio']:.2f}**, {r['lo']:.2f}-{r['hi']:.2f})"]
+          for r in d["rows"]]
+  return _table(["model", "PyTorch fp32", "ours fp32 (/ PyTorch fp32)"], rows) + "\n" + _source(d)
+
+
+def _opt(v) -> str:
+  return "-" if v is None else f"{v:.2f}"
+
+
+def vs_torch_bf16_table() -> str:
+  d = _data("vs_torch_bf16")
+  rows = [[r["model"], f"{r['torch_fp32_s']:.2f} s", f"{r['autocast_s']:.2f} s",
+           f"{r['ours_bf16_s']:.2f} s", f"**{r['vs_autocast']:.2f}** ({r['vs_autocast_range']})",
+           f"**{r['vs_fp32']:.2f}** ({r['vs_fp32_range']})",
+           f"{_opt(r['remat_vs_autocast'])}, {_opt(r['remat_vs_fp32'])}"] for r in d["rows"]]
+  return _table(["model", "PyTorch fp32", "PyTorch autocast", "ours bf16", "/ autocast",
+                 "/ PyTorch fp32", "`remat='step'`: / autocast, / fp32"], rows) + "\n" + _source(d)
+
+
+def vs_torch_summary() -> str:
+  """README and docs/performance.md: the speed ratios in one sentence."""
+  f32 = {r["model"]: r for r in _data("vs_torch_fp32")["rows"]}
+  bf16 = {r["model"]: r for r in _data("vs_torch_bf16")["rows"]}
+  fp32_part = " and ".join(f"{m} {r['ratio']:.2f}x" for m, r in f32.items())
+  bf16_part = ", ".join(f"{m} {r['vs_autocast']:.2f}x" for m, r in bf16.items())
+  lo = min(r["vs_fp32"] for r in bf16.values())
+  hi = max(r["vs_fp32"] for r in bf16.values())
+  return (f"float32 (Intel Xeon): {fp32_part} PyTorch's fp32 step time; bfloat16 (AMD EPYC) "
+          f"against PyTorch's autocast step: {bf16_part}, and {lo:.2f}-{hi:.2f}x its fp32 step "
+          "(tables and commands: experiments/README.md).\n")
+
+
+def benchmark_table() -> str:
+  d = _data("benchmark_paper")
+  rows = [[r["model"], f"{r['step_s']} s", f"{r['gflops']}", _opt(r["ms_over_plain"]).replace(
+      "-", "")] for r in d["rows"]]
+  return _table(["model (paper shape)", "step", "GFLOP/s", "MS / plain step"], rows) + "\n" + \
+      _source(d)
+
+
+def conv_bench_table() -> str:
+  d = _data("conv_bench_scan")
+  def cell(v, bold):
+    text = f"{v[0]} ({v[1]:.2f})"
+    return f"**{text}**" if bold else text
+  rows = [[str(r["size"]), f"**{r['impl']}**" if r["impl"] == "onednn" else r["impl"],
+           *(cell(r[k], k == "all" and r["impl"] == "onednn") for k in ("fwd", "dx", "dk", "all"))]
+          for r in d["rows"]]
+  return _table(["size", "impl", "fwd", "dX", "dK", "fwd + dX + dK"], rows) + "\n" + _source(d)
+
+
+def memory_table() -> str:
+  d = _data("memory_vs_resolution")
+  rows = []
+  for cell_name, v in d["remat_step_gb"].items():
+    rows.append([cell_name, *(f"{v[s][0]:.3f} / {v[s][1]:.3f}" for s in ("64", "256", "1024")),
+                 f"{v['1024'][1] / v['1024'][0]:.3f}",
+                 f"{v['max_res'][0]} / **{v['max_res'][1]}**"])
+  table = _table(["cell", "64", "256", "1024", "MS / plain @1024", "largest frame in 40 GB"], rows)
+  no_remat = ", ".join(f"{k} {a:.3f} -> {b:.3f} ({b / a:.3f}x)"
+                       for k, (a, b) in d["no_remat_64_gb"].items())
+  bf16 = d["bf16"]
+  return (f"`remat='step'`, GB plain / MS:\n\n{table}\nWithout remat at 64x64, plain -> MS GB: "
+          f"{no_remat}.\n\n{_source(d)}\nbfloat16, `remat='step'`, `onednn`: MS-ConvLSTM "
+          f"{bf16['ms_convlstm_256_gb']:.3f} GB at 256, largest frame **{bf16['max_res']}** in "
+          f"40 GB (`{bf16['command']}`; {bf16['machine']}; commit {bf16['commit']}, "
+          f"{bf16['date']}).\n")
+
+
+def memory_summary() -> str:
+  """README: the memory figures in one sentence."""
+  d = _data("memory_vs_resolution")
+  a, b = d["no_remat_64_gb"]["convlstm"]
+  conv = d["remat_step_gb"]["convlstm"]["max_res"]
+  return (f"MS-ConvLSTM needs {b / a:.2f}x the training memory of ConvLSTM at 64x64 (no remat); "
+          f"with `remat='step'` it trains {conv[1]}x{conv[1]} frames in 40 GB per device in "
+          f"float32, {d['bf16']['max_res']}x{d['bf16']['max_res']} in bfloat16 (plain ConvLSTM "
+          f"{conv[0]}; the paper's Fig. 1: ConvLSTM 220x220; compile-only).\n")
+
+
+def quality_bf16() -> str:
+  """bfloat16 against float32 future MSE, per seed, in the reproduction recipe."""
+  d = _data("quality_bf16")
+  rows = [[r["model"], r["dtype"], " / ".join(f"{v:.2f}" for v in r["mse_future"]),
+           _pm((statistics.fmean(r["mse_future"]), statistics.stdev(r["mse_future"])))]
+          for r in d["rows"]]
+  return _table(["model", "dtype", "future MSE per seed", "mean ± std"], rows) + "\n" + _source(d)
+
+
+def mixed_precision_memory() -> str:
+  """docs/performance.md: MS-ConvLSTM with remat='step', float32 xla against bfloat16 onednn."""
+  d = _data("memory_vs_resolution")
+  f32 = d["remat_step_gb"]["convlstm"]
+  rows = [["`xla`, float32", f"{f32['256'][1]:.3f} GB", str(f32["max_res"][1])],
+          ["`onednn`, bfloat16", f"{d['bf16']['ms_convlstm_256_gb']:.3f} GB",
+           f"**{d['bf16']['max_res']}**"]]
+  return _table(["convolutions, dtype", "MS-ConvLSTM at 256", "largest frame in 40 GB, MS"], rows)
+
+
 # --------------------------------------------------------------------------- the blocks
 
 REPRODUCE = MEASURED / "reproduce_cpu"
 BLOCKS: dict[str, Callable[[], str]] = {
     "reproduce-table": lambda: reproduce_table(REPRODUCE),
     "reproduce-headline": lambda: reproduce_headline(REPRODUCE),
+    "demo-table": demo_table,
+    "demo-output": demo_output,
+    "parity-table": parity_table,
+    "vs-torch-fp32": vs_torch_fp32_table,
+    "vs-torch-bf16": vs_torch_bf16_table,
+    "vs-torch-summary": vs_torch_summary,
+    "benchmark-table": benchmark_table,
+    "conv-bench-table": conv_bench_table,
+    "memory-table": memory_table,
+    "memory-summary": memory_summary,
+    "mixed-precision-memory": mixed_precision_memory,
+    "quality-bf16": quality_bf16,
 }
 PLOTS = {REPO / "docs/figures/ms_vs_plain.png": lambda p: reproduce_plot(REPRODUCE, p)}
 
@@ -182,7 +345,10 @@ def render_page(text: str) -> str:
     name = match.group("name")
     if name not in BLOCKS:
       raise KeyError(f"unknown render block {name!r}; known: {', '.join(BLOCKS)}")
-    return match.group(1) + BLOCKS[name]() + match.group(4)
+    indent = match.group("indent")
+    body = "".join(indent + line if line.strip() else line
+                   for line in BLOCKS[name]().splitlines(keepends=True))
+    return f"{indent}<!-- render: {name} -->\n{body}{indent}<!-- /render -->"
   return BLOCK.sub(replace, text)
 
 

@@ -18,9 +18,8 @@ Cost: resident memory, which the heap keeps at its high-water mark for the
 life of the process. Blocks are not always freed before the next step asks
 for its own, so with one step in flight (``train.train_and_evaluate`` waits
 for each step's loss) the heap settles after two steps at about twice the
-step's temporaries: MS-ConvLSTM at the paper's shape 3.9 GB resident instead
-of ~2.3 GB, ConvLSTM 7.4 GB instead of ~3.8 GB. A caller that dispatches
-several steps ahead holds more (four in flight: MS-ConvLSTM 8.8 GB). The
+step's temporaries (measured peak RSS: experiments/README.md, "Training speed
+against PyTorch"). A caller that dispatches several steps ahead holds more. The
 compiled-memory figures of ``msrnn_jax.analysis.footprint`` (what a GPU needs) are
 unchanged. Off: ``config.keep_freed_memory = False``.
 
