@@ -42,11 +42,10 @@ import os
 import platform
 import statistics
 import sys
-import time
-from collections.abc import Callable
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from msrnn_jax import backend  # noqa: E402  (needs the path entry above)
+from msrnn_jax.analysis import timing  # noqa: E402
 
 _DN = ("NHWC", "HWIO", "NHWC")
 IMPLS = ("xla", "matmul", "matmul_bf16", "onednn")
@@ -70,28 +69,12 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--steps", type=int, default=4, help="scan length in --mode=scan")
   p.add_argument("--out", default=None,
                  help="JSON path (default experiments/results/conv_bench_<mode>.json)")
-  return p.parse_args(argv)
-
-
-# --- timing -----------------------------------------------------------------------------------
-
-def timed_rounds(cases: dict[str, tuple[Callable, tuple, float]], rounds: int,
-                 budget: float) -> dict[str, list[float]]:
-  """Calls every case once per round (after one warm-up call); returns seconds per call."""
-  import jax
-  for fn, args, _ in cases.values():
-    jax.block_until_ready(fn(*args))
-  times = {name: [] for name in cases}
-  for _ in range(rounds):
-    for name, (fn, args, _) in cases.items():
-      if times[name] and sum(times[name]) > budget:
-        continue
-      t0 = time.perf_counter()
-      out = fn(*args)
-      jax.block_until_ready(out)
-      times[name].append(time.perf_counter() - t0)
-      del out
-  return times
+  p.add_argument("--quick", action="store_true",
+                 help="a few seconds: one 8x8 size, 8 -> 16 channels, one round (a smoke test)")
+  args = p.parse_args(argv)
+  if args.quick:
+    args.sizes, args.batch, args.cin, args.cout, args.rounds, args.steps = "8", 1, 8, 16, 1, 2
+  return args
 
 
 def summarize(times: dict[str, list[float]], flops: dict[str, float],
@@ -123,18 +106,6 @@ def add_trios(times: dict[str, list[float]], flops: dict[str, float], summary: d
         "ratio_to_matmul": statistics.median(f / t / (mm_flops / m)
                                              for t, m in zip(trio, mm, strict=False)),
         "calls": len(trio)}
-
-
-def cpu_model() -> str:
-  """The CPU's model name (Linux), else what ``platform`` knows."""
-  try:
-    with open("/proc/cpuinfo") as fh:
-      for line in fh:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def conv_flops(b, h, w, cin, cout, k):
@@ -304,7 +275,7 @@ def main(argv=None):
     raise SystemExit("--dtype applies to --mode=single only")
   from msrnn_jax.backend import onednn
   isa = onednn.cpu_isa() if jax.default_backend() == "cpu" and onednn.available() else None
-  print(f"CPU: {cpu_model()}; oneDNN {onednn.version()} ISA {isa}"
+  print(f"CPU: {timing.cpu_model()}; oneDNN {onednn.version()} ISA {isa}"
         + (f", bfloat16 convolutions {'on' if onednn.bf16_supported() else 'off'}"
            if isa and args.dtype == "bfloat16" else ""))
   load0 = os.getloadavg()
@@ -312,7 +283,9 @@ def main(argv=None):
   build = build_single if args.mode == "single" else build_scan
   for size in (int(s) for s in args.sizes.split(",")):
     cases = build(args, size, impls)
-    times = timed_rounds(cases, args.rounds, args.budget)
+    times, _ = timing.interleaved({name: functools.partial(fn, *fn_args)
+                                  for name, (fn, fn_args, _) in cases.items()},
+                                 args.rounds, budget_s=args.budget)
     flops = {n: c[2] for n, c in cases.items()}
     summary = summarize(times, flops)
     add_trios(times, flops, summary)
@@ -326,7 +299,7 @@ def main(argv=None):
   record = {
       "mode": args.mode, "settings": vars(args),
       "jax": jax.__version__, "backend": jax.default_backend(), "cpu_count": cores,
-      "machine": platform.machine(), "cpu": cpu_model(), "onednn_isa": isa,
+      "machine": platform.machine(), "cpu": timing.cpu_model(), "onednn_isa": isa,
       "loadavg_start": load0, "loadavg_end": load1, "results": results,
   }
   suffix = "" if args.dtype == "float32" else f"_{args.dtype}"

@@ -156,7 +156,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class Progress:
-  """A live terminal line: step, loss, steps/s and ETA.
+  """A live terminal line: step, loss, steps/s and the time left.
 
   On a terminal the line is rewritten in place; otherwise (logs, CI) one line
   is printed per report.
@@ -175,9 +175,9 @@ class Progress:
 
   def report(self, step: int, **values: float) -> str:
     rate = self.rate(step)
-    eta = (self.total - step) / rate if rate > 0 else float("nan")
+    left = (self.total - step) / rate if rate > 0 else float("nan")
     parts = [f"step {step}/{self.total}"] + [f"{k} {v:.4g}" for k, v in values.items()]
-    parts += [f"{rate:.3g} steps/s", f"ETA {_fmt_time(eta)}"]
+    parts += [f"{rate:.3g} steps/s", f"{_fmt_time(left)} left"]
     line = " | ".join(parts)
     if self._tty:
       self.stream.write("\r" + line.ljust(100))
