@@ -1,4 +1,4 @@
-"""Data sets of msrnn_jax: Moving MNIST, KTH, TaxiBJ, HKO-7 and synthetic sequences.
+"""Data sets of msrnn_jax: Moving MNIST, KTH, TaxiBJ, HKO-7, your own sequences, synthetic.
 
 Each real data set is a tfds ``GeneratorBasedBuilder`` that reads raw files from
 ``config.data.manual_dir`` and writes ArrayRecord files under ``config.data.data_dir``
@@ -14,6 +14,7 @@ Public API::
   eval_batches(data_cfg, split, global_batch=, process_index=, process_count=, max_examples=)
   sequence_lengths(data_cfg, split)      # (in_len, out_len)
   process_rows(global_batch, process_index, process_count)  # this process's rows of a batch
+  value_scaling(data_cfg)                # original values <-> [0, 1] (None: kept in [0, 1])
 """
 
 from msrnn_jax.data.config import default_config
@@ -26,6 +27,7 @@ from msrnn_jax.data.pipeline import (
     sequence_lengths,
     steps_per_epoch,
     train_dataset,
+    value_scaling,
 )
 from msrnn_jax.data.registry import dataset_preset
 
@@ -40,4 +42,5 @@ __all__ = [
     "sequence_lengths",
     "steps_per_epoch",
     "train_dataset",
+    "value_scaling",
 ]
