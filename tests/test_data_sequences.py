@@ -281,16 +281,39 @@ def test_predict_input_is_read_safely(tmp_path):
   inference.check_output(str(tmp_path / "p.npy"), str(ctx))
 
 
-# The end-to-end runs: a tiny model for a few steps.
-TINY = ("--config.data.image_size=16", "--config.data.in_len=2", "--config.data.out_len=2",
-        "--config.model.hidden=4", "--config.model.num_layers=3", "--config.model.dtype=float32",
-        "--config.train.batch_size=2", "--config.train.num_steps=2",
-        "--config.train.log_every_steps=1", "--config.train.eval_every_steps=2",
-        "--config.train.checkpoint_every_steps=2", "--config.train.eval_examples=2",
-        "--config.eval.batch_size=2", "--config.eval.num_visualize=1")
+# The end-to-end runs: a tiny model for a few steps. Each goes through the command line
+# once (a process start and a compilation cost seconds); the other steps call what the
+# command line calls (msrnn_jax.commands.run, prepare.prepare) in this process.
+TINY = dict(data=dict(image_size=16, in_len=2, out_len=2),
+            model=dict(hidden=4, num_layers=3, dtype="float32"),
+            train=dict(batch_size=4, num_steps=2, log_every_steps=1, eval_every_steps=2,
+                       checkpoint_every_steps=2, eval_examples=4),
+            eval=dict(batch_size=4, num_visualize=1))
 
 
-def test_cli_trains_evaluates_and_predicts_on_videos(tmp_path):
+def _tiny_config(**data):
+  from configs import sequences as sequences_config
+  config = sequences_config.get_config("cpu")
+  for section, values in TINY.items():
+    config[section].update(values)
+  config.data.update(data)
+  return config
+
+
+def _flags(config) -> list[str]:
+  """``--config.*`` flags that give ``config`` from configs/sequences.py:cpu."""
+  out = [f"--config.{section}.{key}={value}" for section, values in TINY.items()
+         for key, value in values.items()]
+  return out + [f"--config.data.{key}={config.data[key]}"
+                for key in ("manual_dir", "data_dir", "sequences_test")]
+
+
+def _run(config, workdir, mode, *args, **kwargs) -> int:
+  from msrnn_jax import commands
+  return commands.run(config, str(workdir), mode, *args, **kwargs)
+
+
+def test_cli_trains_evaluates_and_predicts_on_videos(tmp_path, capsys):
   rng = np.random.default_rng(5)
   raw = tmp_path / "videos"
   raw.mkdir()
@@ -299,62 +322,59 @@ def test_cli_trains_evaluates_and_predicts_on_videos(tmp_path):
     for t in range(12):
       video[t, 8:16, 2 * t:2 * t + 8] = 230
     iio.imwrite(raw / f"clip{i}.mp4", video, fps=10, codec="libx264", macro_block_size=1)
-  data = (f"--config.data.manual_dir={raw}", f"--config.data.data_dir={tmp_path / 'tfds'}",
-          "--config.data.sequences_test=clip2.mp4")
-  proc = _cli("--config=configs/sequences.py:cpu", *data, *TINY, module="msrnn_jax.data.prepare")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "train: 2 file(s), 2 sequence(s), 24 frames, 18 clips of 4 frames" in proc.stdout
-  assert "test: 1 file(s), 1 sequence(s), 12 frames, 3 clips of 4 frames" in proc.stdout
+  config = _tiny_config(manual_dir=str(raw), data_dir=str(tmp_path / "tfds"),
+                        sequences_test="clip2.mp4")
+  prepare.prepare(config.data)
+  out = capsys.readouterr().out
+  assert "train: 2 file(s), 2 sequence(s), 24 frames, 18 clips of 4 frames" in out
+  assert "test: 1 file(s), 1 sequence(s), 12 frames, 3 clips of 4 frames" in out
   workdir = tmp_path / "run"
-  proc = _cli("--config=configs/sequences.py:cpu", f"--workdir={workdir}", *data, *TINY)
+  proc = _cli("--config=configs/sequences.py:cpu", f"--workdir={workdir}", *_flags(config))
   assert proc.returncode == 0, proc.stderr[-2000:]
   result = json.loads((workdir / "test.json").read_text())
   assert set(result["baselines"]) == {"blank", "copy_last"}
+  # Predict from the test video: its frames, prepared as in training, are the context.
   out = tmp_path / "pred.npy"
-  proc = _cli("--config=configs/sequences.py:cpu", f"--workdir={workdir}", *data, *TINY,
-              "--mode=predict", f"--input={raw / 'clip2.mp4'}", f"--output={out}", "--horizon=3")
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert _run(config, workdir, "predict", str(raw / "clip2.mp4"), str(out), 3) == 0
   pred = np.load(out)
   assert pred.shape == (3, 16, 16, 1) and pred.dtype == np.uint8  # the videos' uint8 range
   gif = iio.imread(tmp_path / "pred.gif", index=None)
   assert gif.shape[0] == 12 + 3 and gif.shape[2] == 128  # 16 px frames drawn 128 px wide
+  # Never onto the input: one error line, nothing written, the input unchanged.
   np.save(tmp_path / "same.npy", np.zeros((2, 16, 16), np.uint8))
   before = (tmp_path / "same.npy").read_bytes()
-  proc = _cli("--config=configs/sequences.py:cpu", f"--workdir={workdir}", *data, *TINY,
-              "--mode=predict", f"--input={tmp_path / 'same.npy'}",
-              f"--output={tmp_path / 'same.npy'}")
-  assert "would overwrite the input" in _error_line(proc)
+  capsys.readouterr()
+  assert _run(config, workdir, "predict", str(tmp_path / "same.npy"),
+              str(tmp_path / "same.npy")) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: --output=") and "would overwrite the input" in err
+  assert len(err.strip().splitlines()) == 1
   assert (tmp_path / "same.npy").read_bytes() == before and not (tmp_path / "same.png").exists()
 
 
-def test_cli_trains_evaluates_and_predicts_on_arrays(tmp_path):
+def test_cli_trains_evaluates_and_predicts_on_arrays(tmp_path, capsys):
   rng = np.random.default_rng(6)
   raw = tmp_path / "arrays"
   raw.mkdir()
   for i in range(4):  # Float fields (e.g. radar), values in physical units.
     field = np.cumsum(rng.normal(size=(10, 16, 16)), axis=0).astype(np.float32) * 5 + 20
     np.save(raw / f"day{i}.npy", field)
-  data = (f"--config.data.manual_dir={raw}", f"--config.data.data_dir={tmp_path / 'tfds'}")
+  config = _tiny_config(manual_dir=str(raw), data_dir=str(tmp_path / "tfds"))
+  prepare.prepare(config.data)
+  assert "min/max of the training split" in capsys.readouterr().out
   workdir = tmp_path / "run"
-  proc = _cli("--config=configs/sequences.py:cpu", *data, *TINY, module="msrnn_jax.data.prepare")
-  assert proc.returncode == 0, proc.stderr[-2000:]
-  assert "min/max of the training split" in proc.stdout
-  proc = _cli("--config=configs/sequences.py:cpu", f"--workdir={workdir}", *data, *TINY)
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert _run(config, workdir, "train") == 0
   (workdir / "test.json").unlink()
-  proc = _cli("--config=configs/sequences.py:cpu", f"--workdir={workdir}", *data, *TINY,
-              "--mode=eval")
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert _run(config, workdir, "eval") == 0
   assert set(json.loads((workdir / "test.json").read_text())["baselines"]) == {
       "blank", "copy_last"}
-  # Prediction from an array in the data's units gives values in those units.
-  cfg = data_config(tmp_path, "sequences", manual_dir=str(raw), image_size=16, in_len=2,
-                    out_len=2)
-  scaling = data_lib.value_scaling(cfg)
+  # A context in the data's units gives predictions in those units, through the CLI.
+  scaling = data_lib.value_scaling(config.data)
+  assert scaling.dtype == "float32" and scaling.hi > scaling.lo
   np.save(tmp_path / "ctx.npy", np.load(raw / "day0.npy")[:3])
   out = tmp_path / "out" / "pred.npy"
   out.parent.mkdir()
-  proc = _cli("--config=configs/sequences.py:cpu", f"--workdir={workdir}", *data, *TINY,
+  proc = _cli("--config=configs/sequences.py:cpu", f"--workdir={workdir}", *_flags(config),
               "--mode=predict", f"--input={tmp_path / 'ctx.npy'}", f"--output={out}")
   assert proc.returncode == 0, proc.stderr[-2000:]
   pred = np.load(out)
