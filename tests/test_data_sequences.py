@@ -262,6 +262,9 @@ def test_predict_input_is_read_safely(tmp_path):
   os.rename(tmp_path / "z.npz", tmp_path / "z.npy")
   with pytest.raises(ValueError, match=r"z.npy is a .npz archive named .npy; rename it to .npz"):
     inference.load_context(str(tmp_path / "z.npy"), 1, 4)
+  os.rename(tmp_path / "z.npy", tmp_path / "z.npz")  # as the message says: then it is read
+  with pytest.raises(ValueError, match=r"z.npz has shape \(3,\); expected"):
+    inference.load_context(str(tmp_path / "z.npz"), 1, 4)
   (tmp_path / "t.npy").write_text("0 1 2\n")
   with pytest.raises(ValueError, match=r"t.npy is not a NumPy .npy file") as info:
     inference.load_context(str(tmp_path / "t.npy"), 1, 4)

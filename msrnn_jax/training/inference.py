@@ -5,7 +5,8 @@
 
 Inputs (``C`` = ``config.data.channels``):
 
-* a ``.npy`` array (read with ``allow_pickle=False``): one sequence ``(T, H, W)`` or
+* an array in a ``.npy`` file (or ``.npz`` / HDF5: ``data.sequences_key`` or the only
+  array; all read with ``allow_pickle=False``): one sequence ``(T, H, W)`` or
   ``(T, H, W, C)``, or a batch ``(N, T, H, W)`` (one-channel data) or
   ``(N, T, H, W, C)``. A 4-D array is one sequence when its last axis is ``C``; for
   one-channel data it is a batch when its last axis is longer than 4 (not a channel
@@ -77,6 +78,17 @@ def _layout(arr: np.ndarray, channels: int, path: str) -> tuple[np.ndarray, bool
   raise ValueError(f"context {path} has shape {shape}; expected {SHAPES}.")
 
 
+def _read_array(path: str, data_cfg: Any) -> np.ndarray:
+  """A ``.npz`` / HDF5 array (``data.sequences_key`` or the only one), else a ``.npy``."""
+  ext = os.path.splitext(path)[1].lower()
+  key = str(data_cfg.sequences_key) if data_cfg is not None else ""
+  if ext == ".npz":
+    return sequences.read_npz(path, key)
+  if ext in (".h5", ".hdf5"):
+    return sequences.read_h5(path, key)
+  return sequences.read_npy(path)
+
+
 def _read_frames(path: str, channels: int, data_cfg: Any,
                  scaling: common.Scaling | None) -> np.ndarray:
   """A video/GIF/frame folder as ``[1, T, S, S, C]`` in [0, 1], as the data were prepared."""
@@ -112,7 +124,7 @@ def load_context(path: str, channels: int, size_multiple: int, data_cfg: Any = N
     arr = _read_frames(path, channels, data_cfg, scaling)
     batched = False
   else:
-    arr, batched = _layout(sequences.read_npy(path), channels, path)
+    arr, batched = _layout(_read_array(path, data_cfg), channels, path)
   if arr.shape[0] < 1 or arr.shape[1] < 1:
     raise ValueError(f"context {path} has shape {arr.shape}: no sequences or no frames.")
   if arr.shape[2] % size_multiple or arr.shape[3] % size_multiple:
