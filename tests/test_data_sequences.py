@@ -329,6 +329,7 @@ def test_cli_trains_evaluates_and_predicts_on_videos(tmp_path, capsys):
                         sequences_test="clip2.mp4")
   prepare.prepare(config.data)
   out = capsys.readouterr().out
+  assert "frames 24x32 -> 16x16, 1 channel(s)" in out  # colour -> grey, centre crop, resize
   assert "train: 2 file(s), 2 sequence(s), 24 frames, 18 clips of 4 frames" in out
   assert "test: 1 file(s), 1 sequence(s), 12 frames, 3 clips of 4 frames" in out
   workdir = tmp_path / "run"

@@ -319,6 +319,7 @@ class Survey:
   stride: dict[str, int]
   scaling: common.Scaling
   frame_shape: tuple[int, int, int]
+  image_size: int
   unused: list[str]
 
   def clips(self, split: str) -> int:
@@ -328,7 +329,8 @@ class Survey:
   def lines(self) -> list[str]:
     """The summary the prepare CLI prints before writing."""
     h, w, c = self.frame_shape
-    out = [f"Sequences in {self.folder}: frames {h}x{w}, {c} channel(s) after selection"]
+    out = [f"Sequences in {self.folder}: frames {h}x{w} -> {self.image_size}x{self.image_size}, "
+           f"{c} channel(s)"]
     for split, units in self.splits.items():
       files = len({u.entry for u in units})
       out.append(f"  {split}: {files} file(s), {len(units)} sequence(s), "
@@ -485,7 +487,8 @@ def _scan_cached(params_json: str, folder: str) -> Survey:
   scaling = (common.Scaling(0.0, 255.0, "uint8") if all_uint8
              else common.Scaling(lo, hi, "float32"))
   frame_shape = (int(shape[0]), int(shape[1]), int(params["channels"]))
-  return Survey(folder, splits, seq_len, stride, scaling, frame_shape, unused)
+  return Survey(folder, splits, seq_len, stride, scaling, frame_shape, int(params["image_size"]),
+                unused)
 
 
 # ----------------------------------------------------------------------------------------------
