@@ -127,7 +127,9 @@ def test_one_many_sequence_file_is_split_by_sequence(tmp_path):
   (tmp_path / "raw").mkdir()
   seqs = np.random.default_rng(2).integers(0, 256, (5, 6, 8, 8), dtype=np.uint8)
   np.save(tmp_path / "raw" / "all.npy", seqs)
-  cfg = data_config(tmp_path, "sequences", image_size=8, in_len=3, out_len=3)
+  # The prepared data may go inside the raw folder: that folder is not read as data.
+  cfg = data_config(tmp_path, "sequences", image_size=8, in_len=3, out_len=3,
+                    data_dir=str(tmp_path / "raw" / "prepared"))
   assert data_lib.num_examples(cfg, "train") == 4 and data_lib.num_examples(cfg, "test") == 1
   test_clip = data_lib.example_source(cfg, "test")[0]["frames"][..., 0]
   train = [data_lib.example_source(cfg, "train")[i]["frames"][..., 0] for i in range(4)]
@@ -282,6 +284,10 @@ def test_predict_input_is_read_safely(tmp_path):
   with pytest.raises(ValueError, match="would overwrite the input"):
     inference.check_output(str(tmp_path / "frames" / "p.npy"), str(tmp_path / "frames"))
   inference.check_output(str(tmp_path / "p.npy"), str(ctx))
+  # Nor into the data set's raw files.
+  with pytest.raises(ValueError, match=r"lies in the data folder .*frames \(data.manual_dir\)"):
+    inference.check_output(str(tmp_path / "frames" / "new.npy"), str(ctx),
+                           str(tmp_path / "frames"))
 
 
 # The end-to-end runs: a tiny model for a few steps. Each goes through the command line

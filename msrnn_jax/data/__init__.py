@@ -10,6 +10,7 @@ Public API::
   default_config()                       # the config.data section
   dataset_preset(name, like=None)        # a data set's reference shapes (registry.DATASETS)
   get_builder(data_cfg)                  # prepared tfds builder
+  manual_dir(data_cfg)                   # the folder of raw files
   train_dataset(data_cfg, global_batch=, seed=, process_index=, process_count=)
   eval_batches(data_cfg, split, global_batch=, process_index=, process_count=, max_examples=)
   sequence_lengths(data_cfg, split)      # (in_len, out_len)
@@ -17,7 +18,7 @@ Public API::
   value_scaling(data_cfg)                # original values <-> [0, 1] (None: kept in [0, 1])
 """
 
-from msrnn_jax.data.config import default_config
+from msrnn_jax.data.config import default_config, manual_dir
 from msrnn_jax.data.pipeline import (
     eval_batches,
     example_source,
@@ -37,6 +38,7 @@ __all__ = [
     "eval_batches",
     "example_source",
     "get_builder",
+    "manual_dir",
     "num_examples",
     "process_rows",
     "sequence_lengths",

@@ -355,12 +355,19 @@ def clip_count(frames: int, seq_len: int, stride: int) -> int:
   return 0 if frames < seq_len else (frames - seq_len) // stride + 1
 
 
-def list_entries(folder: str) -> list[str]:
-  """The names in ``folder`` that hold sequences (sorted, hidden ones skipped)."""
+def list_entries(folder: str, data_dir: str = "") -> list[str]:
+  """The names in ``folder`` that hold sequences (sorted; hidden ones and ``data_dir``,
+  where the prepared data go, skipped)."""
   if not os.path.isdir(folder):
     raise FileNotFoundError(f"the data folder {folder} does not exist; put your sequences there "
                             "or set data.manual_dir (docs/data.md).")
-  names = sorted(n for n in os.listdir(folder) if not n.startswith("."))
+  output = os.path.realpath(data_dir) if data_dir else ""
+
+  def holds_output(name: str) -> bool:
+    path = os.path.realpath(os.path.join(folder, name))
+    return bool(output) and (output == path or output.startswith(path + os.sep))
+
+  names = sorted(n for n in os.listdir(folder) if not n.startswith(".") and not holds_output(n))
   if not names:
     raise ValueError(f"the data folder {folder} is empty; put .npy/.npz/.h5 arrays, videos, "
                      "GIFs or folders of frames there (docs/data.md).")
@@ -505,7 +512,7 @@ def _entry_size(path: str) -> int:
 def builder_config(data_cfg: Any) -> common.MsrnnBuilderConfig:
   """The builder config: every setting plus the names and sizes of the raw files."""
   folder = config_lib.manual_dir(data_cfg)
-  names = list_entries(folder)
+  names = list_entries(folder, os.path.expanduser(data_cfg.data_dir))
   for key in ("sequences_stride", "sequences_eval_stride"):
     if data_cfg[key] < (1 if key == "sequences_stride" else 0):
       raise ValueError(f"data.{key}={data_cfg[key]} must be >= "

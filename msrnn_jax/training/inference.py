@@ -154,12 +154,13 @@ def output_paths(output_path: str) -> list[str]:
   return [output_path] + [stem + suffix for suffix in PICTURE_SUFFIXES]
 
 
-def check_output(output_path: str, input_path: str | None = None) -> None:
+def check_output(output_path: str, input_path: str | None = None,
+                 data_folder: str | None = None) -> None:
   """The output must be a ``.npy`` path in an existing folder that overwrites no input.
 
   Raises:
-    ValueError: when the ``.npy`` or a picture beside it is the input, or lies in the
-      input's frame folder.
+    ValueError: when the ``.npy`` or a picture beside it is the input, lies in the
+      input's frame folder, or lies in ``data_folder`` (the data set's raw files).
   """
   if not output_path.endswith(".npy"):
     raise ValueError(f"--output={output_path} must end in .npy (the predictions are a NumPy "
@@ -167,6 +168,12 @@ def check_output(output_path: str, input_path: str | None = None) -> None:
   out_dir = os.path.dirname(os.path.abspath(output_path))
   if not os.path.isdir(out_dir):
     raise FileNotFoundError(f"output folder {out_dir} does not exist; create it first.")
+  if data_folder and os.path.isdir(data_folder):
+    raw = os.path.realpath(data_folder)
+    if any(os.path.realpath(p).startswith(raw + os.sep) for p in output_paths(output_path)):
+      raise ValueError(f"--output={output_path} lies in the data folder {data_folder} "
+                       "(data.manual_dir), whose files are the data set; choose an --output "
+                       "outside it.")
   if not input_path or not os.path.exists(input_path):
     return
   source = os.path.realpath(input_path)
@@ -241,7 +248,7 @@ def predict_file(config: ml_collections.ConfigDict, workdir: str, input_path: st
   """
   config_checks.check_config(config)
   horizon = check_horizon(horizon, config)
-  check_output(output_path, input_path)
+  check_output(output_path, input_path, data.manual_dir(config.data))
   model = create_model(config)
   scaling = data.value_scaling(config.data)
   context, batched = load_context(input_path, config.data.channels, model.config.size_multiple(),
