@@ -80,7 +80,8 @@ def get_config() -> ml_collections.ConfigDict:
   # The data section (docs/data.md). The data-set configs set a data set's
   # reference shapes (msrnn_jax/data/registry.py; tests check they agree).
   config.data = ml_collections.ConfigDict()
-  # Which data set: 'mmnist' | 'kth' | 'taxibj' | 'hko7' | 'synthetic'.
+  # Which data set: 'mmnist' | 'kth' | 'taxibj' | 'hko7' | 'sequences' (your own files in
+  # manual_dir) | 'synthetic'.
   config.data.name = "mmnist"
   # Where the prepared tfds ArrayRecord data are written (one sub-folder per builder config).
   config.data.data_dir = "./data/tfds"
@@ -160,6 +161,26 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.synthetic_num_train = 256
   config.data.synthetic_num_test = 64
   config.data.synthetic_seed = 0
+
+  # Your own sequences (name='sequences'): .npy/.npz/.h5 arrays, videos, GIFs or folders of
+  # frames in manual_dir (docs/data.md). The array to read in .npz/.h5 files ('' = the only one).
+  config.data.sequences_key = ""
+  # Channels: 'auto' (as stored; RGB(A) -> grey for channels=1), 'grey', or indices '0,2'.
+  config.data.sequences_channels = "auto"
+  # Frames to image_size squares: 'crop' (central square, then resize) or 'resize' (stretch).
+  config.data.sequences_fit = "crop"
+  # Frames between the starts of consecutive clips: training; validation/test (0 = one clip).
+  config.data.sequences_stride = 1
+  config.data.sequences_eval_stride = 0
+  # Split lists: comma-separated file names or patterns ('*.mp4'); unlisted files train
+  # when sequences_train is ''. With no list, whole files are split by these fractions,
+  # shuffled with sequences_seed (a lone many-sequence file: its sequences).
+  config.data.sequences_train = ""
+  config.data.sequences_valid = ""
+  config.data.sequences_test = ""
+  config.data.sequences_valid_fraction = 0.0
+  config.data.sequences_test_fraction = 0.2
+  config.data.sequences_seed = 0
 
   config.train = ml_collections.ConfigDict()
   # Global batch (split over all devices; the paper: 1 per GPU x 4 GPUs).

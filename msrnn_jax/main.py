@@ -25,7 +25,8 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and results.")
 flags.DEFINE_enum("mode", "train", ["train", "eval", "predict"], "What to do.")
-flags.DEFINE_string("input", None, "predict: context frames (.npy): (T,H,W[,C]) or (N,T,H,W[,C]).")
+flags.DEFINE_string("input", None, "predict: context frames: .npy (T,H,W[,C]) or (N,T,H,W[,C]), "
+                    "a video, a GIF or a folder of frames.")
 flags.DEFINE_string("output", None, "predict: where to write the predicted frames (.npy).")
 flags.DEFINE_integer("horizon", None, "predict: number of frames, >= 1 (default data.out_len).")
 flags.mark_flags_as_required(["config", "workdir"])

@@ -147,6 +147,20 @@ CASES = (
          r"has shape \(16, 16\); expected \(T, H, W\), \(T, H, W, C\)", setup="copy"),
     Case("predict_without_input", (W, "--mode=predict", "--output={d}/p.npy"),
          r"--mode=predict needs --input=<context.npy> and --output=<pred.npy>", setup="copy"),
+    # Prediction inputs: never overwritten, never guessed, never unpickled.
+    Case("output_is_input", (W, "--mode=predict", "--input={d}/ctx.npy", "--output={d}/ctx.npy"),
+         r"--output={d}/ctx.npy would overwrite the input {d}/ctx.npy", setup="copy"),
+    Case("input_two_channels_for_one", (W, "--mode=predict", "--input={d}/two.npy",
+                                        "--output={d}/p.npy"),
+         r"has shape \(2, 16, 16, 2\): read as one sequence \(T, H, W, C\) it has 2 channels; "
+         r"the model expects 1. Save one sequence as \(T, H, W, 1\) or a batch as \(N, T, H, W\)",
+         setup="copy"),
+    Case("input_npz_named_npy", (W, "--mode=predict", "--input={d}/zip.npy", "--output={d}/p.npy"),
+         r"zip.npy is a .npz archive named .npy; rename it to .npz", setup="copy"),
+    Case("input_text_named_npy", (W, "--mode=predict", "--input={d}/text.npy",
+                                  "--output={d}/p.npy"),
+         r"text.npy is not a NumPy .npy file \(it starts with b'0 1 2\\n'\); save the array with "
+         r"np.save\.$", setup="copy"),
 )
 
 
@@ -171,6 +185,10 @@ def _setup(case: Case, d: pathlib.Path, trained: pathlib.Path) -> None:
     np.save(d / "ctx.npy", np.zeros((2, 16, 16), np.uint8))
     np.save(d / "image.npy", np.zeros((16, 16), np.uint8))
     (d / "file").write_text("not a directory\n")
+    np.save(d / "two.npy", np.zeros((2, 16, 16, 2), np.uint8))
+    with open(d / "zip.npy", "wb") as f:  # np.savez to a file object keeps the name
+      np.savez(f, a=np.zeros(3))
+    (d / "text.npy").write_text("0 1 2\n")
   if case.setup == "damaged":  # step 4 truncated, step 2 without its metadata
     _damage_step(d / "w" / "checkpoints", truncate=4, drop_meta=2)
   if case.setup == "empty":
@@ -224,7 +242,7 @@ def test_shipped_configs_pass_the_checks():
   import importlib
 
   from msrnn_jax.training import config_checks
-  for name in ("default", "mmnist", "kth", "taxibj", "hko7", "test"):
+  for name in ("default", "mmnist", "kth", "taxibj", "hko7", "sequences", "test"):
     module = importlib.import_module(f"configs.{name}")
     variants = [""] if name in ("default", "test") else ["", "cpu"]
     for variant in variants:

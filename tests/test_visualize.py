@@ -16,7 +16,7 @@ def _frames(shape, seed=0):
 def test_save_strip_size_and_content(tmp_path):
   frames = _frames((5, 8, 6, 1))
   path = str(tmp_path / "strip.png")
-  visualize.save_strip(frames, path)
+  visualize.save_strip(frames, path, scale=1)
   image = iio.imread(path)
   assert image.shape == (8, 5 * 6 + 4 * GAP, 3)
   # Third tile, grey level = round(255 * value), same in R, G and B.
@@ -41,6 +41,19 @@ def test_save_strip_scale_and_two_channels(tmp_path):
   np.testing.assert_array_equal(second_channel, expected)
 
 
+def test_small_frames_are_enlarged_to_a_readable_size(tmp_path):
+  """By default a frame's longer side is drawn at least 128 pixels, by pixel repetition."""
+  frames = _frames((1, 2, 32, 24, 1))
+  png, gif = str(tmp_path / "s.png"), str(tmp_path / "s.gif")
+  visualize.save_sequences(frames, png, gif)
+  image = iio.imread(png)
+  assert image.shape == (128, 2 * 96 + GAP, 3)  # 32 * 4 = 128 rows, 24 * 4 = 96 columns
+  expected = np.rint(frames[0, 1, ..., 0] * 255).astype(np.uint8)
+  np.testing.assert_array_equal(image[::4, 96 + GAP::4, 0], expected)
+  assert iio.imread(gif, index=None).shape[1:3][1] == 96
+  assert visualize.display_scale(88, 88) == 2 and visualize.display_scale(200, 100) == 1
+
+
 def test_save_strip_rejects_bad_shape(tmp_path):
   with pytest.raises(ValueError):
     visualize.save_strip(_frames((2, 3, 8, 6, 1)), str(tmp_path / "x.png"))
@@ -52,7 +65,7 @@ def test_prediction_grid_png_rows_and_gif_frames(tmp_path):
   truth = _frames((num_seq, out_len, h, w, 1), 2)
   pred = _frames((num_seq, out_len, h, w, 1), 3) * 1.5 - 0.2  # out of range -> clipped
   png, gif = str(tmp_path / "grid.png"), str(tmp_path / "grid.gif")
-  visualize.prediction_grid(context, truth, pred, png, gif)
+  visualize.prediction_grid(context, truth, pred, png, gif, scale=1)
   image = iio.imread(png)
   rows, cols = 3 * num_seq, max(in_len, out_len)
   assert image.shape == (rows * h + (rows - 1) * GAP, cols * w + (cols - 1) * GAP, 3)

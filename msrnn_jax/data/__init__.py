@@ -1,4 +1,4 @@
-"""Data sets of msrnn_jax: Moving MNIST, KTH, TaxiBJ, HKO-7 and synthetic sequences.
+"""Data sets of msrnn_jax: Moving MNIST, KTH, TaxiBJ, HKO-7, your own sequences, synthetic.
 
 Each real data set is a tfds ``GeneratorBasedBuilder`` that reads raw files from
 ``config.data.manual_dir`` and writes ArrayRecord files under ``config.data.data_dir``
@@ -10,13 +10,15 @@ Public API::
   default_config()                       # the config.data section
   dataset_preset(name, like=None)        # a data set's reference shapes (registry.DATASETS)
   get_builder(data_cfg)                  # prepared tfds builder
+  manual_dir(data_cfg)                   # the folder of raw files
   train_dataset(data_cfg, global_batch=, seed=, process_index=, process_count=)
   eval_batches(data_cfg, split, global_batch=, process_index=, process_count=, max_examples=)
   sequence_lengths(data_cfg, split)      # (in_len, out_len)
   process_rows(global_batch, process_index, process_count)  # this process's rows of a batch
+  value_scaling(data_cfg)                # original values <-> [0, 1] (None: kept in [0, 1])
 """
 
-from msrnn_jax.data.config import default_config
+from msrnn_jax.data.config import default_config, manual_dir
 from msrnn_jax.data.pipeline import (
     eval_batches,
     example_source,
@@ -26,6 +28,7 @@ from msrnn_jax.data.pipeline import (
     sequence_lengths,
     steps_per_epoch,
     train_dataset,
+    value_scaling,
 )
 from msrnn_jax.data.registry import dataset_preset
 
@@ -35,9 +38,11 @@ __all__ = [
     "eval_batches",
     "example_source",
     "get_builder",
+    "manual_dir",
     "num_examples",
     "process_rows",
     "sequence_lengths",
     "steps_per_epoch",
     "train_dataset",
+    "value_scaling",
 ]

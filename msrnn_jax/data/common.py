@@ -313,3 +313,44 @@ def groups_from_starts(starts: np.ndarray, step: int) -> list[list[int]]:
   edges = np.concatenate([[0], breaks, [len(starts)]])
   return [[int(starts[a]), int(b - a), 1, int(step)]
           for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Value scaling.
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaling:
+  """A data set's map between its original values and the model's [0, 1].
+
+  ``unit = (value - lo) / (hi - lo)``, stored as ``round(255 * unit)`` clipped to
+  [0, 255], so values beyond ``[lo, hi]`` saturate.
+
+  Attributes:
+    lo: the value that maps to 0.
+    hi: the value that maps to 1.
+    dtype: the original values' type, 'uint8' (then lo, hi = 0, 255) or 'float32'.
+  """
+
+  lo: float
+  hi: float
+  dtype: str
+
+  def quantize(self, values: np.ndarray) -> np.ndarray:
+    """Original values -> stored uint8."""
+    if self.dtype == "uint8" and values.dtype == np.uint8:
+      return values
+    unit = (np.asarray(values, np.float64) - self.lo) / (self.hi - self.lo)
+    return np.clip(np.rint(unit * 255.0), 0, 255).astype(np.uint8)
+
+  def to_unit(self, values: np.ndarray) -> np.ndarray:
+    """Original values -> float32 in [0, 1] (clipped)."""
+    unit = (np.asarray(values, np.float64) - self.lo) / (self.hi - self.lo)
+    return np.clip(unit, 0.0, 1.0).astype(np.float32)
+
+  def from_unit(self, unit: np.ndarray) -> np.ndarray:
+    """Model values in [0, 1] -> original values (uint8 rounded, else float32)."""
+    values = np.asarray(unit, np.float64) * (self.hi - self.lo) + self.lo
+    if self.dtype == "uint8":
+      return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+    return values.astype(np.float32)

@@ -64,6 +64,18 @@ def default_config() -> ml_collections.ConfigDict:
   c.synthetic_num_train = 256
   c.synthetic_num_test = 64
   c.synthetic_seed = 0
+  # Your own sequences.
+  c.sequences_key = ""
+  c.sequences_channels = "auto"
+  c.sequences_fit = "crop"
+  c.sequences_stride = 1
+  c.sequences_eval_stride = 0
+  c.sequences_train = ""
+  c.sequences_valid = ""
+  c.sequences_test = ""
+  c.sequences_valid_fraction = 0.0
+  c.sequences_test_fraction = 0.2
+  c.sequences_seed = 0
   return c
 
 

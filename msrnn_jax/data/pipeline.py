@@ -66,17 +66,41 @@ def get_builder(data_cfg: Any) -> tfds.core.DatasetBuilder:
 
 
 def resolve_split(data_cfg: Any, split: str, available: Any = None) -> str:
-  """Canonical split name; 'validation' means 'test' where there is no validation split."""
+  """Canonical split name; 'validation' means 'test' where there is no validation split.
+
+  A data set with its own validation split (``registry.DataSet.validation``) uses it
+  when ``available`` (the prepared splits) holds it; otherwise it falls back to 'test'
+  or, where the registry says so, raises.
+  """
   split = _SPLIT_ALIASES.get(split, split)
   if split not in ("train", "validation", "test"):
     raise ValueError(f"split {split!r} is unknown; use 'train', 'validation' or 'test'.")
   if split == "validation":
-    if data_cfg.name != "hko7":
+    dataset = registry.get(data_cfg.name)
+    if dataset.validation == "test":
       return "test"
     if available is not None and "validation" not in available:
-      raise ValueError("HKO-7 has no validation days configured; set hko_valid_days or "
-                       "hko_valid_range, or evaluate on 'test'.")
+      if dataset.no_validation:
+        raise ValueError(dataset.no_validation)
+      return "test"
   return split
+
+
+def value_scaling(data_cfg: Any) -> common.Scaling | None:
+  """The map between the data's original values and [0, 1]; None for data kept in [0, 1].
+
+  Read from the prepared data's metadata, so the data set must have been prepared.
+  """
+  if not registry.get(data_cfg.name).scaled:
+    return None
+  builder = make_builder(data_cfg)
+  if not builder.data_path.exists():
+    raise FileNotFoundError(
+        f"the {data_cfg.name} data are not prepared in {builder.data_path}; their value range "
+        "is stored there: run python -m msrnn_jax.data.prepare with the training config.")
+  meta = builder.info.metadata
+  return common.Scaling(float(meta["scaler_min"]), float(meta["scaler_max"]),
+                        str(meta["source_dtype"]))
 
 
 class SequenceSource:

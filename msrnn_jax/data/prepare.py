@@ -8,7 +8,11 @@ Usage (the same config file and overrides as training, so both see the same
   python -m msrnn_jax.data.prepare --config=configs/kth.py \
       --config.data.manual_dir=~/raw/kth --config.data.kth_classes=run_jog_walk
 
-Missing files are listed with the place to obtain them.
+  python -m msrnn_jax.data.prepare --config=configs/sequences.py \
+      --config.data.manual_dir=~/my_videos
+
+Missing files are listed with the place to obtain them; bad input ends in one
+``error: ...`` line (exit status 2) and writes nothing.
 """
 
 from __future__ import annotations
@@ -41,10 +45,17 @@ def print_sources(cfg: Any) -> None:
 
 
 def prepare(cfg: Any, overwrite: bool = False) -> Any:
-  """Generates (or reuses) the data of ``cfg`` and prints a summary; returns the builder."""
+  """Generates (or reuses) the data of ``cfg`` and prints a summary; returns the builder.
+
+  A data set whose registry entry has ``summarize`` checks every raw file and prints what
+  it found first, so bad input stops before anything is written.
+  """
   if cfg.name == "synthetic":
     print("synthetic data are generated in memory when read; writing a tfds copy anyway.")
   builder = pipeline.make_builder(cfg)
+  summarize = registry.get(cfg.name).summarize
+  if summarize is not None and (overwrite or not builder.data_path.exists()):
+    print("\n".join(summarize(cfg)), flush=True)
   if overwrite and builder.data_path.exists():
     shutil.rmtree(os.fspath(builder.data_path))
   builder = pipeline.get_builder(cfg)
@@ -68,8 +79,8 @@ def main(argv: list[str]) -> None:
   try:
     prepare(cfg, _OVERWRITE.value)
   except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(1)
+    print("error: " + " ".join(str(e).split()), file=sys.stderr)
+    sys.exit(2)
 
 
 def parse_flags(argv: list[str]) -> list[str]:

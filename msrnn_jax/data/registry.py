@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from msrnn_jax.data import common, hko7, kth, mmnist, synthetic, taxibj
+from msrnn_jax.data import common, hko7, kth, mmnist, sequences, synthetic, taxibj
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,14 +24,26 @@ class DataSet:
     module: its module, with ``builder_config(data_cfg)`` and
       ``describe_sources(data_cfg)`` (raw files: ``[(path, where to get it)]``).
     builder: its tfds builder class.
-    preset: the ``config.data`` shape keys of its reference protocol (section 7 of
-      the reference notes); None for synthetic data, which take the shapes of
-      the data set they imitate.
+    preset: the ``config.data`` shape keys of its reference protocol; None for
+      synthetic data, which take the shapes of the data set they imitate.
+    validation: 'test' (evaluating on 'validation' means the test split, as the
+      reference does) or 'own' (its own split when one is configured).
+    no_validation: for 'own': the error when no validation split is configured;
+      '' falls back to the test split.
+    summarize: ``summarize(data_cfg) -> lines`` that check every raw file and
+      describe the data before anything is written; None when there is nothing to check.
+    scaled: its values were scaled to [0, 1] with a ``common.Scaling`` kept in the
+      prepared data's metadata (``scaler_min``, ``scaler_max``, ``source_dtype``);
+      prediction reads and writes the original values.
   """
 
   module: types.ModuleType
   builder: type[common.MsrnnBuilder]
   preset: Mapping[str, Any] | None
+  validation: str = "test"
+  no_validation: str = ""
+  summarize: Callable[[Any], list[str]] | None = None
+  scaled: bool = False
 
 
 DATASETS: dict[str, DataSet] = {
@@ -42,7 +54,15 @@ DATASETS: dict[str, DataSet] = {
     "taxibj": DataSet(taxibj, taxibj.MsrnnTaxibj,
                       dict(image_size=32, channels=2, in_len=4, out_len=4, eval_out_len=None)),
     "hko7": DataSet(hko7, hko7.MsrnnHko7,
-                    dict(image_size=88, channels=1, in_len=10, out_len=10, eval_out_len=None)),
+                    dict(image_size=88, channels=1, in_len=10, out_len=10, eval_out_len=None),
+                    validation="own",
+                    no_validation=("HKO-7 has no validation days configured; set hko_valid_days "
+                                   "or hko_valid_range, or evaluate on 'test'.")),
+    # Your own files: no reference protocol; these are the shapes of configs/sequences.py.
+    "sequences": DataSet(sequences, sequences.MsrnnSequences,
+                         dict(image_size=64, channels=1, in_len=10, out_len=10,
+                              eval_out_len=None),
+                         validation="own", summarize=sequences.summarize, scaled=True),
     "synthetic": DataSet(synthetic, synthetic.MsrnnSynthetic, None),
 }
 NAMES: tuple[str, ...] = tuple(DATASETS)

@@ -8,9 +8,12 @@ backend of the calling process is never touched.
 Frames are float arrays in [0, 1] with a trailing channel axis. Display rule
 (see :func:`to_rgb`): C = 1 is shown in grey, C = 3 as RGB, and any other C
 (e.g. the 2 in/out flow channels of TaxiBJ) as its channels side by side in
-grey, separated by a white gap, so no channel is silently dropped.
+grey, separated by a white gap, so no channel is silently dropped. Small frames
+are enlarged by nearest-neighbour repetition to at least ``MIN_DISPLAY_SIDE``
+pixels (a 32x32 frame drawn 32 pixels wide is too small to read).
 """
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,14 +27,21 @@ GAP = 2
 _BACKGROUND = 255
 # Metrics drawn by plot_per_frame, in this order, when present.
 PLOT_METRICS = ("mse", "ssim", "psnr", "csi_30", "hss_30")
+# The automatic scale draws each frame's longer side at least this many pixels.
+MIN_DISPLAY_SIDE = 128
 
 
-def to_rgb(frames: Any, scale: int = 1, gap: int = GAP) -> np.ndarray:
+def display_scale(height: int, width: int) -> int:
+  """The integer upscaling that draws the longer side at least ``MIN_DISPLAY_SIDE`` pixels."""
+  return max(1, math.ceil(MIN_DISPLAY_SIDE / max(height, width, 1)))
+
+
+def to_rgb(frames: Any, scale: int | None = None, gap: int = GAP) -> np.ndarray:
   """Converts frames to displayable uint8 RGB tiles.
 
   Args:
     frames: <float>[..., height, width, channels] in [0, 1] (clipped).
-    scale: integer nearest-neighbour upscaling factor.
+    scale: integer nearest-neighbour upscaling factor; None: ``display_scale``.
     gap: separator width between channels when C is not 1 or 3.
 
   Returns:
@@ -41,6 +51,8 @@ def to_rgb(frames: Any, scale: int = 1, gap: int = GAP) -> np.ndarray:
   """
   x = np.clip(np.asarray(frames, np.float32), 0.0, 1.0)
   x = np.rint(x * 255.0).astype(np.uint8)
+  if scale is None:
+    scale = display_scale(x.shape[-3], x.shape[-2])
   if scale > 1:
     x = np.repeat(np.repeat(x, scale, axis=-3), scale, axis=-2)
   channels = x.shape[-1]
@@ -81,13 +93,13 @@ def _compose(tiles: Sequence[Sequence[np.ndarray | None]], gap: int = GAP) -> np
   return canvas
 
 
-def save_strip(frames: Any, path: str, scale: int = 1) -> np.ndarray:
+def save_strip(frames: Any, path: str, scale: int | None = None) -> np.ndarray:
   """Saves a sequence as a one-row PNG strip.
 
   Args:
     frames: <float>[time, height, width, channels] in [0, 1].
     path: output PNG path.
-    scale: integer nearest-neighbour upscaling factor.
+    scale: integer nearest-neighbour upscaling factor; None: ``display_scale``.
 
   Returns:
     The written <uint8>[tile_h, time * tile_w + (time - 1) * GAP, 3] image.
@@ -106,7 +118,7 @@ def save_sequences(
   path_png: str,
   path_gif: str | None = None,
   context_len: int = 0,
-  scale: int = 1,
+  scale: int | None = None,
   gif_duration_ms: int = 200,
 ) -> np.ndarray:
   """Saves sequences as a PNG (one row each) and optionally a GIF (one frame per step).
@@ -118,7 +130,7 @@ def save_sequences(
       every sequence, one above the other, over a progress bar that is light
       for the first ``context_len`` (given) frames and dark after them.
     context_len: frames at the start of each sequence that were given.
-    scale: integer nearest-neighbour upscaling factor.
+    scale: integer nearest-neighbour upscaling factor; None: ``display_scale``.
     gif_duration_ms: display time of each GIF frame.
 
   Returns:
@@ -150,7 +162,7 @@ def prediction_grid(
   pred: Any,
   path_png: str,
   path_gif: str | None = None,
-  scale: int = 1,
+  scale: int | None = None,
   gif_duration_ms: int = 200,
 ) -> np.ndarray:
   """Saves context / truth / prediction frames for a few sequences.
@@ -169,7 +181,7 @@ def prediction_grid(
     pred: <float>[num_seq, out_len, height, width, channels]; clipped to [0, 1].
     path_png: output PNG path.
     path_gif: optional output GIF path.
-    scale: integer nearest-neighbour upscaling factor.
+    scale: integer nearest-neighbour upscaling factor; None: ``display_scale``.
     gif_duration_ms: display time of each GIF frame.
 
   Returns:
