@@ -46,6 +46,7 @@ def split_name(name: str) -> tuple[str, bool]:
 def config_for(name: str, **options: Any) -> ModelConfig:
   """The ``ModelConfig`` of a model name and options (see :func:`create`)."""
   family, multiscale = split_name(name)
+  options.setdefault("conv_impl", "auto")
   unknown = sorted(set(options) - set(model_options()))
   if unknown:
     raise ValueError(f"Unknown model option(s) {unknown}; valid: {', '.join(model_options())}.")
@@ -69,10 +70,12 @@ def create(name: str, **options: Any) -> Predictor:
     name: one of ``MODEL_NAMES``.
     **options: ``ModelConfig`` fields and family options (see
       ``model_options()``), e.g. ``hidden=64, num_layers=6, channels=1,
-      remat='step', links=13``.
+      remat='step', links=13``; ``conv_impl`` defaults to ``'auto'``.
 
   Returns:
-    A ``Predictor``. PredRNN-V2 models compute the decoupling loss term
-    (``aux['decouple_loss']``) and use reverse scheduled sampling.
+    A ``Predictor`` whose ``conv_impl`` and ``dtype`` are concrete (``'auto'``
+    decided here, for this platform). PredRNN-V2 models compute the
+    decoupling loss term (``aux['decouple_loss']``) and use reverse
+    scheduled sampling.
   """
-  return Predictor(config_for(name, **options))
+  return Predictor(config_for(name, **options).resolved())

@@ -54,8 +54,11 @@ class ModelConfig:
     scan_unroll: ``nn.scan`` unroll factor (1 = rolled loop).
     dtype: compute dtype name (``'float32'``, ``'bfloat16'``), or ``'auto'``:
       bfloat16 where the platform's convolutions have native bfloat16
-      kernels, else float32 (``backend.fast_dtype``, decided when the model
-      is traced); parameters stay float32.
+      kernels, else float32 (``backend.fast_dtype``); parameters stay float32.
+    conv_impl: the convolution kernel, one of ``backend.CONV_IMPLS``
+      (``'auto'``, ``create``'s default: the platform's fastest).
+      :meth:`resolved` turns both ``'auto'`` values into concrete ones, once,
+      when ``create`` builds the model; the model reads only those.
     initializer: ``'torch'`` (PyTorch defaults, as the reference) or ``'flax'``.
     options: the family's own options (TrajGRU's ``links``, MotionRNN's
       ``motion_k``...) as sorted ``(name, value)`` pairs; read them with
@@ -75,6 +78,7 @@ class ModelConfig:
   remat_policy: str = "nothing_saveable"
   scan_unroll: int = 1
   dtype: str = "float32"
+  conv_impl: str = "xla"
   initializer: str = "torch"
   options: tuple[tuple[str, Any], ...] = ()
 
@@ -93,7 +97,21 @@ class ModelConfig:
 
   @property
   def compute_dtype(self):
-    return DTYPES[backend.fast_dtype() if self.dtype == "auto" else self.dtype]
+    """The dtype convolutions and gates compute in (of a resolved config)."""
+    if self.dtype == "auto":
+      raise ValueError("dtype='auto' is unresolved; build the model with create(), or use "
+                       "ModelConfig.resolved().")
+    return DTYPES[self.dtype]
+
+  def resolved(self) -> "ModelConfig":
+    """This config with ``conv_impl`` and ``dtype`` decided for this platform.
+
+    Raises:
+      RuntimeError: ``conv_impl='onednn'`` where oneDNN cannot run.
+    """
+    impl = backend.resolve(self.conv_impl)
+    dtype = backend.fast_dtype(impl) if self.dtype == "auto" else self.dtype
+    return dataclasses.replace(self, conv_impl=impl, dtype=dtype)
 
   def option(self, key: str) -> Any:
     """A family option: the configured value, else the cell's default."""
@@ -128,6 +146,9 @@ class ModelConfig:
       raise ValueError(f"Unknown remat {self.remat!r}; valid: {', '.join(REMAT_MODES)}.")
     if self.dtype not in (*DTYPES, "auto"):
       raise ValueError(f"Unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}, auto.")
+    if self.conv_impl not in backend.CONV_IMPLS:
+      raise ValueError(f"Unknown conv_impl {self.conv_impl!r}; valid: "
+                       f"{', '.join(backend.CONV_IMPLS)}.")
     if self.initializer not in INITS:
       raise ValueError(f"Unknown initializer {self.initializer!r}; valid: {', '.join(INITS)}.")
     if self.skip_topology() not in pyramid.SKIPS:

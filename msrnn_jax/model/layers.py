@@ -52,6 +52,7 @@ class Conv(nn.Module):
     use_bias: add a bias.
     initializer: ``'torch'`` (PyTorch defaults) or ``'flax'`` (lecun normal, zero bias).
     dtype: compute dtype; parameters stay float32.
+    conv_impl: the convolution kernel (a concrete ``backend.CONV_IMPLS`` name).
   """
 
   features: int
@@ -63,6 +64,7 @@ class Conv(nn.Module):
   use_bias: bool = True
   initializer: str = "torch"
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "xla"
 
   def setup(self):
     if self.initializer not in INITS:
@@ -95,10 +97,11 @@ class Conv(nn.Module):
       # padding k-1-p; the kernel is stored in that forward orientation.
       pad = self.kernel_size - 1 - self.torch_padding
       y = backend.conv2d(x, self.kernel, padding=((pad, pad), (pad, pad)),
-                         lhs_dilation=self.stride, dtype=self.dtype)
+                         lhs_dilation=self.stride, dtype=self.dtype, conv_impl=self.conv_impl)
     else:
       padding = "SAME" if self.stride == 1 else "VALID"
-      y = backend.conv2d(x, self.kernel, stride=self.stride, padding=padding, dtype=self.dtype)
+      y = backend.conv2d(x, self.kernel, stride=self.stride, padding=padding, dtype=self.dtype,
+                         conv_impl=self.conv_impl)
     if self.use_bias:
       y = add_bias(y, self.bias)
     return y
@@ -152,7 +155,7 @@ def fused_conv(convs: Sequence[Conv], xs: Sequence[jax.Array]) -> jax.Array:
   x = backend.concatenate(xs, dtype)
   # Concatenated in the parameters' float32; conv2d casts (see its dtype).
   kernel = jnp.concatenate([c.kernel for c in convs], axis=2)
-  y = backend.conv2d(x, kernel, dtype=dtype)
+  y = backend.conv2d(x, kernel, dtype=dtype, conv_impl=c0.conv_impl)
   biases = [c.bias for c in convs if c.use_bias]
   return add_bias(y, sum(biases)) if biases else y
 

@@ -71,7 +71,7 @@ class Step(nn.Module):
     cell_cls = cfg.spec.cell
     if cfg.remat == "cell":
       cell_cls = nn.remat(cell_cls, policy=remat_policy(cfg.remat_policy), prevent_cse=False)
-    conv_kw = dict(initializer=cfg.initializer, dtype=dtype, kernel_size=1)
+    conv_kw = dict(initializer=cfg.initializer, dtype=dtype, conv_impl=cfg.conv_impl, kernel_size=1)
     lv = cfg.pyramid_levels()
     skip = cfg.skip_topology()
 

@@ -107,6 +107,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   later, still before the workdir is created.
   """
   from msrnn_jax import model as model_lib
+  from msrnn_jax.training.step import model_config
 
   try:
     _check_distributed(config)
@@ -123,13 +124,11 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       _at_least(config, f"model.{key}", 1)
     for key in ("in_len", "out_len", "channels", "image_size"):
       _at_least(config, f"data.{key}", 1)
-    model = model_lib.create(config.model.name, channels=config.data.channels,
-                             in_len=config.data.in_len,
-                             **{k: v for k, v in config.model.items() if k != "name"})
-    multiple = model.config.size_multiple()
+    model = model_config(config)  # pure: 'auto' is resolved once JAX has started
+    multiple = model.size_multiple()
     if config.data.image_size % multiple:
       _fail("data.image_size", config.data.image_size,
-            f"{config.model.name} with pyramid levels {model.config.pyramid_levels()} needs a multiple "
+            f"{config.model.name} with pyramid levels {model.pyramid_levels()} needs a multiple "
             f"of {multiple}")
 
     _at_least(config, "train.batch_size", 1)

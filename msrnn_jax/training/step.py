@@ -38,11 +38,22 @@ class TrainState:
   rng: jax.Array
 
 
-def create_model(config: ml_collections.ConfigDict, in_len: int | None = None) -> model_lib.Predictor:
-  """The model of ``config.model`` for the frames of ``config.data``."""
+def model_config(config: ml_collections.ConfigDict, in_len: int | None = None
+                 ) -> model_lib.ModelConfig:
+  """The validated ``ModelConfig`` of ``config.model`` for the frames of ``config.data``.
+
+  Pure Python (``'auto'`` unresolved), so the config checks use it before JAX starts.
+  """
   options = {k: v for k, v in config.model.items() if k != "name"}
-  return model_lib.create(config.model.name, channels=config.data.channels,
-                       in_len=in_len or config.data.in_len, **options)
+  return model_lib.config_for(config.model.name, channels=config.data.channels,
+                              in_len=in_len or config.data.in_len,
+                              conv_impl=config.backend.conv_impl, **options)
+
+
+def create_model(config: ml_collections.ConfigDict, in_len: int | None = None
+                 ) -> model_lib.Predictor:
+  """The model of ``config.model`` for the frames of ``config.data``, on ``config.backend``'s kernel."""
+  return model_lib.Predictor(model_config(config, in_len).resolved())
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:

@@ -192,9 +192,8 @@ class _Stop:
 def start_jax(config: ml_collections.ConfigDict) -> None:
   """Initialises ``jax.distributed`` if configured; the first JAX call of every mode."""
   sharding.initialize_distributed(config.distributed)
-  backend.configure(config.backend.conv_impl)
   logging.info("JAX process %d/%d, local devices: %s; %s", jax.process_index(),
-               jax.process_count(), jax.local_devices(), backend.summary())
+               jax.process_count(), jax.local_devices(), backend.summary(config.backend.conv_impl))
 
 
 @contextlib.contextmanager

@@ -74,7 +74,8 @@ class CellBase(nn.Module):
     """A ``Conv`` with this cell's settings (call from ``setup``)."""
     return Conv(features=features, in_features=in_features or self.hidden,
                 kernel_size=kernel_size or self.config.kernel_size,
-                initializer=self.config.initializer, dtype=self.config.compute_dtype, **kwargs)
+                initializer=self.config.initializer, dtype=self.config.compute_dtype,
+                conv_impl=self.config.conv_impl, **kwargs)
 
   @classmethod
   def state_spec(cls, config: ModelConfig, layer: int) -> tuple[tuple[int, int], ...]:
