@@ -14,6 +14,10 @@ kernel library. The lowest layer: it imports JAX and its own modules only.
   for custom-gradient residuals), bfloat16 values (checkpointed
   carries, gate activations, stacked convolution inputs) in float16
   containers on CPU, where XLA would keep or move them as float32.
+* ``ops``: the model's operations with hand-written gradients
+  (:func:`add_bias`, :func:`split`, :func:`on_activations`,
+  :func:`stored_carry_scan`), which keep the precision and memory mechanics
+  out of the model code.
 
 A model names its convolution kernel (``ModelConfig.conv_impl``, config
 ``backend.conv_impl``) and :func:`resolve` turns ``auto`` into a concrete
@@ -39,10 +43,12 @@ import jax
 import jax.numpy as jnp
 
 from msrnn_jax.backend import allocator, matmul_grads, onednn
+from msrnn_jax.backend.ops import add_bias, on_activations, split, stored_carry_scan
 from msrnn_jax.backend.packing import concatenate, pack, stash, unpack, unstash
 
-__all__ = ["CONV_IMPLS", "FLOP_COUNTABLE", "concatenate", "conv2d", "describe", "fast_dtype",
-           "pack", "prepare_host", "resolve", "stash", "summary", "unpack", "unstash"]
+__all__ = ["CONV_IMPLS", "FLOP_COUNTABLE", "add_bias", "concatenate", "conv2d", "describe",
+           "fast_dtype", "on_activations", "pack", "prepare_host", "resolve", "split", "stash",
+           "stored_carry_scan", "summary", "unpack", "unstash"]
 
 CONV_IMPLS = ("auto", "xla", "matmul", "matmul_bf16", "onednn")
 # Kernels whose convolutions XLA's cost analysis can count (custom calls are
