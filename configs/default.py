@@ -73,6 +73,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.dtype = "float32"
   # 'torch' (PyTorch Conv2d defaults, as the reference) or 'flax'.
   config.model.initializer = "torch"
+  # The families' own options (each cell declares them with these defaults;
+  # tests/test_models.py checks this list against the registry).
   # TrajGRU links L (13 in the paper-era code, 10 at the reference's HEAD).
   config.model.links = 13
   # MotionGRU filter size k and trend momentum alpha.
@@ -172,9 +174,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.num_steps = -1
   # Adam, constant learning rate, no clipping, no weight decay (reference).
   config.train.learning_rate = 3e-4
-  # Scheduled sampling: 'auto' (reverse for predrnn_v2, else linear),
-  # 'linear' (truth probability 1 -> 0 over the run), 'reverse', 'none'
-  # (always truth in training).
+  # Scheduled sampling: 'auto' (the model family's: reverse for predrnn_v2,
+  # else linear), 'linear' (truth probability 1 -> 0 over the run), 'reverse',
+  # 'none' (always truth in training).
   config.train.scheduled_sampling = "auto"
   # Weight of PredRNN-V2's decoupling loss.
   config.train.decouple_weight = 0.01

@@ -1,17 +1,9 @@
 """Model operations with hand-written gradients: precision and memory below the maths.
 
-Each is the plain expression its docstring names (values equal), with a
-``custom_vjp`` that keeps fewer or narrower residuals than autodiff, or that
-stops XLA:CPU from moving low-precision values through float32 (see
-``packing``). Tested one by one against autodiff of the plain expression
-(tests/test_backend_ops.py).
-
-* :func:`add_bias`: ``y + bias``, the bias gradient summed in float32.
-* :func:`split`: ``jnp.split`` whose gradient reassembles packed.
-* :func:`on_activations`: a gate function of sigmoid / tanh activations,
-  computed in float32 and rounded once, keeping one activation per input.
-* :func:`stored_carry_scan`: ``jax.lax.scan`` that keeps each step's input
-  carry in a low precision and recomputes the steps backwards.
+Each is the plain expression its docstring names, with a ``custom_vjp`` that
+keeps fewer or narrower residuals than autodiff, or that stops XLA:CPU from
+moving low-precision values through float32 (``packing``). Each is tested
+against autodiff of its plain expression (tests/test_backend_ops.py).
 """
 
 import functools
@@ -39,44 +31,25 @@ def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
   return y + bias.astype(y.dtype)
 
 
-def _add_bias_fwd(y, bias):
-  return add_bias(y, bias), jnp.zeros((0,), bias.dtype)
-
-
-def _add_bias_bwd(marker, dy):
-  return dy, jnp.sum(dy.astype(jnp.float32), axis=tuple(range(dy.ndim - 1))).astype(marker.dtype)
-
-
-add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
-
-
-def split(y: jax.Array, sections: int) -> tuple[jax.Array, ...]:
-  """``jnp.split(y, sections, axis=-1)``.
-
-  In a low-precision model the gradient reassembles the chunks' gradients
-  in that precision (:func:`concatenate`); XLA:CPU would run autodiff's
-  concatenation in float32. float32 splits as ``jnp.split`` does.
-  """
-  if y.dtype == jnp.float32:
-    return tuple(jnp.split(y, sections, axis=-1))
-  return _split_packed(y, sections)
+add_bias.defvjp(lambda y, bias: (add_bias(y, bias), jnp.zeros((0,), bias.dtype)),
+                lambda marker, dy: (dy, jnp.sum(dy.astype(jnp.float32), axis=tuple(
+                    range(dy.ndim - 1))).astype(marker.dtype)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _split_packed(y, sections):
+def split(y: jax.Array, sections: int) -> tuple[jax.Array, ...]:
+  """``jnp.split(y, sections, axis=-1)``.
+
+  The gradient reassembles the chunks' gradients in their precision
+  (:func:`concatenate`); XLA:CPU would run autodiff's concatenation of
+  bfloat16 chunks in float32.
+  """
   return tuple(jnp.split(y, sections, axis=-1))
 
 
-def _split_packed_fwd(y, sections):
-  return _split_packed(y, sections), None
-
-
-def _split_packed_bwd(sections, _, cotangents):
-  # A custom_vjp's cotangents come in its outputs' dtype.
-  return (concatenate(cotangents, cotangents[0].dtype),)
-
-
-_split_packed.defvjp(_split_packed_fwd, _split_packed_bwd)
+# A custom_vjp's cotangents come in its outputs' dtype.
+split.defvjp(lambda y, sections: (split(y, sections), None),
+             lambda _, __, cts: (concatenate(cts, cts[0].dtype),))
 
 # Each nonlinearity with its derivative written in its own value.
 _NONLINEARITIES = {
@@ -99,18 +72,14 @@ def on_activations(maths: Callable, nonlinearities: Sequence[str], chunks: bool 
   takes the pre-activations as one array, split into equal chunks along
   its last axis (a convolution's gates), and returns their gradient as one.
 
-  Autodiff would keep, per call, the activations *and* their derivative
-  coefficients (``s (1 - s)``, ``1 - t^2``); ``f`` keeps one activation per
-  pre-activation and the states, and the backward pass gets each derivative
-  from its activation and the rest by autodiff of ``maths`` (no
-  transcendental recomputed but those inside ``maths``). The nonlinearities
-  and ``maths`` run in float32 whatever the inputs' dtype and round once:
-  XLA:CPU has no bfloat16 arithmetic and would round after every operation
-  of ``1 / (1 + exp(-x))`` (less accurate, and slower with a conversion pair
-  per operation). Outputs follow JAX's type promotion of the inputs
-  (bfloat16 gates with a float32 state give a float32 state); the kept
-  activations are rounded to their inputs' dtype and stashed (XLA would
-  keep float32 copies); each gradient comes back in its input's dtype.
+  Autodiff would keep the activations *and* their derivative coefficients
+  (``s (1 - s)``, ``1 - t^2``); ``f`` keeps one activation per pre-activation
+  and the states, and gets each derivative from its activation, the rest by
+  autodiff of ``maths``. Everything runs in float32 and rounds once (XLA:CPU
+  has no bfloat16 arithmetic and would round after every operation of a
+  sigmoid, with a conversion pair each). Outputs follow JAX's type promotion
+  of the inputs; the kept activations are rounded to their inputs' dtype
+  and stashed; each gradient comes back in its input's dtype.
 
   Args:
     maths: ``(*activations, *states) -> array or tuple of arrays``.
@@ -155,59 +124,41 @@ def on_activations(maths: Callable, nonlinearities: Sequence[str], chunks: bool 
 
 def stored_carry_scan(step: Callable, params: Any, carry: Any, xs: Any, dtype: Any,
                       unroll: int = 1) -> tuple[Any, Any]:
-  """``jax.lax.scan(lambda c, x: step(params, c, x), carry, xs)``, checkpointing the carries in ``dtype``.
+  """``jax.lax.scan(lambda c, x: step(params, c, x), carry, xs)``, carries checkpointed in ``dtype``.
 
-  ``jax.checkpoint`` of each step would keep every step's input carry as it
-  is (float32 in a low-precision model: the bulk of its training memory).
-  Here the forward pass carries the full values from step to step and
-  stores a copy of each step's input carry rounded to ``dtype`` (in
-  float16 bit containers on XLA:CPU, :func:`pack`); the backward pass runs
-  the steps in reverse, recomputing each from its stored copy. Step 0
-  starts from the initial carry, kept as it is, so T steps store T-1
-  carries. A recomputed step starts within one rounding of the true carry,
-  so the error stays at that rounding and never compounds over time; the
+  ``jax.checkpoint`` of each step would keep every input carry as it is
+  (float32 in a low-precision model: the bulk of its training memory). The
+  forward pass here carries full values and stores each step's input carry
+  rounded to ``dtype`` (:func:`pack`ed); the backward pass recomputes the
+  steps in reverse from those copies (step 0 from the initial carry, so T
+  steps store T-1). The error stays one rounding and never compounds; the
   carry's cotangent flows in full precision.
 
-  Args:
-    step: ``(params, carry, x) -> (carry, y)``.
-    params: differentiable parameters of ``step``.
-    carry: the initial carry.
-    xs: per-step inputs, time on axis 0.
-    dtype: the precision carries are stored in.
-    unroll: ``jax.lax.scan``'s unroll factor.
-
-  Returns:
-    ``(final carry, ys)``, ys with time on axis 0.
+  ``step(params, carry, x) -> (carry, y)``; ``xs`` and the returned ``ys``
+  have time on axis 0.
   """
   steps = jax.tree.leaves(xs)[0].shape[0]
 
   def rounded(c):
     return pack(jax.tree.map(lambda v: v.astype(dtype), c), dtype)
 
-  def run(p, c, x_seq, store):
+  @jax.custom_vjp
+  def loop(p, c, x_seq):
+    return jax.lax.scan(lambda c, x: step(p, c, x), c, x_seq, unroll=unroll)
+
+  def fwd(p, c, x_seq):
     def body(state, x):
       c, stack, t = state
-      if store:
-        # Step t's input goes to slot t - 1; step 0's write is overwritten.
-        stack = jax.tree.map(
-            lambda s, v: jax.lax.dynamic_update_index_in_dim(s, v, jnp.maximum(t - 1, 0), 0),
-            stack, rounded(c))
+      # Step t's input goes to slot t - 1; step 0's write is overwritten.
+      stack = jax.tree.map(
+          lambda s, v: jax.lax.dynamic_update_index_in_dim(s, v, jnp.maximum(t - 1, 0), 0),
+          stack, rounded(c))
       c, y = step(p, c, x)
       return (c, stack, t + 1), y
 
-    stack = None
-    if store:
-      stack = jax.tree.map(lambda v: jnp.zeros((max(steps - 1, 1),) + v.shape, v.dtype),
-                           jax.eval_shape(rounded, c))
-    (c, stack, _), ys = jax.lax.scan(body, (c, stack, 0), x_seq, unroll=unroll)
-    return c, ys, stack
-
-  @jax.custom_vjp
-  def loop(p, c, x_seq):
-    return run(p, c, x_seq, store=False)[:2]
-
-  def fwd(p, c, x_seq):
-    c_last, ys, stack = run(p, c, x_seq, store=True)
+    stack = jax.tree.map(lambda v: jnp.zeros((max(steps - 1, 1),) + v.shape, v.dtype),
+                         jax.eval_shape(rounded, c))
+    (c_last, stack, _), ys = jax.lax.scan(body, (c, stack, 0), x_seq, unroll=unroll)
     return (c_last, ys), (p, c, stack, x_seq)
 
   def bwd(res, cotangents):

@@ -13,6 +13,7 @@ Public API::
   train_dataset(data_cfg, global_batch=, seed=, process_index=, process_count=)
   eval_batches(data_cfg, split, global_batch=, process_index=, process_count=, max_examples=)
   sequence_lengths(data_cfg, split)      # (in_len, out_len)
+  radar_metrics(data_cfg)                # whether evaluation adds the radar metrics
   process_rows(global_batch, process_index, process_count)  # this process's rows of a batch
 """
 
@@ -27,7 +28,7 @@ from msrnn_jax.data.pipeline import (
     steps_per_epoch,
     train_dataset,
 )
-from msrnn_jax.data.registry import dataset_preset
+from msrnn_jax.data.registry import dataset_preset, radar_metrics
 
 __all__ = [
     "dataset_preset",
@@ -37,6 +38,7 @@ __all__ = [
     "get_builder",
     "num_examples",
     "process_rows",
+    "radar_metrics",
     "sequence_lengths",
     "steps_per_epoch",
     "train_dataset",

@@ -42,8 +42,8 @@ def print_sources(cfg: Any) -> None:
 
 def prepare(cfg: Any, overwrite: bool = False) -> Any:
   """Generates (or reuses) the data of ``cfg`` and prints a summary; returns the builder."""
-  if cfg.name == "synthetic":
-    print("synthetic data are generated in memory when read; writing a tfds copy anyway.")
+  if registry.get(cfg.name).in_memory is not None:
+    print(f"{cfg.name} data are generated in memory when read; writing a tfds copy anyway.")
   builder = pipeline.make_builder(cfg)
   if overwrite and builder.data_path.exists():
     shutil.rmtree(os.fspath(builder.data_path))

@@ -1,7 +1,8 @@
 """The data sets: name -> builder module, tfds builder class and reference shapes.
 
-The one table of data sets. ``pipeline`` builds from it, ``prepare`` lists raw
-files with it, and the shape keys of each data set's reference protocol
+The one table of data sets and what sets each apart. ``pipeline`` builds from
+it, ``prepare`` lists raw files with it, training asks it how to evaluate
+(``radar_metrics``), and the shape keys of each data set's reference protocol
 (``dataset_preset``) come from it. ``configs/<name>.py`` write the same shape
 values out as plain data; tests/test_data_pipeline.py checks that they agree.
 """
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from msrnn_jax.data import common, hko7, kth, mmnist, synthetic, taxibj
@@ -24,14 +25,24 @@ class DataSet:
     module: its module, with ``builder_config(data_cfg)`` and
       ``describe_sources(data_cfg)`` (raw files: ``[(path, where to get it)]``).
     builder: its tfds builder class.
-    preset: the ``config.data`` shape keys of its reference protocol (section 7 of
-      the reference notes); None for synthetic data, which take the shapes of
-      the data set they imitate.
+    preset: the ``config.data`` shape keys of its reference protocol; None for
+      synthetic data, which take the shapes of the data set they imitate.
+    radar: evaluation adds the radar metrics (``metrics.frame_stats``).
+    validation: it has its own validation split (else the test split
+      validates, as in the reference).
+    imitates: the ``config.data`` key naming the data set whose shapes and
+      evaluation it takes.
+    in_memory: a source ``(data_cfg, split)`` of examples drawn when read,
+      used instead of the tfds records; its builder takes ``data_cfg=``.
   """
 
   module: types.ModuleType
   builder: type[common.MsrnnBuilder]
   preset: Mapping[str, Any] | None
+  radar: bool = False
+  validation: bool = False
+  imitates: str | None = None
+  in_memory: Callable[[Any, str], Any] | None = None
 
 
 DATASETS: dict[str, DataSet] = {
@@ -42,8 +53,10 @@ DATASETS: dict[str, DataSet] = {
     "taxibj": DataSet(taxibj, taxibj.MsrnnTaxibj,
                       dict(image_size=32, channels=2, in_len=4, out_len=4, eval_out_len=None)),
     "hko7": DataSet(hko7, hko7.MsrnnHko7,
-                    dict(image_size=88, channels=1, in_len=10, out_len=10, eval_out_len=None)),
-    "synthetic": DataSet(synthetic, synthetic.MsrnnSynthetic, None),
+                    dict(image_size=88, channels=1, in_len=10, out_len=10, eval_out_len=None),
+                    radar=True, validation=True),
+    "synthetic": DataSet(synthetic, synthetic.MsrnnSynthetic, None, imitates="synthetic_like",
+                         in_memory=synthetic.SyntheticSource),
 }
 NAMES: tuple[str, ...] = tuple(DATASETS)
 
@@ -53,6 +66,14 @@ def get(name: str) -> DataSet:
   if name not in DATASETS:
     raise ValueError(f"config.data.name={name!r} is unknown; use one of {NAMES}.")
   return DATASETS[name]
+
+
+def radar_metrics(data_cfg: Any) -> bool:
+  """Whether ``data_cfg``'s evaluation adds the radar metrics."""
+  dataset = get(data_cfg.name)
+  if dataset.imitates:
+    dataset = DATASETS.get(data_cfg[dataset.imitates], dataset)
+  return dataset.radar
 
 
 def dataset_preset(name: str, like: str | None = None) -> dict[str, Any]:
@@ -69,10 +90,11 @@ def dataset_preset(name: str, like: str | None = None) -> dict[str, Any]:
     A dict to ``update`` a ``config.data`` with (includes ``name``, and
     ``synthetic_like`` for synthetic data).
   """
-  if name == "synthetic":
+  dataset = get(name)
+  if dataset.imitates:
     like = like or "mmnist"
     preset = DATASETS[like].preset if like in DATASETS else None
-    return dict(preset or DATASETS["mmnist"].preset, name="synthetic", synthetic_like=like)
-  preset = get(name).preset
+    return dict(preset or DATASETS["mmnist"].preset, name=name, **{dataset.imitates: like})
+  preset = dataset.preset
   assert preset is not None, name
   return dict(preset, name=name)

@@ -21,13 +21,10 @@ def _lstm(si, sf, tg, so, c):
   return so * jnp.tanh(c_new), c_new
 
 
-def _memory(si, sf, tg, c):
-  return sf * c + si * tg
-
-
 _lstm_update = backend.on_activations(_lstm, ("sigmoid", "sigmoid", "tanh", "sigmoid"),
                                       chunks=True)
-_memory_update = backend.on_activations(_memory, ("sigmoid", "sigmoid", "tanh"))
+_memory_update = backend.on_activations(lambda si, sf, tg, c: sf * c + si * tg,
+                                        ("sigmoid", "sigmoid", "tanh"))
 _gated_tanh = backend.on_activations(jnp.multiply, ("sigmoid", "tanh"))
 
 

@@ -2,8 +2,7 @@
 
 :class:`Conv` holds one PyTorch ``Conv2d``'s parameters (``[kh, kw, in,
 out]`` kernel, bias, PyTorch's default initialisation) and computes in the
-model's dtype through ``msrnn_jax.backend.conv2d``, which picks the kernel
-for the platform. :func:`fused_conv` sums several convolutions of a cell in
+model's dtype on the model's kernel (``backend.conv2d``). :func:`fused_conv` sums several convolutions of a cell in
 one call. :func:`bilinear_warp` is TrajGRU's and MotionGRU's warping.
 Layouts are NHWC activations and HWIO kernels throughout.
 """
@@ -16,7 +15,6 @@ import jax
 import jax.numpy as jnp
 
 from msrnn_jax import backend
-from msrnn_jax.model.config import INITS
 
 
 def torch_uniform_init(fan_in: int):
@@ -66,8 +64,6 @@ class Conv(nn.Module):
   conv_impl: str = "xla"
 
   def setup(self):
-    if self.initializer not in INITS:
-      raise ValueError(f"Unknown init {self.initializer!r}; valid: {', '.join(INITS)}.")
     k = self.kernel_size
     # PyTorch computes fan_in from weight.size(1) * k * k: in_channels for a
     # conv, but out_channels for a transposed conv (weight is (in, out, k, k)).

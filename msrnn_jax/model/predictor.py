@@ -12,11 +12,7 @@ Precision. Convolutions and gates compute in ``config.dtype``; the carry
 (every cell state, M, the previous prediction) is float32 whatever that
 dtype, as ``torch.autocast``'s type promotion keeps the reference's states:
 an LSTM cell state rounded to bfloat16 every step loses the small updates
-that long memories add up (MS-ConvLSTM's future MSE rose 2.6% on the
-embedded Moving MNIST, worse in every seed). With ``remat='step'`` and a
-low-precision dtype, the time loop (:data:`TIME_LOOPS`) keeps each step's
-carry for the backward pass in that dtype, so the carries that fill
-training memory still cost 2 bytes a value.
+that long memories add up (``docs/performance.md``).
 """
 
 import dataclasses
@@ -29,7 +25,7 @@ import jax.numpy as jnp
 
 from msrnn_jax import backend
 from msrnn_jax.model import pyramid
-from msrnn_jax.model.config import ModelConfig, remat_policy
+from msrnn_jax.model.config import ModelConfig
 from msrnn_jax.model.layers import Conv
 
 
@@ -71,7 +67,7 @@ class Step(nn.Module):
     frame, use_truth = inputs
     cell_cls = cfg.spec.cell
     if cfg.remat == "cell":
-      cell_cls = nn.remat(cell_cls, policy=remat_policy(cfg.remat_policy), prevent_cse=False)
+      cell_cls = nn.remat(cell_cls, policy=cfg.checkpoint_policy, prevent_cse=False)
     conv_kw = dict(initializer=cfg.initializer, dtype=dtype, conv_impl=cfg.conv_impl, kernel_size=1)
     lv = cfg.pyramid_levels()
     skip = cfg.skip_topology()
@@ -110,41 +106,31 @@ class Step(nn.Module):
     return (tuple(new_states), m, y), (y, decouple)
 
 
+# The time loops: ``(predictor, initial carry, per-step inputs) -> (final
+# carry, per-step outputs)``, time on axis 1.
+
+
 def scanned(module: nn.Module, carry: Any, xs: Any, remat_step: bool = False) -> tuple[Any, Any]:
-  """:class:`Step` over time with ``nn.scan`` (parameters shared by every step).
-
-  Args:
-    module: the calling :class:`Predictor` (the loop's parent).
-    carry: the initial carry ``(layer states, M, previous prediction)``.
-    xs: the per-step inputs ``(frames, truth weights)``, time on axis 1.
-    remat_step: checkpoint each step (``jax.checkpoint_policies`` of
-      ``remat_policy``).
-
-  Returns:
-    ``(final carry, per-step outputs)``, time on axis 1.
-  """
+  """:class:`Step` over time with ``nn.scan`` (shared parameters); ``remat_step``: checkpointed."""
   cfg = module.config
   steps = jax.tree.leaves(xs)[0].shape[1]
   step_cls = Step
   if remat_step:
     # prevent_cse=False is safe (and faster) inside a scan.
-    step_cls = nn.remat(Step, policy=remat_policy(cfg.remat_policy), prevent_cse=False)
+    step_cls = nn.remat(Step, policy=cfg.checkpoint_policy, prevent_cse=False)
   scan = nn.scan(step_cls, variable_broadcast="params", split_rngs={"params": False},
                  in_axes=1, out_axes=1, length=steps, unroll=max(1, min(cfg.scan_unroll, steps)))
   # An explicit name keeps the parameter tree identical whatever the loop.
   return scan(config=cfg, name="step")(carry, xs)
 
 
-def remat_scanned(module: nn.Module, carry: Any, xs: Any) -> tuple[Any, Any]:
-  """:func:`scanned` with each step checkpointed."""
-  return scanned(module, carry, xs, remat_step=True)
+remat_scanned = functools.partial(scanned, remat_step=True)
 
 
 def stored_carries(module: nn.Module, carry: Any, xs: Any) -> tuple[Any, Any]:
   """Each step checkpointed, its input carry kept in the compute dtype.
 
-  ``nn.remat`` of a low-precision model keeps every step's float32 carry;
-  ``backend.stored_carry_scan`` keeps them 2-byte. Other policies than
+  ``nn.remat`` would keep every step's float32 carry. Other policies than
   ``nothing_saveable``, and initialisation (which makes the parameters),
   take :func:`remat_scanned`.
   """

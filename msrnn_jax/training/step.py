@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from msrnn_jax import data
 from msrnn_jax import model as model_lib
 from msrnn_jax.evaluation import metrics
 from msrnn_jax.training import losses, sampling
@@ -62,13 +63,10 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
 
 
 def sampling_mode(config: ml_collections.ConfigDict) -> str:
-  """'linear', 'reverse' or 'none' (resolving 'auto' by model)."""
+  """'linear', 'reverse' or 'none' ('auto': the model family's scheme)."""
   mode = config.train.scheduled_sampling
-  valid = ("auto", "linear", "reverse", "none")
-  if mode not in valid:
-    raise ValueError(f"train.scheduled_sampling={mode!r} is unknown; valid: {', '.join(valid)}.")
   if mode == "auto":
-    return "reverse" if config.model.name.endswith("predrnn_v2") else "linear"
+    return model_lib.family(config.model.name).scheduled_sampling
   return mode
 
 
@@ -128,8 +126,8 @@ def make_train_step(model: model_lib.Predictor, tx: optax.GradientTransformation
 
 
 def is_radar(data_cfg: ml_collections.ConfigDict) -> bool:
-  return data_cfg.name == "hko7" or (data_cfg.name == "synthetic"
-                                     and data_cfg.synthetic_like == "hko7")
+  """Whether evaluation adds the radar metrics (the data set's registry entry says)."""
+  return data.radar_metrics(data_cfg)
 
 
 def make_eval_step(model: model_lib.Predictor, radar: bool) -> Callable:

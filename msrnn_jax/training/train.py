@@ -424,7 +424,7 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sh
   """Parameters of the newest intact checkpoint in ``workdir`` (and its step).
 
   Args:
-    config: the configuration; its ``config_checks.MODE_KEYS[mode]`` must
+    config: the configuration; its ``config_checks.mode_keys(config, mode)`` must
       match the checkpoint's.
     workdir: the run directory.
     mesh: parameters are replicated over it.

@@ -7,6 +7,7 @@ switches. Adding a cell takes its file and one entry in :data:`FAMILIES`
 """
 
 import dataclasses
+from typing import Any
 
 from msrnn_jax.model.cells.base import CellBase
 from msrnn_jax.model.cells.causal_lstm import CausalLSTMCell
@@ -22,10 +23,10 @@ __all__ = ["FAMILIES", "CausalLSTMCell", "CellBase", "ConvLSTMCell", "Family", "
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-  """A model family.
+  """A model family: everything the rest of the code knows about it.
 
   Attributes:
-    cell: the cell class every layer uses.
+    cell: the cell class every layer uses, with the family's ``options``.
     decouple: compute PredRNN-V2's decoupling loss term.
     reverse_scheduled_sampling: the sampling mask may also replace
       context frames (PredRNN-V2); step 0 is always truth.
@@ -34,6 +35,16 @@ class Family:
   cell: type[CellBase]
   decouple: bool = False
   reverse_scheduled_sampling: bool = False
+
+  @property
+  def options(self) -> dict[str, Any]:
+    """Its own options and their defaults; ``cell.state_options`` shape the parameters."""
+    return self.cell.options
+
+  @property
+  def scheduled_sampling(self) -> str:
+    """Its training schedule of truth inputs, ``'reverse'`` or ``'linear'`` (``training.sampling``)."""
+    return "reverse" if self.reverse_scheduled_sampling else "linear"
 
 
 FAMILIES: dict[str, Family] = {

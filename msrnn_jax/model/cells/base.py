@@ -42,7 +42,7 @@ class CellBase(nn.Module):
     layer: index of this layer in the stack (some cells depend on it).
   """
 
-  config: ModelConfig = ModelConfig()
+  config: ModelConfig
   layer: int = 0
 
   # Carries the zig-zag memory M through the stack (PredRNN-style cells).
@@ -52,8 +52,10 @@ class CellBase(nn.Module):
   # Extra multiple of 2 that frame sizes need beyond the pyramid (MotionGRU
   # runs at half the layer's resolution).
   extra_factor: ClassVar[int] = 0
-  # The cell's own options and their defaults (ModelConfig.option).
+  # The cell's own options and their defaults (ModelConfig.option), and those
+  # that change the parameter tree (a checkpoint records and checks them).
   options: ClassVar[dict[str, Any]] = {}
+  state_options: ClassVar[tuple[str, ...]] = ()
   # U of the paper's memory estimate (eq. 3-5): hidden-sized maps the cell
   # is counted with per layer and step (msrnn_jax.analysis.footprint).
   units: ClassVar[int] = 0
