@@ -19,22 +19,13 @@ kernel library. The lowest layer: it imports JAX and its own modules only.
   :func:`stored_carry_scan`), which keep the precision and memory mechanics
   out of the model code.
 
-A model names its convolution kernel (``ModelConfig.conv_impl``, config
-``backend.conv_impl``) and :func:`resolve` turns ``auto`` into a concrete
-kernel once, when the model is built; :func:`conv2d` takes the concrete
-name, so models with different kernels or dtypes live side by side:
-
-* ``auto`` (default): ``onednn`` on CPU where it is available (any device
-  count: the custom calls partition over the batch), ``matmul`` on other CPU
-  set-ups, ``xla`` on GPU and TPU.
-* ``xla``: ``jax.lax.conv_general_dilated`` with autodiff.
-* ``matmul``: the portable gradients, float32 throughout.
-* ``matmul_bf16``: as ``matmul`` with bfloat16 kernel-gradient products
-  (float32 accumulation).
-* ``onednn``: oneDNN forward, dX and dK; float32, or bfloat16 activations
-  with float32 accumulation where the CPU has bfloat16 arithmetic.
-  Convolutions it does not cover (input dilation, other dtypes) take the
-  ``matmul`` path.
+A model names its convolution kernel, one of :data:`CONV_IMPLS` (the table
+in ``docs/performance.md``), and :func:`resolve` turns ``auto`` (``onednn`` on
+CPU where it is available, else ``matmul``; ``xla`` on GPU and TPU) into a
+concrete kernel once, when the model is built; :func:`conv2d` takes the
+concrete name, so models with different kernels or dtypes live side by side.
+``onednn`` sends the convolutions it does not cover (input dilation, other
+dtypes) to ``matmul``.
 """
 
 from collections.abc import Sequence

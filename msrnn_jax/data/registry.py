@@ -1,9 +1,8 @@
 """The data sets: name -> builder module, tfds builder class and reference shapes.
 
-The one table of data sets and what sets each apart. ``pipeline`` builds from
-it, ``prepare`` lists raw files with it, training asks it how to evaluate
-(``radar_metrics``), and the shape keys of each data set's reference protocol
-(``dataset_preset``) come from it. ``configs/<name>.py`` write the same shape
+The one table of data sets and what sets each apart: ``pipeline`` builds from
+it, ``prepare`` lists raw files, training asks how to evaluate
+(``radar_metrics``), and ``dataset_preset`` gives reference shapes. ``configs/<name>.py`` write the same shape
 values out as plain data; tests/test_data_pipeline.py checks that they agree.
 """
 

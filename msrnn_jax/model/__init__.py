@@ -55,10 +55,7 @@ def family(name: str) -> Family:
 
 
 def config_for(name: str, **options: Any) -> ModelConfig:
-  """The validated ``ModelConfig`` of a model name and options (see :func:`create`).
-
-  Pure Python: ``'auto'`` values stay unresolved (:meth:`ModelConfig.resolved`).
-  """
+  """The validated ``ModelConfig`` of a name and options (:func:`create`), ``'auto'`` unresolved."""
   family_name, multiscale = split_name(name)
   options.setdefault("conv_impl", "auto")
   for key in sorted(set(options) - set(model_options())):
@@ -85,8 +82,6 @@ def create(name: str, **options: Any) -> Predictor:
 
   Returns:
     A ``Predictor`` whose ``conv_impl`` and ``dtype`` are concrete (``'auto'``
-    decided here, for this platform). PredRNN-V2 models compute the
-    decoupling loss term (``aux['decouple_loss']``) and use reverse
-    scheduled sampling.
+    decided here, for this platform).
   """
   return Predictor(config_for(name, **options).resolved())

@@ -1,11 +1,8 @@
-"""What defines a model, declared once: :class:`ModelConfig` and the families.
+"""What defines a model, declared once: :class:`ModelConfig`.
 
-A model name (``convlstm``, ``ms_predrnn``, ...) is a family from
-``msrnn_jax.model.cells.FAMILIES`` (its cell and family-wide switches),
-optionally with the ``ms_`` prefix (the mirror pyramid and UNet skips).
-:class:`ModelConfig` holds every hyper-parameter; ``Predictor``, its time
-step and the cells all read this one frozen (hashable) object, so a field
-is never repeated down the stack.
+It holds every hyper-parameter; ``Predictor``, its time step and the cells
+all read this one frozen (hashable) object, so a field is never repeated
+down the stack, and it validates itself when it is made.
 """
 
 import dataclasses
@@ -53,13 +50,11 @@ class ModelConfig:
     scan_unroll: ``nn.scan`` unroll factor (1 = rolled loop).
     dtype: compute dtype name (``'float32'``, ``'bfloat16'``), or ``'auto'``
       (``backend.fast_dtype``); parameters stay float32.
-    conv_impl: the convolution kernel, one of ``backend.CONV_IMPLS``
-      (``'auto'``, ``create``'s default: the platform's fastest). ``create``
-      resolves both ``'auto'`` values once (:meth:`resolved`).
+    conv_impl: the convolution kernel, one of ``backend.CONV_IMPLS``;
+      ``create`` (default ``'auto'``) resolves both ``'auto'`` values once.
     initializer: ``'torch'`` (PyTorch defaults, as the reference) or ``'flax'``.
-    options: the family's own options (TrajGRU's ``links``, MotionRNN's
-      ``motion_k``...) as sorted ``(name, value)`` pairs; read them with
-      :meth:`option`, whose defaults come from the cell class.
+    options: the family's own options (TrajGRU's ``links``...) as sorted
+      ``(name, value)`` pairs; :meth:`option` reads them, with the cell's defaults.
   """
 
   family: str = "convlstm"

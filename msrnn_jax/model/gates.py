@@ -1,13 +1,11 @@
 """The cells' gate arithmetic: LSTM state updates of sigmoid and tanh activations.
 
-Each function is the expression in its docstring. They run through
-``backend.on_activations``, whose hand-written gradient keeps one map per
-input (the activations and the old state) where autodiff keeps the
-activations *and* their derivative coefficients: at the paper's shape
-(ConvLSTM, 6 x 64, 64x64, batch 4, T=20, no remat) the training step's
-compiled memory falls from 6.46 GB to 3.70 GB (``docs/performance.md``).
-In a low-precision model the arithmetic runs in float32 and rounds once.
-Gate chunks follow the reference's order ``i, f, g[, o]``.
+Each function is the expression in its docstring, run through
+``backend.on_activations``: its gradient keeps one map per input where
+autodiff keeps the activations *and* their derivative coefficients (the
+training step's memory in ``docs/performance.md``), and a low-precision
+model's arithmetic runs in float32, rounded once. Gate chunks follow the
+reference's order ``i, f, g[, o]``.
 """
 
 import jax

@@ -128,9 +128,8 @@ def fused_conv(convs: Sequence[Conv], xs: Sequence[jax.Array]) -> jax.Array:
   return backend.add_bias(y, sum(biases)) if biases else y
 
 
-def split_gates(y: jax.Array, sections: int) -> tuple[jax.Array, ...]:
-  """A convolution's gate chunks: ``jnp.split(y, sections, axis=-1)`` (``backend.split``)."""
-  return backend.split(y, sections)
+# A convolution's gate chunks: ``split_gates(y, n) = jnp.split(y, n, axis=-1)``.
+split_gates = backend.split
 
 
 def leaky_relu(x: jax.Array) -> jax.Array:

@@ -43,10 +43,8 @@ def decouple_term(adapter: nn.Module, delta_c: jax.Array, delta_m: jax.Array) ->
   Returns:
     ``[batch]``.
   """
-  a = adapter(delta_c).astype(jnp.float32)
-  b = adapter(delta_m).astype(jnp.float32)
-  a = a / jnp.maximum(jnp.linalg.norm(a, axis=(1, 2), keepdims=True), 1e-12)
-  b = b / jnp.maximum(jnp.linalg.norm(b, axis=(1, 2), keepdims=True), 1e-12)
+  a, b = (adapter(d).astype(jnp.float32) for d in (delta_c, delta_m))
+  a, b = (v / jnp.maximum(jnp.linalg.norm(v, axis=(1, 2), keepdims=True), 1e-12) for v in (a, b))
   return jnp.sum(jnp.abs(jnp.sum(a * b, axis=(1, 2))), axis=-1)
 
 
@@ -138,9 +136,7 @@ def stored_carries(module: nn.Module, carry: Any, xs: Any) -> tuple[Any, Any]:
   if module.is_initializing() or cfg.remat_policy != "nothing_saveable":
     return remat_scanned(module, carry, xs)
 
-  def step(params, c, x):
-    return Step(cfg).apply({"params": params}, c, x)
-
+  step = lambda params, c, x: Step(cfg).apply({"params": params}, c, x)  # noqa: E731
   swap = functools.partial(jax.tree.map, lambda v: jnp.swapaxes(v, 0, 1))
   unroll = max(1, min(cfg.scan_unroll, xs[0].shape[1]))
   carry, ys = backend.stored_carry_scan(step, module.variables["params"]["step"], carry,

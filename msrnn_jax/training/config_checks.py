@@ -7,10 +7,9 @@ one line naming the key, its value and what is valid.
 
 ``settings`` lists the keys that shape the train state (parameter shapes, the
 pyramid, the family's ``state_options``) and the training data (image size,
-lengths, batch, seed). Every
-checkpoint records them; ``differences`` compares them with the current
-config when a run resumes, evaluates or predicts, so a workdir is never
-silently reused for another model.
+lengths, batch, seed). Every checkpoint records them; ``differences``
+compares them with the current config when a run resumes, evaluates or
+predicts, so a workdir is never silently reused for another model.
 """
 
 import json

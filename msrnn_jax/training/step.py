@@ -41,10 +41,7 @@ class TrainState:
 
 def model_config(config: ml_collections.ConfigDict, in_len: int | None = None
                  ) -> model_lib.ModelConfig:
-  """The validated ``ModelConfig`` of ``config.model`` for the frames of ``config.data``.
-
-  Pure Python (``'auto'`` unresolved), so the config checks use it before JAX starts.
-  """
+  """The validated ``ModelConfig`` of ``config`` (pure Python: the checks run it before JAX starts)."""
   options = {k: v for k, v in config.model.items() if k != "name"}
   return model_lib.config_for(config.model.name, channels=config.data.channels,
                               in_len=in_len or config.data.in_len,

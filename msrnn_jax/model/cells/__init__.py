@@ -1,9 +1,8 @@
 """The recurrent cells and the registry of model families.
 
-One file per cell (``base.py`` states the interface). A family is what a
-model name without the ``ms_`` prefix refers to: a cell plus family-wide
-switches. Adding a cell takes its file and one entry in :data:`FAMILIES`
-(``docs/model.md`` walks through an example).
+One file per cell (``base.py`` states the interface). A family (a model name
+without ``ms_``) is a cell plus family-wide switches. Adding a cell takes its
+file and one entry in :data:`FAMILIES` (example in ``docs/model.md``).
 """
 
 import dataclasses

@@ -15,12 +15,10 @@ A cell is a Flax module called once per time step as::
 * ``extras``: a dict of auxiliary outputs (PredRNN-V2's ``delta_c`` and
   ``delta_m``).
 
-Every hyper-parameter comes from the one ``ModelConfig`` (``self.config``);
-a cell's own options are declared in its ``options`` class attribute with
-their defaults. Equations follow the authors' PyTorch code
-(``docs/model.md``); gate chunks are split in the reference's order.
-Convolutions whose outputs are summed are fused into one call over stacked
-inputs (same parameters, same numbers, faster).
+Every hyper-parameter comes from the one ``ModelConfig`` (``self.config``),
+the cell's own ones declared in ``options``. Equations follow the authors'
+PyTorch code (``docs/model.md``); convolutions whose outputs are summed are
+fused into one call over stacked inputs (same parameters and numbers).
 """
 
 from typing import Any, ClassVar
