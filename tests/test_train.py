@@ -399,7 +399,8 @@ def test_the_docs_example_cell_with_an_option_trains_through_the_config_path(tmp
 
   text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "model.md").read_text()
   section = text[text.index("### Adding a cell"):]
-  code = section[section.index("```python\n") + 10:section.index("\n```")]
+  start = section.index("```python\n") + len("```python\n")
+  code = section[start:section.index("\n```", start)]
   namespace = {"__name__": "msrnn_jax.model.cells.convgru"}
   exec(compile(code, "docs/model.md", "exec"), namespace)  # noqa: S102
   monkeypatch.setitem(cells.FAMILIES, "convgru", cells.Family(namespace["ConvGRUCell"]))
