@@ -35,9 +35,10 @@ def get_config() -> ml_collections.ConfigDict:
   # The platform seam (msrnn_jax/backend): how fast, with how much host
   # memory; results agree to float rounding whatever is chosen.
   config.backend = ml_collections.ConfigDict()
-  # Convolution kernel: 'auto' (oneDNN on CPU where the msrnn_jax[cpu] extra
-  # is installed, else the portable matmul gradients; XLA's own on GPU/TPU),
-  # 'xla', 'matmul', 'matmul_bf16', 'onednn'.
+  # The model's convolution kernel: 'auto' (oneDNN on CPU where the
+  # msrnn_jax[cpu] extra is installed, else the portable matmul gradients; XLA's
+  # own on GPU/TPU; decided once, when the model is built), 'xla', 'matmul',
+  # 'matmul_bf16', 'onednn'.
   config.backend.conv_impl = "auto"
   # Keep freed host memory for reuse (glibc; msrnn_jax/backend/allocator.py):
   # CPU steps stop page-faulting their temporaries in every step (ConvLSTM at
@@ -65,12 +66,15 @@ def get_config() -> ml_collections.ConfigDict:
   # nn.scan unroll factor: 1 = rolled loop (compile time independent of T);
   # >= T-1 = fully unrolled.
   config.model.scan_unroll = 1
-  # Compute dtype ('float32', 'bfloat16', or 'auto': bfloat16 where the platform's
-  # convolutions have native bfloat16 kernels, float32 elsewhere; the CPU-sized
-  # presets use it, docs/performance.md); params and Adam state stay float32.
+  # Compute dtype ('float32', 'bfloat16', or 'auto': bfloat16 where the model's
+  # convolution kernel has native bfloat16 kernels, float32 elsewhere, decided when
+  # the model is built; the CPU-sized presets use it, docs/performance.md); params
+  # and Adam state stay float32.
   config.model.dtype = "float32"
   # 'torch' (PyTorch Conv2d defaults, as the reference) or 'flax'.
   config.model.initializer = "torch"
+  # The families' own options (each cell declares them with these defaults;
+  # tests/test_models.py checks this list against the registry).
   # TrajGRU links L (13 in the paper-era code, 10 at the reference's HEAD).
   config.model.links = 13
   # MotionGRU filter size k and trend momentum alpha.
@@ -191,9 +195,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.train.num_steps = -1
   # Adam, constant learning rate, no clipping, no weight decay (reference).
   config.train.learning_rate = 3e-4
-  # Scheduled sampling: 'auto' (reverse for predrnn_v2, else linear),
-  # 'linear' (truth probability 1 -> 0 over the run), 'reverse', 'none'
-  # (always truth in training).
+  # Scheduled sampling: 'auto' (the model family's: reverse for predrnn_v2,
+  # else linear), 'linear' (truth probability 1 -> 0 over the run), 'reverse',
+  # 'none' (always truth in training).
   config.train.scheduled_sampling = "auto"
   # Weight of PredRNN-V2's decoupling loss.
   config.train.decouple_weight = 0.01

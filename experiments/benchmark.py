@@ -30,9 +30,8 @@ Timings on a shared machine are inflated by other processes; compare rows
 measured back to back. Like ``msrnn_jax.main``, the script first makes glibc
 keep freed memory for reuse (``msrnn_jax.backend.prepare_host``), so steps do
 not page-fault their temporaries in again; ``--no-keep-freed-memory`` leaves
-malloc as it is (docs/performance.md). ``--conv-impl`` sets the process-wide
-convolution kernel (``msrnn_jax.backend.configure``) once, before anything is
-traced.
+malloc as it is (docs/performance.md). ``--conv-impl`` is the models'
+convolution kernel (``msrnn_jax.model.create``'s ``conv_impl``).
 """
 
 import argparse
@@ -78,7 +77,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--no-compile-t40", action="store_true",
                  help="skip the T=20 vs T=40 compile-time comparison")
   p.add_argument("--conv-impl", default="auto",
-                 help="convolution kernel for the whole run (msrnn_jax.backend.configure): "
+                 help="the models' convolution kernel (msrnn_jax.model.create's conv_impl): "
                       + ", ".join(backend.CONV_IMPLS))
   p.add_argument("--no-keep-freed-memory", dest="keep_freed_memory", action="store_false",
                  help="leave glibc malloc as it is (default: backend.prepare_host(), "
@@ -147,7 +146,8 @@ def bench_model(name: str, args, sh: dict) -> dict:
   in_len = t // 2
   shape = (sh["batch"], t, sh["size"], sh["size"], 1)
   tx = optax.adam(3e-4)
-  opts = dict(hidden=sh["hidden"], num_layers=sh["num_layers"], channels=1, in_len=in_len)
+  opts = dict(hidden=sh["hidden"], num_layers=sh["num_layers"], channels=1, in_len=in_len,
+              conv_impl=args.conv_impl)
   out = {"model": name, "params": footprint.param_count(name, hidden=sh["hidden"],
                                                          num_layers=sh["num_layers"])}
   paths = {"scan": 1} if args.no_unrolled else {"scan": 1, "unrolled": t - 1}
@@ -172,14 +172,15 @@ def bench_model(name: str, args, sh: dict) -> dict:
           f"{statistics.median(times):.3f}s (min {min(times):.3f}, max {max(times):.3f}; "
           f"CPU {statistics.median(cpu):.3f}s)", flush=True)
   # Compiled even if too large to run; custom-call kernels hide their FLOPs.
-  if "unrolled" in out and backend.conv_impl() in ("xla", "matmul", "matmul_bf16"):
+  if "unrolled" in out and backend.resolve(args.conv_impl) in backend.FLOP_COUNTABLE:
     out["flops"] = out["unrolled"]["raw_flops"]
   else:
     # footprint.analyze counts the FLOPs of kernels XLA's cost analysis cannot
-    # see into (custom calls) on a visible kernel (backend.flop_countable).
+    # see into (custom calls) on a visible kernel (backend.FLOP_COUNTABLE).
     out["flops"] = footprint.analyze(name, image_size=sh["size"], batch_per_device=sh["batch"],
                                      seq_len=t, flops="multiply", hidden=sh["hidden"],
-                                     num_layers=sh["num_layers"])["flops"]
+                                     num_layers=sh["num_layers"],
+                                     conv_impl=args.conv_impl)["flops"]
   for path in paths:
     if "step_s" in out[path]:
       out[path]["gflops_per_s"] = out["flops"] / out[path]["step_s"] / 1e9
@@ -236,8 +237,6 @@ def main(argv=None) -> None:
   args = parse_args(argv)
   # Before JAX starts its backend, as msrnn_jax.main does (docs/performance.md).
   malloc_tuned = backend.prepare_host(keep_freed_memory=args.keep_freed_memory)
-  # One kernel for the whole process, chosen before anything is traced.
-  backend.configure(args.conv_impl)
   sh = SHAPES[args.shape]
   names = args.models.split(",") if args.models else list(sh["models"])
   settings = {k: v for k, v in sh.items() if k != "models"}
@@ -251,7 +250,7 @@ def main(argv=None) -> None:
     if old.get("settings") == settings:
       results = old
   print(f"shape {args.shape}: {settings}", flush=True)
-  print(backend.summary(), flush=True)
+  print(backend.summary(args.conv_impl), flush=True)
   for name in names:
     if name in results["models"] and ("unrolled" in results["models"][name]
                                       or args.no_unrolled):

@@ -21,8 +21,7 @@ table. Examples::
     # CI-sized run (two models, small hidden, two sizes, a 50 MB budget).
     python experiments/memory_vs_resolution.py --quick
 
-Convolutions default to ``--conv-impl xla`` (the process-wide kernel, set
-once with ``msrnn_jax.backend.configure``): the GPU path (``conv_impl='auto'``
+Convolutions default to ``--conv-impl xla`` (the models' ``conv_impl``): the GPU path (``conv_impl='auto'``
 resolves to it on GPU), which is where a 40 GB budget applies. The CPU path
 (``matmul``) builds im2col patches for the kernel gradient and needs more
 temporary memory (see experiments/README.md).
@@ -41,7 +40,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from msrnn_jax import backend  # noqa: E402
 from msrnn_jax.analysis import footprint  # noqa: E402
 
 CELLS = ("convlstm", "trajgru", "predrnn", "predrnn_pp", "mim", "motionrnn")
@@ -68,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--seq-len", type=int, default=20)
   p.add_argument("--batch", type=int, default=1, help="examples per device")
   p.add_argument("--conv-impl", default="xla",
-                 help="convolution kernel (msrnn_jax.backend.configure; see module docstring)")
+                 help="the models' convolution kernel (conv_impl; see module docstring)")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                  help="compute dtype (bfloat16: activations and residuals in bfloat16; "
                       "parameters and Adam state stay float32)")
@@ -133,7 +131,8 @@ def run_sweep(args, data: dict, path: str) -> None:
   models = [m for m in args.models.split(",") if m]
   remats = [r for r in args.remat.split(",") if r]
   sizes = [int(s) for s in args.sizes.split(",") if s]
-  opts = dict(hidden=args.hidden, num_layers=args.num_layers, dtype=args.dtype)
+  opts = dict(hidden=args.hidden, num_layers=args.num_layers, dtype=args.dtype,
+              conv_impl=args.conv_impl)
   done = {(e["model"], e["remat"], e["size"]) for e in data["entries"]}
   for name in models:
     for remat in remats:
@@ -304,8 +303,6 @@ def main(argv=None) -> None:
   args = parse_args(argv)
   path = args.out + ".json"
   data = load(path, settings_of(args))
-  # The kernel is a process-wide setting, read when the steps are traced.
-  backend.configure(args.conv_impl)
   run_sweep(args, data, path)
   write_csv(args.out + ".csv", data)
   budget = args.budget_gb * 1e9

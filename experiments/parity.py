@@ -45,8 +45,7 @@ Defaults: hidden 16, 6 layers, batch 2, T = 20 with 10 context frames, 64x64,
 ``conv_impl='auto'`` (oneDNN on CPU): about 2 minutes for the four models on
 2 cores. ``--conv-impl xla`` checks XLA's own convolutions (the GPU path),
 which are slow on CPU inside the rolled time loop (about 16 minutes). Each
-kernel listed is the process-wide one (``msrnn_jax.backend.using``) while
-its JAX side is traced and run.
+kernel listed is a model of its own (``conv_impl``).
 """
 
 import argparse
@@ -232,7 +231,6 @@ def check_model(name: str, impls: list[str], args: argparse.Namespace, tmp: str)
   import jax
   import jax.numpy as jnp
 
-  from msrnn_jax import backend
   from msrnn_jax import model as model_lib
 
   rng = np.random.default_rng(args.seed)
@@ -240,15 +238,14 @@ def check_model(name: str, impls: list[str], args: argparse.Namespace, tmp: str)
   frames = rng.uniform(size=(b, t, s, s, c)).astype(np.float32)
   mask = (rng.uniform(size=(b, t - 1)) < 0.5).astype(np.float32)
 
-  def create(hidden=args.hidden):
+  def create(hidden=args.hidden, conv_impl="xla"):
     return model_lib.create(name, hidden=hidden, num_layers=NUM_LAYERS, channels=c,
-                            in_len=args.in_len)
+                            in_len=args.in_len, conv_impl=conv_impl)
 
-  with backend.using("xla"):
-    params = jax.jit(create().init)(jax.random.PRNGKey(args.seed), jnp.asarray(frames),
-                                    jnp.asarray(mask))["params"]
-    paper_shapes = jax.eval_shape(create(64).init, jax.random.PRNGKey(0),
-                                  jax.ShapeDtypeStruct((1, 2, 16, 16, 1), jnp.float32))
+  params = jax.jit(create().init)(jax.random.PRNGKey(args.seed), jnp.asarray(frames),
+                                  jnp.asarray(mask))["params"]
+  paper_shapes = jax.eval_shape(create(64).init, jax.random.PRNGKey(0),
+                                jax.ShapeDtypeStruct((1, 2, 16, 16, 1), jnp.float32))
   jax_params_6x64 = int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(paper_shapes)))
   torch_params = jax_to_torch(params)
   cfg = {"model": name, "hidden": args.hidden, "layers": NUM_LAYERS, "channels": c,
@@ -259,9 +256,9 @@ def check_model(name: str, impls: list[str], args: argparse.Namespace, tmp: str)
   results = []
   for impl in impls:
     t0 = time.perf_counter()
-    # Traced and run inside the block: the kernel is read when tracing.
-    with backend.using(impl) as resolved:
-      preds, loss, grads = jax_loss_and_grads(create(), params, frames, mask)
+    model = create(conv_impl=impl)
+    resolved = model.config.conv_impl
+    preds, loss, grads = jax_loss_and_grads(model, params, frames, mask)
     seconds = time.perf_counter() - t0
     preds = preds.transpose(1, 0, 4, 2, 3)
     grad_errs = {k: rel_err(v, ref["grads"][k]) for k, v in jax_to_torch(grads).items()}

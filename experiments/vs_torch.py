@@ -21,9 +21,8 @@ bfloat16 step against PyTorch's float32 one.
 Shapes are the paper's (6 x 64 hidden, 64x64, T = 20, batch 4). The JAX
 step is ``msrnn_jax.training.step.make_train_step`` (forward, loss,
 backward, Adam; donated state), the PyTorch step the reference's (see
-``torch_reference.py``). Each ``--conv-impls`` kernel's step is compiled
-ahead of time inside ``msrnn_jax.backend.using(conv_impl)``, so the
-compiled steps keep their kernels while they take turns.
+``torch_reference.py``). Each ``--conv-impls`` kernel is a model of its
+own (``conv_impl``), so the compiled steps of several kernels take turns.
 Results go to ``experiments/results/vs_torch.json`` and a table is printed.
 
 This process keeps freed host memory for reuse as ``msrnn_jax.main`` does
@@ -121,9 +120,8 @@ class TorchStep:
 class JaxStep:
   """The compiled JAX training step on random frames (as ``benchmark.py`` runs it).
 
-  The step is compiled ahead of time with ``conv_impl`` as the process-wide
-  kernel; the executable keeps it after the ``using`` block restores the
-  setting, so steps of several kernels can take turns in one process.
+  The model carries its ``conv_impl``, so steps of several kernels can take
+  turns in one process.
   """
 
   def __init__(self, name: str, conv_impl: str, warmup: int, dtype: str = "float32",
@@ -131,11 +129,11 @@ class JaxStep:
     t = SHAPE["seq_len"]
     self.shape = (SHAPE["batch"], t, SHAPE["size"], SHAPE["size"], 1)
     model = model_lib.create(name, hidden=SHAPE["hidden"], num_layers=SHAPE["num_layers"],
-                             channels=1, in_len=t // 2, dtype=dtype, remat=remat)
+                             channels=1, in_len=t // 2, dtype=dtype, remat=remat,
+                             conv_impl=conv_impl)
     tx = optax.adam(3e-4)
-    with backend.using(conv_impl):
-      _, self.compiled, _, _ = footprint.compile_train_step(model, tx, self.shape, t // 2, 0.01)
-      self.state = jax.jit(lambda: train_step.create_train_state(model, tx, self.shape, 0))()
+    _, self.compiled, _, _ = footprint.compile_train_step(model, tx, self.shape, t // 2, 0.01)
+    self.state = jax.jit(lambda: train_step.create_train_state(model, tx, self.shape, 0))()
     self.frames = jax.random.uniform(jax.random.PRNGKey(1), self.shape, jnp.float32)
     self.eta = (jnp.asarray(0.5, jnp.float32), jnp.asarray(1.0, jnp.float32))
     for _ in range(warmup):
@@ -203,9 +201,8 @@ def main(argv=None) -> None:
   impls = [i for i in args.conv_impls.split(",") if i]
   for impl in impls:
     backend.resolve(impl)  # fails here, with the reason, for an unknown or unavailable kernel
-  # oneDNN's version and ISA (describe() reports them while oneDNN is the kernel).
-  with backend.using("onednn" if "onednn" in impls else "auto"):
-    info = backend.describe()
+  # oneDNN's version and ISA (describe() reports them for the oneDNN kernel).
+  info = backend.describe("onednn" if "onednn" in impls else "auto")
   results = {"settings": {**SHAPE, "rounds": args.rounds, "warmup": args.warmup,
                           "remat": args.remat,
                           "dtype": args.dtype, "onednn_isa": info.get("cpu_isa"),

@@ -20,7 +20,7 @@ from msrnn_jax import backend
 from msrnn_jax import model as model_lib
 from msrnn_jax.backend import CONV_IMPLS, conv2d, onednn
 from msrnn_jax.backend.matmul_grads import input_grad, kernel_grad
-from msrnn_jax.training import sharding, train
+from msrnn_jax.training import sharding
 from msrnn_jax.training import step as train_step
 
 RNG = np.random.default_rng(5)
@@ -162,11 +162,7 @@ def test_config_switch_reaches_the_cells(impl, marker):
   def loss(p):
     return jnp.sum(model.apply({"params": p}, frames)[0] ** 2)
 
-  try:
-    train.start_jax(config)  # where every mode applies config.backend
-    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
-  finally:
-    backend.configure("auto")
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
   names = ("name=conv_dk_matmul ", "name=conv_dk_matmul_bf16 ", _ONEDNN)
   assert [n for n in names if n in jaxpr] == ([marker] if marker else [])
   if marker == _ONEDNN:  # the forward pass too
@@ -251,12 +247,12 @@ def test_onednn_model_gradients_equal_matmul(name, remat, layers, t):
   model = model_lib.create(name, hidden=8, num_layers=layers, in_len=2, remat=remat)
   params = model.init(jax.random.key(0), frames)["params"]
 
-  def loss(p):
+  def loss(p, model):
     return jnp.sum((model.apply({"params": p}, frames)[0] - frames[:, 1:]) ** 2)
 
   for impl in ("matmul", "onednn"):
-    with backend.using(impl):
-      out[impl] = jax.jit(jax.value_and_grad(loss))(params)
+    out[impl] = jax.jit(jax.value_and_grad(loss), static_argnums=1)(
+        params, model.replace(conv_impl=impl))
   np.testing.assert_allclose(out["onednn"][0], out["matmul"][0], rtol=1e-5)
   for got, want in zip(jax.tree.leaves(out["onednn"][1]), jax.tree.leaves(out["matmul"][1]),
                        strict=True):
@@ -343,6 +339,7 @@ def test_onednn_model_gradients_sharded_equal_one_device():
   if not onednn.available():
     pytest.skip(onednn.unavailable_reason())
   config = test_config.get_config()
+  config.backend.conv_impl = "onednn"
   model = train_step.create_model(config)
   frames = jnp.asarray(RNG.uniform(size=(4, 4, 16, 16, config.data.channels)), jnp.float32)
   mask = jnp.asarray(RNG.uniform(size=(4, 3)) < 0.5, jnp.float32)
@@ -358,10 +355,9 @@ def test_onednn_model_gradients_sharded_equal_one_device():
   args = (jax.device_put(params, sharding.replicated(mesh)),
           jax.device_put(frames, sharding.data_sharded(mesh)),
           jax.device_put(mask, sharding.data_sharded(mesh)))
-  with backend.using("onednn"):
-    one = grad(params, frames, mask)
-    four = grad(*args)
-    hlo = grad.lower(*args).compile().as_text()
+  one = grad(params, frames, mask)
+  four = grad(*args)
+  hlo = grad.lower(*args).compile().as_text()
   np.testing.assert_allclose(four[0], one[0], rtol=1e-5)
   for got, want in zip(jax.tree.leaves(four[1]), jax.tree.leaves(one[1]), strict=True):
     _close(got, want, 1e-5)
@@ -492,15 +488,72 @@ def test_auto_dtype_is_bfloat16_only_where_convolutions_have_native_kernels(impl
     pytest.skip("oneDNN unavailable")
   config = test_config.get_config()
   config.model.dtype = "auto"
+  config.backend.conv_impl = impl
   frames = jnp.zeros((1, 3, 16, 16, config.data.channels), jnp.float32)
-  with backend.using(impl):
-    want = "bfloat16" if impl == "onednn" and onednn.bf16_supported() else "float32"
-    assert backend.fast_dtype() == want
-    model = train_step.create_model(config)
-    assert model.config.compute_dtype == jnp.dtype(want)
-    jaxpr = str(jax.make_jaxpr(lambda f: model.init(jax.random.key(0), f))(frames))
-    assert ("bf16[" in jaxpr) == (want == "bfloat16")
-  assert "model.dtype 'auto' = " in backend.summary()
+  want = "bfloat16" if impl == "onednn" and onednn.bf16_supported() else "float32"
+  assert backend.fast_dtype(impl) == want
+  model = train_step.create_model(config)
+  # Resolved once, when the model is built: the model carries concrete choices.
+  assert (model.config.dtype, model.config.conv_impl) == (want, impl)
+  jaxpr = str(jax.make_jaxpr(lambda f: model.init(jax.random.key(0), f))(frames))
+  assert ("bf16[" in jaxpr) == (want == "bfloat16")
+  assert "model.dtype 'auto' = " in backend.summary(impl)
+
+
+def test_models_with_different_kernels_and_dtypes_run_side_by_side():
+  """An ``xla`` float32 ConvLSTM and a ``onednn`` (else ``matmul``) bfloat16 one in one
+  process, interleaved: each computes with its own kernel and dtype, and each matches a
+  float64 NumPy forward pass of the same parameters (to its dtype's precision)."""
+  other = "onednn" if onednn.available() else "matmul"
+  rng = np.random.default_rng(5)
+  frames = jnp.asarray(rng.uniform(size=(2, 4, 8, 8, 1)), jnp.float32)
+  models = {(impl, dtype): model_lib.create("convlstm", hidden=4, num_layers=1, in_len=2,
+                                            conv_impl=impl, dtype=dtype)
+            for impl, dtype in (("xla", "float32"), (other, "bfloat16"))}
+  params = models["xla", "float32"].init(jax.random.key(0), frames)["params"]
+  want = _numpy_convlstm(jax.tree.map(np.float64, params), np.asarray(frames, np.float64), 2)
+  applies = {k: jax.jit(lambda p, f, m=m: m.apply({"params": p}, f)[0]) for k, m in models.items()}
+  outs = {k: [] for k in models}
+  for _ in range(2):  # interleaved: neither model's compilation leaks into the other's
+    for key, apply in applies.items():
+      outs[key].append(np.asarray(apply(params, frames)))
+  for (impl, dtype), (first, again) in outs.items():
+    np.testing.assert_array_equal(first, again)
+    tol = 1e-5 if dtype == "float32" else 3e-2
+    np.testing.assert_allclose(first, want, atol=tol, err_msg=f"{impl} {dtype}")
+  jaxprs = {k: str(jax.make_jaxpr(a)(params, frames)) for k, a in applies.items()}
+  assert "bf16[" not in jaxprs["xla", "float32"] and "conv_general_dilated" in jaxprs[
+      "xla", "float32"]
+  assert "bf16[" in jaxprs[other, "bfloat16"]
+  if other == "onednn" and onednn.bf16_supported():
+    assert "target_name=msrnn_onednn_conv_fwd" in jaxprs[other, "bfloat16"]
+    assert "msrnn_onednn" not in jaxprs["xla", "float32"]
+
+
+def _numpy_convlstm(p, frames, in_len):
+  """A one-layer ConvLSTM predictor in float64: 1x1 embed, 3x3 gates, 1x1 head."""
+
+  def conv(x, layer):
+    k, b = layer["kernel"], layer["bias"]
+    pad = k.shape[0] // 2
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    h, w = x.shape[1:3]
+    return b + sum(np.einsum("nhwc,cd->nhwd", xp[:, i:i + h, j:j + w], k[i, j])
+                   for i in range(k.shape[0]) for j in range(k.shape[1]))
+
+  sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+  step, cell = p["step"], p["step"]["layer_0"]
+  b, t, hh, ww, _ = frames.shape
+  h = c = np.zeros((b, hh, ww, cell["conv_h"]["kernel"].shape[2]))
+  prev, preds = None, []
+  for s in range(t - 1):
+    x = conv(frames[:, s] if s < in_len else prev, step["embed"])
+    i, f, g, o = np.split(conv(x, cell["conv_x"]) + conv(h, cell["conv_h"]), 4, axis=-1)
+    c = sig(f) * c + sig(i) * np.tanh(g)
+    h = sig(o) * np.tanh(c)
+    prev = conv(h, step["head"])
+    preds.append(prev)
+  return np.stack(preds, axis=1)
 
 
 def test_cpu_presets_pick_their_dtype_at_run_time():

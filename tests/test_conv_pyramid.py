@@ -181,7 +181,7 @@ def test_bilinear_warp_samples_exactly_with_bfloat16_flows_on_large_frames():
 
 def test_bias_gradient_is_summed_in_float32():
   """A bfloat16 layer's bias gradient sums every pixel's cotangent in float32."""
-  from msrnn_jax.model.layers import add_bias
+  from msrnn_jax.backend import add_bias
 
   y = jnp.zeros((2, 64, 64, 8), jnp.bfloat16)
   cot = jnp.asarray(RNG.uniform(0.5, 1.5, size=y.shape), jnp.bfloat16)

@@ -242,3 +242,25 @@ def test_prepare_cli_bad_override_is_one_line():
   assert proc.returncode == 2
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: a --config.* override names no key")
+
+
+def test_evaluation_specifics_come_from_the_registry(monkeypatch):
+  """Radar metrics and a validation split of its own are HKO-7's entry's fields; synthetic
+  data take the radar metrics of the data set they imitate; a new entry needs no code."""
+  from msrnn_jax.data import pipeline
+
+  cfg = data_lib.default_config()
+  expect = {"mmnist": False, "kth": False, "taxibj": False, "hko7": True}
+  for name, radar in expect.items():
+    cfg.name = name
+    assert data_lib.radar_metrics(cfg) == radar
+    assert (pipeline.resolve_split(cfg, "validation") == "validation") == radar
+  cfg.name = "synthetic"
+  for like in ("hko7", "mmnist", "blobs"):
+    cfg.synthetic_like = like
+    assert data_lib.radar_metrics(cfg) == (like == "hko7")
+    assert pipeline.resolve_split(cfg, "validation") == "test"
+  monkeypatch.setitem(registry.DATASETS, "radar2", registry.DataSet(
+      mmnist, mmnist.MsrnnMovingMnist, None, radar=True, validation=True))
+  cfg.name = "radar2"
+  assert data_lib.radar_metrics(cfg) and pipeline.resolve_split(cfg, "val") == "validation"

@@ -1,5 +1,7 @@
 """Model library: registry, shapes, parameter counts, cell equations, remat, gradients, errors."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -110,11 +112,10 @@ def _np_params(tree):
 @pytest.mark.parametrize("impl", ["xla", "matmul"])
 def test_convlstm_step_matches_numpy(impl):
   hd = 4
-  cell = cells.ConvLSTMCell(config=ModelConfig(hidden=hd))
+  cell = cells.ConvLSTMCell(config=ModelConfig(hidden=hd, conv_impl=impl))
   x, h, c = (np.asarray(RNG.normal(size=(2, 5, 6, hd)), np.float32) for _ in range(3))
-  with backend.using(impl):
-    variables = cell.init(jax.random.key(0), x, (h, c))
-    h1, (h2, c1), _, _ = cell.apply(variables, x, (h, c))
+  variables = cell.init(jax.random.key(0), x, (h, c))
+  h1, (h2, c1), _, _ = cell.apply(variables, x, (h, c))
   p = _np_params(variables["params"])
   gates = _np_conv(x, p["conv_x"]["kernel"], p["conv_x"]["bias"]) + _np_conv(
       h, p["conv_h"]["kernel"], p["conv_h"]["bias"])
@@ -128,11 +129,10 @@ def test_convlstm_step_matches_numpy(impl):
 
 def test_stlstm_step_matches_numpy():
   hd = 4
-  cell = cells.STLSTMCell(config=ModelConfig(family="predrnn", hidden=hd))
+  cell = cells.STLSTMCell(config=ModelConfig(family="predrnn", hidden=hd, conv_impl="matmul"))
   x, h, c, m = (np.asarray(RNG.normal(size=(2, 5, 6, hd)), np.float32) for _ in range(4))
-  with backend.using("matmul"):
-    variables = cell.init(jax.random.key(0), x, (h, c), m)
-    h1, (_, c1), m1, extras = cell.apply(variables, x, (h, c), m)
+  variables = cell.init(jax.random.key(0), x, (h, c), m)
+  h1, (_, c1), m1, extras = cell.apply(variables, x, (h, c), m)
   p = _np_params(variables["params"])
 
   def conv(name, v):
@@ -271,10 +271,16 @@ def test_bfloat16_compute_keeps_float32_params():
 
 
 def test_bad_inputs_raise_clear_errors():
-  with pytest.raises(ValueError, match="valid: convlstm, ms_convlstm"):
+  with pytest.raises(ValueError, match="name='convlstmm': use one of convlstm, ms_convlstm"):
     models.create("convlstmm")
-  with pytest.raises(ValueError, match="Unknown model option"):
+  with pytest.raises(ValueError, match="hiden=4: no such model option"):
     models.create("convlstm", hiden=4)
+  with pytest.raises(ValueError, match="hidden=0: must be an integer >= 1"):
+    models.ModelConfig(hidden=0)
+  with pytest.raises(ValueError, match="links=3: convlstm has no such option"):
+    models.ModelConfig(options=(("links", 3),))
+  with pytest.raises(ValueError, match=r"levels=\(0, 1\): give one non-negative level per layer"):
+    models.create("convlstm", num_layers=3, levels=(0, 1))
   ms = models.create("ms_convlstm", hidden=4)
   with pytest.raises(ValueError, match="height 30 is not a multiple of 4"):
     ms.init(jax.random.key(0), jnp.zeros((1, 3, 30, 32, 1)))
@@ -285,8 +291,8 @@ def test_bad_inputs_raise_clear_errors():
     ms.init(jax.random.key(0), jnp.zeros((1, 3, 32, 32, 3)))
   with pytest.raises(ValueError, match=r"\[batch, time, height, width, channels\]"):
     ms.init(jax.random.key(0), jnp.zeros((3, 32, 32, 1)))
-  with pytest.raises(ValueError, match="Unknown remat"):
-    models.create("convlstm", remat="layer").init(jax.random.key(0), jnp.zeros((1, 3, 8, 8, 1)))
+  with pytest.raises(ValueError, match=r"remat='layer': use one of \('none', 'step', 'cell'\)"):
+    models.create("convlstm", remat="layer")
 
 
 @pytest.mark.parametrize("base", BASES)
@@ -452,10 +458,40 @@ def test_checkpointed_loop_gradients_equal_autodiff(name):
     return scan.apply({"params": p["step"]}, c, (frames[:, :-1], mask))[1]
 
   def checkpointed(p, c, frames):
-    return predictor.checkpointed_loop(model.config, p["step"], c, (frames[:, :-1], mask))[1]
+    def step(params, c, x):
+      return predictor.Step(model.config).apply({"params": params}, c, x)
+
+    swap = functools.partial(jax.tree.map, lambda v: jnp.swapaxes(v, 0, 1))
+    return swap(backend.stored_carry_scan(step, p["step"], c, swap((frames[:, :-1], mask)),
+                                          jnp.float32)[1])
 
   l_ref, g_ref = run(scanned)
   l_ckpt, g_ckpt = run(checkpointed)
   np.testing.assert_allclose(float(l_ckpt), float(l_ref), rtol=1e-6)
   for a, b in zip(jax.tree.leaves(g_ckpt), jax.tree.leaves(g_ref), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(b))))
+
+
+def test_default_config_lists_each_family_option_with_its_default():
+  """configs/default.py is plain data: its family options must be the registry's."""
+  from configs import default
+
+  config_model = default.get_config().model
+  fields = set(models.model_options()) - set(models.family_options())
+  listed = {k: v for k, v in config_model.items() if k not in fields and k != "name"}
+  assert listed == models.family_options()
+
+
+def test_families_declare_their_sampling_scheme_and_state_options():
+  assert models.family("ms_predrnn_v2").scheduled_sampling == "reverse"
+  assert {models.family(n).scheduled_sampling for n in models.model_names()
+          if "predrnn_v2" not in n} == {"linear"}
+  assert models.family("trajgru").cell.state_options == ("links",)
+  # A state option changes the parameter tree; the others do not.
+  for name in ("trajgru", "motionrnn"):
+    fam = models.family(name)
+    for key, value in fam.options.items():
+      shapes = [_shapes(jax.eval_shape(models.create(name, hidden=8, num_layers=2, **{key: v}).init,
+                                       jax.random.key(0), jnp.zeros((1, 3, 16, 16, 1))))
+                for v in (value, value + 1)]
+      assert (shapes[0] != shapes[1]) == (key in fam.cell.state_options), (name, key)

@@ -387,3 +387,34 @@ def test_main_train_eval_predict(tmp_path):
                check=False)
   assert proc.returncode == 2 and proc.stderr.startswith("error: --config.train.nonexistent")
   assert "Traceback" not in proc.stderr
+
+
+def test_the_docs_example_cell_with_an_option_trains_through_the_config_path(tmp_path,
+                                                                             monkeypatch):
+  """docs/model.md's "Adding a cell": its file (executed from the docs) and one registry
+  entry make a model that the config checks accept and that trains one step and evaluates
+  through the command line's path (``commands.run``), with the option from the config."""
+  from msrnn_jax.model import cells
+  from msrnn_jax.training import step as train_step
+
+  text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "model.md").read_text()
+  section = text[text.index("### Adding a cell"):]
+  start = section.index("```python\n") + len("```python\n")
+  code = section[start:section.index("\n```", start)]
+  namespace = {"__name__": "msrnn_jax.model.cells.convgru"}
+  exec(compile(code, "docs/model.md", "exec"), namespace)  # noqa: S102
+  monkeypatch.setitem(cells.FAMILIES, "convgru", cells.Family(namespace["ConvGRUCell"]))
+
+  config = _config(num_steps=1, log_every_steps=1, checkpoint_every_steps=1)
+  config.model.name = "ms_convgru"
+  config.model.update_bias = 0.5  # as a config file sets it
+  config.backend.keep_freed_memory = False  # not in the test process
+  assert commands.run(config, str(tmp_path / "w")) == commands.EXIT_OK
+  assert (tmp_path / "w" / "test.json").exists()
+  model = train_step.create_model(config)
+  assert model.config.option("update_bias") == 0.5
+  # The option reaches the cell: another bias, other predictions from the same parameters.
+  frames = jax.random.uniform(jax.random.key(0), (1, 4, 16, 16, 1))
+  params = model.init(jax.random.key(1), frames)
+  other = model.replace(options=(("update_bias", 0.0),))
+  assert not np.allclose(model.apply(params, frames)[0], other.apply(params, frames)[0])

@@ -94,8 +94,6 @@ def cell_units(cell: str, links: int = 13) -> int:
   Returns:
     The number of hidden-sized tensors the cell is counted with.
   """
-  if cell not in model_lib.MODEL_NAMES:
-    raise ValueError(f"Unknown cell {cell!r}; valid: {', '.join(model_lib.MODEL_NAMES)}.")
   config = model_lib.config_for(cell, links=links)
   return config.spec.cell.paper_units(config)
 
@@ -274,28 +272,29 @@ def _count_flops(model, compiled, tx, frames_shape, in_len, decouple_weight, flo
   method, rolled_raw = flops, None
   # Kernels opaque to XLA's cost analysis are counted on a visible one with
   # the same arithmetic (its dK adds ~3% of padded columns).
-  with backend.flop_countable() as switched:
-    step = compile_train_step(model, tx, frames_shape, in_len,
-                              decouple_weight)[1] if switched else compiled
+  step = compiled
+  if model.config.conv_impl not in backend.FLOP_COUNTABLE:
+    model = model.replace(conv_impl="matmul")
+    step = compile_train_step(model, tx, frames_shape, in_len, decouple_weight)[1]
 
-    def compiled_with(unroll_factor):
-      return compile_train_step(model.replace(scan_unroll=unroll_factor), tx, frames_shape,
-                                in_len, decouple_weight)[1]
+  def compiled_with(unroll_factor):
+    return compile_train_step(model.replace(scan_unroll=unroll_factor), tx, frames_shape,
+                              in_len, decouple_weight)[1]
 
-    if unroll >= steps or steps == 1:
-      # Already fully unrolled (or a single trip): the count is exact.
-      return flops_of(step), "exact", None
-    if flops == "rolled":
-      rolled_raw = flops_of(step)
-      return rolled_raw, method, rolled_raw
-    if flops == "unrolled":
-      return flops_of(compiled_with(steps)), method, None
-    # c(u) = outside + (u + L mod u) * step for u = 1, 2 (jax unrolls the
-    # remainder of an unrolled scan outside its loop).
-    c1 = flops_of(step if unroll == 1 else compiled_with(1))
-    c2 = flops_of(compiled_with(2))
-    per_step = (c2 - c1) / (1 + steps % 2)
-    return c1 + (steps - 1) * per_step, method, c1
+  if unroll >= steps or steps == 1:
+    # Already fully unrolled (or a single trip): the count is exact.
+    return flops_of(step), "exact", None
+  if flops == "rolled":
+    rolled_raw = flops_of(step)
+    return rolled_raw, method, rolled_raw
+  if flops == "unrolled":
+    return flops_of(compiled_with(steps)), method, None
+  # c(u) = outside + (u + L mod u) * step for u = 1, 2 (jax unrolls the
+  # remainder of an unrolled scan outside its loop).
+  c1 = flops_of(step if unroll == 1 else compiled_with(1))
+  c2 = flops_of(compiled_with(2))
+  per_step = (c2 - c1) / (1 + steps % 2)
+  return c1 + (steps - 1) * per_step, method, c1
 
 
 def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_device: int = 1,
@@ -321,8 +320,7 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
       allocator's peak; None = only when the default backend is a GPU.
     peak_steps: steps to run for ``measure_peak``.
     **model_options: ``msrnn_jax.model.create`` options: ``hidden``, ``num_layers``,
-      ``remat``, ``scan_unroll``, ``dtype``... The convolution kernel is the
-      process-wide one (``msrnn_jax.backend.configure``).
+      ``remat``, ``scan_unroll``, ``dtype``, ``conv_impl``...
 
   Returns:
     A flat dict: ``model``, ``image_size`` [h, w], ``batch_per_device``,
@@ -383,7 +381,7 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
       "image_size": [h, w], "batch_per_device": b, "seq_len": seq_len, "steps": steps,
       "model_options": {k: (list(v) if isinstance(v, tuple) else v)
                         for k, v in sorted(model_options.items())},
-      "remat": cfg.remat, "scan_unroll": unroll, "conv_impl": backend.conv_impl(),
+      "remat": cfg.remat, "scan_unroll": unroll, "conv_impl": cfg.conv_impl,
       "hidden": cfg.hidden, "num_layers": cfg.num_layers,
       "size_multiple": model.config.size_multiple(), "params": params, "param_bytes": 4 * params,
       **{f"{k}_bytes": v for k, v in mem.items()},

@@ -14,48 +14,46 @@ kernel library. The lowest layer: it imports JAX and its own modules only.
   for custom-gradient residuals), bfloat16 values (checkpointed
   carries, gate activations, stacked convolution inputs) in float16
   containers on CPU, where XLA would keep or move them as float32.
+* ``ops``: the model's operations with hand-written gradients
+  (:func:`add_bias`, :func:`split`, :func:`on_activations`,
+  :func:`stored_carry_scan`), which keep the precision and memory mechanics
+  out of the model code.
 
-One process-wide setting picks the convolution (config ``backend.conv_impl``,
-applied by :func:`configure`):
-
-* ``auto`` (default): ``onednn`` on CPU where it is available (any device
-  count: the custom calls partition over the batch), ``matmul`` on other CPU
-  set-ups, ``xla`` on GPU and TPU.
-* ``xla``: ``jax.lax.conv_general_dilated`` with autodiff.
-* ``matmul``: the portable gradients, float32 throughout.
-* ``matmul_bf16``: as ``matmul`` with bfloat16 kernel-gradient products
-  (float32 accumulation).
-* ``onednn``: oneDNN forward, dX and dK; float32, or bfloat16 activations
-  with float32 accumulation where the CPU has bfloat16 arithmetic.
-  Convolutions it does not cover (input dilation, other dtypes) take the
-  ``matmul`` path.
-
-The choice is read when a computation is traced, so :func:`configure`
-clears JAX's compilation caches when it changes the choice. A script that
-compares kernels in one process compiles each inside :func:`using`, ahead
-of time (``jax.jit(f).lower(...).compile()``).
+A model names its convolution kernel, one of :data:`CONV_IMPLS` (the table
+in ``docs/performance.md``), and :func:`resolve` turns ``auto`` (``onednn`` on
+CPU where it is available, else ``matmul``; ``xla`` on GPU and TPU) into a
+concrete kernel once, when the model is built; :func:`conv2d` takes the
+concrete name, so models with different kernels or dtypes live side by side.
+``onednn`` sends the convolutions it does not cover (input dilation, other
+dtypes) to ``matmul``.
 """
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
 from msrnn_jax.backend import allocator, matmul_grads, onednn
+from msrnn_jax.backend.ops import add_bias, on_activations, split, stored_carry_scan
 from msrnn_jax.backend.packing import concatenate, pack, stash, unpack, unstash
 
-__all__ = ["CONV_IMPLS", "concatenate", "configure", "conv2d", "conv_impl", "describe", "fast_dtype",
-           "flop_countable", "pack", "prepare_host", "resolve", "stash", "summary", "unpack",
-           "unstash", "using"]
+__all__ = ["CONV_IMPLS", "FLOP_COUNTABLE", "add_bias", "concatenate", "conv2d", "describe",
+           "fast_dtype", "on_activations", "pack", "prepare_host", "resolve", "split", "stash",
+           "stored_carry_scan", "summary", "unpack", "unstash"]
 
 CONV_IMPLS = ("auto", "xla", "matmul", "matmul_bf16", "onednn")
-
-_setting = {"conv_impl": "auto"}
+# Kernels whose convolutions XLA's cost analysis can count (custom calls are
+# opaque to ``compiled.cost_analysis()``; ``matmul`` has the same FLOPs).
+FLOP_COUNTABLE = ("xla", "matmul", "matmul_bf16")
 
 
 def resolve(conv_impl: str) -> str:
-  """The kernel ``conv_impl`` stands for on this platform (``auto`` resolved)."""
+  """The kernel ``conv_impl`` stands for on this platform (``auto`` resolved).
+
+  Raises:
+    ValueError: unknown name. RuntimeError: ``onednn`` asked for where it
+      cannot run (with the reason and the install line).
+  """
   if conv_impl not in CONV_IMPLS:
     raise ValueError(f"Unknown conv_impl {conv_impl!r}; valid: {', '.join(CONV_IMPLS)}.")
   if conv_impl == "auto":
@@ -67,57 +65,8 @@ def resolve(conv_impl: str) -> str:
   return conv_impl
 
 
-def configure(conv_impl: str = "auto") -> str:
-  """Sets the process-wide convolution kernel; returns it resolved.
-
-  Args:
-    conv_impl: one of ``CONV_IMPLS``.
-
-  Raises:
-    ValueError: unknown name. RuntimeError: ``onednn`` asked for where it
-      cannot run (with the reason and the install line).
-  """
-  resolved = resolve(conv_impl)
-  if conv_impl != _setting["conv_impl"]:
-    _setting["conv_impl"] = conv_impl
-    # Traces made under the old choice must not be reused.
-    jax.clear_caches()
-  return resolved
-
-
-def conv_impl() -> str:
-  """The convolution kernel in use (resolved, e.g. ``'onednn'``)."""
-  return resolve(_setting["conv_impl"])
-
-
-@contextlib.contextmanager
-def using(conv_impl: str) -> Iterator[str]:
-  """Runs a block with another convolution kernel (benchmarks, tests)."""
-  old = _setting["conv_impl"]
-  try:
-    yield configure(conv_impl)
-  finally:
-    configure(old)
-
-
-@contextlib.contextmanager
-def flop_countable() -> Iterator[bool]:
-  """A block whose convolutions XLA's cost analysis can count.
-
-  Custom calls are opaque to ``compiled.cost_analysis()``; the portable
-  kernel has the same FLOPs and is fully visible. Yields whether the kernel
-  was switched for the block (programs compiled before it then need
-  compiling again inside it).
-  """
-  if conv_impl() in ("xla", "matmul", "matmul_bf16"):
-    yield False
-  else:
-    with using("matmul"):
-      yield True
-
-
-def fast_dtype() -> str:
-  """The compute dtype that trains fastest here: what ``model.dtype='auto'`` resolves to.
+def fast_dtype(conv_impl: str) -> str:
+  """The compute dtype that trains fastest with a kernel: what ``model.dtype='auto'`` resolves to.
 
   ``'bfloat16'`` on GPU and TPU (XLA's bfloat16 convolutions) and on CPUs
   whose oneDNN convolutions have native bfloat16 kernels (AMX, AVX-512
@@ -126,15 +75,15 @@ def fast_dtype() -> str:
   """
   if jax.default_backend() != "cpu":
     return "bfloat16"
-  return "bfloat16" if conv_impl() == "onednn" and onednn.bf16_supported() else "float32"
+  return "bfloat16" if resolve(conv_impl) == "onednn" and onednn.bf16_supported() else "float32"
 
 
-def describe() -> dict[str, str]:
-  """What this process runs on, for logs and benchmark records."""
-  impl = conv_impl()
+def describe(conv_impl: str = "auto") -> dict[str, str]:
+  """What this process runs a kernel on, for logs and benchmark records."""
+  impl = resolve(conv_impl)
   info = {"platform": jax.default_backend(), "conv_impl": impl,
           "keep_freed_memory": "on" if allocator.applied() else "off",
-          "auto_dtype": fast_dtype()}
+          "auto_dtype": fast_dtype(impl)}
   conv = impl
   if impl == "onednn":
     bf16 = onednn.bf16_supported()
@@ -149,9 +98,9 @@ def describe() -> dict[str, str]:
   return info
 
 
-def summary() -> str:
+def summary(conv_impl: str = "auto") -> str:
   """One log line: the convolution kernel and the host-memory setting."""
-  info = describe()
+  info = describe(conv_impl)
   line = (f"convolutions: {info['conv']}; model.dtype 'auto' = {info['auto_dtype']}; "
           f"keep_freed_memory: {info['keep_freed_memory']}")
   if info["platform"] == "cpu" and not allocator.applied():
@@ -171,8 +120,8 @@ def prepare_host(keep_freed_memory: bool = True) -> bool:
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
            padding: str | Sequence[tuple[int, int]] = "SAME",
-           lhs_dilation: int = 1, dtype=None, conv_impl: str | None = None) -> jax.Array:
-  """2-D convolution, NHWC x HWIO -> NHWC, no bias, on the configured kernel.
+           lhs_dilation: int = 1, dtype=None, conv_impl: str = "xla") -> jax.Array:
+  """2-D convolution, NHWC x HWIO -> NHWC, no bias, on a named kernel.
 
   Args:
     x: input ``[batch, height, width, in_channels]``.
@@ -185,13 +134,18 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
       the kernel's own dtype. With float32 master weights and bfloat16
       compute, ``onednn`` accumulates that gradient in float32 and returns
       it unrounded; the other kernels round it to bfloat16 first.
-    conv_impl: overrides the process-wide kernel for this call (tests and
-      benchmarks compare kernels with it).
+    conv_impl: the kernel, one of ``CONV_IMPLS`` but ``auto`` (a model
+      resolves ``auto`` when it is built, :func:`resolve`).
 
   Returns:
     ``[batch, out_height, out_width, out_channels]`` of ``dtype``.
   """
-  impl = resolve(_setting["conv_impl"] if conv_impl is None else conv_impl)
+  if conv_impl not in CONV_IMPLS[1:]:
+    raise ValueError(f"conv2d needs a concrete conv_impl, one of {CONV_IMPLS[1:]}; got "
+                     f"{conv_impl!r} (backend.resolve turns 'auto' into one).")
+  impl = conv_impl
+  if impl == "onednn":
+    onednn.require()
   dtype = jnp.result_type(x.dtype, kernel.dtype) if dtype is None else jnp.dtype(dtype)
   x = x.astype(dtype)
   strides = (stride, stride)

@@ -14,6 +14,7 @@ Public API::
   train_dataset(data_cfg, global_batch=, seed=, process_index=, process_count=)
   eval_batches(data_cfg, split, global_batch=, process_index=, process_count=, max_examples=)
   sequence_lengths(data_cfg, split)      # (in_len, out_len)
+  radar_metrics(data_cfg)                # whether evaluation adds the radar metrics
   process_rows(global_batch, process_index, process_count)  # this process's rows of a batch
   value_scaling(data_cfg)                # original values <-> [0, 1] (None: kept in [0, 1])
 """
@@ -30,7 +31,7 @@ from msrnn_jax.data.pipeline import (
     train_dataset,
     value_scaling,
 )
-from msrnn_jax.data.registry import dataset_preset
+from msrnn_jax.data.registry import dataset_preset, radar_metrics
 
 __all__ = [
     "dataset_preset",
@@ -41,6 +42,7 @@ __all__ = [
     "manual_dir",
     "num_examples",
     "process_rows",
+    "radar_metrics",
     "sequence_lengths",
     "steps_per_epoch",
     "train_dataset",

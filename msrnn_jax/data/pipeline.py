@@ -21,7 +21,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
-from msrnn_jax.data import common, registry, synthetic
+from msrnn_jax.data import common, registry
 from msrnn_jax.data import config as config_lib
 
 # Splits that fall back to the test split when a data set has no validation set
@@ -44,7 +44,7 @@ def make_builder(data_cfg: Any) -> tfds.core.DatasetBuilder:
   kwargs = dict(config=dataset.module.builder_config(data_cfg),
                 data_dir=os.path.expanduser(data_cfg.data_dir),
                 manual_dir=config_lib.manual_dir(data_cfg), file_format="array_record")
-  if data_cfg.name == "synthetic":
+  if dataset.in_memory is not None:
     kwargs["data_cfg"] = data_cfg
   return dataset.builder(**kwargs)
 
@@ -77,7 +77,7 @@ def resolve_split(data_cfg: Any, split: str, available: Any = None) -> str:
     raise ValueError(f"split {split!r} is unknown; use 'train', 'validation' or 'test'.")
   if split == "validation":
     dataset = registry.get(data_cfg.name)
-    if dataset.validation == "test":
+    if not dataset.validation:
       return "test"
     if available is not None and "validation" not in available:
       if dataset.no_validation:
@@ -160,9 +160,10 @@ class WindowSource:
 
 def example_source(data_cfg: Any, split: str) -> Any:
   """Random-access source of uint8 examples ``dict(frames=(T, H, W, C))`` of a split."""
-  if data_cfg.name == "synthetic":
+  in_memory = registry.get(data_cfg.name).in_memory
+  if in_memory is not None:
     _check_common(data_cfg)
-    return synthetic.SyntheticSource(data_cfg, resolve_split(data_cfg, split))
+    return in_memory(data_cfg, resolve_split(data_cfg, split))
   builder = get_builder(data_cfg)
   records = builder.as_data_source()
   split = resolve_split(data_cfg, split, available=records.keys())

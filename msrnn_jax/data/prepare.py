@@ -50,8 +50,8 @@ def prepare(cfg: Any, overwrite: bool = False) -> Any:
   A data set whose registry entry has ``summarize`` checks every raw file and prints what
   it found first, so bad input stops before anything is written.
   """
-  if cfg.name == "synthetic":
-    print("synthetic data are generated in memory when read; writing a tfds copy anyway.")
+  if registry.get(cfg.name).in_memory is not None:
+    print(f"{cfg.name} data are generated in memory when read; writing a tfds copy anyway.")
   builder = pipeline.make_builder(cfg)
   summarize = registry.get(cfg.name).summarize
   if summarize is not None and (overwrite or not builder.data_path.exists()):

@@ -1,8 +1,8 @@
 """The data sets: name -> builder module, tfds builder class and reference shapes.
 
-The one table of data sets. ``pipeline`` builds from it, ``prepare`` lists raw
-files with it, and the shape keys of each data set's reference protocol
-(``dataset_preset``) come from it. ``configs/<name>.py`` write the same shape
+The one table of data sets and what sets each apart: ``pipeline`` builds from
+it, ``prepare`` lists raw files, training asks how to evaluate
+(``radar_metrics``), and ``dataset_preset`` gives reference shapes. ``configs/<name>.py`` write the same shape
 values out as plain data; tests/test_data_pipeline.py checks that they agree.
 """
 
@@ -26,10 +26,15 @@ class DataSet:
     builder: its tfds builder class.
     preset: the ``config.data`` shape keys of its reference protocol; None for
       synthetic data, which take the shapes of the data set they imitate.
-    validation: 'test' (evaluating on 'validation' means the test split, as the
-      reference does) or 'own' (its own split when one is configured).
-    no_validation: for 'own': the error when no validation split is configured;
-      '' falls back to the test split.
+    radar: evaluation adds the radar metrics (``metrics.frame_stats``).
+    validation: it has its own validation split (else the test split
+      validates, as in the reference).
+    no_validation: with ``validation``: the error when no validation split is
+      configured; '' falls back to the test split.
+    imitates: the ``config.data`` key naming the data set whose shapes and
+      evaluation it takes.
+    in_memory: a source ``(data_cfg, split)`` of examples drawn when read,
+      used instead of the tfds records; its builder takes ``data_cfg=``.
     summarize: ``summarize(data_cfg) -> lines`` that check every raw file and
       describe the data before anything is written; None when there is nothing to check.
     scaled: its values were scaled to [0, 1] with a ``common.Scaling`` kept in the
@@ -40,8 +45,11 @@ class DataSet:
   module: types.ModuleType
   builder: type[common.MsrnnBuilder]
   preset: Mapping[str, Any] | None
-  validation: str = "test"
+  radar: bool = False
+  validation: bool = False
   no_validation: str = ""
+  imitates: str | None = None
+  in_memory: Callable[[Any, str], Any] | None = None
   summarize: Callable[[Any], list[str]] | None = None
   scaled: bool = False
 
@@ -55,15 +63,16 @@ DATASETS: dict[str, DataSet] = {
                       dict(image_size=32, channels=2, in_len=4, out_len=4, eval_out_len=None)),
     "hko7": DataSet(hko7, hko7.MsrnnHko7,
                     dict(image_size=88, channels=1, in_len=10, out_len=10, eval_out_len=None),
-                    validation="own",
+                    radar=True, validation=True,
                     no_validation=("HKO-7 has no validation days configured; set hko_valid_days "
                                    "or hko_valid_range, or evaluate on 'test'.")),
     # Your own files: no reference protocol; these are the shapes of configs/sequences.py.
     "sequences": DataSet(sequences, sequences.MsrnnSequences,
                          dict(image_size=64, channels=1, in_len=10, out_len=10,
                               eval_out_len=None),
-                         validation="own", summarize=sequences.summarize, scaled=True),
-    "synthetic": DataSet(synthetic, synthetic.MsrnnSynthetic, None),
+                         validation=True, summarize=sequences.summarize, scaled=True),
+    "synthetic": DataSet(synthetic, synthetic.MsrnnSynthetic, None, imitates="synthetic_like",
+                         in_memory=synthetic.SyntheticSource),
 }
 NAMES: tuple[str, ...] = tuple(DATASETS)
 
@@ -73,6 +82,14 @@ def get(name: str) -> DataSet:
   if name not in DATASETS:
     raise ValueError(f"config.data.name={name!r} is unknown; use one of {NAMES}.")
   return DATASETS[name]
+
+
+def radar_metrics(data_cfg: Any) -> bool:
+  """Whether ``data_cfg``'s evaluation adds the radar metrics."""
+  dataset = get(data_cfg.name)
+  if dataset.imitates:
+    dataset = DATASETS.get(data_cfg[dataset.imitates], dataset)
+  return dataset.radar
 
 
 def dataset_preset(name: str, like: str | None = None) -> dict[str, Any]:
@@ -89,10 +106,11 @@ def dataset_preset(name: str, like: str | None = None) -> dict[str, Any]:
     A dict to ``update`` a ``config.data`` with (includes ``name``, and
     ``synthetic_like`` for synthetic data).
   """
-  if name == "synthetic":
+  dataset = get(name)
+  if dataset.imitates:
     like = like or "mmnist"
     preset = DATASETS[like].preset if like in DATASETS else None
-    return dict(preset or DATASETS["mmnist"].preset, name="synthetic", synthetic_like=like)
-  preset = get(name).preset
+    return dict(preset or DATASETS["mmnist"].preset, name=name, **{dataset.imitates: like})
+  preset = dataset.preset
   assert preset is not None, name
   return dict(preset, name=name)

@@ -9,70 +9,79 @@ skips). Imports ``msrnn_jax.backend`` only (for the convolutions).
 import dataclasses
 from typing import Any
 
-from msrnn_jax.model.cells import FAMILIES
-from msrnn_jax.model.config import ModelConfig
+from msrnn_jax.model.cells import FAMILIES, Family
+from msrnn_jax.model.config import ConfigValueError, ModelConfig
 from msrnn_jax.model.predictor import Predictor, predict
 
-__all__ = ["MODEL_NAMES", "ModelConfig", "Predictor", "config_for", "create", "model_options",
-           "predict", "split_name"]
-
-MODEL_NAMES: tuple[str, ...] = tuple(n for base in FAMILIES for n in (base, f"ms_{base}"))
+__all__ = ["MODEL_NAMES", "ConfigValueError", "ModelConfig", "Predictor", "config_for", "create",
+           "family", "family_options", "model_names", "model_options", "predict", "split_name"]
 
 # ModelConfig fields that come from the name, not from options.
 _FROM_NAME = ("family", "multiscale", "options")
 
 
-def _family_options() -> dict[str, Any]:
+def model_names() -> tuple[str, ...]:
+  """Every model name: each family of ``cells.FAMILIES``, plain and ``ms_``."""
+  return tuple(n for base in FAMILIES for n in (base, f"ms_{base}"))
+
+
+# The built-in models (cells registered later are in model_names()).
+MODEL_NAMES: tuple[str, ...] = model_names()
+
+
+def family_options() -> dict[str, Any]:
   """Every family's own options with their defaults."""
-  return {k: v for f in FAMILIES.values() for k, v in f.cell.options.items()}
+  return {k: v for f in FAMILIES.values() for k, v in f.options.items()}
 
 
 def model_options() -> tuple[str, ...]:
   """Keyword options ``create`` accepts: ``ModelConfig`` fields and family options."""
   fields = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in _FROM_NAME)
-  return fields + tuple(_family_options())
+  return fields + tuple(family_options())
 
 
 def split_name(name: str) -> tuple[str, bool]:
   """``'ms_predrnn'`` -> ``('predrnn', True)``; validates the name."""
   multiscale = name.startswith("ms_")
-  family = name[3:] if multiscale else name
-  if family not in FAMILIES:
-    valid = [n for base in FAMILIES for n in (base, f"ms_{base}")]
-    raise ValueError(f"Unknown model {name!r}; valid: {', '.join(valid)}.")
-  return family, multiscale
+  family_name = name[3:] if multiscale else name
+  if family_name not in FAMILIES:
+    raise ConfigValueError("name", name, f"use one of {', '.join(model_names())}")
+  return family_name, multiscale
+
+
+def family(name: str) -> Family:
+  """The :class:`~msrnn_jax.model.cells.Family` of a model name."""
+  return FAMILIES[split_name(name)[0]]
 
 
 def config_for(name: str, **options: Any) -> ModelConfig:
-  """The ``ModelConfig`` of a model name and options (see :func:`create`)."""
-  family, multiscale = split_name(name)
-  unknown = sorted(set(options) - set(model_options()))
-  if unknown:
-    raise ValueError(f"Unknown model option(s) {unknown}; valid: {', '.join(model_options())}.")
+  """The validated ``ModelConfig`` of a name and options (:func:`create`), ``'auto'`` unresolved."""
+  family_name, multiscale = split_name(name)
+  options.setdefault("conv_impl", "auto")
+  for key in sorted(set(options) - set(model_options())):
+    raise ConfigValueError(key, options[key], f"no such model option; the options: "
+                           f"{', '.join(model_options())}")
   if options.get("levels") is not None:
     options["levels"] = tuple(int(v) for v in options["levels"])
   # Options of other families (a shared config file lists them all) are
   # not this model's: they are dropped.
-  own = FAMILIES[family].cell.options
-  cell_options = tuple(sorted((k, options.pop(k)) for k in list(options) if k in own))
-  for k in _family_options():
-    options.pop(k, None)
-  config = ModelConfig(family=family, multiscale=multiscale, options=cell_options, **options)
-  config.validate()
-  return config
+  own = FAMILIES[family_name].options
+  cell_options = tuple(sorted((k, v) for k, v in options.items() if k in own))
+  options = {k: v for k, v in options.items() if k not in family_options()}
+  return ModelConfig(family=family_name, multiscale=multiscale, options=cell_options, **options)
 
 
 def create(name: str, **options: Any) -> Predictor:
   """Builds a model by name.
 
   Args:
-    name: one of ``MODEL_NAMES``.
+    name: one of ``model_names()``.
     **options: ``ModelConfig`` fields and family options (see
       ``model_options()``), e.g. ``hidden=64, num_layers=6, channels=1,
-      remat='step', links=13``.
+      remat='step', links=13``; ``conv_impl`` defaults to ``'auto'``.
 
   Returns:
-    A ``Predictor``. PredRNN-V2 models compute the decoupling loss term
-    (``aux['decouple_loss']``) and use reverse scheduled sampling.
+    A ``Predictor`` whose ``conv_impl`` and ``dtype`` are concrete (``'auto'``
+    decided here, for this platform).
   """
-  return Predictor(config_for(name, **options))
+  return Predictor(config_for(name, **options).resolved())

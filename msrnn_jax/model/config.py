@@ -1,11 +1,8 @@
-"""What defines a model, declared once: :class:`ModelConfig` and the families.
+"""What defines a model, declared once: :class:`ModelConfig`.
 
-A model name (``convlstm``, ``ms_predrnn``, ...) is a family from
-``msrnn_jax.model.cells.FAMILIES`` (its cell and family-wide switches),
-optionally with the ``ms_`` prefix (the mirror pyramid and UNet skips).
-:class:`ModelConfig` holds every hyper-parameter; ``Predictor``, its time
-step and the cells all read this one frozen (hashable) object, so a field
-is never repeated down the stack.
+It holds every hyper-parameter; ``Predictor``, its time step and the cells
+all read this one frozen (hashable) object, so a field is never repeated
+down the stack, and it validates itself when it is made.
 """
 
 import dataclasses
@@ -22,13 +19,12 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 INITS = ("torch", "flax")
 
 
-def remat_policy(name: str):
-  """``jax.checkpoint_policies.<name>``, with a clear error for unknown names."""
-  policy = getattr(jax.checkpoint_policies, name, None)
-  if policy is None or name.startswith("_"):
-    valid = [n for n in dir(jax.checkpoint_policies) if not n.startswith("_")]
-    raise ValueError(f"Unknown remat_policy {name!r}; valid: {', '.join(valid)}.")
-  return policy
+class ConfigValueError(ValueError):
+  """A model hyper-parameter that cannot work: ``field=value: rule``."""
+
+  def __init__(self, field: str, value: Any, rule: str):
+    super().__init__(f"{field}={value!r}: {rule}.")
+    self.field, self.value, self.rule = field, value, rule
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +48,13 @@ class ModelConfig:
     remat: ``'none'``, ``'step'`` (checkpoint each time step) or ``'cell'``.
     remat_policy: a ``jax.checkpoint_policies`` name.
     scan_unroll: ``nn.scan`` unroll factor (1 = rolled loop).
-    dtype: compute dtype name (``'float32'``, ``'bfloat16'``), or ``'auto'``:
-      bfloat16 where the platform's convolutions have native bfloat16
-      kernels, else float32 (``backend.fast_dtype``, decided when the model
-      is traced); parameters stay float32.
+    dtype: compute dtype name (``'float32'``, ``'bfloat16'``), or ``'auto'``
+      (``backend.fast_dtype``); parameters stay float32.
+    conv_impl: the convolution kernel, one of ``backend.CONV_IMPLS``;
+      ``create`` (default ``'auto'``) resolves both ``'auto'`` values once.
     initializer: ``'torch'`` (PyTorch defaults, as the reference) or ``'flax'``.
-    options: the family's own options (TrajGRU's ``links``, MotionRNN's
-      ``motion_k``...) as sorted ``(name, value)`` pairs; read them with
-      :meth:`option`, whose defaults come from the cell class.
+    options: the family's own options (TrajGRU's ``links``...) as sorted
+      ``(name, value)`` pairs; :meth:`option` reads them, with the cell's defaults.
   """
 
   family: str = "convlstm"
@@ -75,38 +70,42 @@ class ModelConfig:
   remat_policy: str = "nothing_saveable"
   scan_unroll: int = 1
   dtype: str = "float32"
+  conv_impl: str = "xla"
   initializer: str = "torch"
   options: tuple[tuple[str, Any], ...] = ()
-
-  @property
-  def name(self) -> str:
-    """The model's registry name, e.g. ``'ms_predrnn'``."""
-    return f"ms_{self.family}" if self.multiscale else self.family
 
   @property
   def spec(self):
     """The family's :class:`msrnn_jax.model.cells.Family`."""
     from msrnn_jax.model.cells import FAMILIES
-    if self.family not in FAMILIES:
-      raise ValueError(f"Unknown cell family {self.family!r}; valid: {', '.join(FAMILIES)}.")
     return FAMILIES[self.family]
 
   @property
   def compute_dtype(self):
-    return DTYPES[backend.fast_dtype() if self.dtype == "auto" else self.dtype]
+    """The dtype convolutions and gates compute in."""
+    if self.dtype == "auto":
+      raise ValueError("dtype='auto' is resolved by create() or ModelConfig.resolved().")
+    return DTYPES[self.dtype]
+
+  def resolved(self) -> "ModelConfig":
+    """This config with ``conv_impl`` and ``dtype`` decided for this platform."""
+    impl = backend.resolve(self.conv_impl)
+    dtype = backend.fast_dtype(impl) if self.dtype == "auto" else self.dtype
+    return dataclasses.replace(self, conv_impl=impl, dtype=dtype)
+
+  @property
+  def checkpoint_policy(self):
+    """``jax.checkpoint_policies.<remat_policy>``."""
+    return getattr(jax.checkpoint_policies, self.remat_policy)
 
   def option(self, key: str) -> Any:
     """A family option: the configured value, else the cell's default."""
-    return dict(self.options).get(key, self.spec.cell.options[key])
+    return dict(self.options).get(key, self.spec.options[key])
 
   def pyramid_levels(self) -> tuple[int, ...]:
     """The level of each layer."""
     if self.levels is not None:
-      levels = tuple(int(v) for v in self.levels)
-      if len(levels) != self.num_layers or min(levels) < 0:
-        raise ValueError(f"levels {levels} must give one non-negative level per layer "
-                         f"({self.num_layers} layers).")
-      return levels
+      return tuple(int(v) for v in self.levels)
     if self.multiscale:
       return pyramid.mirror_levels(self.num_layers)
     return (0,) * self.num_layers
@@ -121,20 +120,28 @@ class ModelConfig:
     """Frame height and width must be multiples of this."""
     return pyramid.pyramid_factor(self.pyramid_levels(), self.spec.cell.extra_factor)
 
+  def __post_init__(self):
+    self.validate()
+
   def validate(self) -> None:
-    """Raises ``ValueError`` naming the first value that cannot work."""
-    spec = self.spec
-    if self.remat not in REMAT_MODES:
-      raise ValueError(f"Unknown remat {self.remat!r}; valid: {', '.join(REMAT_MODES)}.")
-    if self.dtype not in (*DTYPES, "auto"):
-      raise ValueError(f"Unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}, auto.")
-    if self.initializer not in INITS:
-      raise ValueError(f"Unknown initializer {self.initializer!r}; valid: {', '.join(INITS)}.")
-    if self.skip_topology() not in pyramid.SKIPS:
-      raise ValueError(f"Unknown skip {self.skip!r}; valid: {', '.join(pyramid.SKIPS)}.")
-    unknown = sorted(set(dict(self.options)) - set(spec.cell.options))
-    if unknown:
-      raise ValueError(f"{self.family} has no option(s) {unknown}; its options: "
-                       f"{', '.join(spec.cell.options) or 'none'}.")
-    remat_policy(self.remat_policy)
-    self.pyramid_levels()
+    """Raises :class:`ConfigValueError` for the first value that cannot work (run when made)."""
+    from msrnn_jax.model.cells import FAMILIES
+    policies = tuple(n for n in dir(jax.checkpoint_policies) if not n.startswith("_"))
+    for field, valid in (("family", tuple(FAMILIES)), ("remat", REMAT_MODES),
+                         ("dtype", (*DTYPES, "auto")), ("conv_impl", backend.CONV_IMPLS),
+                         ("initializer", INITS), ("skip", (None, *pyramid.SKIPS)),
+                         ("remat_policy", policies)):
+      if getattr(self, field) not in valid:
+        raise ConfigValueError(field, getattr(self, field), f"use one of {valid}")
+    for field in ("hidden", "num_layers", "kernel_size", "channels", "in_len", "scan_unroll"):
+      value = getattr(self, field)
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigValueError(field, value, "must be an integer >= 1")
+    own = self.spec.options
+    for key, value in self.options:
+      if key not in own:
+        raise ConfigValueError(key, value, f"{self.family} has no such option; its options: "
+                               f"{', '.join(own) or 'none'}")
+    if self.levels is not None and (len(self.levels) != self.num_layers or min(self.levels) < 0):
+      raise ConfigValueError("levels", self.levels, f"give one non-negative level per layer "
+                             f"({self.num_layers} layers)")

@@ -2,13 +2,11 @@
 
 :class:`Conv` holds one PyTorch ``Conv2d``'s parameters (``[kh, kw, in,
 out]`` kernel, bias, PyTorch's default initialisation) and computes in the
-model's dtype through ``msrnn_jax.backend.conv2d``, which picks the kernel
-for the platform. :func:`fused_conv` sums several convolutions of a cell in
+model's dtype on the model's kernel (``backend.conv2d``). :func:`fused_conv` sums several convolutions of a cell in
 one call. :func:`bilinear_warp` is TrajGRU's and MotionGRU's warping.
 Layouts are NHWC activations and HWIO kernels throughout.
 """
 
-import functools
 import math
 from collections.abc import Sequence
 
@@ -17,7 +15,6 @@ import jax
 import jax.numpy as jnp
 
 from msrnn_jax import backend
-from msrnn_jax.model.config import INITS
 
 
 def torch_uniform_init(fan_in: int):
@@ -52,6 +49,7 @@ class Conv(nn.Module):
     use_bias: add a bias.
     initializer: ``'torch'`` (PyTorch defaults) or ``'flax'`` (lecun normal, zero bias).
     dtype: compute dtype; parameters stay float32.
+    conv_impl: the convolution kernel (a concrete ``backend.CONV_IMPLS`` name).
   """
 
   features: int
@@ -63,10 +61,9 @@ class Conv(nn.Module):
   use_bias: bool = True
   initializer: str = "torch"
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "xla"
 
   def setup(self):
-    if self.initializer not in INITS:
-      raise ValueError(f"Unknown init {self.initializer!r}; valid: {', '.join(INITS)}.")
     k = self.kernel_size
     # PyTorch computes fan_in from weight.size(1) * k * k: in_channels for a
     # conv, but out_channels for a transposed conv (weight is (in, out, k, k)).
@@ -88,46 +85,20 @@ class Conv(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """Applies the convolution to ``x`` ``[batch, height, width, in_features]``."""
     self.check_input(x)
-    x = x.astype(self.dtype)
-    # conv2d gets the float32 kernel and casts it itself (see its dtype).
+    # conv2d gets the float32 kernel and casts both itself (see its dtype).
     if self.transpose:
       # A transposed conv is a stride-1 conv over the stride-dilated input with
       # padding k-1-p; the kernel is stored in that forward orientation.
       pad = self.kernel_size - 1 - self.torch_padding
       y = backend.conv2d(x, self.kernel, padding=((pad, pad), (pad, pad)),
-                         lhs_dilation=self.stride, dtype=self.dtype)
+                         lhs_dilation=self.stride, dtype=self.dtype, conv_impl=self.conv_impl)
     else:
       padding = "SAME" if self.stride == 1 else "VALID"
-      y = backend.conv2d(x, self.kernel, stride=self.stride, padding=padding, dtype=self.dtype)
+      y = backend.conv2d(x, self.kernel, stride=self.stride, padding=padding, dtype=self.dtype,
+                         conv_impl=self.conv_impl)
     if self.use_bias:
-      y = add_bias(y, self.bias)
+      y = backend.add_bias(y, self.bias)
     return y
-
-
-@jax.custom_vjp
-def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
-  """``y + bias`` in ``y``'s dtype, the bias gradient summed in float32.
-
-  Autodiff would sum a bfloat16 model's bias gradient in bfloat16 (over
-  every pixel of the batch), and XLA:CPU rewrites that sum into a
-  single-threaded windowed reduction (a fifth of a bfloat16 PredRNN step).
-
-  Args:
-    y: ``[..., features]``.
-    bias: ``[features]``, float32.
-  """
-  return y + bias.astype(y.dtype)
-
-
-def _add_bias_fwd(y, bias):
-  return add_bias(y, bias), jnp.zeros((0,), bias.dtype)
-
-
-def _add_bias_bwd(marker, dy):
-  return dy, jnp.sum(dy.astype(jnp.float32), axis=tuple(range(dy.ndim - 1))).astype(marker.dtype)
-
-
-add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
 
 
 def fused_conv(convs: Sequence[Conv], xs: Sequence[jax.Array]) -> jax.Array:
@@ -152,46 +123,13 @@ def fused_conv(convs: Sequence[Conv], xs: Sequence[jax.Array]) -> jax.Array:
   x = backend.concatenate(xs, dtype)
   # Concatenated in the parameters' float32; conv2d casts (see its dtype).
   kernel = jnp.concatenate([c.kernel for c in convs], axis=2)
-  y = backend.conv2d(x, kernel, dtype=dtype)
+  y = backend.conv2d(x, kernel, dtype=dtype, conv_impl=c0.conv_impl)
   biases = [c.bias for c in convs if c.use_bias]
-  return add_bias(y, sum(biases)) if biases else y
+  return backend.add_bias(y, sum(biases)) if biases else y
 
 
-def split_gates(y: jax.Array, sections: int) -> tuple[jax.Array, ...]:
-  """``jnp.split(y, sections, axis=-1)`` for a convolution's gate chunks.
-
-  In a low-precision model the gradient reassembles the chunks' gradients
-  in that precision (``backend.concatenate``); XLA:CPU would run autodiff's
-  concatenation in float32.
-  float32 splits as ``jnp.split`` does.
-
-  Args:
-    y: ``[..., sections * chunk]``.
-    sections: the number of equal chunks.
-
-  Returns:
-    ``sections`` arrays ``[..., chunk]``.
-  """
-  if y.dtype == jnp.float32:
-    return tuple(jnp.split(y, sections, axis=-1))
-  return _split_packed(y, sections)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _split_packed(y, sections):
-  return tuple(jnp.split(y, sections, axis=-1))
-
-
-def _split_packed_fwd(y, sections):
-  return _split_packed(y, sections), None
-
-
-def _split_packed_bwd(sections, _, cotangents):
-  # A custom_vjp's cotangents come in its outputs' dtype.
-  return (backend.concatenate(cotangents, cotangents[0].dtype),)
-
-
-_split_packed.defvjp(_split_packed_fwd, _split_packed_bwd)
+# A convolution's gate chunks: ``split_gates(y, n) = jnp.split(y, n, axis=-1)``.
+split_gates = backend.split
 
 
 def leaky_relu(x: jax.Array) -> jax.Array:

@@ -12,14 +12,11 @@ Precision. Convolutions and gates compute in ``config.dtype``; the carry
 (every cell state, M, the previous prediction) is float32 whatever that
 dtype, as ``torch.autocast``'s type promotion keeps the reference's states:
 an LSTM cell state rounded to bfloat16 every step loses the small updates
-that long memories add up (MS-ConvLSTM's future MSE rose 2.6% on the
-embedded Moving MNIST, worse in every seed). With ``remat='step'`` and a
-low-precision dtype, :func:`checkpointed_loop` keeps each step's carry for
-the backward pass in that dtype, so the carries that fill training memory
-still cost 2 bytes a value.
+that long memories add up (``docs/performance.md``).
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -28,7 +25,7 @@ import jax.numpy as jnp
 
 from msrnn_jax import backend
 from msrnn_jax.model import pyramid
-from msrnn_jax.model.config import ModelConfig, remat_policy
+from msrnn_jax.model.config import ModelConfig
 from msrnn_jax.model.layers import Conv
 
 
@@ -46,10 +43,8 @@ def decouple_term(adapter: nn.Module, delta_c: jax.Array, delta_m: jax.Array) ->
   Returns:
     ``[batch]``.
   """
-  a = adapter(delta_c).astype(jnp.float32)
-  b = adapter(delta_m).astype(jnp.float32)
-  a = a / jnp.maximum(jnp.linalg.norm(a, axis=(1, 2), keepdims=True), 1e-12)
-  b = b / jnp.maximum(jnp.linalg.norm(b, axis=(1, 2), keepdims=True), 1e-12)
+  a, b = (adapter(d).astype(jnp.float32) for d in (delta_c, delta_m))
+  a, b = (v / jnp.maximum(jnp.linalg.norm(v, axis=(1, 2), keepdims=True), 1e-12) for v in (a, b))
   return jnp.sum(jnp.abs(jnp.sum(a * b, axis=(1, 2))), axis=-1)
 
 
@@ -70,8 +65,8 @@ class Step(nn.Module):
     frame, use_truth = inputs
     cell_cls = cfg.spec.cell
     if cfg.remat == "cell":
-      cell_cls = nn.remat(cell_cls, policy=remat_policy(cfg.remat_policy), prevent_cse=False)
-    conv_kw = dict(initializer=cfg.initializer, dtype=dtype, kernel_size=1)
+      cell_cls = nn.remat(cell_cls, policy=cfg.checkpoint_policy, prevent_cse=False)
+    conv_kw = dict(initializer=cfg.initializer, dtype=dtype, conv_impl=cfg.conv_impl, kernel_size=1)
     lv = cfg.pyramid_levels()
     skip = cfg.skip_topology()
 
@@ -109,91 +104,52 @@ class Step(nn.Module):
     return (tuple(new_states), m, y), (y, decouple)
 
 
-def checkpointed_loop(config: ModelConfig, params: Any, carry: Any, xs: Any) -> tuple[Any, Any]:
-  """:class:`Step` over time, keeping each step's input carry in ``config.dtype``.
+# The time loops: ``(predictor, initial carry, per-step inputs) -> (final
+# carry, per-step outputs)``, time on axis 1.
 
-  The ``remat='step'`` time loop of a low-precision model. ``nn.remat``
-  would keep every step's float32 carry (the bulk of such a training step's
-  memory). Here the forward pass carries float32 from step to step and
-  stores a copy of each step's input carry rounded to the compute dtype (in
-  float16 bit containers on XLA:CPU, ``backend.pack``); the backward pass
-  runs the steps in reverse, recomputing each from its stored copy. Step 0
-  starts from the initial carry, which is kept as it is, so T-1 steps store
-  T-2 carries. A recomputed step starts from a state within one rounding of
-  the true one, so the error stays at that rounding and never compounds
-  over time; the carry's cotangent flows in float32.
 
-  Args:
-    config: the model's hyper-parameters.
-    params: the step's parameters.
-    carry: the initial carry ``(layer states, M, previous prediction)``.
-    xs: the per-step inputs ``(frames, truth weights)``, time on axis 1.
-
-  Returns:
-    ``(final carry, per-step outputs)``, outputs with time on axis 1.
-  """
-  dtype = config.compute_dtype
+def scanned(module: nn.Module, carry: Any, xs: Any, remat_step: bool = False) -> tuple[Any, Any]:
+  """:class:`Step` over time with ``nn.scan`` (shared parameters); ``remat_step``: checkpointed."""
+  cfg = module.config
   steps = jax.tree.leaves(xs)[0].shape[1]
-  unroll = max(1, min(config.scan_unroll, steps))
-  time_major = jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), xs)
+  step_cls = Step
+  if remat_step:
+    # prevent_cse=False is safe (and faster) inside a scan.
+    step_cls = nn.remat(Step, policy=cfg.checkpoint_policy, prevent_cse=False)
+  scan = nn.scan(step_cls, variable_broadcast="params", split_rngs={"params": False},
+                 in_axes=1, out_axes=1, length=steps, unroll=max(1, min(cfg.scan_unroll, steps)))
+  # An explicit name keeps the parameter tree identical whatever the loop.
+  return scan(config=cfg, name="step")(carry, xs)
 
-  def apply(p, c, x):
-    return Step(config).apply({"params": p}, c, x)
 
-  def rounded(c):
-    return backend.pack(jax.tree.map(lambda v: v.astype(dtype), c), dtype)
+remat_scanned = functools.partial(scanned, remat_step=True)
 
-  def run(p, c, x_seq, store):
-    def body(state, x):
-      c, stack, t = state
-      if store:
-        # Step t's input goes to slot t - 1; step 0's write is overwritten.
-        stack = jax.tree.map(
-            lambda s, v: jax.lax.dynamic_update_index_in_dim(s, v, jnp.maximum(t - 1, 0), 0),
-            stack, rounded(c))
-      c, y = apply(p, c, x)
-      return (c, stack, t + 1), y
 
-    stack = None
-    if store:
-      slots = max(steps - 1, 1)
-      stack = jax.tree.map(lambda v: jnp.zeros((slots,) + v.shape, v.dtype),
-                           jax.eval_shape(rounded, c))
-    (c, stack, _), ys = jax.lax.scan(body, (c, stack, 0), x_seq, unroll=unroll)
-    return c, ys, stack
+def stored_carries(module: nn.Module, carry: Any, xs: Any) -> tuple[Any, Any]:
+  """Each step checkpointed, its input carry kept in the compute dtype.
 
-  @jax.custom_vjp
-  def loop(p, c, x_seq):
-    c, ys, _ = run(p, c, x_seq, store=False)
-    return c, ys
+  ``nn.remat`` would keep every step's float32 carry. Other policies than
+  ``nothing_saveable``, and initialisation (which makes the parameters),
+  take :func:`remat_scanned`.
+  """
+  cfg = module.config
+  if module.is_initializing() or cfg.remat_policy != "nothing_saveable":
+    return remat_scanned(module, carry, xs)
 
-  def fwd(p, c, x_seq):
-    c_last, ys, stack = run(p, c, x_seq, store=True)
-    return (c_last, ys), (p, c, stack, x_seq)
+  step = lambda params, c, x: Step(cfg).apply({"params": params}, c, x)  # noqa: E731
+  swap = functools.partial(jax.tree.map, lambda v: jnp.swapaxes(v, 0, 1))
+  unroll = max(1, min(cfg.scan_unroll, xs[0].shape[1]))
+  carry, ys = backend.stored_carry_scan(step, module.variables["params"]["step"], carry,
+                                        swap(xs), cfg.compute_dtype, unroll)
+  return carry, swap(ys)
 
-  def bwd(res, cotangents):
-    p, c0, stack, x_seq = res
-    d_carry, d_ys = cotangents
 
-    def body(state, inp):
-      d_c, d_p = state
-      t, x, d_y = inp
-      stored = jax.tree.map(lambda s: jax.lax.dynamic_index_in_dim(s, jnp.maximum(t - 1, 0), 0,
-                                                                   keepdims=False), stack)
-      c = jax.tree.map(lambda first, v: jnp.where(t == 0, first, v.astype(first.dtype)),
-                       c0, backend.unpack(stored, dtype))
-      _, vjp = jax.vjp(apply, p, c, x)
-      dp, d_c, dx = vjp((d_c, d_y))
-      return (d_c, jax.tree.map(jnp.add, d_p, dp)), dx
-
-    init = (d_carry, jax.tree.map(jnp.zeros_like, p))
-    (d_c0, d_p), d_x = jax.lax.scan(body, init, (jnp.arange(steps), x_seq, d_ys), reverse=True,
-                                    unroll=unroll)
-    return d_p, d_c0, d_x
-
-  loop.defvjp(fwd, bwd)
-  carry, ys = loop(params, carry, time_major)
-  return carry, jax.tree.map(lambda v: jnp.swapaxes(v, 0, 1), ys)
+# The time loop of each (remat mode, low precision).
+TIME_LOOPS = {
+    ("none", False): scanned, ("none", True): scanned,
+    ("cell", False): scanned, ("cell", True): scanned,
+    ("step", False): remat_scanned, ("step", True): stored_carries,
+}
 
 
 class Predictor(nn.Module):
@@ -282,28 +238,11 @@ class Predictor(nn.Module):
       ``carry`` ``(layer states, M, last prediction)``.
     """
     cfg = self.config
-    cfg.validate()
     self.check_frames(frames)
     b, t, h, w, _ = frames.shape
     mask = self.truth_mask(mask, b, t - 1)
-    carry, xs = self.initial_carry(b, h, w), (frames[:, :-1], mask)
-    if (cfg.remat == "step" and cfg.compute_dtype != jnp.float32
-        and cfg.remat_policy == "nothing_saveable" and not self.is_initializing()):
-      # The parameters were made by the nn.scan below at initialisation.
-      carry, (preds, decouple) = checkpointed_loop(cfg, self.variables["params"]["step"], carry,
-                                                   xs)
-      return preds, {"decouple_loss": jnp.mean(decouple), "carry": carry}
-    step_cls = Step
-    if cfg.remat == "step":
-      # prevent_cse=False is safe (and faster) inside a scan.
-      step_cls = nn.remat(Step, policy=remat_policy(cfg.remat_policy), prevent_cse=False)
-    scan = nn.scan(step_cls, variable_broadcast="params", split_rngs={"params": False},
-                   in_axes=1, out_axes=1, length=t - 1,
-                   unroll=max(1, min(cfg.scan_unroll, t - 1)))
-    # An explicit name keeps the parameter tree identical whatever the remat
-    # setting.
-    step = scan(config=cfg, name="step")
-    carry, (preds, decouple) = step(carry, xs)
+    loop = TIME_LOOPS[cfg.remat, cfg.compute_dtype != jnp.float32]
+    carry, (preds, decouple) = loop(self, self.initial_carry(b, h, w), (frames[:, :-1], mask))
     return preds, {"decouple_loss": jnp.mean(decouple), "carry": carry}
 
 

@@ -54,7 +54,7 @@ def read_meta(directory: str, step: int) -> dict[str, Any]:
 def check_settings(workdir: str, config: ml_collections.ConfigDict, mode: str) -> None:
   """Raises ``CheckpointError`` if the workdir's checkpoints were made with other settings.
 
-  Compares ``config_checks.MODE_KEYS[mode]`` with the newest checkpoint whose
+  Compares ``config_checks.mode_keys(config, mode)`` with the newest checkpoint whose
   ``meta`` can be read; unreadable ones are left to ``restore_intact``.
   Touches nothing, needs no JAX.
   """
@@ -66,7 +66,7 @@ def check_settings(workdir: str, config: ml_collections.ConfigDict, mode: str) -
       continue
     if saved is None:  # written before settings were recorded
       return
-    diffs = config_checks.differences(saved, config, config_checks.MODE_KEYS[mode])
+    diffs = config_checks.differences(saved, config, config_checks.mode_keys(config, mode))
     if diffs:
       raise CheckpointError(config_checks.mismatch_message(workdir, step, diffs))
     return

@@ -6,10 +6,10 @@ value that cannot work (``keep_checkpoints=0`` would delete every checkpoint,
 one line naming the key, its value and what is valid.
 
 ``settings`` lists the keys that shape the train state (parameter shapes, the
-pyramid) and the training data (image size, lengths, batch, seed). Every
-checkpoint records them; ``differences`` compares them with the current
-config when a run resumes, evaluates or predicts, so a workdir is never
-silently reused for another model.
+pyramid, the family's ``state_options``) and the training data (image size,
+lengths, batch, seed). Every checkpoint records them; ``differences``
+compares them with the current config when a run resumes, evaluates or
+predicts, so a workdir is never silently reused for another model.
 """
 
 import json
@@ -25,22 +25,31 @@ class ConfigError(ValueError):
   """A configuration value that cannot work; the message is one line."""
 
 
-# Keys that change the parameter tree or what the parameters mean (pyramid,
-# skips, channels): a checkpoint only fits a model with the same values.
-STATE_KEYS: tuple[str, ...] = (
-    "model.name", "model.hidden", "model.num_layers", "model.kernel_size", "model.levels",
-    "model.skip", "model.links", "model.motion_k", "data.channels")
 # Keys that decide which examples a training step sees (and in what order):
 # resuming with other values would continue another run.
 DATA_KEYS: tuple[str, ...] = (
     "data.name", "data.image_size", "data.in_len", "data.out_len", "train.batch_size", "seed")
-# What each mode compares with the checkpoint. Evaluation scores the model on
-# the recorded data shape; prediction takes its frames from the input file.
-MODE_KEYS: dict[str, tuple[str, ...]] = {
-    "train": STATE_KEYS + DATA_KEYS,
-    "eval": STATE_KEYS + ("data.name", "data.image_size", "data.in_len", "data.out_len"),
-    "predict": STATE_KEYS,
-}
+# Besides the state keys, what each mode compares with the checkpoint.
+# Evaluation scores the model on the recorded data shape; prediction takes its
+# frames from the input file.
+_MODE_DATA_KEYS = {"train": DATA_KEYS, "eval": DATA_KEYS[:4], "predict": ()}
+# Where the config holds the ModelConfig fields that are not model.<field>.
+_MODEL_FIELD_KEYS = {"name": "model.name", "channels": "data.channels", "in_len": "data.in_len",
+                     "conv_impl": "backend.conv_impl"}
+
+
+def state_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Keys that change the parameters or what they mean: a checkpoint fits only these values."""
+  from msrnn_jax import model as model_lib
+  options = model_lib.family(config.model.name).cell.state_options
+  return ("model.name", "model.hidden", "model.num_layers", "model.kernel_size", "model.levels",
+          "model.skip", *(f"model.{k}" for k in options), "data.channels")
+
+
+def mode_keys(config: ml_collections.ConfigDict, mode: str) -> tuple[str, ...]:
+  """The keys a ``mode`` (``'train'``, ``'eval'``, ``'predict'``) compares with a checkpoint."""
+  return state_keys(config) + _MODE_DATA_KEYS[mode]
+
 
 _SUMMARY_BACKENDS = ("auto", "tensorboardx", "clu")
 _SAMPLING = ("auto", "linear", "reverse", "none")
@@ -107,29 +116,24 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   later, still before the workdir is created.
   """
   from msrnn_jax import model as model_lib
+  from msrnn_jax.training.step import model_config
 
   try:
     _check_distributed(config)
     if config.summary_backend not in _SUMMARY_BACKENDS:
       _fail("summary_backend", config.summary_backend, f"use one of {_SUMMARY_BACKENDS}")
     _int(config, "seed")
-    from msrnn_jax import backend
-    if config.backend.conv_impl not in backend.CONV_IMPLS:
-      _fail("backend.conv_impl", config.backend.conv_impl, f"use one of {backend.CONV_IMPLS}")
 
-    if config.model.name not in model_lib.MODEL_NAMES:
-      _fail("model.name", config.model.name, f"use one of {', '.join(model_lib.MODEL_NAMES)}")
-    for key in ("hidden", "num_layers", "kernel_size"):
-      _at_least(config, f"model.{key}", 1)
-    for key in ("in_len", "out_len", "channels", "image_size"):
+    try:  # every model value, checked by the model's own ModelConfig
+      model = model_config(config)
+    except model_lib.ConfigValueError as e:
+      _fail(_MODEL_FIELD_KEYS.get(e.field, f"model.{e.field}"), e.value, e.rule)
+    for key in ("out_len", "image_size"):
       _at_least(config, f"data.{key}", 1)
-    model = model_lib.create(config.model.name, channels=config.data.channels,
-                             in_len=config.data.in_len,
-                             **{k: v for k, v in config.model.items() if k != "name"})
-    multiple = model.config.size_multiple()
+    multiple = model.size_multiple()
     if config.data.image_size % multiple:
       _fail("data.image_size", config.data.image_size,
-            f"{config.model.name} with pyramid levels {model.config.pyramid_levels()} needs a multiple "
+            f"{config.model.name} with pyramid levels {model.pyramid_levels()} needs a multiple "
             f"of {multiple}")
 
     _at_least(config, "train.batch_size", 1)
@@ -165,8 +169,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
 
 
 def settings(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """The values of ``STATE_KEYS + DATA_KEYS``, as JSON would return them."""
-  return json.loads(json.dumps({k: _get(config, k) for k in STATE_KEYS + DATA_KEYS}))
+  """The values of ``state_keys(config) + DATA_KEYS``, as JSON would return them.
+
+  A family option the config does not list has its default.
+  """
+  from msrnn_jax import model as model_lib
+  defaults = {f"model.{k}": v for k, v in model_lib.family(config.model.name).options.items()}
+  return json.loads(json.dumps({k: _get(config, k) if k not in defaults else
+                                config.model.get(k[6:], defaults[k])
+                                for k in state_keys(config) + DATA_KEYS}))
 
 
 def differences(saved: dict[str, Any], config: ml_collections.ConfigDict,

@@ -33,7 +33,7 @@ from msrnn_jax import model as model_lib
 from msrnn_jax.data import common, sequences
 from msrnn_jax.evaluation import visualize
 from msrnn_jax.training import config_checks, sharding
-from msrnn_jax.training.step import create_model
+from msrnn_jax.training.step import create_model, model_config
 from msrnn_jax.training.train import check_checkpoints, restore_params, start_jax
 
 # Sequences drawn in the PNG/GIF beside the predictions (all are predicted).
@@ -249,12 +249,13 @@ def predict_file(config: ml_collections.ConfigDict, workdir: str, input_path: st
   config_checks.check_config(config)
   horizon = check_horizon(horizon, config)
   check_output(output_path, input_path, data.manual_dir(config.data))
-  model = create_model(config)
+  multiple = model_config(config).size_multiple()
   scaling = data.value_scaling(config.data)
-  context, batched = load_context(input_path, config.data.channels, model.config.size_multiple(),
+  context, batched = load_context(input_path, config.data.channels, multiple,
                                   data_cfg=config.data, scaling=scaling)
   workdir = check_checkpoints(config, workdir, "predict")
   start_jax(config)
+  model = create_model(config)
   mesh = sharding.make_mesh()
   shape = (1, 2) + context.shape[2:]
   params, _ = restore_params(config, workdir, mesh, shape, mode="predict", model=model)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from msrnn_jax import data
 from msrnn_jax import model as model_lib
 from msrnn_jax.evaluation import metrics
 from msrnn_jax.training import losses, sampling
@@ -38,11 +39,19 @@ class TrainState:
   rng: jax.Array
 
 
-def create_model(config: ml_collections.ConfigDict, in_len: int | None = None) -> model_lib.Predictor:
-  """The model of ``config.model`` for the frames of ``config.data``."""
+def model_config(config: ml_collections.ConfigDict, in_len: int | None = None
+                 ) -> model_lib.ModelConfig:
+  """The validated ``ModelConfig`` of ``config`` (pure Python: the checks run it before JAX starts)."""
   options = {k: v for k, v in config.model.items() if k != "name"}
-  return model_lib.create(config.model.name, channels=config.data.channels,
-                       in_len=in_len or config.data.in_len, **options)
+  return model_lib.config_for(config.model.name, channels=config.data.channels,
+                              in_len=in_len or config.data.in_len,
+                              conv_impl=config.backend.conv_impl, **options)
+
+
+def create_model(config: ml_collections.ConfigDict, in_len: int | None = None
+                 ) -> model_lib.Predictor:
+  """The model of ``config.model`` for the frames of ``config.data``, on ``config.backend``'s kernel."""
+  return model_lib.Predictor(model_config(config, in_len).resolved())
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -51,13 +60,10 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
 
 
 def sampling_mode(config: ml_collections.ConfigDict) -> str:
-  """'linear', 'reverse' or 'none' (resolving 'auto' by model)."""
+  """'linear', 'reverse' or 'none' ('auto': the model family's scheme)."""
   mode = config.train.scheduled_sampling
-  valid = ("auto", "linear", "reverse", "none")
-  if mode not in valid:
-    raise ValueError(f"train.scheduled_sampling={mode!r} is unknown; valid: {', '.join(valid)}.")
   if mode == "auto":
-    return "reverse" if config.model.name.endswith("predrnn_v2") else "linear"
+    return model_lib.family(config.model.name).scheduled_sampling
   return mode
 
 
@@ -117,8 +123,8 @@ def make_train_step(model: model_lib.Predictor, tx: optax.GradientTransformation
 
 
 def is_radar(data_cfg: ml_collections.ConfigDict) -> bool:
-  return data_cfg.name == "hko7" or (data_cfg.name == "synthetic"
-                                     and data_cfg.synthetic_like == "hko7")
+  """Whether evaluation adds the radar metrics (the data set's registry entry says)."""
+  return data.radar_metrics(data_cfg)
 
 
 def make_eval_step(model: model_lib.Predictor, radar: bool) -> Callable:

@@ -192,9 +192,8 @@ class _Stop:
 def start_jax(config: ml_collections.ConfigDict) -> None:
   """Initialises ``jax.distributed`` if configured; the first JAX call of every mode."""
   sharding.initialize_distributed(config.distributed)
-  backend.configure(config.backend.conv_impl)
   logging.info("JAX process %d/%d, local devices: %s; %s", jax.process_index(),
-               jax.process_count(), jax.local_devices(), backend.summary())
+               jax.process_count(), jax.local_devices(), backend.summary(config.backend.conv_impl))
 
 
 @contextlib.contextmanager
@@ -425,7 +424,7 @@ def restore_params(config: ml_collections.ConfigDict, workdir: str, mesh: jax.sh
   """Parameters of the newest intact checkpoint in ``workdir`` (and its step).
 
   Args:
-    config: the configuration; its ``config_checks.MODE_KEYS[mode]`` must
+    config: the configuration; its ``config_checks.mode_keys(config, mode)`` must
       match the checkpoint's.
     workdir: the run directory.
     mesh: parameters are replicated over it.

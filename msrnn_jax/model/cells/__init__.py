@@ -1,12 +1,12 @@
 """The recurrent cells and the registry of model families.
 
-One file per cell (``base.py`` states the interface). A family is what a
-model name without the ``ms_`` prefix refers to: a cell plus family-wide
-switches. Adding a cell takes its file and one entry in :data:`FAMILIES`
-(``docs/model.md`` walks through an example).
+One file per cell (``base.py`` states the interface). A family (a model name
+without ``ms_``) is a cell plus family-wide switches. Adding a cell takes its
+file and one entry in :data:`FAMILIES` (example in ``docs/model.md``).
 """
 
 import dataclasses
+from typing import Any
 
 from msrnn_jax.model.cells.base import CellBase
 from msrnn_jax.model.cells.causal_lstm import CausalLSTMCell
@@ -22,10 +22,10 @@ __all__ = ["FAMILIES", "CausalLSTMCell", "CellBase", "ConvLSTMCell", "Family", "
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-  """A model family.
+  """A model family: everything the rest of the code knows about it.
 
   Attributes:
-    cell: the cell class every layer uses.
+    cell: the cell class every layer uses, with the family's ``options``.
     decouple: compute PredRNN-V2's decoupling loss term.
     reverse_scheduled_sampling: the sampling mask may also replace
       context frames (PredRNN-V2); step 0 is always truth.
@@ -34,6 +34,16 @@ class Family:
   cell: type[CellBase]
   decouple: bool = False
   reverse_scheduled_sampling: bool = False
+
+  @property
+  def options(self) -> dict[str, Any]:
+    """Its own options and their defaults; ``cell.state_options`` shape the parameters."""
+    return self.cell.options
+
+  @property
+  def scheduled_sampling(self) -> str:
+    """Its training schedule of truth inputs, ``'reverse'`` or ``'linear'`` (``training.sampling``)."""
+    return "reverse" if self.reverse_scheduled_sampling else "linear"
 
 
 FAMILIES: dict[str, Family] = {

@@ -15,12 +15,10 @@ A cell is a Flax module called once per time step as::
 * ``extras``: a dict of auxiliary outputs (PredRNN-V2's ``delta_c`` and
   ``delta_m``).
 
-Every hyper-parameter comes from the one ``ModelConfig`` (``self.config``);
-a cell's own options are declared in its ``options`` class attribute with
-their defaults. Equations follow the authors' PyTorch code
-(``docs/model.md``); gate chunks are split in the reference's order.
-Convolutions whose outputs are summed are fused into one call over stacked
-inputs (same parameters, same numbers, faster).
+Every hyper-parameter comes from the one ``ModelConfig`` (``self.config``),
+the cell's own ones declared in ``options``. Equations follow the authors'
+PyTorch code (``docs/model.md``); convolutions whose outputs are summed are
+fused into one call over stacked inputs (same parameters and numbers).
 """
 
 from typing import Any, ClassVar
@@ -42,7 +40,7 @@ class CellBase(nn.Module):
     layer: index of this layer in the stack (some cells depend on it).
   """
 
-  config: ModelConfig = ModelConfig()
+  config: ModelConfig
   layer: int = 0
 
   # Carries the zig-zag memory M through the stack (PredRNN-style cells).
@@ -52,8 +50,10 @@ class CellBase(nn.Module):
   # Extra multiple of 2 that frame sizes need beyond the pyramid (MotionGRU
   # runs at half the layer's resolution).
   extra_factor: ClassVar[int] = 0
-  # The cell's own options and their defaults (ModelConfig.option).
+  # The cell's own options and their defaults (ModelConfig.option), and those
+  # that change the parameter tree (a checkpoint records and checks them).
   options: ClassVar[dict[str, Any]] = {}
+  state_options: ClassVar[tuple[str, ...]] = ()
   # U of the paper's memory estimate (eq. 3-5): hidden-sized maps the cell
   # is counted with per layer and step (msrnn_jax.analysis.footprint).
   units: ClassVar[int] = 0
@@ -74,7 +74,8 @@ class CellBase(nn.Module):
     """A ``Conv`` with this cell's settings (call from ``setup``)."""
     return Conv(features=features, in_features=in_features or self.hidden,
                 kernel_size=kernel_size or self.config.kernel_size,
-                initializer=self.config.initializer, dtype=self.config.compute_dtype, **kwargs)
+                initializer=self.config.initializer, dtype=self.config.compute_dtype,
+                conv_impl=self.config.conv_impl, **kwargs)
 
   @classmethod
   def state_spec(cls, config: ModelConfig, layer: int) -> tuple[tuple[int, int], ...]:

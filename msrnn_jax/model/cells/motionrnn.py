@@ -36,6 +36,7 @@ class MotionRNNCell(MIMCell):
   extra_factor: ClassVar[int] = 1
   # MotionGRU filter size k (k*k flows) and trend momentum alpha.
   options: ClassVar[dict] = {**MIMCell.options, "motion_k": 3, "motion_alpha": 0.5}
+  state_options: ClassVar[tuple[str, ...]] = ("motion_k",)
   units: ClassVar[int] = 26
 
   def setup(self):

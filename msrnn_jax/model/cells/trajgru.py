@@ -25,6 +25,7 @@ class TrajGRUCell(CellBase):
 
   # Number of warped links L (13 in the paper-era code, 10 at the reference's HEAD).
   options: ClassVar[dict] = {"links": 13}
+  state_options: ClassVar[tuple[str, ...]] = ("links",)
 
   def setup(self):
     hd = self.hidden

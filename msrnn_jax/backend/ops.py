@@ -1,0 +1,186 @@
+"""Model operations with hand-written gradients: precision and memory below the maths.
+
+Each is the plain expression its docstring names, with a ``custom_vjp`` that
+keeps fewer or narrower residuals than autodiff, or that stops XLA:CPU from
+moving low-precision values through float32 (``packing``). Each is tested
+against autodiff of its plain expression (tests/test_backend_ops.py).
+"""
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from msrnn_jax.backend.packing import concatenate, pack, stash, unpack, unstash
+
+
+@jax.custom_vjp
+def add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+  """``y + bias`` in ``y``'s dtype, the bias gradient summed in float32.
+
+  Autodiff would sum a bfloat16 model's bias gradient in bfloat16 (over
+  every pixel of the batch), and XLA:CPU rewrites that sum into a
+  single-threaded windowed reduction (a fifth of a bfloat16 PredRNN step).
+
+  Args:
+    y: ``[..., features]``.
+    bias: ``[features]``, float32.
+  """
+  return y + bias.astype(y.dtype)
+
+
+add_bias.defvjp(lambda y, bias: (add_bias(y, bias), jnp.zeros((0,), bias.dtype)),
+                lambda marker, dy: (dy, jnp.sum(dy.astype(jnp.float32), axis=tuple(
+                    range(dy.ndim - 1))).astype(marker.dtype)))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def split(y: jax.Array, sections: int) -> tuple[jax.Array, ...]:
+  """``jnp.split(y, sections, axis=-1)``.
+
+  The gradient reassembles the chunks' gradients in their precision
+  (:func:`concatenate`); XLA:CPU would run autodiff's concatenation of
+  bfloat16 chunks in float32.
+  """
+  return tuple(jnp.split(y, sections, axis=-1))
+
+
+# A custom_vjp's cotangents come in its outputs' dtype.
+split.defvjp(lambda y, sections: (split(y, sections), None),
+             lambda _, __, cts: (concatenate(cts, cts[0].dtype),))
+
+# Each nonlinearity with its derivative written in its own value.
+_NONLINEARITIES = {
+    "sigmoid": (jax.nn.sigmoid, lambda s: s * (1.0 - s)),
+    "tanh": (jnp.tanh, lambda t: 1.0 - t * t),
+}
+
+
+def _wide(x: jax.Array) -> jax.Array:
+  """``x`` in float32 at least, the precision gate arithmetic runs in."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def on_activations(maths: Callable, nonlinearities: Sequence[str], chunks: bool = False
+                   ) -> Callable:
+  """``maths`` of activations, as a function of their pre-activations.
+
+  ``f(*pre, *states) = maths(*(a(p) for a, p), *states)`` where ``a`` are
+  ``nonlinearities`` (``'sigmoid'``, ``'tanh'``). With ``chunks``, ``f``
+  takes the pre-activations as one array, split into equal chunks along
+  its last axis (a convolution's gates), and returns their gradient as one.
+
+  Autodiff would keep the activations *and* their derivative coefficients
+  (``s (1 - s)``, ``1 - t^2``); ``f`` keeps one activation per pre-activation
+  and the states, and gets each derivative from its activation, the rest by
+  autodiff of ``maths``. Everything runs in float32 and rounds once (XLA:CPU
+  has no bfloat16 arithmetic and would round after every operation of a
+  sigmoid, with a conversion pair each). Outputs follow JAX's type promotion
+  of the inputs; the kept activations are rounded to their inputs' dtype
+  and stashed; each gradient comes back in its input's dtype.
+
+  Args:
+    maths: ``(*activations, *states) -> array or tuple of arrays``.
+    nonlinearities: the nonlinearity of each activation, in order.
+    chunks: pre-activations come as one array of ``len(nonlinearities)`` chunks.
+  """
+  acts_of = [_NONLINEARITIES[n][0] for n in nonlinearities]
+  slopes = [_NONLINEARITIES[n][1] for n in nonlinearities]
+  count = len(nonlinearities)
+
+  def parts(args):
+    if chunks:
+      gates, *states = args
+      return jnp.split(gates, count, axis=-1), states
+    return args[:count], args[count:]
+
+  def forward(*args):
+    pre, states = parts(args)
+    acts = [a(_wide(p)) for a, p in zip(acts_of, pre, strict=True)]
+    out = jax.tree.map(lambda v: v.astype(jnp.result_type(*args)), maths(*acts, *states))
+    kept = stash(tuple(a.astype(p.dtype) for a, p in zip(acts, pre, strict=True)))
+    return out, (kept, states)
+
+  def backward(res, cotangents):
+    kept, states = res
+    kept = unstash(kept)
+    acts = [_wide(a) for a in kept]
+    _, vjp = jax.vjp(maths, *acts, *states)
+    grads = vjp(jax.tree.map(_wide, cotangents))
+    d_pre = [g * slope(a) for g, slope, a in zip(grads[:count], slopes, acts, strict=True)]
+    d_states = tuple(g.astype(s.dtype) for g, s in zip(grads[count:], states, strict=True))
+    if chunks:
+      # Each chunk rounded before the concatenation (a float32 one would be
+      # a transient the size of all chunks).
+      return (concatenate(d_pre, kept[0].dtype), *d_states)
+    return (*(g.astype(k.dtype) for g, k in zip(d_pre, kept, strict=True)), *d_states)
+
+  fn = jax.custom_vjp(lambda *args: forward(*args)[0])
+  fn.defvjp(forward, backward)
+  return fn
+
+
+def stored_carry_scan(step: Callable, params: Any, carry: Any, xs: Any, dtype: Any,
+                      unroll: int = 1) -> tuple[Any, Any]:
+  """``jax.lax.scan(lambda c, x: step(params, c, x), carry, xs)``, carries checkpointed in ``dtype``.
+
+  ``jax.checkpoint`` of each step would keep every input carry as it is
+  (float32 in a low-precision model: the bulk of its training memory). The
+  forward pass here carries full values and stores each step's input carry
+  rounded to ``dtype`` (:func:`pack`ed); the backward pass recomputes the
+  steps in reverse from those copies (step 0 from the initial carry, so T
+  steps store T-1). The error stays one rounding and never compounds; the
+  carry's cotangent flows in full precision.
+
+  ``step(params, carry, x) -> (carry, y)``; ``xs`` and the returned ``ys``
+  have time on axis 0.
+  """
+  steps = jax.tree.leaves(xs)[0].shape[0]
+
+  def rounded(c):
+    return pack(jax.tree.map(lambda v: v.astype(dtype), c), dtype)
+
+  @jax.custom_vjp
+  def loop(p, c, x_seq):
+    return jax.lax.scan(lambda c, x: step(p, c, x), c, x_seq, unroll=unroll)
+
+  def fwd(p, c, x_seq):
+    def body(state, x):
+      c, stack, t = state
+      # Step t's input goes to slot t - 1; step 0's write is overwritten.
+      stack = jax.tree.map(
+          lambda s, v: jax.lax.dynamic_update_index_in_dim(s, v, jnp.maximum(t - 1, 0), 0),
+          stack, rounded(c))
+      c, y = step(p, c, x)
+      return (c, stack, t + 1), y
+
+    stack = jax.tree.map(lambda v: jnp.zeros((max(steps - 1, 1),) + v.shape, v.dtype),
+                         jax.eval_shape(rounded, c))
+    (c_last, stack, _), ys = jax.lax.scan(body, (c, stack, 0), x_seq, unroll=unroll)
+    return (c_last, ys), (p, c, stack, x_seq)
+
+  def bwd(res, cotangents):
+    p, c0, stack, x_seq = res
+    d_carry, d_ys = cotangents
+
+    def body(state, inp):
+      d_c, d_p = state
+      t, x, d_y = inp
+      stored = jax.tree.map(
+          lambda s: jax.lax.dynamic_index_in_dim(s, jnp.maximum(t - 1, 0), 0, keepdims=False),
+          stack)
+      c = jax.tree.map(lambda first, v: jnp.where(t == 0, first, v.astype(first.dtype)),
+                       c0, unpack(stored, dtype))
+      _, vjp = jax.vjp(step, p, c, x)
+      dp, d_c, dx = vjp((d_c, d_y))
+      return (d_c, jax.tree.map(jnp.add, d_p, dp)), dx
+
+    init = (d_carry, jax.tree.map(jnp.zeros_like, p))
+    (d_c0, d_p), d_x = jax.lax.scan(body, init, (jnp.arange(steps), x_seq, d_ys), reverse=True,
+                                    unroll=unroll)
+    return d_p, d_c0, d_x
+
+  loop.defvjp(fwd, bwd)
+  return loop(params, carry, xs)

@@ -1,0 +1,151 @@
+"""The backend's hand-written gradients, each against autodiff of its plain expression."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from msrnn_jax import backend
+
+RNG = np.random.default_rng(7)
+
+
+def _normal(shape, dtype=jnp.float32, scale=1.0):
+  return jnp.asarray(RNG.normal(size=shape) * scale, jnp.float32).astype(dtype)
+
+
+def _close(got, want, tol):
+  np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
+                             rtol=tol, atol=tol)
+
+
+def _vjps(fn, plain, args, cot_dtype=jnp.float32):
+  """Values and input cotangents of ``fn`` and of ``plain`` for one random cotangent."""
+  out, vjp = jax.vjp(fn, *args)
+  ref, vjp_ref = jax.vjp(plain, *args)
+  cot = jax.tree.map(lambda a: _normal(a.shape, a.dtype), out)
+  return out, ref, vjp(cot), vjp_ref(cot)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_add_bias_gradient_is_the_float32_sum_of_autodiffs_terms(dtype):
+  y, bias = _normal((2, 3, 4, 5), dtype), _normal((5,))
+  out, vjp = jax.vjp(backend.add_bias, y, bias)
+  ref, vjp_ref = jax.vjp(lambda y, b: y + b.astype(y.dtype), y, bias)
+  np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(ref, np.float32))
+  cot = _normal(out.shape, dtype)
+  (dy, db), (dy_ref, _) = vjp(cot), vjp_ref(cot)
+  np.testing.assert_array_equal(np.asarray(dy, np.float32), np.asarray(dy_ref, np.float32))
+  assert db.dtype == jnp.float32
+  _close(db, np.asarray(cot, np.float64).sum(axis=(0, 1, 2)), 1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_split_and_concatenate_gradients_equal_autodiffs(dtype):
+  y = _normal((2, 3, 12), dtype)
+  out, ref, grad, grad_ref = _vjps(lambda v: backend.split(v, 3),
+                                   lambda v: tuple(jnp.split(v, 3, axis=-1)), (y,))
+  for a, b in zip(out, ref, strict=True):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+  assert grad[0].dtype == dtype
+  np.testing.assert_array_equal(np.asarray(grad[0], np.float32), np.asarray(grad_ref[0],
+                                                                              np.float32))
+  parts = [_normal((2, 3, k)) for k in (2, 3)]
+  out, ref, grads, grads_ref = _vjps(
+      lambda a, b: backend.concatenate([a, b], dtype),
+      lambda a, b: jnp.concatenate([a.astype(dtype), b.astype(dtype)], axis=-1), parts)
+  np.testing.assert_array_equal(np.asarray(out, np.float32), np.asarray(ref, np.float32))
+  for g, r in zip(grads, grads_ref, strict=True):
+    np.testing.assert_array_equal(np.asarray(g, np.float32), np.asarray(r, np.float32))
+
+
+def test_pack_round_trip_and_its_gradient_are_identities():
+  x = _normal((4, 6), jnp.bfloat16)
+  y, vjp = jax.vjp(lambda v: backend.unpack(backend.pack(v, jnp.bfloat16), jnp.bfloat16), x)
+  np.testing.assert_array_equal(np.asarray(y, np.float32), np.asarray(x, np.float32))
+  cot = _normal((4, 6), jnp.bfloat16)
+  (dx,) = vjp(cot)
+  assert dx.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(np.asarray(dx, np.float32), np.asarray(cot, np.float32))
+
+
+def _lstm_maths(si, sf, tg, so, c):
+  c_new = sf * c + si * tg
+  return so * jnp.tanh(c_new), c_new
+
+
+def _lstm_plain(gates, c):
+  i, f, g, o = jnp.split(gates, 4, axis=-1)
+  return _lstm_maths(jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o), c)
+
+
+def test_on_activations_equals_autodiff_of_the_plain_expression():
+  """Chunked and separate pre-activations, two outputs, a state: values and every
+  gradient equal autodiff of the activations followed by the maths."""
+  gates, c = _normal((2, 3, 4 * 5), scale=2.0), _normal((2, 3, 5))
+  fused = backend.on_activations(_lstm_maths, ("sigmoid", "sigmoid", "tanh", "sigmoid"),
+                                 chunks=True)
+  out, ref, grads, grads_ref = _vjps(fused, _lstm_plain, (gates, c))
+  jax.tree.map(lambda a, b: _close(a, b, 1e-6), out, ref)
+  for g, r in zip(grads, grads_ref, strict=True):
+    _close(g, r, 1e-5)
+
+  def maths(sa, tb, c):
+    return sa * c + tb
+
+  fused = backend.on_activations(maths, ("sigmoid", "tanh"))
+  args = (_normal((3, 4), scale=2.0), _normal((3, 4), scale=2.0), _normal((3, 4)))
+  out, ref, grads, grads_ref = _vjps(
+      fused, lambda a, b, c: maths(jax.nn.sigmoid(a), jnp.tanh(b), c), args)
+  _close(out, ref, 1e-6)
+  for g, r in zip(grads, grads_ref, strict=True):
+    _close(g, r, 1e-5)
+
+
+def test_on_activations_in_bfloat16_rounds_once_and_keeps_2_byte_residuals():
+  gates, c = _normal((2, 3, 4 * 5), jnp.bfloat16, 2.0), _normal((2, 3, 5))
+  fused = backend.on_activations(_lstm_maths, ("sigmoid", "sigmoid", "tanh", "sigmoid"),
+                                 chunks=True)
+  (h, c_new), vjp = jax.vjp(fused, gates, c)
+  h_ref, c_ref = _lstm_plain(gates.astype(jnp.float32), c)
+  assert h.dtype == c_new.dtype == jnp.float32  # promoted by the float32 state
+  _close(h, h_ref, 1e-6)
+  _close(c_new, c_ref, 1e-6)
+  residuals = [x for x in jax.tree.leaves(vjp) if hasattr(x, "dtype") and x.size]
+  assert sum(x.size for x in residuals if x.dtype.itemsize == 2) == gates.size
+  assert sum(x.size for x in residuals if x.dtype.itemsize == 4) == c.size
+  cot = (_normal(h.shape), _normal(c.shape))
+  d_gates, d_c = vjp(cot)
+  d_gates_ref, d_c_ref = jax.vjp(_lstm_plain, gates.astype(jnp.float32), c)[1](cot)
+  assert d_gates.dtype == jnp.bfloat16 and d_c.dtype == jnp.float32
+  # Activations kept in bfloat16: gradients within a few bfloat16 roundings.
+  _close(d_gates, d_gates_ref, 3e-2)
+  _close(d_c, d_c_ref, 3e-2)
+
+
+def _toy_step(p, c, x):
+  h = jnp.tanh(c["h"] @ p["w"] + x * p["b"])
+  return {"h": h, "n": c["n"] + jnp.sum(h)}, jnp.sum(h * h, axis=-1)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_stored_carry_scan_gradients_equal_autodiff_of_the_scan(dtype):
+  """float32 storage rounds nothing: autodiff's gradients to float32 rounding; bfloat16
+  storage: within a rounding of the stored carries, which does not compound."""
+  p = {"w": _normal((6, 6), scale=0.5), "b": _normal((6,))}
+  c0 = {"h": _normal((3, 6)), "n": jnp.float32(0.5)}
+  xs = _normal((7, 3, 6))
+
+  def loss(scan):
+    def f(p, c, xs):
+      c, ys = scan(p, c, xs)
+      return jnp.sum(ys) + jnp.sum(c["h"] ** 2) + c["n"]
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(p, c0, xs)
+
+  value, grads = loss(lambda p, c, xs: backend.stored_carry_scan(_toy_step, p, c, xs, dtype))
+  value_ref, grads_ref = loss(
+      lambda p, c, xs: jax.lax.scan(lambda c, x: _toy_step(p, c, x), c, xs))
+  np.testing.assert_allclose(value, value_ref, rtol=1e-6)
+  tol = 1e-5 if dtype == jnp.float32 else 3e-2
+  for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
+    np.testing.assert_allclose(g, r, rtol=tol, atol=tol * float(jnp.max(jnp.abs(r))))
