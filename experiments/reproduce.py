@@ -22,7 +22,6 @@ import datetime
 import json
 import os
 import pathlib
-import platform
 import shlex
 import subprocess
 import sys
@@ -68,19 +67,11 @@ def receipt_path(out: str, model: str, seed: int) -> str:
   return os.path.join(out, f"{model}_seed{seed}.json")
 
 
-def machine() -> dict:
-  """The CPU, the convolution kernel and the library versions a run used."""
-  import jax
-
+def machine(config) -> dict:
+  """The CPU, the convolution kernel and the library versions a run uses."""
   from msrnn_jax import backend
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    pass
-  return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__,
-          "platform": jax.default_backend(), **backend.describe()}
+  from msrnn_jax.analysis import timing
+  return {**timing.machine(), **backend.describe(config.backend.conv_impl)}
 
 
 def commit() -> str:
@@ -115,7 +106,7 @@ def run_one(base, model: str, seed: int, out: str, runs: str) -> dict:
   if not os.path.exists(result_file):
     os.makedirs(workdir, exist_ok=True)
     segments = _read(segments_file, [])
-    segment = {"start": _now(), "end": None, "commit": commit(), "machine": machine()}
+    segment = {"start": _now(), "end": None, "commit": commit(), "machine": machine(config)}
     _write(segments_file, segments + [segment])
     started = time.perf_counter()
     train.train_and_evaluate(config, workdir)
@@ -133,7 +124,7 @@ def run_one(base, model: str, seed: int, out: str, runs: str) -> dict:
           "command": shlex.join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]]),
           "config": config.to_dict(),
           "commit": segments[-1]["commit"] if segments else commit(),
-          "machine": segments[-1]["machine"] if segments else machine(),
+          "machine": segments[-1]["machine"] if segments else machine(config),
           "wall_s": round(sum(s.get("wall_s", 0.0) for s in segments), 1),
           "segments": segments,
           "finished": segments[-1]["end"] if segments else _now(),
