@@ -94,7 +94,7 @@ def cell_units(cell: str, links: int = 13) -> int:
   Returns:
     The number of hidden-sized tensors the cell is counted with.
   """
-  if cell not in model_lib.MODEL_NAMES:
+  if not model_lib.is_model_name(cell):
     raise ValueError(f"Unknown cell {cell!r}; valid: {', '.join(model_lib.MODEL_NAMES)}.")
   config = model_lib.config_for(cell, links=links)
   return config.spec.cell.paper_units(config)

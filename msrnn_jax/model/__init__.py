@@ -1,20 +1,22 @@
 """The models: cells, the pyramid, the predictor, and ``create(name, **options)``.
 
-Names: ``convlstm``, ``trajgru``, ``predrnn``, ``predrnn_v2``, ``predrnn_pp``,
-``mim``, ``motionrnn`` (the families of ``cells.FAMILIES``), each also as
+Names: ``convlstm``, ``trajgru``, ``predrnn``, ``predrnn_pp``, ``mim``,
+``motionrnn``, ``predrnn_v2``, ``cms_lstm``, ``modernn``, ``preciplstm``,
+``mk_lstm`` (the families of ``cells.FAMILIES``), each also as
 ``ms_<name>`` (the multi-scale variant with the mirror pyramid and UNet
-skips). Imports ``msrnn_jax.backend`` only (for the convolutions).
+skips); ``cells.ALIASES`` adds the authors' other names (``ms_lstm`` =
+``ms_mk_lstm``). Imports ``msrnn_jax.backend`` only (for the convolutions).
 """
 
 import dataclasses
 from typing import Any
 
-from msrnn_jax.model.cells import FAMILIES
+from msrnn_jax.model.cells import ALIASES, FAMILIES
 from msrnn_jax.model.config import ModelConfig
 from msrnn_jax.model.predictor import Predictor, predict
 
-__all__ = ["MODEL_NAMES", "ModelConfig", "Predictor", "config_for", "create", "model_options",
-           "predict", "split_name"]
+__all__ = ["ALIASES", "MODEL_NAMES", "ModelConfig", "Predictor", "config_for", "create",
+           "is_model_name", "model_options", "predict", "split_name"]
 
 MODEL_NAMES: tuple[str, ...] = tuple(n for base in FAMILIES for n in (base, f"ms_{base}"))
 
@@ -33,13 +35,18 @@ def model_options() -> tuple[str, ...]:
   return fields + tuple(_family_options())
 
 
+def is_model_name(name: str) -> bool:
+  """Whether ``name`` is one of ``MODEL_NAMES`` or an alias of one."""
+  return ALIASES.get(name, name) in MODEL_NAMES
+
+
 def split_name(name: str) -> tuple[str, bool]:
-  """``'ms_predrnn'`` -> ``('predrnn', True)``; validates the name."""
+  """``'ms_predrnn'`` -> ``('predrnn', True)``; validates the name (aliases resolved)."""
+  name = ALIASES.get(name, name)
   multiscale = name.startswith("ms_")
   family = name[3:] if multiscale else name
   if family not in FAMILIES:
-    valid = [n for base in FAMILIES for n in (base, f"ms_{base}")]
-    raise ValueError(f"Unknown model {name!r}; valid: {', '.join(valid)}.")
+    raise ValueError(f"Unknown model {name!r}; valid: {', '.join(MODEL_NAMES + tuple(ALIASES))}.")
   return family, multiscale
 
 
@@ -66,7 +73,7 @@ def create(name: str, **options: Any) -> Predictor:
   """Builds a model by name.
 
   Args:
-    name: one of ``MODEL_NAMES``.
+    name: one of ``MODEL_NAMES`` or ``ALIASES``.
     **options: ``ModelConfig`` fields and family options (see
       ``model_options()``), e.g. ``hidden=64, num_layers=6, channels=1,
       remat='step', links=13``.

@@ -117,8 +117,9 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     if config.backend.conv_impl not in backend.CONV_IMPLS:
       _fail("backend.conv_impl", config.backend.conv_impl, f"use one of {backend.CONV_IMPLS}")
 
-    if config.model.name not in model_lib.MODEL_NAMES:
-      _fail("model.name", config.model.name, f"use one of {', '.join(model_lib.MODEL_NAMES)}")
+    if not model_lib.is_model_name(config.model.name):
+      _fail("model.name", config.model.name,
+            f"use one of {', '.join(model_lib.MODEL_NAMES + tuple(model_lib.ALIASES))}")
     for key in ("hidden", "num_layers", "kernel_size"):
       _at_least(config, f"model.{key}", 1)
     for key in ("in_len", "out_len", "channels", "image_size"):
