@@ -31,22 +31,24 @@ def _shapes(tree):
 @pytest.mark.parametrize("base", BASES)
 def test_shapes_and_ms_params_equal_plain(base):
   """Output and carry shapes; MS-X has exactly X's parameter tree."""
-  x = _frames(b=2, t=5, h=16, w=24)
+  # Not square, where the family allows (CMS-LSTM's MS pyramid needs multiples of 16).
+  w = 16 + max(8, models.create(f"ms_{base}").config.size_multiple())
+  x = _frames(b=2, t=5, h=16, w=w)
   trees = {}
   for name in (base, f"ms_{base}"):
     model = models.create(name, hidden=8, num_layers=6, in_len=3, links=3)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     (preds, aux) = jax.eval_shape(model.apply, variables, x)
-    assert preds.shape == (2, 4, 16, 24, 1) and preds.dtype == jnp.float32
+    assert preds.shape == (2, 4, 16, w, 1) and preds.dtype == jnp.float32
     states, m, prev = aux["carry"]
-    init_states, init_m, _ = model.initial_carry(2, 16, 24)
+    init_states, init_m, _ = model.initial_carry(2, 16, w)
     assert _shapes(states) == _shapes(init_states)
-    assert prev.shape == (2, 16, 24, 1)
+    assert prev.shape == (2, 16, w, 1)
     levels = model.config.pyramid_levels()
     for l, state in enumerate(states):
-      assert state[0].shape == (2, 16 >> levels[l], 24 >> levels[l], 8)
+      assert state[0].shape == (2, 16 >> levels[l], w >> levels[l], 8)
     if cells.FAMILIES[base].cell.zigzag_m:
-      assert m.shape == init_m.shape == (2, 16 >> levels[-1], 24 >> levels[-1], 8)
+      assert m.shape == init_m.shape == (2, 16 >> levels[-1], w >> levels[-1], 8)
     else:
       assert m is None
     trees[name] = _shapes(variables)
@@ -69,6 +71,10 @@ def test_ms_levels_and_motion_states():
     ("mim", 7_361_473),
     ("motionrnn", 7_560_547),  # spec says 7,561,547; the reference's module list sums to this
     ("trajgru", 2_157_661),  # L = 13
+    ("cms_lstm", 4_483_393),
+    ("modernn", 5_854_657),
+    ("preciplstm", 7_041_217),
+    ("mk_lstm", 7_576_897),
 ])
 def test_parameter_counts_at_paper_setting(name, expected):
   for n in (name, f"ms_{name}"):
@@ -77,6 +83,15 @@ def test_parameter_counts_at_paper_setting(name, expected):
     assert _count(variables) == expected
   if name == "motionrnn":
     assert abs(expected - 7_561_547) / 7_561_547 < 0.01
+
+
+def test_ms_lstm_is_ms_mk_lstm():
+  """The authors' name for the mirror pyramid over MK-LSTM cells."""
+  assert models.create("ms_lstm").config == models.create("ms_mk_lstm").config
+  assert models.is_model_name("ms_lstm") and "ms_lstm" not in models.MODEL_NAMES
+  assert len(models.MODEL_NAMES) == 22
+  with pytest.raises(ValueError, match="ms_lstm"):
+    models.create("ms_lsmt")
 
 
 def test_trajgru_links_change_count():

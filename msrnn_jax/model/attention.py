@@ -33,18 +33,22 @@ def _pad(x: jax.Array, window: int) -> jax.Array:
   return jnp.pad(x, ((0, 0), (r, window - 1 - r), (r, window - 1 - r), (0, 0)))
 
 
+def _columns(width: int, window: int) -> jax.Array:
+  """``[width, window]`` padded column of each pixel's neighbours: ``x + dx``."""
+  return jnp.arange(width)[:, None] + jnp.arange(window)[None, :]
+
+
 def _row(padded: jax.Array, dy: jax.Array, height: int, width: int, window: int) -> jax.Array:
   """Every pixel's ``window`` neighbours of offset row ``dy``: ``[b, h, w, window, c]``."""
   slab = jax.lax.dynamic_slice_in_dim(padded, dy, height, axis=1)
-  return jnp.stack([slab[:, :, dx:dx + width] for dx in range(window)], axis=3)
+  return slab[:, :, _columns(width, window)]
 
 
 def _add_row(padded: jax.Array, row: jax.Array, dy: jax.Array, window: int) -> jax.Array:
   """Adds a row of neighbour gradients ``[b, h, w, window, c]`` back where :func:`_row` read them."""
   _, h, w, _, _ = row.shape
   slab = jax.lax.dynamic_slice_in_dim(padded, dy, h, axis=1)
-  for dx in range(window):
-    slab = slab.at[:, :, dx:dx + w].add(row[:, :, :, dx])
+  slab = slab.at[:, :, _columns(w, window)].add(row)
   return jax.lax.dynamic_update_slice_in_dim(padded, slab, dy, axis=1)
 
 
