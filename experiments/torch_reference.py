@@ -165,7 +165,7 @@ class CMSLSTMCell(nn.Module):
   @staticmethod
   def _attend(q, k, v, scale):
     """The authors' seblock attention on ``[B, C, h, 2w]`` maps (blocks batched)."""
-    b, c, h, w = q.shape[0], q.shape[1], q.shape[2], q.shape[3] // 2
+    c, h, w = q.shape[1], q.shape[2], q.shape[3] // 2
     block = h // scale
 
     def locals_(x):
