@@ -14,6 +14,8 @@ from msrnn_jax.model.layers import Conv
 
 RNG = np.random.default_rng(1)
 BASES = tuple(cells.FAMILIES)
+# Family options that keep the tests that loop over families small (each model takes only its own).
+SMALL = {"links": 2, "ce_iters": 2, "attention_window": 4}
 
 
 def _frames(b=2, t=4, h=16, w=16, c=1, seed=0):
@@ -36,7 +38,7 @@ def test_shapes_and_ms_params_equal_plain(base):
   x = _frames(b=2, t=5, h=16, w=w)
   trees = {}
   for name in (base, f"ms_{base}"):
-    model = models.create(name, hidden=8, num_layers=6, in_len=3, links=3)
+    model = models.create(name, hidden=8, num_layers=6, in_len=3, **SMALL)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     (preds, aux) = jax.eval_shape(model.apply, variables, x)
     assert preds.shape == (2, 4, 16, w, 1) and preds.dtype == jnp.float32
@@ -218,7 +220,7 @@ def _unused(base, path, num_layers):
 @pytest.mark.parametrize("base", BASES)
 def test_every_parameter_gets_gradient(base):
   n = 3
-  model = models.create(f"ms_{base}", hidden=4, num_layers=n, in_len=2, links=2)
+  model = models.create(f"ms_{base}", hidden=4, num_layers=n, in_len=2, **SMALL)
   x = _frames(b=2, t=4, h=8, w=8)
   params = model.init(jax.random.key(0), x)["params"]
   grads = jax.jit(jax.grad(_loss_fn(model, x, jnp.ones((2, 3)))))(params)
@@ -315,7 +317,7 @@ def test_plain_stack_is_sequential_composition_of_cells(base):
   predictions).
   """
   hd, nl, in_len = 4, 6, 2
-  model = models.create(base, hidden=hd, num_layers=nl, in_len=in_len)
+  model = models.create(base, hidden=hd, num_layers=nl, in_len=in_len, **SMALL)
   x = _frames(b=2, t=5, h=8, w=8)
   variables = model.init(jax.random.key(3), x)
   preds, _ = model.apply(variables, x)

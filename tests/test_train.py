@@ -107,6 +107,7 @@ def test_new_families_train(name):
   config = _config()
   config.model.num_layers = 3 if name.startswith("ms_") else 2
   config.model.ce_iters = 2  # both kinds of CMS-LSTM's / MoDeRNN's gating rounds
+  config.model.attention_window = 6
   state, step = _state_and_step(config, model_name=name)
   before = jax.tree.map(np.array, state.params)
   frames = _batch()
