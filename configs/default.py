@@ -47,7 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.backend.keep_freed_memory = True
 
   config.model = ml_collections.ConfigDict()
-  # One of msrnn_jax.models.MODEL_NAMES, e.g. convlstm, ms_convlstm, ms_motionrnn.
+  # One of msrnn_jax.models.MODEL_NAMES, e.g. convlstm, ms_convlstm, ms_motionrnn
+  # (or an alias: ms_lstm = ms_mk_lstm).
   config.model.name = "ms_convlstm"
   # Hidden channels of every layer, number of layers, gate kernel size.
   config.model.hidden = 64
@@ -80,6 +81,10 @@ def get_config() -> ml_collections.ConfigDict:
   # MotionGRU filter size k and trend momentum alpha.
   config.model.motion_k = 3
   config.model.motion_alpha = 0.5
+  # CMS-LSTM's context-embedding and MoDeRNN's detail-context rounds.
+  config.model.ce_iters = 5
+  # PrecipLSTM's local-attention window side.
+  config.model.attention_window = 30
 
   # The data section (docs/data.md). The data-set configs set a data set's
   # reference shapes (msrnn_jax/data/registry.py; tests check they agree).

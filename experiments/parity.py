@@ -1,6 +1,7 @@
 """Parity self-check: msrnn_jax against a PyTorch rebuild of the authors' models.
 
-For each model (``--models``; ConvLSTM, MS-ConvLSTM, PredRNN, MS-PredRNN) this
+For each model (``--models``; ConvLSTM, PredRNN, CMS-LSTM, MoDeRNN,
+PrecipLSTM and MK-LSTM, each plain and MS; MS-MK-LSTM is the authors' MS-LSTM) this
 builds our JAX model with ``msrnn_jax.model.create`` and the PyTorch rebuild
 of the authors' model (``experiments/torch_reference.py``; MS-RNN, Ma et al.,
 arXiv:2206.03010, code at github.com/mazhf/MS-RNN, commit c563636),
@@ -14,7 +15,10 @@ all in float32:
 * the loss (L2 sum + L1 sum over pixels, mean over frames and batch,
   ``msrnn_jax.training.losses``): ``|a - b| / |b|``;
 * every parameter gradient: ``max|a - b| / max|b|`` per tensor (``a`` ours,
-  ``b`` PyTorch's), reported as the worst tensor;
+  ``b`` PyTorch's), reported as the worst tensor; a tensor whose gradient is
+  zero by construction (below ``ZERO_GRAD`` of the model's largest, as the
+  bias of CMS-LSTM's attention keys, which the softmax ignores) is compared
+  at the scale of the model's largest gradient;
 * the parameter counts (equal, and at 6 x 64 equal to the authors' models).
 
 A model passes when all three relative errors are <= ``--threshold`` (1e-4).
@@ -52,6 +56,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -62,10 +67,11 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-MODELS = ("convlstm", "ms_convlstm", "predrnn", "ms_predrnn")
-# The authors' models at 6 layers x 64 channels, one input channel.
-PAPER_PARAMS = {"convlstm": 1_772_737, "ms_convlstm": 1_772_737, "predrnn": 3_594_817,
-                "ms_predrnn": 3_594_817}
+FAMILY_PARAMS = {"convlstm": 1_772_737, "predrnn": 3_594_817, "cms_lstm": 4_483_393,
+                 "modernn": 5_854_657, "preciplstm": 7_041_217, "mk_lstm": 7_576_897}
+MODELS = tuple(n for f in FAMILY_PARAMS for n in (f, f"ms_{f}"))
+# The authors' models at 6 layers x 64 channels, one input channel (MS-X = X).
+PAPER_PARAMS = {n: FAMILY_PARAMS[n.removeprefix("ms_")] for n in MODELS}
 NUM_LAYERS = 6
 INSTALL_HINT = ("experiments/parity.py needs PyTorch and numpy in --torch-python (default: this "
                 "interpreter): python3 -m venv torchenv && torchenv/bin/pip install "
@@ -95,6 +101,25 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
   return diff / scale
 
 
+# A gradient below this fraction of the model's largest one is zero by construction (e.g. an
+# attention key's bias: it shifts all of a query's scores alike, which the softmax ignores):
+# both sides hold rounding noise, compared at the scale of the model's largest gradient.
+ZERO_GRAD = 1e-5
+
+
+def grad_errors(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, float]:
+  """Per-tensor ``rel_err`` of the gradients; for tensors whose reference gradient is below
+  ``ZERO_GRAD`` times the largest of the model, ``max|a - b|`` relative to that largest."""
+  top = max(float(np.max(np.abs(v))) for v in ref.values())
+  errs = {}
+  for k, b in ref.items():
+    if float(np.max(np.abs(b))) < ZERO_GRAD * top:
+      errs[k] = float(np.max(np.abs(np.asarray(ours[k], np.float64) - b))) / top
+    else:
+      errs[k] = rel_err(ours[k], b)
+  return errs
+
+
 def jax_to_torch(params) -> dict[str, np.ndarray]:
   """Our parameter tree as the PyTorch model's ``state_dict`` (OIHW kernels).
 
@@ -109,11 +134,12 @@ def jax_to_torch(params) -> dict[str, np.ndarray]:
   out = {}
 
   def conv(prefix, p):
-    if set(p) != {"kernel", "bias"}:
+    if set(p) not in ({"kernel", "bias"}, {"kernel"}):
       raise ValueError(f"{prefix}: unexpected parameters {sorted(p)}")
     out[f"{prefix}.weight"] = np.ascontiguousarray(np.transpose(np.asarray(p["kernel"]),
                                                                 (3, 2, 0, 1)))
-    out[f"{prefix}.bias"] = np.asarray(p["bias"])
+    if "bias" in p:
+      out[f"{prefix}.bias"] = np.asarray(p["bias"])
 
   if set(params) != {"step"}:
     raise ValueError(f"unexpected top-level parameters {sorted(params)}")
@@ -122,6 +148,8 @@ def jax_to_torch(params) -> dict[str, np.ndarray]:
       conv(name, p)
     elif name.startswith("layer_"):
       for cname, cp in p.items():
+        # A Flax list of modules (se_query_0) is a PyTorch ModuleList (se_query.0).
+        cname = re.sub(r"_(\d+)$", r".\1", cname)
         conv(f"cells.{int(name[len('layer_'):])}.{cname}", cp)
     else:
       raise ValueError(f"unexpected module {name!r}")
@@ -154,8 +182,9 @@ def torch_side(inp: str, out: str) -> None:
   data = np.load(inp)
   cfg = json.loads(str(data["config"]))
   torch.set_num_threads(cfg["threads"])
-  model = ref.build(cfg["model"], cfg["hidden"], cfg["layers"], cfg["channels"])
-  paper = ref.build(cfg["model"], 64, NUM_LAYERS, 1)
+  options = {"attention_window": cfg["attention_window"]}
+  model = ref.build(cfg["model"], cfg["hidden"], cfg["layers"], cfg["channels"], **options)
+  paper = ref.build(cfg["model"], 64, NUM_LAYERS, 1, **options)
   given = {k[len("param/"):]: data[k] for k in data.files if k.startswith("param/")}
   state = model.state_dict()
   if set(given) != set(state):
@@ -240,7 +269,8 @@ def check_model(name: str, impls: list[str], args: argparse.Namespace, tmp: str)
 
   def create(hidden=args.hidden, conv_impl="xla"):
     return model_lib.create(name, hidden=hidden, num_layers=NUM_LAYERS, channels=c,
-                            in_len=args.in_len, conv_impl=conv_impl)
+                            in_len=args.in_len, conv_impl=conv_impl,
+                            attention_window=args.attention_window)
 
   params = jax.jit(create().init)(jax.random.PRNGKey(args.seed), jnp.asarray(frames),
                                   jnp.asarray(mask))["params"]
@@ -249,7 +279,8 @@ def check_model(name: str, impls: list[str], args: argparse.Namespace, tmp: str)
   jax_params_6x64 = int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(paper_shapes)))
   torch_params = jax_to_torch(params)
   cfg = {"model": name, "hidden": args.hidden, "layers": NUM_LAYERS, "channels": c,
-         "in_len": args.in_len, "threads": args.threads}
+         "in_len": args.in_len, "threads": args.threads,
+         "attention_window": args.attention_window}
   # PyTorch layouts: frames [S, B, C, H, W], mask [S-1, B].
   ref = run_torch(args.torch_python, cfg, frames.transpose(1, 0, 4, 2, 3), mask.T.copy(),
                   torch_params, tmp)
@@ -261,7 +292,7 @@ def check_model(name: str, impls: list[str], args: argparse.Namespace, tmp: str)
     preds, loss, grads = jax_loss_and_grads(model, params, frames, mask)
     seconds = time.perf_counter() - t0
     preds = preds.transpose(1, 0, 4, 2, 3)
-    grad_errs = {k: rel_err(v, ref["grads"][k]) for k, v in jax_to_torch(grads).items()}
+    grad_errs = grad_errors(jax_to_torch(grads), ref["grads"])
     worst = max(grad_errs, key=grad_errs.get)
     r = {"model": name, "conv_impl": impl, "resolved_impl": resolved,
          "params": count(torch_params.values()), "torch_params": ref["meta"]["params"],
@@ -314,6 +345,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--seq-len", type=int, default=20, help="T (T-1 predicted frames)")
   p.add_argument("--in-len", type=int, default=10, help="context frames")
+  p.add_argument("--attention-window", type=int, default=30,
+                 help="PrecipLSTM's local-attention window (the reference's la_num)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--threads", type=int, default=1, help="PyTorch threads")
   p.add_argument("--threshold", type=float, default=1e-4)
@@ -339,6 +372,14 @@ def main(argv=None) -> int:
   check_torch(args.torch_python)
   sys.path.insert(0, ROOT)
   import jax
+
+  from msrnn_jax import model as model_lib
+  for name in args.models.split(","):
+    multiple = model_lib.config_for(name).size_multiple()
+    if args.size % multiple:
+      print(f"error: --size {args.size} is not a multiple of {multiple}, which {name} needs; "
+            f"pass e.g. --size {max(multiple, args.size // multiple * multiple)}")
+      return 2
 
   t0 = time.perf_counter()
   impls = [i for i in args.conv_impl.split(",") if i]

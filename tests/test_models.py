@@ -16,6 +16,8 @@ from msrnn_jax.model.layers import Conv
 
 RNG = np.random.default_rng(1)
 BASES = tuple(cells.FAMILIES)
+# Family options that keep the tests that loop over families small (each model takes only its own).
+SMALL = {"links": 2, "ce_iters": 2, "attention_window": 4}
 
 
 def _frames(b=2, t=4, h=16, w=16, c=1, seed=0):
@@ -33,22 +35,24 @@ def _shapes(tree):
 @pytest.mark.parametrize("base", BASES)
 def test_shapes_and_ms_params_equal_plain(base):
   """Output and carry shapes; MS-X has exactly X's parameter tree."""
-  x = _frames(b=2, t=5, h=16, w=24)
+  # Not square, where the family allows (CMS-LSTM's MS pyramid needs multiples of 16).
+  w = 16 + max(8, models.create(f"ms_{base}").config.size_multiple())
+  x = _frames(b=2, t=5, h=16, w=w)
   trees = {}
   for name in (base, f"ms_{base}"):
-    model = models.create(name, hidden=8, num_layers=6, in_len=3, links=3)
+    model = models.create(name, hidden=8, num_layers=6, in_len=3, **SMALL)
     variables = jax.eval_shape(model.init, jax.random.key(0), x)
     (preds, aux) = jax.eval_shape(model.apply, variables, x)
-    assert preds.shape == (2, 4, 16, 24, 1) and preds.dtype == jnp.float32
+    assert preds.shape == (2, 4, 16, w, 1) and preds.dtype == jnp.float32
     states, m, prev = aux["carry"]
-    init_states, init_m, _ = model.initial_carry(2, 16, 24)
+    init_states, init_m, _ = model.initial_carry(2, 16, w)
     assert _shapes(states) == _shapes(init_states)
-    assert prev.shape == (2, 16, 24, 1)
+    assert prev.shape == (2, 16, w, 1)
     levels = model.config.pyramid_levels()
     for l, state in enumerate(states):
-      assert state[0].shape == (2, 16 >> levels[l], 24 >> levels[l], 8)
+      assert state[0].shape == (2, 16 >> levels[l], w >> levels[l], 8)
     if cells.FAMILIES[base].cell.zigzag_m:
-      assert m.shape == init_m.shape == (2, 16 >> levels[-1], 24 >> levels[-1], 8)
+      assert m.shape == init_m.shape == (2, 16 >> levels[-1], w >> levels[-1], 8)
     else:
       assert m is None
     trees[name] = _shapes(variables)
@@ -71,12 +75,25 @@ def test_ms_levels_and_motion_states():
     ("mim", 7_361_473),
     ("motionrnn", 7_560_547),  # the modules the reference's models/motionrnn.py builds
     ("trajgru", 2_157_661),  # L = 13
+    ("cms_lstm", 4_483_393),
+    ("modernn", 5_854_657),
+    ("preciplstm", 7_041_217),
+    ("mk_lstm", 7_576_897),
 ])
 def test_parameter_counts_at_paper_setting(name, expected):
   for n in (name, f"ms_{name}"):
     model = models.create(n, hidden=64, num_layers=6, kernel_size=3, channels=1, links=13)
     variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 3, 64, 64, 1)))
     assert _count(variables) == expected
+
+
+def test_ms_lstm_is_ms_mk_lstm():
+  """The authors' name for the mirror pyramid over MK-LSTM cells."""
+  assert models.create("ms_lstm").config == models.create("ms_mk_lstm").config
+  assert models.is_model_name("ms_lstm") and "ms_lstm" not in models.MODEL_NAMES
+  assert len(models.MODEL_NAMES) == 22
+  with pytest.raises(ValueError, match="ms_lstm"):
+    models.create("ms_lsmt")
 
 
 def test_trajgru_links_change_count():
@@ -201,7 +218,7 @@ def _unused(base, path, num_layers):
 @pytest.mark.parametrize("base", BASES)
 def test_every_parameter_gets_gradient(base):
   n = 3
-  model = models.create(f"ms_{base}", hidden=4, num_layers=n, in_len=2, links=2)
+  model = models.create(f"ms_{base}", hidden=4, num_layers=n, in_len=2, **SMALL)
   x = _frames(b=2, t=4, h=8, w=8)
   params = model.init(jax.random.key(0), x)["params"]
   grads = jax.jit(jax.grad(_loss_fn(model, x, jnp.ones((2, 3)))))(params)
@@ -304,7 +321,7 @@ def test_plain_stack_is_sequential_composition_of_cells(base):
   predictions).
   """
   hd, nl, in_len = 4, 6, 2
-  model = models.create(base, hidden=hd, num_layers=nl, in_len=in_len)
+  model = models.create(base, hidden=hd, num_layers=nl, in_len=in_len, **SMALL)
   x = _frames(b=2, t=5, h=8, w=8)
   variables = model.init(jax.random.key(3), x)
   preds, _ = model.apply(variables, x)

@@ -49,6 +49,16 @@ the cell's equations name:
   tensors: the decoded motion Hd, the gate, the gated output and the
   highway sum (MotionGRU's own states run at half resolution with few
   channels and add well under one unit).
+* CMS-LSTM 48 (at ``ce_iters`` = 5): a gate and the gated map per CE round
+  (10), ConvLSTM's 6, and the SE block: per scale the query, key, value and
+  attended maps over H and C side by side (8 x 3), the fused map (2), z, the
+  gates i, g, o, C' and H' (6). The attention matrices are transients
+  (recomputed for the gradient) and not counted.
+* MoDeRNN 16 (at ``ce_iters`` = 5): a gate and the gated map per DCB round,
+  ConvLSTM's 6.
+* PrecipLSTM 25: the local attention's q, k, v, output and X_a (5); gates
+  4 + 3 x 3; C, M, S, T; X - D; H; the kept input X.
+* MK-LSTM 11: gates i, f, g, o of both paths; C_3, C_5, H.
 
 The ratio MS/plain of the estimate does not depend on U; its absolute value
 does, and XLA keeps more than these U tensors per layer and step (both

@@ -1,20 +1,23 @@
 """The models: cells, the pyramid, the predictor, and ``create(name, **options)``.
 
-Names: ``convlstm``, ``trajgru``, ``predrnn``, ``predrnn_v2``, ``predrnn_pp``,
-``mim``, ``motionrnn`` (the families of ``cells.FAMILIES``), each also as
+Names: ``convlstm``, ``trajgru``, ``predrnn``, ``predrnn_pp``, ``mim``,
+``motionrnn``, ``predrnn_v2``, ``cms_lstm``, ``modernn``, ``preciplstm``,
+``mk_lstm`` (the families of ``cells.FAMILIES``), each also as
 ``ms_<name>`` (the multi-scale variant with the mirror pyramid and UNet
-skips). Imports ``msrnn_jax.backend`` only (for the convolutions).
+skips); ``cells.ALIASES`` adds the authors' other names (``ms_lstm`` =
+``ms_mk_lstm``). Imports ``msrnn_jax.backend`` only (for the convolutions).
 """
 
 import dataclasses
 from typing import Any
 
-from msrnn_jax.model.cells import FAMILIES, Family
+from msrnn_jax.model.cells import ALIASES, FAMILIES, Family
 from msrnn_jax.model.config import ConfigValueError, ModelConfig
 from msrnn_jax.model.predictor import Predictor, predict
 
-__all__ = ["MODEL_NAMES", "ConfigValueError", "ModelConfig", "Predictor", "config_for", "create",
-           "family", "family_options", "model_names", "model_options", "predict", "split_name"]
+__all__ = ["ALIASES", "MODEL_NAMES", "ConfigValueError", "ModelConfig", "Predictor", "config_for",
+           "create", "family", "family_options", "is_model_name", "model_names", "model_options",
+           "predict", "split_name"]
 
 # ModelConfig fields that come from the name, not from options.
 _FROM_NAME = ("family", "multiscale", "options")
@@ -40,12 +43,19 @@ def model_options() -> tuple[str, ...]:
   return fields + tuple(family_options())
 
 
+def is_model_name(name: str) -> bool:
+  """Whether ``name`` is one of ``MODEL_NAMES`` or an alias of one."""
+  return ALIASES.get(name, name) in model_names()
+
+
 def split_name(name: str) -> tuple[str, bool]:
-  """``'ms_predrnn'`` -> ``('predrnn', True)``; validates the name."""
+  """``'ms_predrnn'`` -> ``('predrnn', True)``; validates the name (aliases resolved)."""
+  name = ALIASES.get(name, name)
   multiscale = name.startswith("ms_")
   family_name = name[3:] if multiscale else name
   if family_name not in FAMILIES:
-    raise ConfigValueError("name", name, f"use one of {', '.join(model_names())}")
+    raise ConfigValueError("name", name,
+                           f"use one of {', '.join(model_names() + tuple(ALIASES))}")
   return family_name, multiscale
 
 
@@ -75,7 +85,7 @@ def create(name: str, **options: Any) -> Predictor:
   """Builds a model by name.
 
   Args:
-    name: one of ``model_names()``.
+    name: one of ``model_names()`` or ``ALIASES``.
     **options: ``ModelConfig`` fields and family options (see
       ``model_options()``), e.g. ``hidden=64, num_layers=6, channels=1,
       remat='step', links=13``; ``conv_impl`` defaults to ``'auto'``.

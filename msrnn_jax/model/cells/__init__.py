@@ -10,14 +10,19 @@ from typing import Any
 
 from msrnn_jax.model.cells.base import CellBase
 from msrnn_jax.model.cells.causal_lstm import CausalLSTMCell
+from msrnn_jax.model.cells.cms_lstm import CMSLSTMCell
 from msrnn_jax.model.cells.convlstm import ConvLSTMCell
 from msrnn_jax.model.cells.mim import MIMCell
+from msrnn_jax.model.cells.mk_lstm import MKLSTMCell
+from msrnn_jax.model.cells.modernn import MoDeRNNCell
 from msrnn_jax.model.cells.motionrnn import MotionRNNCell
+from msrnn_jax.model.cells.preciplstm import PrecipLSTMCell
 from msrnn_jax.model.cells.st_lstm import STLSTMCell
 from msrnn_jax.model.cells.trajgru import TrajGRUCell
 
-__all__ = ["FAMILIES", "CausalLSTMCell", "CellBase", "ConvLSTMCell", "Family", "MIMCell",
-           "MotionRNNCell", "STLSTMCell", "TrajGRUCell"]
+__all__ = ["ALIASES", "FAMILIES", "CMSLSTMCell", "CausalLSTMCell", "CellBase", "ConvLSTMCell",
+           "Family", "MIMCell", "MKLSTMCell", "MoDeRNNCell", "MotionRNNCell", "PrecipLSTMCell",
+           "STLSTMCell", "TrajGRUCell"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,4 +59,12 @@ FAMILIES: dict[str, Family] = {
     "mim": Family(MIMCell),
     "motionrnn": Family(MotionRNNCell),
     "predrnn_v2": Family(STLSTMCell, decouple=True, reverse_scheduled_sampling=True),
+    "cms_lstm": Family(CMSLSTMCell),
+    "modernn": Family(MoDeRNNCell),
+    "preciplstm": Family(PrecipLSTMCell),
+    "mk_lstm": Family(MKLSTMCell),
 }
+
+# Other names of models, as the authors call them: MS-LSTM (Ma et al. 2023,
+# arXiv:2304.07724) is the mirror pyramid over MK-LSTM cells.
+ALIASES: dict[str, str] = {"ms_lstm": "ms_mk_lstm"}

@@ -1,0 +1,97 @@
+"""Local and block attention against direct computations (numpy unfold, per-block softmax)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from msrnn_jax.model.attention import block_attention, local_attention
+
+
+def _np_local_attention(q, k, v, window):
+  """Every pixel's window gathered explicitly (the reference's unfold), in float64."""
+  b, h, w, c = q.shape
+  r = window // 2
+  out = np.zeros(q.shape, np.float64)
+  for y in range(h):
+    for x in range(w):
+      scores, values = [], []
+      for dy in range(-r, window - r):
+        for dx in range(-r, window - r):
+          yy, xx = y + dy, x + dx
+          inside = 0 <= yy < h and 0 <= xx < w
+          # Outside the image: zero key and value (score 0, in the softmax).
+          scores.append(np.einsum("bc,bc->b", q[:, y, x], k[:, yy, xx]) if inside else
+                        np.zeros(b))
+          values.append(v[:, yy, xx] if inside else np.zeros((b, c)))
+      s = np.stack(scores, axis=1)
+      p = np.exp(s - s.max(axis=1, keepdims=True))
+      p /= p.sum(axis=1, keepdims=True)
+      out[:, y, x] = np.einsum("bk,bkc->bc", p, np.stack(values, axis=1))
+  return out
+
+
+def _jnp_unfolded(q, k, v, window):
+  """The same unfold in jnp, for autodiff's gradients."""
+  _, h, w, _ = q.shape
+  r = window // 2
+  pad = ((0, 0), (r, window - 1 - r), (r, window - 1 - r), (0, 0))
+  kp, vp = jnp.pad(k, pad), jnp.pad(v, pad)
+  rows = (jnp.arange(h)[:, None] + jnp.arange(window)[None, :])[:, None, :, None]
+  cols = (jnp.arange(w)[:, None] + jnp.arange(window)[None, :])[None, :, None, :]
+  # [b, h, w, window, window, c] -> [b, h, w, window**2, c]
+  ks = kp[:, rows, cols].reshape(k.shape[:3] + (window * window, -1))
+  vs = vp[:, rows, cols].reshape(v.shape[:3] + (window * window, -1))
+  p = jax.nn.softmax(jnp.einsum("bhwc,bhwkc->bhwk", q, ks), axis=-1)
+  return jnp.einsum("bhwk,bhwkc->bhwc", p, vs)
+
+
+# An even window (as the reference's 30: offsets -15..14) and an odd one wider than
+# the image.
+@pytest.mark.parametrize("window,shape", [(4, (2, 6, 5, 3)), (9, (1, 4, 7, 2))])
+def test_local_attention_values_and_gradients(window, shape):
+  keys = jax.random.split(jax.random.key(window), 4)
+  q, k, v, dout = (jax.random.normal(kk, shape) for kk in keys)
+  out = jax.jit(local_attention, static_argnums=3)(q, k, v, window)
+  expected = _np_local_attention(*(np.asarray(a, np.float64) for a in (q, k, v)), window)
+  np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+
+  def grads(fn):
+    loss = lambda q, k, v: jnp.sum(fn(q, k, v, window) * dout)  # noqa: E731
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+
+  for ours, direct in zip(grads(local_attention), grads(_jnp_unfolded), strict=True):
+    np.testing.assert_allclose(ours, direct, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(direct))))
+
+
+def test_local_attention_gradient_keeps_no_unfolded_neighbourhood():
+  """Compiled memory of value-and-gradient: the unfolded version holds window**2 copies of
+  the keys and values; ours holds less than one (a few rows of the window)."""
+  shape, window = (1, 12, 12, 8), 12
+  q, k, v = (jax.random.normal(kk, shape) for kk in jax.random.split(jax.random.key(0), 3))
+
+  def temp_bytes(fn):
+    loss = lambda q, k, v: jnp.sum(fn(q, k, v, window) ** 2)  # noqa: E731
+    compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(q, k, v).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  unfolded_copy = window * window * q.size * 4  # one unfolded map, float32
+  assert temp_bytes(_jnp_unfolded) > 2 * unfolded_copy
+  assert temp_bytes(local_attention) < unfolded_copy
+
+
+def test_block_attention_is_softmax_attention_within_each_block():
+  b, n, h, w, c, scale = 2, 2, 4, 8, 3, 2
+  q, k, v = (np.asarray(jax.random.normal(kk, (b, n, h, w, c)), np.float64)
+             for kk in jax.random.split(jax.random.key(1), 3))
+  out = np.asarray(block_attention(*(jnp.asarray(a, jnp.float32) for a in (q, k, v)), scale))
+  bh, bw = h // scale, w // scale
+  for i in range(scale):
+    for j in range(scale):
+      rows, cols = slice(i * bh, (i + 1) * bh), slice(j * bw, (j + 1) * bw)
+      tokens = [a[:, :, rows, cols].reshape(b, -1, c) for a in (q, k, v)]
+      s = np.einsum("bic,bjc->bij", tokens[0], tokens[1])
+      p = np.exp(s - s.max(-1, keepdims=True))
+      p /= p.sum(-1, keepdims=True)
+      expected = np.einsum("bij,bjc->bic", p, tokens[2]).reshape(b, n, bh, bw, c)
+      np.testing.assert_allclose(out[:, :, rows, cols], expected, rtol=1e-5, atol=1e-5)
