@@ -14,6 +14,8 @@ kernel library. The lowest layer: it imports JAX and its own modules only.
   for custom-gradient residuals), bfloat16 values (checkpointed
   carries, gate activations, stacked convolution inputs) in float16
   containers on CPU, where XLA would keep or move them as float32.
+* ``warp``: :func:`flow_warp`, bilinear sampling along learned flows whose
+  gradient keeps only the image and the flow (any platform).
 
 One process-wide setting picks the convolution (config ``backend.conv_impl``,
 applied by :func:`configure`):
@@ -44,9 +46,10 @@ import jax.numpy as jnp
 
 from msrnn_jax.backend import allocator, matmul_grads, onednn
 from msrnn_jax.backend.packing import concatenate, pack, stash, unpack, unstash
+from msrnn_jax.backend.warp import flow_warp
 
 __all__ = ["CONV_IMPLS", "concatenate", "configure", "conv2d", "conv_impl", "describe", "fast_dtype",
-           "flop_countable", "pack", "prepare_host", "resolve", "stash", "summary", "unpack",
+           "flop_countable", "flow_warp", "pack", "prepare_host", "resolve", "stash", "summary", "unpack",
            "unstash", "using"]
 
 CONV_IMPLS = ("auto", "xla", "matmul", "matmul_bf16", "onednn")
