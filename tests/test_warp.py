@@ -125,3 +125,20 @@ def test_backward_pass_keeps_only_image_and_flow():
   ours, plain = temp_bytes(backend.flow_warp), temp_bytes(plain_warp)
   assert plain > taps
   assert ours < plain / 4
+
+
+def test_trajgru_step_does_not_keep_the_warped_links(capsys):
+  """TrajGRU's backward pass recomputes the L warped copies of H instead of keeping them."""
+  from jax.ad_checkpoint import print_saved_residuals
+
+  from msrnn_jax import model as models
+
+  hidden, links = 8, 5
+  x = jnp.zeros((1, 3, 8, 8, 1))
+  model = models.create("trajgru", hidden=hidden, num_layers=2, in_len=2, links=links)
+  params = model.init(jax.random.key(0), x)["params"]
+  print_saved_residuals(lambda p: jnp.sum(model.apply({"params": p}, x)[0]), params)
+  channels = [int(line.split("]")[0].split(",")[-1]) for line in capsys.readouterr().out.splitlines()
+              if "output of scan" in line]
+  assert 2 * links in channels  # the flows are kept
+  assert hidden * links not in channels
