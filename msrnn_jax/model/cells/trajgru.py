@@ -6,7 +6,8 @@ from typing import ClassVar
 import flax.linen as nn
 
 from msrnn_jax.model.cells.base import CellBase
-from msrnn_jax.model.layers import bilinear_warp, fused_conv, leaky_relu, split_gates
+from msrnn_jax.model.gates import gru_update
+from msrnn_jax.model.layers import bilinear_warp, fused_conv, leaky_relu
 
 
 class TrajGRUCell(CellBase):
@@ -65,11 +66,6 @@ class TrajGRUCell(CellBase):
 
   def __call__(self, x, state, m=None, diag=None):
     (h,) = state
-    zx, rx, hx = split_gates(self.conv_x2h(x), 3)
     u = leaky_relu(fused_conv([self.conv_x2f, self.conv_h2f], [x, h]))
-    zh, rh, hh_ = split_gates(self.project_warped(h, self.conv_flow(u)), 3)
-    z = nn.sigmoid(zx + zh)
-    r = nn.sigmoid(rx + rh)
-    cand = leaky_relu(hx + r * hh_)
-    h = (1.0 - z) * cand + z * h
+    h = gru_update(self.conv_x2h(x), self.project_warped(h, self.conv_flow(u)), h)
     return h, (h,), m, {}
