@@ -18,6 +18,8 @@ kernel library. The lowest layer: it imports JAX and its own modules only.
   (:func:`add_bias`, :func:`split`, :func:`on_activations`,
   :func:`stored_carry_scan`), which keep the precision and memory mechanics
   out of the model code.
+* ``warp``: :func:`flow_warp`, bilinear sampling along learned flows whose
+  gradient keeps only the image and the flow (any platform).
 
 A model names its convolution kernel, one of :data:`CONV_IMPLS` (the table
 in ``docs/performance.md``), and :func:`resolve` turns ``auto`` (``onednn`` on
@@ -36,10 +38,11 @@ import jax.numpy as jnp
 from msrnn_jax.backend import allocator, matmul_grads, onednn
 from msrnn_jax.backend.ops import add_bias, on_activations, split, stored_carry_scan
 from msrnn_jax.backend.packing import concatenate, pack, stash, unpack, unstash
+from msrnn_jax.backend.warp import flow_warp
 
 __all__ = ["CONV_IMPLS", "FLOP_COUNTABLE", "add_bias", "concatenate", "conv2d", "describe",
-           "fast_dtype", "on_activations", "pack", "prepare_host", "resolve", "split", "stash",
-           "stored_carry_scan", "summary", "unpack", "unstash"]
+           "fast_dtype", "flow_warp", "on_activations", "pack", "prepare_host", "resolve", "split",
+           "stash", "stored_carry_scan", "summary", "unpack", "unstash"]
 
 CONV_IMPLS = ("auto", "xla", "matmul", "matmul_bf16", "onednn")
 # Kernels whose convolutions XLA's cost analysis can count (custom calls are

@@ -141,6 +141,8 @@ def bilinear_warp(image: jax.Array, flow: jax.Array) -> jax.Array:
 
   Sample points are in pixel units (zero flow is the identity); taps outside
   the image read zeros (``grid_sample`` with ``padding_mode='zeros'``).
+  Coordinates are float32 whatever the compute dtype; the gradient keeps
+  only the image and the flow (``backend.flow_warp``).
 
   Args:
     image: ``[batch, height, width, channels]``.
@@ -148,32 +150,6 @@ def bilinear_warp(image: jax.Array, flow: jax.Array) -> jax.Array:
       displacement along the width (x), ``flow[..., 1]`` along the height (y).
 
   Returns:
-    ``[batch, height, width, K, channels]``.
+    ``[batch, height, width, K, channels]`` of the flow's dtype.
   """
-  b, h, w, c = image.shape
-  # Sample coordinates in float32 whatever the compute dtype: bfloat16 holds
-  # integers exactly only up to 256. The taps are summed in float32 and the
-  # result (a convolution's input) returned in the flow's dtype.
-  dtype = flow.dtype
-  flow = flow.astype(jnp.float32)
-  ys, xs = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
-                        indexing="ij")
-  sx = xs[None, :, :, None] + flow[..., 0]
-  sy = ys[None, :, :, None] + flow[..., 1]
-  x0 = jnp.floor(sx)
-  y0 = jnp.floor(sy)
-  wx1 = sx - x0
-  wy1 = sy - y0
-  flat = image.astype(dtype).reshape(b, h * w, c)
-  k = flow.shape[3]
-  out = jnp.zeros((b, h, w, k, c), jnp.float32)
-  for dy, wy in ((0, 1.0 - wy1), (1, wy1)):
-    for dx, wx in ((0, 1.0 - wx1), (1, wx1)):
-      xi = x0 + dx
-      yi = y0 + dy
-      valid = (xi >= 0) & (xi <= w - 1) & (yi >= 0) & (yi <= h - 1)
-      idx = (jnp.clip(yi, 0, h - 1) * w + jnp.clip(xi, 0, w - 1)).astype(jnp.int32)
-      vals = jnp.take_along_axis(flat, idx.reshape(b, -1, 1), axis=1)
-      weight = jnp.where(valid, wx * wy, 0.0)
-      out = out + vals.reshape(b, h, w, k, c) * weight[..., None]
-  return out.astype(dtype)
+  return backend.flow_warp(image, flow)

@@ -1,11 +1,13 @@
 """TrajGRU (Shi et al. 2017)."""
 
+import functools
 from typing import ClassVar
 
 import flax.linen as nn
 
 from msrnn_jax.model.cells.base import CellBase
-from msrnn_jax.model.layers import bilinear_warp, fused_conv, leaky_relu, split_gates
+from msrnn_jax.model.gates import gru_update
+from msrnn_jax.model.layers import bilinear_warp, fused_conv, leaky_relu
 
 
 class TrajGRUCell(CellBase):
@@ -43,17 +45,28 @@ class TrajGRUCell(CellBase):
   def paper_units(cls, config):
     return 5 + config.option("links")
 
-  def __call__(self, x, state, m=None, diag=None):
-    (h,) = state
-    zx, rx, hx = split_gates(self.conv_x2h(x), 3)
-    u = leaky_relu(fused_conv([self.conv_x2f, self.conv_h2f], [x, h]))
-    flows = self.conv_flow(u)
+  @functools.partial(nn.checkpoint, prevent_cse=False)
+  def project_warped(self, h, flows):
+    """The 1x1 projection of H warped along each link's negated flow.
+
+    Recomputed in the backward pass (a gather per link): the L warped
+    copies of H that the projection's kernel gradient needs are L times
+    the size of H, the cell's largest tensor by far.
+
+    Args:
+      h: ``[batch, height, width, hidden]``.
+      flows: ``[batch, height, width, 2 L]``, pairs (dx, dy).
+
+    Returns:
+      ``[batch, height, width, 3 hidden]``.
+    """
     b, hh, ww, _ = flows.shape
     flows = flows.reshape(b, hh, ww, self.option("links"), 2)
     warped = bilinear_warp(h, -flows).reshape(b, hh, ww, self.option("links") * self.hidden)
-    zh, rh, hh_ = split_gates(self.project(warped), 3)
-    z = nn.sigmoid(zx + zh)
-    r = nn.sigmoid(rx + rh)
-    cand = leaky_relu(hx + r * hh_)
-    h = (1.0 - z) * cand + z * h
+    return self.project(warped)
+
+  def __call__(self, x, state, m=None, diag=None):
+    (h,) = state
+    u = leaky_relu(fused_conv([self.conv_x2f, self.conv_h2f], [x, h]))
+    h = gru_update(self.conv_x2h(x), self.project_warped(h, self.conv_flow(u)), h)
     return h, (h,), m, {}
