@@ -1,21 +1,30 @@
 """Parity self-check: msrnn_jax against a PyTorch rebuild of the authors' models.
 
-For each model (``--models``; ConvLSTM, MS-ConvLSTM, PredRNN, MS-PredRNN) this
+For each model (``--models``; ConvLSTM, TrajGRU, PredRNN, PredRNN++, MIM,
+MotionRNN and PredRNN-V2, each plain and MS) this
 builds our JAX model with ``msrnn_jax.model.create`` and the PyTorch rebuild
 of the authors' model (``experiments/torch_reference.py``; MS-RNN, Ma et al.,
 arXiv:2206.03010, code at github.com/mazhf/MS-RNN, commit c563636),
-initialises the JAX parameters, copies them into the PyTorch model (HWIO
-kernels -> OIHW; each of our ``Conv`` modules holds the parameters of one
-PyTorch ``Conv2d``, also where we fuse several into one call), runs both on
+initialises the JAX parameters, copies them into the PyTorch model (each of
+our ``Conv`` modules holds the parameters of one PyTorch ``Conv2d`` or
+``ConvTranspose2d``, also where we fuse several into one call; HWIO kernels
+become OIHW, or IOHW flipped for a transposed convolution), runs both on
 the same random frames with the same scheduled-sampling mask, and compares,
 all in float32:
 
 * the T-1 predicted frames: ``max|a - b| / max|b|`` over the whole output;
 * the loss (L2 sum + L1 sum over pixels, mean over frames and batch,
-  ``msrnn_jax.training.losses``): ``|a - b| / |b|``;
+  ``msrnn_jax.training.losses``, plus 0.01 x PredRNN-V2's decoupling term):
+  ``|a - b| / |b|``;
 * every parameter gradient: ``max|a - b| / max|b|`` per tensor (``a`` ours,
   ``b`` PyTorch's), reported as the worst tensor;
-* the parameter counts (equal, and at 6 x 64 equal to the authors' models).
+* the parameter counts (equal, and at 6 x 64 equal to the authors' models;
+  for PredRNN++ less the GHU pairs the authors build in every layer but use
+  only in layer 1, which we do not create).
+
+TrajGRU and MotionRNN are compared with the intended warping maths, which
+both sides implement (``docs/model.md``, "Deviations"; the rebuild's
+``literal=True`` option is the authors' literal code).
 
 A model passes when all three relative errors are <= ``--threshold`` (1e-4).
 The mask is a fixed random 0/1 mask over all T-1 steps: the models must both
@@ -63,10 +72,15 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-MODELS = ("convlstm", "ms_convlstm", "predrnn", "ms_predrnn")
-# The authors' models at 6 layers x 64 channels, one input channel.
-PAPER_PARAMS = {"convlstm": 1_772_737, "ms_convlstm": 1_772_737, "predrnn": 3_594_817,
-                "ms_predrnn": 3_594_817}
+# The authors' models at 6 layers x 64 channels, one input channel (TrajGRU
+# with L = 13 links), for each family; MS models have the same parameters.
+PAPER_PARAMS = {"convlstm": 1_772_737, "trajgru": 2_157_661, "predrnn": 3_594_817,
+                "predrnn_pp": 5_608_513, "mim": 7_361_473, "motionrnn": 7_560_547,
+                "predrnn_v2": 3_598_977}
+MODELS = tuple(prefix + family for family in PAPER_PARAMS for prefix in ("", "ms_"))
+# The weight of PredRNN-V2's decoupling term in the loss (the authors'
+# cfg.decouple_loss_weight); the other models' term is zero.
+DECOUPLE_WEIGHT = 0.01
 NUM_LAYERS = 6
 INSTALL_HINT = ("experiments/parity.py needs PyTorch and numpy in --torch-python (default: this "
                 "interpreter): python3 -m venv torchenv && torchenv/bin/pip install "
@@ -96,37 +110,44 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
   return diff / scale
 
 
-def jax_to_torch(params) -> dict[str, np.ndarray]:
-  """Our parameter tree as the PyTorch model's ``state_dict`` (OIHW kernels).
+def flat_params(params) -> dict[str, np.ndarray]:
+  """Our parameter tree under the PyTorch model's ``state_dict`` names, in our layouts.
 
   Args:
     params: ``variables['params']`` of a ``Predictor`` (``step/embed``,
-      ``step/head``, ``step/layer_<l>/<conv>``, each with ``kernel`` HWIO and
-      ``bias``).
+      ``step/head``, ``step/adapter``, ``step/layer_<l>/<conv>``, each with
+      ``kernel`` HWIO and ``bias``).
 
   Returns:
-    ``{'embed.weight': ..., 'cells.<l>.<conv>.bias': ..., 'head.bias': ...}``.
+    ``{'embed.weight': HWIO, 'cells.<l>.<conv>.bias': ..., 'head.bias': ...}``
+    (the PyTorch side transposes the kernels: it knows which are transposed
+    convolutions).
   """
   out = {}
 
   def conv(prefix, p):
     if set(p) != {"kernel", "bias"}:
       raise ValueError(f"{prefix}: unexpected parameters {sorted(p)}")
-    out[f"{prefix}.weight"] = np.ascontiguousarray(np.transpose(np.asarray(p["kernel"]),
-                                                                (3, 2, 0, 1)))
+    out[f"{prefix}.weight"] = np.asarray(p["kernel"])
     out[f"{prefix}.bias"] = np.asarray(p["bias"])
 
   if set(params) != {"step"}:
     raise ValueError(f"unexpected top-level parameters {sorted(params)}")
   for name, p in params["step"].items():
-    if name in ("embed", "head"):
-      conv(name, p)
-    elif name.startswith("layer_"):
+    if name.startswith("layer_"):
       for cname, cp in p.items():
         conv(f"cells.{int(name[len('layer_'):])}.{cname}", cp)
     else:
-      raise ValueError(f"unexpected module {name!r}")
+      conv(name, p)
   return out
+
+
+def tensor_label(name: str) -> str:
+  """``cells.3.conv_h.weight`` -> ``layer 3 conv_h`` (the parameter tensor, readable)."""
+  parts = name.split(".")
+  if parts[0] == "cells":
+    return f"layer {parts[1]} {parts[2]}"
+  return parts[0]
 
 
 def count(arrays) -> int:
@@ -143,9 +164,10 @@ def torch_side(inp: str, out: str) -> None:
 
   Args:
     inp: ``.npz`` with ``config`` (JSON), ``frames`` ``[S, B, C, H, W]``,
-      ``mask`` ``[S-1, B]`` and ``param/<state_dict name>`` arrays.
-    out: ``.npz`` to write: ``preds``, ``loss``, ``grad/<name>`` and ``meta``
-      (JSON).
+      ``mask`` ``[S-1, B]`` and ``param/<state_dict name>`` arrays in our
+      layouts (HWIO kernels).
+    out: ``.npz`` to write: ``preds``, ``loss``, ``grad/<name>`` (our
+      layouts) and ``meta`` (JSON).
   """
   import torch
 
@@ -158,26 +180,58 @@ def torch_side(inp: str, out: str) -> None:
   model = ref.build(cfg["model"], cfg["hidden"], cfg["layers"], cfg["channels"])
   paper = ref.build(cfg["model"], 64, NUM_LAYERS, 1)
   given = {k[len("param/"):]: data[k] for k in data.files if k.startswith("param/")}
-  state = model.state_dict()
-  if set(given) != set(state):
-    raise SystemExit(f"parameter names differ: only ours {sorted(set(given) - set(state))}, "
-                     f"only PyTorch's {sorted(set(state) - set(given))}")
-  for k, v in state.items():
-    if tuple(v.shape) != given[k].shape:
-      raise SystemExit(f"{k}: PyTorch shape {tuple(v.shape)}, ours {given[k].shape}")
-  model.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in given.items()})
+  params = dict(model.named_parameters())
+  # Parameters the authors create but never use may be absent from ours
+  # (PredRNN++'s GHU outside layer 1); they must get no gradient below.
+  absent = sorted(set(params) - set(given))
+  if set(given) - set(params):
+    raise SystemExit(f"parameters only in ours: {sorted(set(given) - set(params))}")
+  transposed = {f"{n}.weight" for n, mod in model.named_modules()
+                if isinstance(mod, torch.nn.ConvTranspose2d)}
+
+  def to_torch(name, v):  # HWIO -> OIHW (Conv2d) or IOHW, flipped (ConvTranspose2d)
+    if v.ndim != 4:
+      return v
+    if name in transposed:
+      return v[::-1, ::-1].transpose(2, 3, 0, 1)
+    return v.transpose(3, 2, 0, 1)
+
+  def from_torch(name, v):
+    if v.ndim != 4:
+      return v
+    if name in transposed:
+      return v.transpose(2, 3, 0, 1)[::-1, ::-1]
+    return v.transpose(2, 3, 1, 0)
+
+  with torch.no_grad():
+    for k, v in given.items():
+      v = np.ascontiguousarray(to_torch(k, v), np.float32)
+      if tuple(params[k].shape) != v.shape:
+        raise SystemExit(f"{k}: PyTorch shape {tuple(params[k].shape)}, ours {v.shape}")
+      params[k].copy_(torch.from_numpy(v))
   frames = torch.from_numpy(np.array(data["frames"], np.float32))
   mask = torch.from_numpy(np.array(data["mask"], np.float32))
   t0 = time.perf_counter()
-  preds = ref.unroll(model, frames, cfg["in_len"], mask)
-  loss = ref.loss_fn(preds, frames)
+  preds, decouple = ref.unroll(model, frames, cfg["in_len"], mask)
+  loss = ref.loss_fn(preds, frames, decouple, cfg["decouple_weight"])
   loss.backward()
   seconds = time.perf_counter() - t0
+  used = [k for k in absent if params[k].grad is not None]
+  if used:
+    raise SystemExit(f"parameters absent from ours but used by PyTorch's model: {used}")
+  paper_params = dict(paper.named_parameters())
   meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "seconds": seconds,
-          "params": sum(p.numel() for p in model.parameters()),
-          "params_6x64": sum(p.numel() for p in paper.parameters())}
+          "params": sum(p.numel() for p in params.values()),
+          "params_absent": sum(params[k].numel() for k in absent),
+          "params_6x64": sum(p.numel() for p in paper_params.values()),
+          "params_6x64_absent": sum(paper_params[k].numel() for k in absent)}
+  # A parameter whose output never reaches the loss (MIM's MIM-N/MIM-S in
+  # layer 0, MotionGRU in the last MotionRNN layer) has no gradient: zero.
+  grads = {k: np.ascontiguousarray(from_torch(k, (params[k].grad if params[k].grad is not None
+                                                  else torch.zeros_like(params[k])).numpy()))
+           for k in given}
   np.savez(out, preds=preds.detach().numpy(), loss=np.float32(loss.item()), meta=json.dumps(meta),
-           **{f"grad/{k}": p.grad.numpy() for k, p in model.named_parameters()})
+           **{f"grad/{k}": v for k, v in grads.items()})
 
 
 # ---------------------------------------------------------------------------
@@ -218,8 +272,8 @@ def jax_loss_and_grads(model, params, frames: np.ndarray, mask: np.ndarray):
   mask = jnp.asarray(mask, jnp.float32)
 
   def loss_of(p):
-    preds, _ = model.apply({"params": p}, frames, mask)
-    loss, _ = losses.training_loss(preds, frames)
+    preds, aux = model.apply({"params": p}, frames, mask)
+    loss, _ = losses.training_loss(preds, frames, aux["decouple_loss"], DECOUPLE_WEIGHT)
     return loss, preds
 
   (loss, preds), grads = jax.jit(jax.value_and_grad(loss_of, has_aux=True))(params)
@@ -250,9 +304,9 @@ def check_model(name: str, impls: list[str], args: argparse.Namespace, tmp: str)
     paper_shapes = jax.eval_shape(create(64).init, jax.random.PRNGKey(0),
                                   jax.ShapeDtypeStruct((1, 2, 16, 16, 1), jnp.float32))
   jax_params_6x64 = int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(paper_shapes)))
-  torch_params = jax_to_torch(params)
+  torch_params = flat_params(params)
   cfg = {"model": name, "hidden": args.hidden, "layers": NUM_LAYERS, "channels": c,
-         "in_len": args.in_len, "threads": args.threads}
+         "in_len": args.in_len, "threads": args.threads, "decouple_weight": DECOUPLE_WEIGHT}
   # PyTorch layouts: frames [S, B, C, H, W], mask [S-1, B].
   ref = run_torch(args.torch_python, cfg, frames.transpose(1, 0, 4, 2, 3), mask.T.copy(),
                   torch_params, tmp)
@@ -264,20 +318,25 @@ def check_model(name: str, impls: list[str], args: argparse.Namespace, tmp: str)
       preds, loss, grads = jax_loss_and_grads(create(), params, frames, mask)
     seconds = time.perf_counter() - t0
     preds = preds.transpose(1, 0, 4, 2, 3)
-    grad_errs = {k: rel_err(v, ref["grads"][k]) for k, v in jax_to_torch(grads).items()}
+    grad_errs = {k: rel_err(v, ref["grads"][k]) for k, v in flat_params(grads).items()}
     worst = max(grad_errs, key=grad_errs.get)
     r = {"model": name, "conv_impl": impl, "resolved_impl": resolved,
          "params": count(torch_params.values()), "torch_params": ref["meta"]["params"],
+         "torch_params_absent": ref["meta"]["params_absent"],
          "params_6x64": jax_params_6x64, "torch_params_6x64": ref["meta"]["params_6x64"],
-         "paper_params_6x64": PAPER_PARAMS[name],
+         "torch_params_6x64_absent": ref["meta"]["params_6x64_absent"],
+         "paper_params_6x64": PAPER_PARAMS[name.removeprefix("ms_")],
          "output_abs_diff": float(np.max(np.abs(preds - ref["preds"]))),
          "output_rel_err": rel_err(preds, ref["preds"]),
          "loss": loss, "torch_loss": ref["loss"], "loss_rel_err": abs(loss - ref["loss"]) / abs(ref["loss"]),
          "worst_grad_rel_err": grad_errs[worst], "worst_grad_param": worst,
+         "worst_grad_tensor": tensor_label(worst),
          "grad_rel_err": grad_errs, "jax_seconds": seconds, "torch_seconds": ref["meta"]["seconds"],
          "torch": ref["meta"]["torch"], "torch_threads": ref["meta"]["threads"]}
-    r["params_ok"] = (r["params"] == r["torch_params"]
-                      and r["params_6x64"] == r["torch_params_6x64"] == r["paper_params_6x64"])
+    r["params_ok"] = (r["params"] == r["torch_params"] - r["torch_params_absent"]
+                      and r["torch_params_6x64"] == r["paper_params_6x64"]
+                      and r["params_6x64"] == r["torch_params_6x64"]
+                      - r["torch_params_6x64_absent"])
     r["pass"] = bool(r["params_ok"] and max(r["output_rel_err"], r["loss_rel_err"],
                                             r["worst_grad_rel_err"]) <= args.threshold)
     print(f"  {name} [{impl}]: output {r['output_rel_err']:.2e}, loss {r['loss_rel_err']:.2e}, "
