@@ -156,27 +156,51 @@ class STLSTMCell(Cell):
 CELLS = {"convlstm": ConvLSTMCell, "predrnn": STLSTMCell}
 
 
-def warp(image, flow, literal: bool = False):
-  """Samples ``image`` ``[B, C, H, W]`` at ``(x + dx, y + dy)``, bilinearly, zeros outside.
+WARPS = ("grid", "exact", "literal")
+
+
+def warp(image, flow, mode: str = "grid"):
+  """Samples ``image`` at ``(x + dx, y + dy)``, bilinearly, zeros outside.
 
   Args:
     image: ``[B, C, H, W]``.
     flow: ``[B, 2, H, W]`` in pixels, ``(dx, dy)`` (along the width, the height).
-    literal: sample as the authors' ``warp`` literally does: a grid normalised
-      for ``align_corners=True`` read with ``align_corners=False``, i.e. at
-      ``(x + dx) W/(W-1) - 0.5`` (zero flow is not the identity). Default: the
-      intended pixel ``x + dx`` (as msrnn_jax, see its ``docs/model.md``).
+    mode: ``'grid'``: ``F.grid_sample`` (the authors' kernel) with
+      ``align_corners=True``, i.e. the intended pixel ``x + dx`` (as msrnn_jax,
+      its ``docs/model.md``) up to the float rounding of the grid's
+      normalisation; ``'exact'``: the same points without that round trip
+      (four gathers; slower, for parity checks: the gradient with respect to
+      the flow jumps where a sample point crosses a pixel boundary, so a
+      rounding of the point can move a gradient term across);
+      ``'literal'``: the authors' code as written, a grid normalised for
+      ``align_corners=True`` read with ``align_corners=False``, i.e. at
+      ``(x + dx) W/(W-1) - 0.5`` (zero flow is not the identity).
 
   Returns:
     ``[B, C, H, W]``.
   """
-  _, _, height, width = image.shape
+  b, c, height, width = image.shape
   ys, xs = torch.meshgrid(torch.arange(height, dtype=flow.dtype),
                           torch.arange(width, dtype=flow.dtype), indexing="ij")
-  gx = 2.0 * (xs + flow[:, 0]) / max(width - 1, 1) - 1.0
-  gy = 2.0 * (ys + flow[:, 1]) / max(height - 1, 1) - 1.0
+  sx, sy = xs + flow[:, 0], ys + flow[:, 1]
+  if mode == "exact":
+    x0, y0 = torch.floor(sx), torch.floor(sy)
+    flat = image.reshape(b, c, height * width)
+    out = 0
+    for dy, wy in ((0, 1 - (sy - y0)), (1, sy - y0)):
+      for dx, wx in ((0, 1 - (sx - x0)), (1, sx - x0)):
+        xi, yi = x0 + dx, y0 + dy
+        inside = (xi >= 0) & (xi <= width - 1) & (yi >= 0) & (yi <= height - 1)
+        idx = (yi.clamp(0, height - 1) * width + xi.clamp(0, width - 1)).long()
+        taps = torch.gather(flat, 2, idx.reshape(b, 1, -1).expand(b, c, -1))
+        out = out + taps.reshape(b, c, height, width) * (wx * wy * inside)[:, None]
+    return out
+  if mode not in WARPS:
+    raise ValueError(f"unknown warp {mode!r}; valid: {', '.join(WARPS)}")
+  gx = 2.0 * sx / max(width - 1, 1) - 1.0
+  gy = 2.0 * sy / max(height - 1, 1) - 1.0
   grid = torch.stack([gx, gy], dim=-1).to(image.dtype)
-  return F.grid_sample(image, grid, align_corners=not literal)
+  return F.grid_sample(image, grid, align_corners=mode != "literal")
 
 
 class TrajGRUCell(Cell):
@@ -187,11 +211,11 @@ class TrajGRUCell(Cell):
   flow, the L maps concatenated and projected (1x1) to the recurrent terms:
   ``z = s(zx + zh)``, ``r = s(rx + rh)``, ``H~ = lrelu(hx + r hh)``,
   ``H' = (1 - z) H~ + z H`` (LeakyReLU slope 0.2). Options: ``links`` L (13;
-  the authors' ``cfg.TrajGRU_link_num`` is 10 at c563636), ``literal`` (see
-  :func:`warp`).
+  the authors' ``cfg.TrajGRU_link_num`` is 10 at c563636), ``warp`` (a mode
+  of :func:`warp`).
   """
 
-  options = {"links": 13, "literal": False}
+  options = {"links": 13, "warp": "grid"}
 
   def __init__(self, channels: int, **kw):
     super().__init__(channels, **kw)
@@ -210,7 +234,7 @@ class TrajGRUCell(Cell):
     zx, rx, hx = torch.chunk(self.conv_x2h(x), 3, dim=1)
     flows = self.conv_flow(F.leaky_relu(self.conv_x2f(x) + self.conv_h2f(h), 0.2))
     # One warp per link, as the authors' loop.
-    warped = torch.cat([warp(h, -flow, self.opts["literal"])
+    warped = torch.cat([warp(h, -flow, self.opts["warp"])
                         for flow in torch.chunk(flows, self.opts["links"], dim=1)], dim=1)
     zh, rh, hh = torch.chunk(self.project(warped), 3, dim=1)
     z = torch.sigmoid(zx + zh)
@@ -354,14 +378,14 @@ class MotionRNNCell(MIMCell):
   Default: the intended maths, as msrnn_jax (its ``docs/model.md``): flow j
   of sample b is F' channel pair ``(2j, 2j+1)`` of that sample, the k^2
   warped maps are concatenated along channels (``j * C/4 + c``), and
-  :func:`warp` samples the exact pixel. ``literal=True`` reproduces the
+  :func:`warp` samples the intended pixel. ``warp='literal'`` reproduces the
   authors' raw reshapes (``(B, 2k^2, h, w) -> (k^2, B, 2, h, w)``, which
   mixes samples when B > 1, and ``(B, C/4, h, w, k^2) -> (B, C/4 k^2, h,
-  w)``) and their grid normalisation. Options ``motion_k`` (3),
-  ``motion_alpha`` (0.5).
+  w)``) with their grid normalisation. Options ``motion_k`` (3),
+  ``motion_alpha`` (0.5), ``warp`` (a mode of :func:`warp`).
   """
 
-  options = {"motion_k": 3, "motion_alpha": 0.5, "literal": False}
+  options = {"motion_k": 3, "motion_alpha": 0.5, "warp": "grid"}
 
   def __init__(self, channels: int, **kw):
     super().__init__(channels, **kw)
@@ -382,7 +406,7 @@ class MotionRNNCell(MIMCell):
 
   def motion_gru(self, h, f, d):
     """Returns ``(Xm, F', D')``."""
-    kk, literal = self.opts["motion_k"] ** 2, self.opts["literal"]
+    kk, mode = self.opts["motion_k"] ** 2, self.opts["warp"]
     he = self.motion_enc(h)
     hf = torch.cat([he, f], dim=1)
     u = torch.sigmoid(self.motion_u(hf))
@@ -393,13 +417,13 @@ class MotionRNNCell(MIMCell):
     f = f_tr + d
     weights = torch.sigmoid(self.motion_hm(he))  # [B, k^2, h, w]
     b, c4, hh, ww = he.shape
-    if literal:
+    if mode == "literal":
       flows = f.reshape(kk, b, 2, hh, ww)
-      warped = torch.stack([warp(he, flows[j], True) for j in range(kk)]).permute(1, 2, 3, 4, 0)
+      warped = torch.stack([warp(he, flows[j], mode) for j in range(kk)]).permute(1, 2, 3, 4, 0)
       warped = (weights.permute(0, 2, 3, 1).unsqueeze(1) * warped).reshape(b, c4 * kk, hh, ww)
     else:
       flows = f.reshape(b, kk, 2, hh, ww)
-      warped = torch.stack([warp(he, flows[:, j]) for j in range(kk)], dim=1)
+      warped = torch.stack([warp(he, flows[:, j], mode) for j in range(kk)], dim=1)
       warped = (warped * weights[:, :, None]).reshape(b, kk * c4, hh, ww)
     hd = self.motion_up(self.motion_dec(warped))
     g = torch.sigmoid(self.motion_gate(torch.cat([hd, h], dim=1)))
