@@ -264,7 +264,12 @@ def run_torch(python: str, cfg: dict, frames: np.ndarray, mask: np.ndarray,
   inp, out = os.path.join(tmp, "in.npz"), os.path.join(tmp, "out.npz")
   np.savez(inp, config=json.dumps(cfg), frames=frames, mask=mask,
            **{f"param/{k}": v for k, v in params.items()})
-  subprocess.run([python, os.path.abspath(__file__), "--torch-side", inp, out], check=True)
+  # glibc's dynamic mmap threshold lets the PyTorch side's many mid-sized
+  # temporaries (warp='exact' recomputes its taps) fragment the heap to
+  # several GB; a fixed threshold returns them to the system.
+  env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+  subprocess.run([python, os.path.abspath(__file__), "--torch-side", inp, out], check=True,
+                 env=env)
   data = np.load(out)
   return {"preds": data["preds"], "loss": float(data["loss"]), "meta": json.loads(str(data["meta"])),
           "grads": {k[len("grad/"):]: data[k] for k in data.files if k.startswith("grad/")}}

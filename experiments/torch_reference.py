@@ -1,4 +1,4 @@
-"""PyTorch rebuild of the authors' ConvLSTM / PredRNN training step (plain and MS), for comparison.
+"""PyTorch rebuild of the authors' training step, every family of the paper, plain and MS.
 
 MS-RNN (Ma et al., "MS-RNN: A Flexible Multi-Scale Framework for Spatiotemporal
 Predictive Learning", arXiv:2206.03010) comes with a PyTorch implementation by
@@ -9,10 +9,13 @@ same machine: ``experiments/vs_torch.py`` times the two steps back to back,
 ``experiments/parity.py`` checks that they compute the same outputs, loss and
 gradients from the same parameters.
 
-What is rebuilt (the authors' ``models/convlstm.py``, ``ms_convlstm.py``,
-``predrnn.py``, ``ms_predrnn.py``, ``model.py``, ``net_params.py`` and
+What is rebuilt (the authors' ``models/convlstm.py``, ``trajgru.py``,
+``predrnn.py``, ``predrnn_plus2.py``, ``mim.py``, ``motionrnn.py``,
+``predrnn_v2.py`` and their ``ms_*.py``, ``model.py``, ``net_params.py`` and
 ``loss.py``): a 1x1 embedding, six recurrent layers of 64 channels, a 1x1
-linear head, all with PyTorch's default initialisation.
+linear head, all with PyTorch's default initialisation. Each cell's class
+docstring gives its equations; every cell follows one interface (``Cell``),
+and ``CELLS`` maps each family to its cell.
 
 * ConvLSTM cells: separate ``conv_x`` / ``conv_h`` 3x3 convolutions (the
   authors' ``_conv_x2h`` / ``_conv_h2h``), gates ``i, f, g, o``, no peepholes.
@@ -29,11 +32,17 @@ linear head, all with PyTorch's default initialisation.
   after layers 3 and 4, and additive skips of the raw outputs of layers 1
   and 0 into the inputs of layers 4 and 5; M follows the same pool/up
   schedule without skips.
-* Scheduled sampling over the future inputs, the L2(sum) + L1(sum) loss over
-  the 19 predicted frames (mean over frames and batch) and Adam.
+* MIM and MotionRNN also read the diagonal input H_{t-1}^{l-1}, moved to the
+  layer's level like x but without skips (zeros in layer 0).
+* Scheduled sampling over the future inputs (PredRNN-V2: over all inputs but
+  the first, its reverse scheduled sampling), the L2(sum) + L1(sum) loss over
+  the 19 predicted frames (mean over frames and batch; PredRNN-V2 adds 0.01
+  times its decoupling term) and Adam.
 
-Parameter counts equal the authors' models: 1,772,737 for (MS-)ConvLSTM and
-3,594,817 for (MS-)PredRNN at 6 x 64 with one input channel. It is not part
+Parameter counts equal the authors' models at 6 x 64 with one input channel:
+1,772,737 for (MS-)ConvLSTM, 2,157,661 TrajGRU (13 links), 3,594,817 PredRNN,
+5,608,513 PredRNN++, 7,361,473 MIM, 7,560,547 MotionRNN, 3,598,977
+PredRNN-V2. It is not part
 of the library and needs ``torch``, which msrnn_jax does not install; e.g. in
 a separate virtualenv: ``python -m venv /path/torchvenv &&
 /path/torchvenv/bin/pip install numpy torch --index-url
@@ -58,6 +67,7 @@ try:
   import torch
   from torch import nn
   from torch.nn import functional as F
+  from torch.utils.checkpoint import checkpoint
 except ImportError:
   sys.exit("experiments/torch_reference.py needs PyTorch, which msrnn_jax does not install: "
            "pip install torch --index-url https://download.pytorch.org/whl/cpu "
@@ -159,6 +169,24 @@ CELLS = {"convlstm": ConvLSTMCell, "predrnn": STLSTMCell}
 WARPS = ("grid", "exact", "literal")
 
 
+def _sample_exact(image, sx, sy):
+  """Bilinear taps of ``image`` ``[B, C, H, W]`` at pixel coordinates ``sx``, ``sy`` ``[B, H, W]``."""
+  b, c, height, width = image.shape
+  x0, y0 = torch.floor(sx), torch.floor(sy)
+  # Pixels as rows [B, H*W, C]: one index per pixel, not per channel.
+  rows = image.reshape(b, c, height * width).transpose(1, 2)
+  batch = torch.arange(b)[:, None]
+  out = 0
+  for dy, wy in ((0, 1 - (sy - y0)), (1, sy - y0)):
+    for dx, wx in ((0, 1 - (sx - x0)), (1, sx - x0)):
+      xi, yi = x0 + dx, y0 + dy
+      inside = (xi >= 0) & (xi <= width - 1) & (yi >= 0) & (yi <= height - 1)
+      idx = (yi.clamp(0, height - 1) * width + xi.clamp(0, width - 1)).long().reshape(b, -1)
+      taps = rows[batch, idx].transpose(1, 2).reshape(b, c, height, width)
+      out = out + taps * (wx * wy * inside)[:, None]
+  return out
+
+
 def warp(image, flow, mode: str = "grid"):
   """Samples ``image`` at ``(x + dx, y + dy)``, bilinearly, zeros outside.
 
@@ -179,22 +207,14 @@ def warp(image, flow, mode: str = "grid"):
   Returns:
     ``[B, C, H, W]``.
   """
-  b, c, height, width = image.shape
+  _, _, height, width = image.shape
   ys, xs = torch.meshgrid(torch.arange(height, dtype=flow.dtype),
                           torch.arange(width, dtype=flow.dtype), indexing="ij")
   sx, sy = xs + flow[:, 0], ys + flow[:, 1]
   if mode == "exact":
-    x0, y0 = torch.floor(sx), torch.floor(sy)
-    flat = image.reshape(b, c, height * width)
-    out = 0
-    for dy, wy in ((0, 1 - (sy - y0)), (1, sy - y0)):
-      for dx, wx in ((0, 1 - (sx - x0)), (1, sx - x0)):
-        xi, yi = x0 + dx, y0 + dy
-        inside = (xi >= 0) & (xi <= width - 1) & (yi >= 0) & (yi <= height - 1)
-        idx = (yi.clamp(0, height - 1) * width + xi.clamp(0, width - 1)).long()
-        taps = torch.gather(flat, 2, idx.reshape(b, 1, -1).expand(b, c, -1))
-        out = out + taps.reshape(b, c, height, width) * (wx * wy * inside)[:, None]
-    return out
+    # Recomputed in the backward pass: the four taps would otherwise be kept
+    # per warp (about 4x grid_sample's memory).
+    return checkpoint(_sample_exact, image, sx, sy, use_reentrant=False)
   if mode not in WARPS:
     raise ValueError(f"unknown warp {mode!r}; valid: {', '.join(WARPS)}")
   gx = 2.0 * sx / max(width - 1, 1) - 1.0
