@@ -56,9 +56,10 @@ GB.) Then, from the repository root::
         --models ms_predrnn --conv-impl xla,auto --hidden 64
 
 Defaults: hidden 16, 6 layers, batch 2, T = 20 with 10 context frames, 64x64,
-``conv_impl='auto'`` (oneDNN on CPU): about 2 minutes for the four models on
-2 cores. ``--conv-impl xla`` checks XLA's own convolutions (the GPU path),
-which are slow on CPU inside the rolled time loop (about 16 minutes). Each
+``conv_impl='auto'`` (oneDNN on CPU): from half a minute (ConvLSTM) to a few
+minutes (TrajGRU, MotionRNN) per model on 2 cores. ``--conv-impl xla`` checks
+XLA's own convolutions (the GPU path), which are slow on CPU inside the
+rolled time loop (about 3x, TrajGRU 7 minutes on its own). Each
 kernel listed is the process-wide one (``msrnn_jax.backend.using``) while
 its JAX side is traced and run.
 """
