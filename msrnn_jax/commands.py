@@ -47,19 +47,19 @@ def run(config: Any, workdir: str, mode: str = "train", input_path: str | None =
   from msrnn_jax import backend
   # Before anything starts JAX's runtime (msrnn_jax/backend/allocator.py).
   backend.prepare_host(config.get("backend", {}).get("keep_freed_memory", True))
-  from msrnn_jax.training import inference, train
+  from msrnn_jax.training import evaluate, inference, run, train
   try:
     if mode == "train":
       train.train_and_evaluate(config, workdir)
     elif mode == "eval":
-      train.evaluate_checkpoint(config, workdir)
+      evaluate.evaluate_checkpoint(config, workdir)
     elif mode == "predict":
       if not input_path or not output_path:
         raise ValueError("--mode=predict needs --input=<context.npy> and --output=<pred.npy>.")
       inference.predict_file(config, workdir, input_path, output_path, horizon)
     else:
       raise ValueError(f"--mode={mode} is unknown; use train, eval or predict.")
-  except train.Preempted as e:
+  except run.Preempted as e:
     print(f"stopped: {one_line(e)} (exit status {EXIT_PREEMPTED})", file=sys.stderr, flush=True)
     return EXIT_PREEMPTED
   except (ValueError, OSError, FloatingPointError) as e:

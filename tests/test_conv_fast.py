@@ -20,7 +20,7 @@ from msrnn_jax import backend
 from msrnn_jax import model as model_lib
 from msrnn_jax.backend import CONV_IMPLS, conv2d, onednn
 from msrnn_jax.backend.matmul_grads import input_grad, kernel_grad
-from msrnn_jax.training import sharding, train
+from msrnn_jax.training import run, sharding
 from msrnn_jax.training import step as train_step
 
 RNG = np.random.default_rng(5)
@@ -163,7 +163,7 @@ def test_config_switch_reaches_the_cells(impl, marker):
     return jnp.sum(model.apply({"params": p}, frames)[0] ** 2)
 
   try:
-    train.start_jax(config)  # where every mode applies config.backend
+    run.start_jax(config)  # where every mode applies config.backend
     jaxpr = str(jax.make_jaxpr(jax.grad(loss))(params))
   finally:
     backend.configure("auto")

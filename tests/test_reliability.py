@@ -297,13 +297,13 @@ def _damage_step(checkpoints: pathlib.Path, truncate: int, drop_meta: int) -> No
 
 def test_eval_falls_back_past_a_damaged_checkpoint(trained, tmp_path, caplog):
   from configs import test as test_config
-  from msrnn_jax.training import sharding, train
+  from msrnn_jax.training import run, sharding
   workdir = tmp_path / "w"
   shutil.copytree(trained, workdir)
   _damage_step(workdir / "checkpoints", truncate=4, drop_meta=4)
   before = _snapshot(workdir, lock_may_change=False)
   caplog.set_level("WARNING")
-  _, step = train.restore_params(test_config.get_config(), str(workdir), sharding.make_mesh(),
+  _, step = run.restore_params(test_config.get_config(), str(workdir), sharding.make_mesh(),
                                  (4, 4, 16, 16, 1))
   assert step == 2
   assert f"checkpoint {workdir}/checkpoints/4 cannot be used" in caplog.text
@@ -340,7 +340,7 @@ def _serve() -> None:
 
   import configs.test  # noqa: F401 - imported once for every child
   from msrnn_jax import commands, main  # noqa: F401
-  from msrnn_jax.training import inference, train  # noqa: F401
+  from msrnn_jax.training import evaluate, inference, run, train  # noqa: F401
   results = []
   for argv in json.load(sys.stdin):
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:

@@ -1,10 +1,12 @@
 """Training, evaluation runs and prediction from a workdir.
 
-``step`` (the state, the jitted train and eval steps: public, also used by
-``msrnn_jax.analysis``), ``train`` (``train_and_evaluate(config, workdir)``,
-the loop), ``losses``, ``sampling`` (scheduled sampling), ``sharding``
+``step`` (``create_model``, the one model-from-config builder; the state; the
+jitted train and eval steps: public, also used by ``msrnn_jax.analysis``),
+``train`` (``train_and_evaluate(config, workdir)``, the loop), ``evaluate``
+(evaluation, result files, ``--mode=eval``), ``run`` (start-up, workdir lock,
+signals, restore), ``losses``, ``sampling`` (scheduled sampling), ``sharding``
 (meshes, multi-host), ``checkpointing`` (orbax, atomic, finite only),
-``summary`` (TensorBoard, progress), ``workdir`` (checks, lock),
+``summary`` (TensorBoard, progress), ``workdir`` (checks, lock file),
 ``config_checks`` (one-line config errors) and ``inference`` (``--mode=predict``).
 May import ``backend``, ``model``, ``data`` and ``evaluation``.
 """

@@ -107,6 +107,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   later, still before the workdir is created.
   """
   from msrnn_jax import model as model_lib
+  from msrnn_jax.training.step import create_model
 
   try:
     _check_distributed(config)
@@ -123,9 +124,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
       _at_least(config, f"model.{key}", 1)
     for key in ("in_len", "out_len", "channels", "image_size"):
       _at_least(config, f"data.{key}", 1)
-    model = model_lib.create(config.model.name, channels=config.data.channels,
-                             in_len=config.data.in_len,
-                             **{k: v for k, v in config.model.items() if k != "name"})
+    model = create_model(config)
     multiple = model.config.size_multiple()
     if config.data.image_size % multiple:
       _fail("data.image_size", config.data.image_size,
