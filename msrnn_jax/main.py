@@ -8,7 +8,8 @@
         --mode=predict --input=context.npy --output=pred.npy --horizon=10
 
 Exit status: 0 done, 2 ``error: ...`` (one line on stderr), 75 stopped by
-SIGTERM/SIGINT after saving a checkpoint (rerun to continue); see
+SIGTERM/SIGINT after saving a checkpoint (rerun to continue), 76 another
+process of a multi-process run lost (rerun every process); see
 ``msrnn_jax/commands.py`` and docs/running.md.
 
 This file only parses flags (kept short so the logic stays importable).
@@ -108,8 +109,8 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # Imported here so that --help stays fast and flags are parsed first.
   from msrnn_jax import commands
-  sys.exit(commands.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.input, FLAGS.output,
-                        FLAGS.horizon))
+  commands.finish(commands.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.input,
+                               FLAGS.output, FLAGS.horizon))
 
 
 if __name__ == "__main__":

@@ -379,3 +379,95 @@ def _serve() -> None:
 if __name__ == "__main__":
   sys.path.insert(0, str(REPO))
   _serve()
+
+
+# Multi-process failures: every process ends within distributed.timeout_s with one error line.
+
+def _free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _launch(tmp_path, name, port, process_ids, extra=((),), num_steps=4):
+  """Starts one ``msrnn_jax.main`` process per id of ``process_ids`` (a 2-process run on
+  127.0.0.1, timeout 5 s); ``extra``: per-process extra flags. Returns (procs, logs)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  args = ["--config=configs/test.py", f"--workdir={tmp_path / name}",
+          f"--config.train.num_steps={num_steps}", "--config.train.eval_every_steps=1000",
+          "--config.eval.max_examples=4", "--config.distributed.enabled=True",
+          f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+          "--config.distributed.num_processes=2", "--config.distributed.timeout_s=5"]
+  procs, logs = [], []
+  for i, pid in enumerate(process_ids):
+    log = tmp_path / f"{name}_{i}.log"
+    with open(log, "w") as f:
+      procs.append(subprocess.Popen(
+          [sys.executable, "-m", "msrnn_jax.main", *args, f"--config.distributed.process_id={pid}",
+           *extra[min(i, len(extra) - 1)]], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+          stderr=f))
+    logs.append(log)
+  return procs, logs
+
+
+def _ended(procs, logs, timeout=90):
+  """(return code, error lines) of each process, killing any still running after ``timeout``."""
+  out = []
+  deadline = time.time() + timeout
+  for p, log in zip(procs, logs, strict=True):
+    try:
+      p.wait(timeout=max(1, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+      p.kill()
+      p.wait()
+    text = log.read_text()
+    out.append((p.returncode, [x for x in text.splitlines() if x.startswith("error:")], text))
+  return out
+
+
+def test_multi_process_failures_end_every_process_with_one_line(tmp_path):
+  """A missing peer, an unreachable coordinator, two processes with process_id=0, configs that
+  differ, and a peer killed during training: every surviving process ends within seconds
+  (distributed.timeout_s=5) with one error line and a documented status: 76 (rerun) for a
+  lost or missing peer, 2 for a launch that cannot work as given."""
+  runs = {}
+  port = _free_port()
+  runs["alone"] = _launch(tmp_path, "alone", port, [0])
+  runs["unreachable"] = _launch(tmp_path, "unreachable", _free_port(), [1])
+  runs["mismatch"] = _launch(tmp_path, "mismatch", _free_port(), [0, 1],
+                             extra=((), ("--config.train.learning_rate=0.001",)))
+  killed_port = _free_port()
+  runs["killed"] = _launch(tmp_path, "killed", killed_port, [0, 1], num_steps=400)
+  time.sleep(1.5)  # the first process 0 listens on the port before the second one probes it
+  runs["duplicate"] = _launch(tmp_path, "duplicate", port, [0])
+  # Kill process 1 of 'killed' once training has saved its first checkpoint.
+  ckpt = tmp_path / "killed" / "checkpoints" / "2"
+  deadline = time.time() + 240
+  while not ckpt.is_dir() and time.time() < deadline and runs["killed"][0][1].poll() is None:
+    time.sleep(0.2)
+  assert ckpt.is_dir()
+  runs["killed"][0][1].kill()
+  killed_at = time.time()
+  results = {name: _ended(*run) for name, run in runs.items()}
+
+  for name in ("alone", "unreachable"):
+    (rc, errors, text), = results[name]
+    assert rc == 76 and len(errors) == 1, text[-3000:]
+    assert "did not all connect to the coordinator" in errors[0] and "timeout_s=5" in errors[0]
+  (rc, errors, text), = results["duplicate"]
+  assert rc == 2 and len(errors) == 1, text[-3000:]
+  assert "is distributed.process_id=0 given to two processes?" in errors[0]
+  for rc, errors, text in results["mismatch"]:
+    assert rc == 2 and len(errors) == 1, text[-3000:]
+    assert re.search(r"different configs: train.learning_rate=0.0003 on process \d, 0.001 on "
+                     r"process \d", errors[0]), errors[0]
+  assert not (tmp_path / "mismatch").exists()  # nothing written
+  (rc, errors, text), _ = results["killed"]
+  assert rc == 76 and len(errors) == 1, text[-3000:]
+  assert "another process of this run failed or cannot be reached" in errors[0]
+  assert "Traceback" not in text
+  assert time.time() - killed_at < 60
+  from msrnn_jax.training import checkpointing
+  assert 2 in checkpointing.checkpoint_steps(str(tmp_path / "killed" / "checkpoints"))

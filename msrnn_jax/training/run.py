@@ -21,7 +21,7 @@ from absl import logging
 
 from msrnn_jax import backend
 from msrnn_jax import model as model_lib
-from msrnn_jax.training import checkpointing, sharding
+from msrnn_jax.training import checkpointing, distributed, sharding
 from msrnn_jax.training import workdir as workdir_lib
 from msrnn_jax.training.checkpointing import Checkpointer
 from msrnn_jax.training.step import create_model, create_optimizer, create_train_state
@@ -77,8 +77,13 @@ class StopSignals:
 
 
 def start_jax(config: ml_collections.ConfigDict) -> None:
-  """Initialises ``jax.distributed`` if configured; the first JAX call of every mode."""
-  sharding.initialize_distributed(config.distributed)
+  """Initialises ``jax.distributed`` if configured; the first JAX call of every mode.
+
+  Raises:
+    distributed.ConfigMismatch: the processes of the run have different configs.
+  """
+  if distributed.initialize(config.distributed):
+    distributed.check_same_config(config)
   backend.configure(config.backend.conv_impl)
   logging.info("JAX process %d/%d, local devices: %s; %s", jax.process_index(),
                jax.process_count(), jax.local_devices(), backend.summary())
