@@ -471,3 +471,110 @@ def test_multi_process_failures_end_every_process_with_one_line(tmp_path):
   assert time.time() - killed_at < 60
   from msrnn_jax.training import checkpointing
   assert 2 in checkpointing.checkpoint_steps(str(tmp_path / "killed" / "checkpoints"))
+
+
+def test_a_checkpoint_changed_in_place_fails_its_checksum(tmp_path, caplog):
+  """16 bytes flipped in the largest file of the newest checkpoint (same size, still readable):
+  the SHA-256 recorded at saving no longer matches, so it is skipped like a damaged one."""
+  import jax.numpy as jnp
+
+  from msrnn_jax.training import checkpointing
+  w = np.random.default_rng(0).standard_normal(50_000).astype(np.float32)
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=5)
+  for step in (2, 4):
+    ckpt.save(step, {"w": jnp.asarray(w + step)}, {"step": step})
+  ckpt.close()
+  files = [p for p in (tmp_path / "checkpoints" / "4" / "state").rglob("*") if p.is_file()]
+  largest = max(files, key=lambda p: p.stat().st_size)
+  raw = bytearray(largest.read_bytes())
+  middle = len(raw) // 2
+  raw[middle:middle + 16] = bytes(b ^ 0xFF for b in raw[middle:middle + 16])
+  largest.write_bytes(bytes(raw))
+  caplog.set_level("WARNING")
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), read_only=True)
+  restored, meta = ckpt.restore_intact({"w": jnp.zeros_like(w)})
+  ckpt.close()
+  assert meta["step"] == 2
+  np.testing.assert_array_equal(restored["w"], w + 2)
+  assert re.search(rf"checkpoint {tmp_path}/checkpoints/4 cannot be used \(.*checksum mismatch",
+                   caplog.text), caplog.text
+
+
+def test_a_reader_retries_when_training_rotates_its_checkpoint_away(tmp_path, caplog):
+  """A read-only reader (eval, predict) lists steps 2 and 4; before it reads 4, training saves
+  6 and 8 and its keep=2 rotation deletes 2 and 4. The reader reads 8, calls nothing damaged."""
+  import jax.numpy as jnp
+
+  from msrnn_jax.training import checkpointing
+  state = {"w": jnp.arange(10.0)}
+
+  def train(steps):
+    writer = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=2)
+    for step in steps:
+      writer.save(step, {"w": state["w"] + step}, {"step": step})
+    writer.close()
+
+  train((2, 4))
+  reader = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), read_only=True)
+  real_restore, calls = reader.restore, []
+
+  def restore_while_training_saves(target, step=None):
+    if not calls:
+      train((6, 8))
+    calls.append(step)
+    return real_restore(target, step)
+
+  reader.restore = restore_while_training_saves
+  caplog.set_level("WARNING")
+  restored, meta = reader.restore_intact(state)
+  reader.close()
+  assert calls[0] == 4 and meta["step"] == 8
+  np.testing.assert_array_equal(restored["w"], np.arange(10.0) + 8)
+  assert "removed by training while it was read" in caplog.text
+  assert "cannot be used" not in caplog.text
+
+
+def test_divergence_after_resuming_names_the_checkpoint_and_the_way_out(trained, tmp_path):
+  """A finite checkpoint that diverges at once (its parameters scaled by 1e20): the error names
+  the checkpoint the run resumed from and how to resume from the one before; following that
+  advice (the mv it prints) trains to the end."""
+  import shlex
+
+  import jax
+
+  from configs import test as test_config
+  from msrnn_jax.training import checkpointing, train
+  workdir = tmp_path / "w"
+  shutil.copytree(trained, workdir)
+  config = test_config.get_config()
+  directory = str(workdir / "checkpoints")
+  ckpt = checkpointing.Checkpointer(directory, read_only=True)
+  state, meta = ckpt.restore_intact(_train_state_target(config))
+  ckpt.close()
+  assert meta["step"] == 4
+  shutil.rmtree(workdir / "checkpoints" / "4")
+  ckpt = checkpointing.Checkpointer(directory)
+  ckpt.save(4, state.replace(params=jax.tree.map(lambda p: p * 1e20, state.params)), meta)
+  ckpt.close()
+  config.train.num_steps = 6
+  with pytest.raises(FloatingPointError) as error:
+    train.train_and_evaluate(config, str(workdir))
+  message = str(error.value)
+  assert f"This run resumed from {directory}/4" in message, message
+  command = re.search(r"\((mkdir -p .*)\) and rerun", message).group(1)
+  subprocess.run(command, shell=True, check=True)
+  assert shlex.split(command)[-1] == str(workdir / "checkpoints_damaged" / "4")
+  state = train.train_and_evaluate(config, str(workdir))
+  assert int(state.step) == 6 and checkpointing.all_finite(state.params)
+
+
+def _train_state_target(config):
+  import functools
+
+  import jax
+
+  from msrnn_jax.training import sharding, step
+  model, tx = step.create_model(config), step.create_optimizer(config)
+  return jax.jit(functools.partial(step.create_train_state, model, tx, (4, 4, 16, 16, 1),
+                                   config.seed),
+                 out_shardings=sharding.replicated(sharding.make_mesh()))()

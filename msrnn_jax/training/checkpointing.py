@@ -10,11 +10,20 @@
   schedule positions and the settings of ``config_checks.settings``;
   ``check_settings`` compares them with the current config before a run
   touches its workdir.
+* Verified: ``meta`` also holds a SHA-256 of every array's bytes, checked on
+  restore, so a checkpoint whose files were changed in place (flipped bytes of
+  the same size) counts as damaged instead of being loaded. (Orbax checksums
+  only the index of its zarr shards, not the data.)
 * Damage tolerant: ``Checkpointer.restore_intact`` skips checkpoints that
-  cannot be read (truncated files, a missing item) or hold non-finite values,
-  with a warning naming each, and restores the newest intact one.
+  cannot be read (truncated files, a missing item), fail their checksums or
+  hold non-finite values, with a warning naming each, and restores the newest
+  intact one.
+* Safe to read during training: a read-only ``Checkpointer`` (evaluation,
+  prediction) retries with the newer checkpoints when training rotates the
+  one it reads away, and never calls intact checkpoints damaged.
 """
 
+import hashlib
 import os
 import sys
 from typing import Any
@@ -22,6 +31,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -32,6 +42,8 @@ from msrnn_jax.training import config_checks
 # damaged ones so that it can save their steps again.
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints_damaged"
+# How often a reader starts again after training rotated its checkpoint away.
+_RESCANS = 5
 
 
 class CheckpointError(ValueError):
@@ -84,6 +96,29 @@ def all_finite(tree: Any) -> bool:
   return bool(_all_finite(tree))
 
 
+def checksums(tree: Any) -> dict[str, str]:
+  """SHA-256 of each leaf's bytes (this process's copy), keyed by its path in ``tree``.
+
+  The state is replicated, so the first addressable shard of a leaf is all of it.
+  """
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    host = np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
+    out[jax.tree_util.keystr(path)] = hashlib.sha256(np.ascontiguousarray(host).data).hexdigest()
+  return out
+
+
+def _verify(state: Any, meta: dict[str, Any]) -> None:
+  """Raises ``ValueError`` naming the first array whose bytes differ from the saved checksum."""
+  saved = meta.get("checksums")
+  if saved is None:  # written before checksums were recorded
+    return
+  for key, digest in checksums(state).items():
+    if saved.get(key) != digest:
+      raise ValueError(f"checksum mismatch in {key or 'the state'}: its files were changed "
+                       "after saving")
+
+
 def _ignore_callbacks_of_a_failed_restore() -> None:
   """Silences the tracebacks that outlive a failed orbax restore (process-wide, once).
 
@@ -125,6 +160,7 @@ class Checkpointer:
     if keep < 1:
       raise ValueError(f"keep={keep}: at least one checkpoint must be kept.")
     self.directory = os.path.abspath(directory)
+    self._read_only = read_only
     if read_only:
       # No preservation policy: nothing is ever deleted. (orbax's own
       # read_only option warns on every use.)
@@ -138,7 +174,9 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-    """Starts an asynchronous save of ``state`` and ``meta`` at ``step``."""
+    """Starts an asynchronous save of ``state`` and ``meta`` (plus the checksums of
+    ``state``'s arrays) at ``step``."""
+    meta = {**meta, "checksums": checksums(state)}
     self._manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
@@ -151,7 +189,10 @@ class Checkpointer:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     out = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return out["state"], dict(out["meta"])
+    meta = dict(out["meta"])
+    _verify(out["state"], meta)
+    meta.pop("checksums", None)
+    return out["state"], meta
 
   def restore_intact(self, target: Any, *, quarantine: str | None = None
                      ) -> tuple[Any, dict[str, Any]] | None:
@@ -160,7 +201,9 @@ class Checkpointer:
     Each newer one that fails is named in a warning. With ``quarantine`` (a
     directory; training passes ``<workdir>/checkpoints_damaged``) those are
     moved there once an intact one is found, so that training can save their
-    steps again; nothing is moved or deleted otherwise.
+    steps again; nothing is moved or deleted otherwise. A read-only
+    checkpointer whose checkpoint vanished while it read it (a training run
+    rotated it away) starts again from the newest one.
 
     Args:
       target: a state with the structure, shapes and shardings to restore into.
@@ -173,25 +216,41 @@ class Checkpointer:
       CheckpointError: there are checkpoints but none is intact.
     """
     _ignore_callbacks_of_a_failed_restore()
-    damaged = []
-    for step in reversed(self._manager.all_steps()):
-      try:
-        state, meta = self.restore(target, step)
-        if not all_finite(state):
-          raise ValueError("it holds non-finite values (NaN or Inf)")
-      except Exception as e:  # any read failure means damaged
-        reason = _reason(e)
-        logging.warning("checkpoint %s cannot be used (%s); trying the one before it.",
-                        os.path.join(self.directory, str(step)), reason)
-        damaged.append((step, reason))
-        continue
-      if damaged and quarantine:
-        self._move_aside([s for s, _ in damaged], quarantine)
-      return state, meta
+    damaged = {}
+    for _ in range(_RESCANS):
+      rotated = False
+      for step in reversed(self._manager.all_steps()):
+        if step in damaged:
+          continue
+        try:
+          state, meta = self.restore(target, step)
+          if not all_finite(state):
+            raise ValueError("it holds non-finite values (NaN or Inf)")
+        except Exception as e:  # any read failure means damaged, unless the step went away
+          if self._read_only and not os.path.isdir(os.path.join(self.directory, str(step))):
+            logging.warning("checkpoint %s was removed by training while it was read; "
+                            "reading the newest one.", os.path.join(self.directory, str(step)))
+            rotated = True
+            break
+          damaged[step] = _reason(e)
+          logging.warning("checkpoint %s cannot be used (%s); trying the one before it.",
+                          os.path.join(self.directory, str(step)), damaged[step])
+          continue
+        if damaged and quarantine:
+          self._move_aside(sorted(damaged), quarantine)
+        return state, meta
+      if not rotated:
+        break
+      self._manager.reload()
+    else:
+      raise CheckpointError(
+          f"the checkpoints in {self.directory} were rotated away {_RESCANS} times while they "
+          "were read (a training run saves faster than they can be read); rerun when it "
+          "has finished, or copy one checkpoint to another workdir and read it there.")
     if not damaged:
       return None
-    listed = "; ".join(f"step {s}: {r}" for s, r in damaged)
-    paths = " ".join(os.path.join(self.directory, str(s)) for s, _ in damaged)
+    listed = "; ".join(f"step {s}: {r}" for s, r in sorted(damaged.items(), reverse=True))
+    paths = " ".join(os.path.join(self.directory, str(s)) for s in sorted(damaged, reverse=True))
     raise CheckpointError(
         f"no intact checkpoint in {self.directory} ({listed}). Remove the damaged ones to start "
         f"from step 0 (rm -r {paths}), or choose another --workdir.")

@@ -45,7 +45,9 @@ from msrnn_jax.training.step import (
 )
 
 
-def _nonfinite(what: str, step: int, last_saved: int | None, directory: str) -> FloatingPointError:
+def _nonfinite(what: str, step: int, last_saved: int | None, resumed: int | None,
+               directory: str) -> FloatingPointError:
+  """The error of a non-finite loss or state: what is kept, and the ways out that work."""
   if last_saved is None:
     kept = "no checkpoint has been written yet"
     resume = "start from step 0"
@@ -53,9 +55,16 @@ def _nonfinite(what: str, step: int, last_saved: int | None, directory: str) -> 
     kept = (f"the last good checkpoint (step {last_saved}, finite) is kept in {directory} and "
             "none after it was written")
     resume = f"resume from step {last_saved}"
-  return FloatingPointError(
-      f"{what} at step {step}; {kept}. Lower train.learning_rate or check the data for NaNs, "
-      f"then rerun with this workdir to {resume}.")
+  message = (f"{what} at step {step}; {kept}. Lower train.learning_rate or check the data for "
+             f"NaNs, then rerun with this workdir to {resume}.")
+  if resumed is not None and resumed == last_saved:
+    # The run diverged right after restoring: the checkpoint itself may be the cause.
+    path = os.path.join(directory, str(resumed))
+    aside = os.path.join(os.path.dirname(directory), checkpointing.DAMAGED_DIR, str(resumed))
+    message += (f" This run resumed from {path}; to resume from the checkpoint before it "
+                f"instead, move it aside (mkdir -p {os.path.dirname(aside)} && mv {path} "
+                f"{aside}) and rerun.")
+  return FloatingPointError(message)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -132,7 +141,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       logging.info("resumed from step %d (data position %d).", int(state.step),
                    meta.get("data_position", int(state.step)))
     step = int(state.step)
-    last_saved = step if restored is not None else None
+    last_saved = resumed = step if restored is not None else None
 
     writer = summary.Writer(workdir, enabled=lead, backend=config.summary_backend,
                             resume_step=step if restored is not None else None,
@@ -151,7 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       # A checkpoint must be one a rerun can continue from.
       if not checkpointing.all_finite((state.params, state.opt_state)):
         raise _nonfinite("non-finite parameters or optimizer state after the update", step,
-                         last_saved, ckpt.directory)
+                         last_saved, resumed, ckpt.directory)
       meta = {"step": step, "data_position": step, "eta": eta, "eta_context": eta_context,
               "total_steps": total_steps, "seed": config.seed, "model": config.model.name,
               "settings": settings, "log_lines": writer.lines}
@@ -167,7 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         step += 1
         loss = float(batch_metrics.loss.compute())
         if not np.isfinite(loss):
-          raise _nonfinite(f"non-finite training loss ({loss})", step, last_saved,
+          raise _nonfinite(f"non-finite training loss ({loss})", step, last_saved, resumed,
                            ckpt.directory)
         running = batch_metrics if running is None else running.merge(batch_metrics)
         if step % config.train.log_every_steps == 0 or step == total_steps:
