@@ -36,11 +36,15 @@ _EXIT_ERROR = 2
 
 
 class _QuietLibraries(pylogging.Filter):
-  """Drops INFO chatter of orbax/grain/tfds (warnings still show)."""
+  """Drops INFO chatter of orbax/grain/tfds (warnings still show), and the tracebacks that
+  orbax's background threads log for a failed save (``Checkpointer`` reports it in one
+  ``error:`` line; ``--verbosity=1`` shows them)."""
 
   def filter(self, record: pylogging.LogRecord) -> bool:
     noisy = any(f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "tensorflow_datasets",
                                                            "etils"))
+    if noisy and record.exc_info and logging.get_verbosity() < logging.DEBUG:
+      return False
     return record.levelno >= pylogging.WARNING or not noisy
 
 

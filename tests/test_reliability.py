@@ -578,3 +578,29 @@ def _train_state_target(config):
   return jax.jit(functools.partial(step.create_train_state, model, tx, (4, 4, 16, 16, 1),
                                    config.seed),
                  out_shardings=sharding.replicated(sharding.make_mesh()))()
+
+
+# msrnn_jax.main under a file size limit: a write past it fails (EFBIG) as on a full disk.
+_LIMITED = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000)); sys.argv[0] = 'main'; "
+            "runpy.run_module('msrnn_jax.main', run_name='__main__')")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE as a full disk")
+def test_a_full_disk_ends_in_one_line_and_leaves_no_temporary_checkpoint(tmp_path):
+  """A checkpoint file that cannot be written (a 20 kB file size limit fails the first save the
+  way a full disk does): one error line, no traceback, no half-written temporary folder."""
+  workdir = tmp_path / "w"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  proc = subprocess.run(
+      [sys.executable, "-c", _LIMITED, "--config=configs/test.py", f"--workdir={workdir}",
+       "--config.train.eval_every_steps=1000"], cwd=REPO, env=env, capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+  assert len(errors) == 1, proc.stderr[-3000:]
+  assert re.search(rf"cannot write a checkpoint in {workdir}/checkpoints: File too large .*its "
+                   r"temporary folder was removed.*rerun with this workdir to start from step 0",
+                   errors[0]), errors[0]
+  assert os.listdir(workdir / "checkpoints") == []

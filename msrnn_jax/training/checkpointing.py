@@ -23,9 +23,13 @@
   one it reads away, and never calls intact checkpoints damaged.
 """
 
+import contextlib
 import hashlib
 import os
+import re
+import shutil
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -48,6 +52,14 @@ _RESCANS = 5
 
 class CheckpointError(ValueError):
   """No usable checkpoint, or one of other settings; the message is one line."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (disk full, quota, file size limit); one line."""
+
+
+# Orbax writes a step into '<step><this suffix>' and renames it when complete.
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
 def checkpoint_steps(directory: str) -> list[int]:
@@ -161,6 +173,7 @@ class Checkpointer:
       raise ValueError(f"keep={keep}: at least one checkpoint must be kept.")
     self.directory = os.path.abspath(directory)
     self._read_only = read_only
+    self._failed: CheckpointWriteError | None = None
     if read_only:
       # No preservation policy: nothing is ever deleted. (orbax's own
       # read_only option warns on every use.)
@@ -177,8 +190,32 @@ class Checkpointer:
     """Starts an asynchronous save of ``state`` and ``meta`` (plus the checksums of
     ``state``'s arrays) at ``step``."""
     meta = {**meta, "checksums": checksums(state)}
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    with self._writing():
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  @contextlib.contextmanager
+  def _writing(self) -> Iterator[None]:
+    """Turns a failed (possibly earlier, asynchronous) save into ``CheckpointWriteError``,
+    removing its half-written temporary folder."""
+    if self._failed:
+      raise self._failed
+    try:
+      yield
+    except Exception as e:  # orbax raises whatever its storage raised
+      for name in os.listdir(self.directory) if jax.process_index() == 0 else ():
+        if _TMP_SUFFIX in name:
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      code = re.search(r"os_error_code='(\d+)'", str(e))
+      reason = os.strerror(int(code.group(1))) if code else _reason(e)
+      steps = checkpoint_steps(self.directory)
+      resume = f"resume from step {steps[-1]}" if steps else "start from step 0"
+      free = shutil.disk_usage(self.directory).free / 2**20
+      self._failed = CheckpointWriteError(
+          f"cannot write a checkpoint in {self.directory}: {reason} ({free:.0f} MiB free "
+          f"there); its temporary folder was removed. Free space (or raise the quota or "
+          f"file size limit), then rerun with this workdir to {resume}.")
+      raise self._failed from None
 
   def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Restores the latest (or given) step into the structure and shardings of ``target``."""
@@ -271,5 +308,12 @@ class Checkpointer:
     self._manager.reload()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for pending saves; raises ``CheckpointWriteError`` if one failed."""
+    failed = self._failed
+    try:
+      if not failed:
+        with self._writing():
+          self._manager.wait_until_finished()
+    finally:
+      with contextlib.suppress(Exception):  # after a failed save, closing reports it again
+        self._manager.close()
