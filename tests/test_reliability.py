@@ -604,3 +604,35 @@ def test_a_full_disk_ends_in_one_line_and_leaves_no_temporary_checkpoint(tmp_pat
                    r"temporary folder was removed.*rerun with this workdir to start from step 0",
                    errors[0]), errors[0]
   assert os.listdir(workdir / "checkpoints") == []
+
+
+def test_damaged_prepared_data_is_reported_before_training(tmp_path):
+  """A truncated and a byte-flipped ArrayRecord file of a prepared data set: each stops the run
+  before the workdir is created, with one line naming the file and `prepare --overwrite`."""
+  sys.path.insert(0, str(REPO / "tests"))
+  from data_fixtures import data_config
+
+  from configs import test as test_config
+  from msrnn_jax import data
+  from msrnn_jax.training import train
+  (tmp_path / "raw").mkdir()
+  seqs = np.random.default_rng(0).integers(0, 255, (20, 10, 64, 64), dtype=np.uint8)
+  np.save(tmp_path / "raw" / "mnist_test_seq.npy", seqs)
+  config = test_config.get_config()
+  config.data = data_config(tmp_path, "mmnist", mmnist_digits="npy", image_size=16, in_len=2,
+                            out_len=2)
+  builder = data.get_builder(config.data)
+  path = builder.info.splits["train"].filepaths[0]
+  intact = pathlib.Path(path).read_bytes()
+  middle = len(intact) // 2
+  damages = {"truncated": intact[:middle],
+             "flipped": intact[:middle] + bytes(b ^ 0xFF for b in intact[middle:middle + 16])
+             + intact[middle + 16:]}
+  for name, damaged in damages.items():
+    pathlib.Path(path).write_bytes(damaged)
+    with pytest.raises(data.verify.DamagedDataError) as error:
+      train.train_and_evaluate(config, str(tmp_path / name))
+    assert re.fullmatch(rf"prepared data file {re.escape(str(path))} is damaged \(.+\); rebuild "
+                        r"the data set: python -m msrnn_jax.data.prepare with the same --config "
+                        r"and overrides, plus --overwrite\.", str(error.value)), str(error.value)
+    assert not (tmp_path / name).exists()

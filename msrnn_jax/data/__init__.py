@@ -14,6 +14,7 @@ Public API::
   eval_batches(data_cfg, split, global_batch=, process_index=, process_count=, max_examples=)
   sequence_lengths(data_cfg, split)      # (in_len, out_len)
   process_rows(global_batch, process_index, process_count)  # this process's rows of a batch
+  check_prepared(data_cfg)               # every prepared file whole (verify.DamagedDataError)
 """
 
 from msrnn_jax.data.config import default_config
@@ -28,8 +29,10 @@ from msrnn_jax.data.pipeline import (
     train_dataset,
 )
 from msrnn_jax.data.registry import dataset_preset
+from msrnn_jax.data.verify import check_prepared
 
 __all__ = [
+    "check_prepared",
     "dataset_preset",
     "default_config",
     "eval_batches",

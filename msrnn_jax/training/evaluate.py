@@ -147,6 +147,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   size = config.data.image_size
   shape = (jax.device_count(), in_len + out_len, size, size, config.data.channels)
   model = create_model(config)
+  data.check_prepared(config.data)
   with run.locked_workdir(workdir):
     params, step = run.restore_params(config, workdir, mesh, shape, model=model)
     max_examples = None if config.eval.max_examples < 0 else config.eval.max_examples

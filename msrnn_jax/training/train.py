@@ -102,6 +102,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   mode = sampling_mode(config)
   in_len = config.data.in_len
 
+  data.check_prepared(config.data)
   train_ds = data.train_dataset(config.data, global_batch=config.train.batch_size,
                                 seed=config.seed, process_index=jax.process_index(),
                                 process_count=jax.process_count())
