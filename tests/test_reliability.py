@@ -35,7 +35,8 @@ class Case:
     error: regex the ``error:`` line must match (``{d}``, ``{pid}`` substituted).
     setup: what the folder holds first: ``copy`` (a trained workdir ``w``, a context
       ``ctx.npy`` and a file ``file``), ``damaged`` (a copy whose checkpoints are all
-      damaged), ``empty`` (an empty workdir ``w``) or ``none``.
+      damaged), ``empty`` (an empty workdir ``w``), ``configs`` (config files that fail),
+      ``dangling`` (a symbolic link ``link`` to nothing) or ``none``.
     alone: the error line is all of stderr (it comes before JAX starts).
     lock_may_change: the run got as far as locking the workdir (the lock file then
       holds its pid; everything else must be unchanged).
@@ -67,6 +68,18 @@ CASES = (
     Case("positional_argument", (NEW, "train"), r"unexpected arguments \['train'\]"),
     Case("distributed_as_bool", (NEW, "--config.distributed=True"),
          r"config.distributed is a group; use --config.distributed.enabled=True"),
+    Case("model_as_a_value", (NEW, "--config.model=ms_predrnn"),
+         r"--config.model=ms_predrnn: config.model is a group of settings, not a value; set one "
+         r"of its keys, e.g. --config.model.name=ms_predrnn\.$"),
+    # A config file whose own code fails: one line, no traceback.
+    Case("config_syntax_error", (NEW, "--config={d}/syntax.py"),
+         r"cannot load --config={d}/syntax.py: SyntaxError: .*\(syntax.py, line 1\)",
+         setup="configs"),
+    Case("config_raises", (NEW, "--config={d}/raises.py"),
+         r"cannot load --config={d}/raises.py: RuntimeError: no data here$", setup="configs"),
+    Case("config_returns_no_config", (NEW, "--config={d}/returns.py"),
+         r"--config={d}/returns.py: get_config\(\) returned an object of type dict, not an "
+         r"ml_collections.ConfigDict", setup="configs"),
     Case("keep_checkpoints_0", (NEW, "--config.train.keep_checkpoints=0"),
          r"--config.train.keep_checkpoints=0: must be >= 1 \(0 would delete every checkpoint\)"),
     Case("checkpoint_every_0", (NEW, "--config.train.checkpoint_every_steps=0"),
@@ -106,6 +119,9 @@ CASES = (
          r"cannot create workdir /proc/self/msrnn_run: /proc/self is not writable"),
     Case("workdir_parent_missing", ("--workdir={d}/missing/w",),
          r"the parent of workdir {d}/missing/w does not exist"),
+    Case("workdir_dangling_symlink", ("--workdir={d}/link",),
+         r"workdir {d}/link is a symbolic link to {d}/gone, which does not exist; create that "
+         r"directory or choose another --workdir\.$", setup="dangling"),
     Case("workdir_in_use", (W,),
          r"workdir {d}/w is in use by another run \(pid {pid}\); wait for it to end", setup="copy"),
     # Checkpoints of other settings: the keys that differ and both ways out.
@@ -155,7 +171,9 @@ def _snapshot(root: pathlib.Path, lock_may_change: bool) -> dict[str, str]:
   out = {}
   for path in sorted(root.rglob("*")):
     rel = str(path.relative_to(root))
-    if path.is_dir():
+    if path.is_symlink():
+      out[rel] = f"link to {os.readlink(path)}"
+    elif path.is_dir():
       out[rel] = "dir"
     elif lock_may_change and path.name == ".lock":
       out[rel] = "lock"
@@ -175,6 +193,12 @@ def _setup(case: Case, d: pathlib.Path, trained: pathlib.Path) -> None:
     _damage_step(d / "w" / "checkpoints", truncate=4, drop_meta=2)
   if case.setup == "empty":
     (d / "w").mkdir()
+  if case.setup == "configs":
+    (d / "syntax.py").write_text("def get_config(:\n  pass\n")
+    (d / "raises.py").write_text("def get_config():\n  raise RuntimeError('no data here')\n")
+    (d / "returns.py").write_text("def get_config():\n  return {'seed': 1}\n")
+  if case.setup == "dangling":
+    os.symlink(d / "gone", d / "link")
 
 
 @pytest.fixture(scope="module")
@@ -636,3 +660,57 @@ def test_damaged_prepared_data_is_reported_before_training(tmp_path):
                         r"the data set: python -m msrnn_jax.data.prepare with the same --config "
                         r"and overrides, plus --overwrite\.", str(error.value)), str(error.value)
     assert not (tmp_path / name).exists()
+
+
+def test_sigterm_during_the_final_evaluation_exits_75_and_a_rerun_evaluates(tmp_path, monkeypatch,
+                                                                           capsys):
+  """SIGTERM while the final test evaluation runs: exit 75 with a message (the checkpoint of the
+  last step is saved); rerunning only evaluates and writes test.json."""
+  from configs import test as test_config
+  from msrnn_jax import commands, data
+  real, sent = data.eval_batches, []
+
+  def term_during_test(data_cfg, split, **kwargs):
+    for batch in real(data_cfg, split, **kwargs):
+      if split == "test" and not sent:
+        sent.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  monkeypatch.setattr(data, "eval_batches", term_during_test)
+  config = test_config.get_config()
+  config.train.eval_every_steps = 1000
+  config.backend.keep_freed_memory = False  # not in the test process
+  workdir = tmp_path / "w"
+  assert commands.run(config, str(workdir)) == commands.EXIT_PREEMPTED == 75
+  assert sent and not (workdir / "test.json").exists()
+  err = capsys.readouterr().err
+  assert (f"stopped by a signal during the final evaluation; the checkpoint of step 4 is in "
+          f"{workdir}/checkpoints; rerun the same command to run the evaluation.") in err, err
+  monkeypatch.undo()
+  assert commands.run(config, str(workdir)) == commands.EXIT_OK
+  assert (workdir / "test.json").is_file()
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
+
+
+def test_a_diverged_run_warns_while_training_and_in_its_results(tmp_path, caplog):
+  """learning_rate=1e6: the loss grows far past its first value (a warning while training),
+  and the final test is worse than both trivial baselines (a warning and test.json's field)."""
+  from configs import test as test_config
+  from msrnn_jax.training import train
+  config = test_config.get_config()
+  config.train.learning_rate = 1e6
+  config.train.num_steps = 12
+  config.train.log_every_steps = 1
+  config.train.eval_every_steps = 1000
+  caplog.set_level("WARNING")
+  train.train_and_evaluate(config, str(tmp_path / "w"))
+  losses = [json.loads(x)["train/loss"] for x in (tmp_path / "w" / "metrics.jsonl").read_text()
+            .splitlines() if "train/loss" in x]
+  assert max(losses) > 10 * losses[0]
+  assert re.search(r"training loss \S+ at step \d is \d+x its first logged value .*lower "
+                   r"train.learning_rate \(now 1e\+06\)", caplog.text), caplog.text
+  result = json.loads((tmp_path / "w" / "test.json").read_text())
+  assert all(result["future"]["mse"] > b["future"]["mse"] for b in result["baselines"].values())
+  assert result["worse_than_baselines"] is True
+  assert "the test evaluation is worse than every trivial baseline" in caplog.text

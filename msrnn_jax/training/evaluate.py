@@ -15,10 +15,11 @@ from typing import Any
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 
 from msrnn_jax import data
 from msrnn_jax.evaluation import metrics, visualize
-from msrnn_jax.training import config_checks, run, sharding
+from msrnn_jax.training import checkpointing, config_checks, run, sharding
 from msrnn_jax.training import workdir as workdir_lib
 from msrnn_jax.training.step import create_model, is_radar, make_eval_step
 
@@ -31,8 +32,8 @@ def _host(x: jax.Array) -> np.ndarray:
 
 
 def evaluate(config: ml_collections.ConfigDict, params: Any, mesh: jax.sharding.Mesh, split: str,
-             max_examples: int | None = None, eval_step: Callable | None = None
-             ) -> dict[str, Any]:
+             max_examples: int | None = None, eval_step: Callable | None = None,
+             before_batch: Callable[[], None] | None = None) -> dict[str, Any]:
   """Evaluates ``params`` on a split with both protocols and the trivial baselines.
 
   Args:
@@ -45,6 +46,7 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, mesh: jax.sharding.
       evaluates more than once so that every evaluation reuses its
       compilation (every evaluation split has the same in/out lengths); None
       builds one for this call.
+    before_batch: called before each batch; it may raise to stop (a signal).
 
   Returns:
     dict with ``result`` and ``baselines`` (name -> result; see
@@ -65,6 +67,8 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, mesh: jax.sharding.
                               process_index=jax.process_index(),
                               process_count=jax.process_count(), max_examples=max_examples)
   for batch in batches:
+    if before_batch is not None:
+      before_batch()
     global_batch = sharding.shard_batch(batch, mesh)
     stats, base_stats, preds = step(params, global_batch["frames"], global_batch["mask"])
     acc.update(stats)
@@ -90,9 +94,29 @@ def truth_vs_prediction(samples: tuple[np.ndarray, ...]) -> np.ndarray:
   return np.concatenate(rows, axis=0)
 
 
+def worse_than_baselines(evaluation: dict[str, Any]) -> bool:
+  """Whether the model's future MSE is above every trivial baseline's: it learned nothing."""
+  mse = evaluation["result"]["future"]["mse"]
+  return bool(evaluation["baselines"]) and all(
+      mse > b["future"]["mse"] for b in evaluation["baselines"].values())
+
+
 def write_evaluation(evaluation: dict[str, Any], workdir: str, split: str) -> dict[str, str]:
-  """Results JSON/CSV, per-frame plot and prediction grid (PNG + GIF) in ``workdir``."""
-  paths = metrics.write_results(evaluation["result"], workdir, split, evaluation["baselines"])
+  """Results JSON/CSV, per-frame plot and prediction grid (PNG + GIF) in ``workdir``.
+
+  The JSON's ``worse_than_baselines`` says whether the model did worse than every
+  trivial baseline (then a warning says so too).
+  """
+  worse = worse_than_baselines(evaluation)
+  if worse:
+    listed = ", ".join(f"{name} {b['future']['mse']:.4g}"
+                       for name, b in evaluation["baselines"].items())
+    logging.warning(
+        "the %s evaluation is worse than every trivial baseline (future MSE %.4g; %s): the "
+        "model has not learned to predict; check train.learning_rate and the training loss.",
+        split, evaluation["result"]["future"]["mse"], listed)
+  result = {**evaluation["result"], "worse_than_baselines": worse}
+  paths = metrics.write_results(result, workdir, split, evaluation["baselines"])
   for name, result in evaluation["baselines"].items():
     metrics.write_results(result, workdir, f"{split}_{name}")
   paths["plot"] = os.path.join(workdir, f"{split}_per_frame.png")
@@ -148,12 +172,19 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   shape = (jax.device_count(), in_len + out_len, size, size, config.data.channels)
   model = create_model(config)
   data.check_prepared(config.data)
-  with run.locked_workdir(workdir):
+  with run.locked_workdir(workdir), run.StopSignals() as stop:
     params, step = run.restore_params(config, workdir, mesh, shape, model=model)
     max_examples = None if config.eval.max_examples < 0 else config.eval.max_examples
     t0 = time.time()
+
+    def stop_on_signal() -> None:
+      if stop.agreed():
+        raise run.Preempted(step, os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
+                            during="the evaluation")
+
     ev = evaluate(config, params, mesh, config.eval.split, max_examples=max_examples,
-                  eval_step=make_eval_step(model, is_radar(config.data)))
+                  eval_step=make_eval_step(model, is_radar(config.data)),
+                  before_batch=stop_on_signal)
     if jax.process_index() == 0:
       paths = write_evaluation(ev, workdir, config.eval.split)
       with open(os.path.join(workdir, f"{config.eval.split}_checkpoint.json"), "w") as f:

@@ -28,15 +28,20 @@ from msrnn_jax.training.step import create_model, create_optimizer, create_train
 
 
 class Preempted(Exception):
-  """Training stopped on SIGTERM or SIGINT after saving a checkpoint; rerun to continue.
+  """A run stopped on SIGTERM or SIGINT after saving a checkpoint; rerun to continue.
 
   Attributes:
     step: the step of the checkpoint just saved.
   """
 
-  def __init__(self, step: int, directory: str):
-    super().__init__(f"stopped by a signal at step {step}; the checkpoint of step {step} is in "
-                     f"{directory}; rerun the same command to continue.")
+  def __init__(self, step: int, directory: str, during: str = ""):
+    if during:  # an evaluation: the checkpoint was saved before it
+      what = (f"stopped by a signal during {during}; the checkpoint of step {step} is in "
+              f"{directory}; rerun the same command to run the evaluation.")
+    else:
+      what = (f"stopped by a signal at step {step}; the checkpoint of step {step} is in "
+              f"{directory}; rerun the same command to continue.")
+    super().__init__(what)
     self.step = step
 
 

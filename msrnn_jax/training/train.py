@@ -153,6 +153,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     logging.info("model %s: %d parameters; %d steps (%d per epoch); devices: %s",
                  config.model.name, n_params, total_steps, steps_per_epoch, jax.devices())
     progress = summary.Progress(total_steps, step)
+    divergence = summary.DivergenceWarning(config.train.learning_rate)
     running = None
     settings = config_checks.settings(config)
 
@@ -186,6 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           values["train/steps_per_s"] = progress.rate(step)
           writer.write_scalars(step, values)
           progress.report(step, loss=values["train/loss"], eta=eta)
+          divergence.update(step, float(values["train/loss"]))
           running = None
         if step % eval_every == 0 and step < total_steps:
           ev = evaluate.evaluate(config, state.params, mesh, "validation",
@@ -199,17 +201,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if stopping:
           logging.warning("stopped at step %d; rerun with the same workdir to continue.", step)
           raise run.Preempted(step, ckpt.directory)
-    if last_saved != step:
-      save(step, *schedule(mode, step, total_steps, steps_per_epoch))
+      if last_saved != step:
+        save(step, *schedule(mode, step, total_steps, steps_per_epoch))
 
-    t0 = time.time()
-    max_examples = None if config.eval.max_examples < 0 else config.eval.max_examples
-    ev = evaluate.evaluate(config, state.params, mesh, config.eval.split,
-                           max_examples=max_examples, eval_step=eval_step)
-    if lead:
-      paths = evaluate.write_evaluation(ev, workdir, config.eval.split)
-      writer.write_scalars(step, evaluate.scalars(config.eval.split, ev["result"]))
-      for name, result in ev["baselines"].items():
-        writer.write_scalars(step, evaluate.scalars(f"{config.eval.split}_{name}", result))
-      evaluate.log_summary(ev, config.eval.split, time.time() - t0, paths)
+      def stop_on_signal() -> None:
+        if stop.agreed():
+          raise run.Preempted(step, ckpt.directory, during="the final evaluation")
+
+      t0 = time.time()
+      max_examples = None if config.eval.max_examples < 0 else config.eval.max_examples
+      ev = evaluate.evaluate(config, state.params, mesh, config.eval.split,
+                             max_examples=max_examples, eval_step=eval_step,
+                             before_batch=stop_on_signal)
+      if lead:
+        paths = evaluate.write_evaluation(ev, workdir, config.eval.split)
+        writer.write_scalars(step, evaluate.scalars(config.eval.split, ev["result"]))
+        for name, result in ev["baselines"].items():
+          writer.write_scalars(step, evaluate.scalars(f"{config.eval.split}_{name}", result))
+        evaluate.log_summary(ev, config.eval.split, time.time() - t0, paths)
   return state
