@@ -17,7 +17,6 @@ import pytest
 from configs import test as test_config
 from msrnn_jax import commands, data
 from msrnn_jax.training import (
-  checkpointing,
   inference,
   losses,
   run,
@@ -28,6 +27,7 @@ from msrnn_jax.training import (
 )
 from msrnn_jax.training import step as step_lib
 from msrnn_jax.training import workdir as workdir_lib
+from msrnn_jax.training.integrity import all_finite
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -304,7 +304,7 @@ def test_nonfinite_parameters_are_never_checkpointed(tmp_path, monkeypatch):
   assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["2"]
   monkeypatch.undo()
   state = train.train_and_evaluate(_config(), str(tmp_path / "w"))
-  assert int(state.step) == 4 and checkpointing.all_finite(state.params)
+  assert int(state.step) == 4 and all_finite(state.params)
 
 
 def test_bad_workdir_and_predict_inputs(tmp_path, trained):

@@ -3,7 +3,7 @@
 * Atomic: orbax writes each step into a temporary directory and renames it
   when the (asynchronous) save is complete, so a run killed mid-save leaves
   the previous checkpoint intact.
-* Finite: the trainer saves only states that pass ``all_finite``, so the
+* Finite: the trainer saves only states that pass ``integrity.all_finite``, so the
   checkpoint a non-finite loss error points to can be resumed from.
 * Self-describing: besides the train state pytree (params, optimizer state,
   step, PRNG key) each checkpoint holds a JSON item ``meta`` with the data and
@@ -24,7 +24,6 @@
 """
 
 import contextlib
-import hashlib
 import os
 import re
 import shutil
@@ -33,14 +32,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from msrnn_jax.training import config_checks
+from msrnn_jax.training import config_checks, distributed, integrity
 
 # Sub-directories of the workdir: checkpoints, and where training moves
 # damaged ones so that it can save their steps again.
@@ -94,41 +91,6 @@ def check_settings(workdir: str, config: ml_collections.ConfigDict, mode: str) -
     if diffs:
       raise CheckpointError(config_checks.mismatch_message(workdir, step, diffs))
     return
-
-
-@jax.jit
-def _all_finite(tree: Any) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
-def all_finite(tree: Any) -> bool:
-  """Whether every float leaf of ``tree`` is free of NaN and Inf (one jitted reduction)."""
-  return bool(_all_finite(tree))
-
-
-def checksums(tree: Any) -> dict[str, str]:
-  """SHA-256 of each leaf's bytes (this process's copy), keyed by its path in ``tree``.
-
-  The state is replicated, so the first addressable shard of a leaf is all of it.
-  """
-  out = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-    host = np.asarray(leaf.addressable_data(0) if isinstance(leaf, jax.Array) else leaf)
-    out[jax.tree_util.keystr(path)] = hashlib.sha256(np.ascontiguousarray(host).data).hexdigest()
-  return out
-
-
-def _verify(state: Any, meta: dict[str, Any]) -> None:
-  """Raises ``ValueError`` naming the first array whose bytes differ from the saved checksum."""
-  saved = meta.get("checksums")
-  if saved is None:  # written before checksums were recorded
-    return
-  for key, digest in checksums(state).items():
-    if saved.get(key) != digest:
-      raise ValueError(f"checksum mismatch in {key or 'the state'}: its files were changed "
-                       "after saving")
 
 
 def _ignore_callbacks_of_a_failed_restore() -> None:
@@ -189,7 +151,7 @@ class Checkpointer:
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
     """Starts an asynchronous save of ``state`` and ``meta`` (plus the checksums of
     ``state``'s arrays) at ``step``."""
-    meta = {**meta, "checksums": checksums(state)}
+    meta = {**meta, "checksums": integrity.checksums(state)}
     with self._writing():
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
@@ -206,6 +168,8 @@ class Checkpointer:
       for name in os.listdir(self.directory) if jax.process_index() == 0 else ():
         if _TMP_SUFFIX in name:
           shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      if distributed.peer_failure(e) is not None:
+        raise  # the save's synchronisation met a lost process, not a storage problem
       code = re.search(r"os_error_code='(\d+)'", str(e))
       reason = os.strerror(int(code.group(1))) if code else _reason(e)
       steps = checkpoint_steps(self.directory)
@@ -227,7 +191,7 @@ class Checkpointer:
     out = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
     meta = dict(out["meta"])
-    _verify(out["state"], meta)
+    integrity.verify(out["state"], meta)
     meta.pop("checksums", None)
     return out["state"], meta
 
@@ -261,7 +225,7 @@ class Checkpointer:
           continue
         try:
           state, meta = self.restore(target, step)
-          if not all_finite(state):
+          if not integrity.all_finite(state):
             raise ValueError("it holds non-finite values (NaN or Inf)")
         except Exception as e:  # any read failure means damaged, unless the step went away
           if self._read_only and not os.path.isdir(os.path.join(self.directory, str(step))):

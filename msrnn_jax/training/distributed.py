@@ -26,6 +26,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -38,6 +39,10 @@ EXIT_PEER_LOST = 76
 # JAX's heartbeat timeout, in multiples of ``timeout_s``: long compilations
 # send no collective, and a missed heartbeat aborts the process.
 HEARTBEAT_FACTOR = 3
+# How long process 0 outlives a failure (``exit_now``).
+_LINGER_S = 2.0
+# This process's index once every process has connected.
+_started: dict[str, int | None] = {"process_id": None}
 
 # Signatures of a collective or coordination call whose peer is gone.
 _PEER_FAILURES = ("gloo", "connection closed", "connection reset", "deadline_exceeded",
@@ -58,9 +63,16 @@ def _timeout(group: Any) -> int:
 
 def exit_now(status: int) -> None:
   """Ends the process at once with ``status`` (flushing output), skipping JAX's shutdown
-  barrier, which waits for every peer."""
+  barrier, which waits for every peer.
+
+  Process 0 hosts the coordination service; it lingers a moment so that the others,
+  ending for the same reason, print their own line rather than JAX's abort on losing it.
+  """
   sys.stdout.flush()
   sys.stderr.flush()
+  # Not jax.process_index(): from the watchdog's thread it would start JAX's backend.
+  if _started["process_id"] == 0:
+    time.sleep(_LINGER_S)
   os._exit(status)
 
 
@@ -151,6 +163,9 @@ def initialize(group: Any) -> bool:
         f"jax.distributed.initialize({args}) failed: {first.rstrip('.')}. Launch under "
         "SLURM/Open MPI, or set distributed.coordinator_address, num_processes and process_id "
         "(docs/running.md).") from None
+  # JAX's CPU backend exchanges the device topology with every process: also a wait.
+  with deadline(timeout, lost):
+    _started["process_id"] = jax.process_index()
   return True
 
 
@@ -188,22 +203,27 @@ def check_same_config(config: ml_collections.ConfigDict) -> None:
   me = jax.process_index()
   client.key_value_set(f"msrnn_jax/config/{me}", json.dumps(mine))
   others = [0] if me else list(range(1, jax.process_count()))
-  for other in others:
-    try:
+  mismatch = None
+  try:
+    for other in others:
       theirs = json.loads(client.blocking_key_value_get(f"msrnn_jax/config/{other}", timeout_ms))
-    except jax.errors.JaxRuntimeError as e:
-      raise PeerLost(f"process {other} did not publish its config within "
-                     f"distributed.timeout_s={_timeout(config.distributed)} s ({_first(e)}); "
-                     "check that it is running, then rerun.") from None
-    diffs = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
-    if diffs:
-      (a, first), (b, second) = sorted([(other, theirs), (me, mine)], key=lambda x: x[0])
-      listed = "; ".join(f"{k}={first.get(k)!r} on process {a}, {second.get(k)!r} on "
-                         f"process {b}" for k in diffs[:8])
-      more = f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else ""
-      raise ConfigMismatch(f"the processes of this run have different configs: {listed}{more}. "
-                           "Start every process with the same config and flags (only "
-                           "distributed.process_id differs).")
+      diffs = sorted(k for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k))
+      if diffs and mismatch is None:
+        (a, first), (b, second) = sorted([(other, theirs), (me, mine)], key=lambda x: x[0])
+        listed = "; ".join(f"{k}={first.get(k)!r} on process {a}, {second.get(k)!r} on "
+                           f"process {b}" for k in diffs[:8])
+        more = f" (and {len(diffs) - 8} more)" if len(diffs) > 8 else ""
+        mismatch = ConfigMismatch(
+            f"the processes of this run have different configs: {listed}{more}. Start every "
+            "process with the same config and flags (only distributed.process_id differs).")
+    # Nobody leaves before every process has compared (process 0 hosts the service).
+    client.wait_at_barrier("msrnn_jax/config_compared", timeout_ms)
+  except jax.errors.JaxRuntimeError as e:
+    raise PeerLost(f"a process did not exchange its config within distributed.timeout_s="
+                   f"{_timeout(config.distributed)} s ({_first(e)}); check that every process "
+                   "is running, then rerun.") from None
+  if mismatch is not None:
+    raise mismatch
 
 
 def _first(error: BaseException) -> str:

@@ -32,6 +32,7 @@ from msrnn_jax import data
 from msrnn_jax.training import checkpointing, config_checks, evaluate, run, sharding, summary
 from msrnn_jax.training import workdir as workdir_lib
 from msrnn_jax.training.checkpointing import Checkpointer
+from msrnn_jax.training.integrity import all_finite
 from msrnn_jax.training.step import (
     TrainState,
     create_model,
@@ -160,7 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     def save(step: int, eta: float, eta_context: float) -> None:
       nonlocal last_saved
       # A checkpoint must be one a rerun can continue from.
-      if not checkpointing.all_finite((state.params, state.opt_state)):
+      if not all_finite((state.params, state.opt_state)):
         raise _nonfinite("non-finite parameters or optimizer state after the update", step,
                          last_saved, resumed, ckpt.directory)
       meta = {"step": step, "data_position": step, "eta": eta, "eta_context": eta_context,
