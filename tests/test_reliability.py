@@ -414,9 +414,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(tmp_path, name, port, process_ids, extra=((),), num_steps=4):
+def _launch(tmp_path, name, port, process_ids, extra=((),), num_steps=4, timeout_s=5):
   """Starts one ``msrnn_jax.main`` process per id of ``process_ids`` (a 2-process run on
-  127.0.0.1, timeout 5 s); ``extra``: per-process extra flags. Returns (procs, logs)."""
+  127.0.0.1); ``extra``: per-process extra flags. Returns (procs, logs)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=1")
   args = ["--config=configs/test.py", f"--workdir={tmp_path / name}",
@@ -425,7 +425,7 @@ def _launch(tmp_path, name, port, process_ids, extra=((),), num_steps=4):
           f"--config.train.num_steps={num_steps}", "--config.train.eval_every_steps=1000",
           "--config.eval.max_examples=4", "--config.distributed.enabled=True",
           f"--config.distributed.coordinator_address=127.0.0.1:{port}",
-          "--config.distributed.num_processes=2", "--config.distributed.timeout_s=5"]
+          "--config.distributed.num_processes=2", f"--config.distributed.timeout_s={timeout_s}"]
   procs, logs = [], []
   for i, pid in enumerate(process_ids):
     log = tmp_path / f"{name}_{i}.log"
@@ -436,16 +436,6 @@ def _launch(tmp_path, name, port, process_ids, extra=((),), num_steps=4):
           stderr=f))
     logs.append(log)
   return procs, logs
-
-
-def _wait_until_listening(port, proc, timeout=60):
-  import socket
-  deadline = time.time() + timeout
-  while time.time() < deadline and proc.poll() is None:
-    with socket.socket() as s:
-      if s.connect_ex(("127.0.0.1", port)) == 0:
-        return
-    time.sleep(0.1)
 
 
 def _ended(procs, logs, timeout=90):
@@ -466,18 +456,24 @@ def _ended(procs, logs, timeout=90):
 def test_multi_process_failures_end_every_process_with_one_line(tmp_path):
   """A missing peer, an unreachable coordinator, two processes with process_id=0, configs that
   differ, and a peer killed during training: every surviving process ends within seconds
-  (distributed.timeout_s=5) with one error line and a documented status: 76 (rerun) for a
-  lost or missing peer, 2 for a launch that cannot work as given."""
+  (distributed.timeout_s=5 where a peer is missing) with one error line and a documented
+  status: 76 (rerun) for a lost or missing peer, 2 for a launch that cannot work as given."""
   runs = {}
   port = _free_port()
   runs["alone"] = _launch(tmp_path, "alone", port, [0])
   runs["unreachable"] = _launch(tmp_path, "unreachable", _free_port(), [1])
+  # Two processes that both start: a longer timeout, as one may start seconds after the other
+  # on a busy machine.
   runs["mismatch"] = _launch(tmp_path, "mismatch", _free_port(), [0, 1],
-                             extra=((), ("--config.train.learning_rate=0.001",)))
-  killed_port = _free_port()
-  runs["killed"] = _launch(tmp_path, "killed", killed_port, [0, 1], num_steps=400)
-  _wait_until_listening(port, runs["alone"][0][0])  # before the second process 0 probes it
-  runs["duplicate"] = _launch(tmp_path, "duplicate", port, [0])
+                             extra=((), ("--config.train.learning_rate=0.001",)), timeout_s=30)
+  runs["killed"] = _launch(tmp_path, "killed", _free_port(), [0, 1], num_steps=400, timeout_s=30)
+  # A second process 0 finds the coordinator port taken (here by the test, as a first
+  # process 0 holds it while it waits for the others).
+  import socket
+  holder = socket.socket()
+  holder.bind(("127.0.0.1", 0))
+  holder.listen()
+  runs["duplicate"] = _launch(tmp_path, "duplicate", holder.getsockname()[1], [0])
   # Kill process 1 of 'killed' once training has saved its first checkpoint.
   ckpt = tmp_path / "killed" / "checkpoints" / "2"
   deadline = time.time() + 240
@@ -487,6 +483,7 @@ def test_multi_process_failures_end_every_process_with_one_line(tmp_path):
   runs["killed"][0][1].kill()
   killed_at = time.time()
   results = {name: _ended(*run) for name, run in runs.items()}
+  holder.close()
 
   for name in ("alone", "unreachable"):
     (rc, errors, text), = results[name]
