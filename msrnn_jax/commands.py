@@ -31,6 +31,8 @@ from absl import logging
 EXIT_OK = 0
 EXIT_ERROR = 2
 EXIT_PREEMPTED = 75
+# Same value as training.distributed.EXIT_PEER_LOST (a test checks); not imported,
+# so that this module loads no JAX before run() has prepared the host.
 EXIT_PEER_LOST = 76
 
 

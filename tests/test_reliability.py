@@ -502,8 +502,10 @@ def test_multi_process_failures_end_every_process_with_one_line(tmp_path):
   assert "another process of this run failed or cannot be reached" in errors[0]
   assert "Traceback" not in text
   assert time.time() - killed_at < 60
-  from msrnn_jax.training import checkpointing
+  from msrnn_jax import commands
+  from msrnn_jax.training import checkpointing, distributed
   assert 2 in checkpointing.checkpoint_steps(str(tmp_path / "killed" / "checkpoints"))
+  assert commands.EXIT_PEER_LOST == distributed.EXIT_PEER_LOST == 76
 
 
 def test_a_checkpoint_changed_in_place_fails_its_checksum(tmp_path, caplog):
@@ -674,10 +676,13 @@ def test_damaged_prepared_data_is_reported_before_training(tmp_path):
     assert not (tmp_path / name).exists()
 
 
-def test_sigterm_during_the_final_evaluation_exits_75_and_a_rerun_evaluates(tmp_path, monkeypatch,
-                                                                           capsys):
-  """SIGTERM while the final test evaluation runs: exit 75 with a message (the checkpoint of the
-  last step is saved); rerunning only evaluates and writes test.json."""
+def test_a_diverged_run_warns_and_sigterm_in_its_final_evaluation_exits_75(tmp_path,
+                                                                           monkeypatch, capsys,
+                                                                           caplog):
+  """learning_rate=1e6: the loss grows far past its first value (a warning while training).
+  SIGTERM during the final evaluation: exit 75 with a message (the checkpoint of the last step
+  is saved); the rerun only evaluates, and the model, worse than both trivial baselines, gets a
+  warning and test.json's field."""
   from configs import test as test_config
   from msrnn_jax import commands, data
   real, sent = data.eval_batches, []
@@ -691,38 +696,29 @@ def test_sigterm_during_the_final_evaluation_exits_75_and_a_rerun_evaluates(tmp_
 
   monkeypatch.setattr(data, "eval_batches", term_during_test)
   config = test_config.get_config()
-  config.train.eval_every_steps = 1000
-  config.backend.keep_freed_memory = False  # not in the test process
-  workdir = tmp_path / "w"
-  assert commands.run(config, str(workdir)) == commands.EXIT_PREEMPTED == 75
-  assert sent and not (workdir / "test.json").exists()
-  err = capsys.readouterr().err
-  assert (f"stopped by a signal during the final evaluation; the checkpoint of step 4 is in "
-          f"{workdir}/checkpoints; rerun the same command to run the evaluation.") in err, err
-  monkeypatch.undo()
-  assert commands.run(config, str(workdir)) == commands.EXIT_OK
-  assert (workdir / "test.json").is_file()
-  assert sorted(os.listdir(workdir / "checkpoints")) == ["2", "4"]
-
-
-def test_a_diverged_run_warns_while_training_and_in_its_results(tmp_path, caplog):
-  """learning_rate=1e6: the loss grows far past its first value (a warning while training),
-  and the final test is worse than both trivial baselines (a warning and test.json's field)."""
-  from configs import test as test_config
-  from msrnn_jax.training import train
-  config = test_config.get_config()
   config.train.learning_rate = 1e6
   config.train.num_steps = 12
   config.train.log_every_steps = 1
   config.train.eval_every_steps = 1000
+  config.backend.keep_freed_memory = False  # not in the test process
+  workdir = tmp_path / "w"
   caplog.set_level("WARNING")
-  train.train_and_evaluate(config, str(tmp_path / "w"))
-  losses = [json.loads(x)["train/loss"] for x in (tmp_path / "w" / "metrics.jsonl").read_text()
+  assert commands.run(config, str(workdir)) == commands.EXIT_PREEMPTED == 75
+  assert sent and not (workdir / "test.json").exists()
+  err = capsys.readouterr().err
+  assert (f"stopped by a signal during the final evaluation; the checkpoint of step 12 is in "
+          f"{workdir}/checkpoints; rerun the same command to run the evaluation.") in err, err
+  losses = [json.loads(x)["train/loss"] for x in (workdir / "metrics.jsonl").read_text()
             .splitlines() if "train/loss" in x]
   assert max(losses) > 10 * losses[0]
-  assert re.search(r"training loss \S+ at step \d is \d+x its first logged value .*lower "
+  assert re.search(r"training loss \S+ at step \d+ is \d+x its first logged value .*lower "
                    r"train.learning_rate \(now 1e\+06\)", caplog.text), caplog.text
-  result = json.loads((tmp_path / "w" / "test.json").read_text())
+  monkeypatch.undo()
+  assert commands.run(config, str(workdir)) == commands.EXIT_OK
+  # No step trained again: the log holds the same 12 training losses.
+  assert [json.loads(x)["train/loss"] for x in (workdir / "metrics.jsonl").read_text()
+          .splitlines() if "train/loss" in x] == losses
+  result = json.loads((workdir / "test.json").read_text())
   assert all(result["future"]["mse"] > b["future"]["mse"] for b in result["baselines"].values())
   assert result["worse_than_baselines"] is True
   assert "the test evaluation is worse than every trivial baseline" in caplog.text
