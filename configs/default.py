@@ -28,6 +28,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.distributed.num_processes = config_dict.placeholder(int)
   # This process's index in [0, num_processes).
   config.distributed.process_id = config_dict.placeholder(int)
+  # Seconds any wait on another process may last (start-up, a lost peer):
+  # past it every process ends with exit status 76 (requeue).
+  config.distributed.timeout_s = 60
   # Summary writer: 'auto' (clu if TensorFlow is installed, else tensorboardX),
   # 'tensorboardx' or 'clu'.
   config.summary_backend = "auto"

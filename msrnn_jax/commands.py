@@ -10,8 +10,14 @@ scheduler (and a test) can tell the outcomes apart:
   intact), an input file, or a non-finite loss. Errors found before training
   starts leave the workdir as it was.
 * ``EXIT_PREEMPTED`` (75, ``EX_TEMPFAIL`` of sysexits.h: "try again later"):
-  SIGTERM or SIGINT stopped training after a checkpoint was saved; rerunning
-  the same command continues exactly where it stopped. Requeue on it.
+  SIGTERM or SIGINT stopped training (or its final evaluation) after a
+  checkpoint was saved; rerunning the same command continues exactly where it
+  stopped. Requeue on it.
+* ``EXIT_PEER_LOST`` (76, ``EX_PROTOCOL``: a remote error): another process of
+  a multi-process run died, did not start or cannot be reached within
+  ``distributed.timeout_s``; rerunning every process resumes from the last
+  checkpoint. Requeue on it. (Processes started with different configs end
+  with 2: a rerun of the same commands cannot succeed.)
 
 Any other status (1 with a Python traceback) is a bug or a failure of the
 machine, not of the input.
@@ -25,6 +31,9 @@ from absl import logging
 EXIT_OK = 0
 EXIT_ERROR = 2
 EXIT_PREEMPTED = 75
+# Same value as training.distributed.EXIT_PEER_LOST (a test checks); not imported,
+# so that this module loads no JAX before run() has prepared the host.
+EXIT_PEER_LOST = 76
 
 
 def one_line(message: Any) -> str:
@@ -47,25 +56,45 @@ def run(config: Any, workdir: str, mode: str = "train", input_path: str | None =
   from msrnn_jax import backend
   # Before anything starts JAX's runtime (msrnn_jax/backend/allocator.py).
   backend.prepare_host(config.get("backend", {}).get("keep_freed_memory", True))
-  from msrnn_jax.training import inference, train
+  from msrnn_jax.training import distributed, evaluate, inference, run, train
   try:
     if mode == "train":
       train.train_and_evaluate(config, workdir)
     elif mode == "eval":
-      train.evaluate_checkpoint(config, workdir)
+      evaluate.evaluate_checkpoint(config, workdir)
     elif mode == "predict":
       if not input_path or not output_path:
         raise ValueError("--mode=predict needs --input=<context.npy> and --output=<pred.npy>.")
       inference.predict_file(config, workdir, input_path, output_path, horizon)
     else:
       raise ValueError(f"--mode={mode} is unknown; use train, eval or predict.")
-  except train.Preempted as e:
+  except run.Preempted as e:
     print(f"stopped: {one_line(e)} (exit status {EXIT_PREEMPTED})", file=sys.stderr, flush=True)
     return EXIT_PREEMPTED
-  except (ValueError, OSError, FloatingPointError) as e:
+  except distributed.PeerLost as e:
+    print(f"error: {one_line(e)} (exit status {EXIT_PEER_LOST})", file=sys.stderr, flush=True)
+    return EXIT_PEER_LOST
+  except (ValueError, OSError, FloatingPointError, RuntimeError) as e:
+    if (lost := distributed.peer_failure(e)) is not None:
+      logging.debug("error details", exc_info=True)
+      print(f"error: {one_line(lost)} (exit status {EXIT_PEER_LOST})", file=sys.stderr,
+            flush=True)
+      return EXIT_PEER_LOST
+    if not isinstance(e, ValueError | OSError | FloatingPointError):
+      raise
     # Bad input: one line saying what to do. The traceback is for developers
     # (--verbosity=1).
     logging.debug("error details", exc_info=True)
     print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
     return EXIT_ERROR
   return EXIT_OK
+
+
+def finish(status: int) -> None:
+  """Ends the process with ``status``; a failed multi-process run skips JAX's shutdown
+  barrier, which would wait for peers that may be gone."""
+  import jax
+  if status != EXIT_OK and jax.distributed.is_initialized():
+    from msrnn_jax.training import distributed
+    distributed.exit_now(status)
+  sys.exit(status)

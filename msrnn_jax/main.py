@@ -8,7 +8,8 @@
         --mode=predict --input=context.npy --output=pred.npy --horizon=10
 
 Exit status: 0 done, 2 ``error: ...`` (one line on stderr), 75 stopped by
-SIGTERM/SIGINT after saving a checkpoint (rerun to continue); see
+SIGTERM/SIGINT after saving a checkpoint (rerun to continue), 76 another
+process of a multi-process run lost (rerun every process); see
 ``msrnn_jax/commands.py`` and docs/running.md.
 
 This file only parses flags (kept short so the logic stays importable).
@@ -18,6 +19,7 @@ import logging as pylogging
 import re
 import sys
 
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -36,11 +38,15 @@ _EXIT_ERROR = 2
 
 
 class _QuietLibraries(pylogging.Filter):
-  """Drops INFO chatter of orbax/grain/tfds (warnings still show)."""
+  """Drops INFO chatter of orbax/grain/tfds (warnings still show), and the tracebacks that
+  orbax's background threads log for a failed save (``Checkpointer`` reports it in one
+  ``error:`` line; ``--verbosity=1`` shows them)."""
 
   def filter(self, record: pylogging.LogRecord) -> bool:
     noisy = any(f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "tensorflow_datasets",
                                                            "etils"))
+    if noisy and record.exc_info and logging.get_verbosity() < logging.DEBUG:
+      return False
     return record.levelno >= pylogging.WARNING or not noisy
 
 
@@ -80,27 +86,63 @@ def parse_flags(argv: list[str]) -> list[str]:
     rest = FLAGS(argv)
   except flags.Error as e:
     if "Error whilst parsing config file" in str(e):  # the config file raised; drop its traceback
-      spec = next((a.split("=", 1)[1] for a in argv if re.match(r"-{1,2}config=", a)), "")
-      _exit_error(f"cannot load --config={spec}: {_last_line(e)}")
+      _exit_error(f"cannot load --config={_config_spec(argv)}: {_last_line(e)}")
     if any(a.startswith("--config.distributed=") for a in argv):
       _exit_error(f"{e}: config.distributed is a group; use --config.distributed.enabled=True "
                   "(docs/running.md).")
+    if "as a ConfigDict" in str(e):
+      _exit_error(_group_error(argv))
     _exit_error(f"{e} (see --helpshort).")
   except OSError as e:  # the config file failed to load (raised by an override)
     _exit_error(f"cannot load the --config file: {_last_line(e)}")
   except ImportError as e:  # the config file's own imports
-    spec = next((a.split("=", 1)[1] for a in argv if re.match(r"-{1,2}config=", a)), "")
+    spec = _config_spec(argv)
     # configs/*.py build on configs.default, importable from the repository root.
     hint = "; run from the repository root" if e.name == "configs" else ""
     _exit_error(f"cannot load --config={spec}: {e}{hint}.")
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     # Raised by ml_collections while applying --config.* overrides.
     _exit_error(_config_error(e, argv))
+  except Exception as e:  # noqa: BLE001 - anything the config file's own code raised
+    _exit_error(f"cannot load --config={_config_spec(argv)}: {_exception_line(e)}")
   try:
-    FLAGS.config.get("seed")  # a config file that failed to load raises here
+    config = FLAGS.config
+    getattr(config, "seed", None)  # a config file that failed to load raises here
   except OSError as e:
     _exit_error(f"cannot load --config={FLAGS['config'].config_filename}: {_last_line(e)}")
+  except Exception as e:  # noqa: BLE001 - anything the config file's own code raised
+    _exit_error(f"cannot load --config={_config_spec(argv)}: {_exception_line(e)}")
+  if not isinstance(config, ml_collections.ConfigDict):
+    _exit_error(f"--config={_config_spec(argv)}: get_config() returned an object of type "
+                f"{type(config).__name__}, not an ml_collections.ConfigDict; build it on "
+                "configs/default.py's get_config().")
   return rest
+
+
+def _config_spec(argv: list[str]) -> str:
+  """The ``--config=`` value that absl uses (the last one)."""
+  return next((a.split("=", 1)[1] for a in reversed(argv) if re.match(r"-{1,2}config=", a)), "")
+
+
+def _exception_line(error: Exception) -> str:
+  """``Type: message`` in one line (a SyntaxError says where)."""
+  return f"{type(error).__name__}: {_last_line(error)}"
+
+
+def _group_error(argv: list[str]) -> str:
+  """One line for ``--config.<group>=<value>``: name the group's keys to set instead."""
+  for arg in argv:
+    match = re.fullmatch(r"-{1,2}config\.([\w.]+)=(.*)", arg)
+    if not match:
+      continue
+    group = FLAGS["config"].value
+    for part in match.group(1).split("."):
+      group = group.get(part) if isinstance(group, ml_collections.ConfigDict) else None
+    if isinstance(group, ml_collections.ConfigDict):
+      key = "name" if "name" in group else sorted(group.keys())[0]
+      return (f"{arg}: config.{match.group(1)} is a group of settings, not a value; set one of "
+              f"its keys, e.g. --config.{match.group(1)}.{key}={match.group(2)}.")
+  return "a --config.<group>=<value> flag sets a group of settings; set one of its keys."
 
 
 def main(argv):
@@ -109,8 +151,8 @@ def main(argv):
   logging.get_absl_handler().addFilter(_QuietLibraries())
   # Imported here so that --help stays fast and flags are parsed first.
   from msrnn_jax import commands
-  sys.exit(commands.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.input, FLAGS.output,
-                        FLAGS.horizon))
+  commands.finish(commands.run(FLAGS.config, FLAGS.workdir, FLAGS.mode, FLAGS.input,
+                               FLAGS.output, FLAGS.horizon))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ class Case:
     error: regex the ``error:`` line must match (``{d}``, ``{pid}`` substituted).
     setup: what the folder holds first: ``copy`` (a trained workdir ``w``, a context
       ``ctx.npy`` and a file ``file``), ``damaged`` (a copy whose checkpoints are all
-      damaged), ``empty`` (an empty workdir ``w``) or ``none``.
+      damaged), ``empty`` (an empty workdir ``w``), ``configs`` (config files that fail),
+      ``dangling`` (a symbolic link ``link`` to nothing) or ``none``.
     alone: the error line is all of stderr (it comes before JAX starts).
     lock_may_change: the run got as far as locking the workdir (the lock file then
       holds its pid; everything else must be unchanged).
@@ -67,6 +68,18 @@ CASES = (
     Case("positional_argument", (NEW, "train"), r"unexpected arguments \['train'\]"),
     Case("distributed_as_bool", (NEW, "--config.distributed=True"),
          r"config.distributed is a group; use --config.distributed.enabled=True"),
+    Case("model_as_a_value", (NEW, "--config.model=ms_predrnn"),
+         r"--config.model=ms_predrnn: config.model is a group of settings, not a value; set one "
+         r"of its keys, e.g. --config.model.name=ms_predrnn\.$"),
+    # A config file whose own code fails: one line, no traceback.
+    Case("config_syntax_error", (NEW, "--config={d}/syntax.py"),
+         r"cannot load --config={d}/syntax.py: SyntaxError: .*\(syntax.py, line 1\)",
+         setup="configs"),
+    Case("config_raises", (NEW, "--config={d}/raises.py"),
+         r"cannot load --config={d}/raises.py: RuntimeError: no data here$", setup="configs"),
+    Case("config_returns_no_config", (NEW, "--config={d}/returns.py"),
+         r"--config={d}/returns.py: get_config\(\) returned an object of type dict, not an "
+         r"ml_collections.ConfigDict", setup="configs"),
     Case("keep_checkpoints_0", (NEW, "--config.train.keep_checkpoints=0"),
          r"--config.train.keep_checkpoints=0: must be >= 1 \(0 would delete every checkpoint\)"),
     Case("checkpoint_every_0", (NEW, "--config.train.checkpoint_every_steps=0"),
@@ -106,6 +119,9 @@ CASES = (
          r"cannot create workdir /proc/self/msrnn_run: /proc/self is not writable"),
     Case("workdir_parent_missing", ("--workdir={d}/missing/w",),
          r"the parent of workdir {d}/missing/w does not exist"),
+    Case("workdir_dangling_symlink", ("--workdir={d}/link",),
+         r"workdir {d}/link is a symbolic link to {d}/gone, which does not exist; create that "
+         r"directory or choose another --workdir\.$", setup="dangling"),
     Case("workdir_in_use", (W,),
          r"workdir {d}/w is in use by another run \(pid {pid}\); wait for it to end", setup="copy"),
     # Checkpoints of other settings: the keys that differ and both ways out.
@@ -169,7 +185,9 @@ def _snapshot(root: pathlib.Path, lock_may_change: bool) -> dict[str, str]:
   out = {}
   for path in sorted(root.rglob("*")):
     rel = str(path.relative_to(root))
-    if path.is_dir():
+    if path.is_symlink():
+      out[rel] = f"link to {os.readlink(path)}"
+    elif path.is_dir():
       out[rel] = "dir"
     elif lock_may_change and path.name == ".lock":
       out[rel] = "lock"
@@ -193,6 +211,12 @@ def _setup(case: Case, d: pathlib.Path, trained: pathlib.Path) -> None:
     _damage_step(d / "w" / "checkpoints", truncate=4, drop_meta=2)
   if case.setup == "empty":
     (d / "w").mkdir()
+  if case.setup == "configs":
+    (d / "syntax.py").write_text("def get_config(:\n  pass\n")
+    (d / "raises.py").write_text("def get_config():\n  raise RuntimeError('no data here')\n")
+    (d / "returns.py").write_text("def get_config():\n  return {'seed': 1}\n")
+  if case.setup == "dangling":
+    os.symlink(d / "gone", d / "link")
 
 
 @pytest.fixture(scope="module")
@@ -315,13 +339,13 @@ def _damage_step(checkpoints: pathlib.Path, truncate: int, drop_meta: int) -> No
 
 def test_eval_falls_back_past_a_damaged_checkpoint(trained, tmp_path, caplog):
   from configs import test as test_config
-  from msrnn_jax.training import sharding, train
+  from msrnn_jax.training import run, sharding
   workdir = tmp_path / "w"
   shutil.copytree(trained, workdir)
   _damage_step(workdir / "checkpoints", truncate=4, drop_meta=4)
   before = _snapshot(workdir, lock_may_change=False)
   caplog.set_level("WARNING")
-  _, step = train.restore_params(test_config.get_config(), str(workdir), sharding.make_mesh(),
+  _, step = run.restore_params(test_config.get_config(), str(workdir), sharding.make_mesh(),
                                  (4, 4, 16, 16, 1))
   assert step == 2
   assert f"checkpoint {workdir}/checkpoints/4 cannot be used" in caplog.text
@@ -358,7 +382,7 @@ def _serve() -> None:
 
   import configs.test  # noqa: F401 - imported once for every child
   from msrnn_jax import commands, main  # noqa: F401
-  from msrnn_jax.training import inference, train  # noqa: F401
+  from msrnn_jax.training import evaluate, inference, run, train  # noqa: F401
   results = []
   for argv in json.load(sys.stdin):
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
@@ -397,3 +421,322 @@ def _serve() -> None:
 if __name__ == "__main__":
   sys.path.insert(0, str(REPO))
   _serve()
+
+
+# Multi-process failures: every process ends within distributed.timeout_s with one error line.
+
+def _free_port() -> int:
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _launch(tmp_path, name, port, process_ids, extra=((),), num_steps=4, timeout_s=5):
+  """Starts one ``msrnn_jax.main`` process per id of ``process_ids`` (a 2-process run on
+  127.0.0.1); ``extra``: per-process extra flags. Returns (procs, logs)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  args = ["--config=configs/test.py", f"--workdir={tmp_path / name}",
+          # The smallest model: compilation is most of a process's start.
+          "--config.model.name=convlstm", "--config.model.num_layers=1",
+          f"--config.train.num_steps={num_steps}", "--config.train.eval_every_steps=1000",
+          "--config.eval.max_examples=4", "--config.distributed.enabled=True",
+          f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+          "--config.distributed.num_processes=2", f"--config.distributed.timeout_s={timeout_s}"]
+  procs, logs = [], []
+  for i, pid in enumerate(process_ids):
+    log = tmp_path / f"{name}_{i}.log"
+    with open(log, "w") as f:
+      procs.append(subprocess.Popen(
+          [sys.executable, "-m", "msrnn_jax.main", *args, f"--config.distributed.process_id={pid}",
+           *extra[min(i, len(extra) - 1)]], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+          stderr=f))
+    logs.append(log)
+  return procs, logs
+
+
+def _ended(procs, logs, timeout=90):
+  """(return code, error lines) of each process, killing any still running after ``timeout``."""
+  out = []
+  deadline = time.time() + timeout
+  for p, log in zip(procs, logs, strict=True):
+    try:
+      p.wait(timeout=max(1, deadline - time.time()))
+    except subprocess.TimeoutExpired:
+      p.kill()
+      p.wait()
+    text = log.read_text()
+    out.append((p.returncode, [x for x in text.splitlines() if x.startswith("error:")], text))
+  return out
+
+
+def test_multi_process_failures_end_every_process_with_one_line(tmp_path):
+  """A missing peer, an unreachable coordinator, two processes with process_id=0, configs that
+  differ, and a peer killed during training: every surviving process ends within seconds
+  (distributed.timeout_s=5 where a peer is missing) with one error line and a documented
+  status: 76 (rerun) for a lost or missing peer, 2 for a launch that cannot work as given."""
+  runs = {}
+  port = _free_port()
+  runs["alone"] = _launch(tmp_path, "alone", port, [0])
+  runs["unreachable"] = _launch(tmp_path, "unreachable", _free_port(), [1])
+  # Two processes that both start: a longer timeout, as one may start seconds after the other
+  # on a busy machine.
+  runs["mismatch"] = _launch(tmp_path, "mismatch", _free_port(), [0, 1],
+                             extra=((), ("--config.train.learning_rate=0.001",)), timeout_s=30)
+  runs["killed"] = _launch(tmp_path, "killed", _free_port(), [0, 1], num_steps=400, timeout_s=30)
+  # A second process 0 finds the coordinator port taken (here by the test, as a first
+  # process 0 holds it while it waits for the others).
+  import socket
+  holder = socket.socket()
+  holder.bind(("127.0.0.1", 0))
+  holder.listen()
+  runs["duplicate"] = _launch(tmp_path, "duplicate", holder.getsockname()[1], [0])
+  # Kill process 1 of 'killed' once training has saved its first checkpoint.
+  ckpt = tmp_path / "killed" / "checkpoints" / "2"
+  deadline = time.time() + 240
+  while not ckpt.is_dir() and time.time() < deadline and runs["killed"][0][1].poll() is None:
+    time.sleep(0.2)
+  assert ckpt.is_dir()
+  runs["killed"][0][1].kill()
+  killed_at = time.time()
+  results = {name: _ended(*run) for name, run in runs.items()}
+  holder.close()
+
+  for name in ("alone", "unreachable"):
+    (rc, errors, text), = results[name]
+    assert rc == 76 and len(errors) == 1, text[-3000:]
+    assert "did not all connect to the coordinator" in errors[0] and "timeout_s=5" in errors[0]
+  (rc, errors, text), = results["duplicate"]
+  assert rc == 2 and len(errors) == 1, text[-3000:]
+  assert "is distributed.process_id=0 given to two processes?" in errors[0]
+  for rc, errors, text in results["mismatch"]:
+    assert rc == 2 and len(errors) == 1, text[-3000:]
+    assert re.search(r"different configs: train.learning_rate=0.0003 on process \d, 0.001 on "
+                     r"process \d", errors[0]), errors[0]
+  assert not (tmp_path / "mismatch").exists()  # nothing written
+  (rc, errors, text), _ = results["killed"]
+  assert rc == 76 and len(errors) == 1, text[-3000:]
+  assert "another process of this run failed or cannot be reached" in errors[0]
+  assert "Traceback" not in text
+  assert time.time() - killed_at < 60
+  from msrnn_jax import commands
+  from msrnn_jax.training import checkpointing, distributed
+  assert 2 in checkpointing.checkpoint_steps(str(tmp_path / "killed" / "checkpoints"))
+  assert commands.EXIT_PEER_LOST == distributed.EXIT_PEER_LOST == 76
+
+
+def test_a_checkpoint_changed_in_place_fails_its_checksum(tmp_path, caplog):
+  """16 bytes flipped in the largest file of the newest checkpoint (same size, still readable):
+  the SHA-256 recorded at saving no longer matches, so it is skipped like a damaged one."""
+  import jax.numpy as jnp
+
+  from msrnn_jax.training import checkpointing
+  w = np.random.default_rng(0).standard_normal(50_000).astype(np.float32)
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=5)
+  for step in (2, 4):
+    ckpt.save(step, {"w": jnp.asarray(w + step)}, {"step": step})
+  ckpt.close()
+  files = [p for p in (tmp_path / "checkpoints" / "4" / "state").rglob("*") if p.is_file()]
+  largest = max(files, key=lambda p: p.stat().st_size)
+  raw = bytearray(largest.read_bytes())
+  middle = len(raw) // 2
+  raw[middle:middle + 16] = bytes(b ^ 0xFF for b in raw[middle:middle + 16])
+  largest.write_bytes(bytes(raw))
+  caplog.set_level("WARNING")
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), read_only=True)
+  restored, meta = ckpt.restore_intact({"w": jnp.zeros_like(w)})
+  ckpt.close()
+  assert meta["step"] == 2
+  np.testing.assert_array_equal(restored["w"], w + 2)
+  assert re.search(rf"checkpoint {tmp_path}/checkpoints/4 cannot be used \(.*checksum mismatch",
+                   caplog.text), caplog.text
+
+
+def test_a_reader_retries_when_training_rotates_its_checkpoint_away(tmp_path, caplog):
+  """A read-only reader (eval, predict) lists steps 2 and 4; before it reads 4, training saves
+  6 and 8 and its keep=2 rotation deletes 2 and 4. The reader reads 8, calls nothing damaged."""
+  import jax.numpy as jnp
+
+  from msrnn_jax.training import checkpointing
+  state = {"w": jnp.arange(10.0)}
+
+  def train(steps):
+    writer = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), keep=2)
+    for step in steps:
+      writer.save(step, {"w": state["w"] + step}, {"step": step})
+    writer.close()
+
+  train((2, 4))
+  reader = checkpointing.Checkpointer(str(tmp_path / "checkpoints"), read_only=True)
+  real_restore, calls = reader.restore, []
+
+  def restore_while_training_saves(target, step=None):
+    if not calls:
+      train((6, 8))
+    calls.append(step)
+    return real_restore(target, step)
+
+  reader.restore = restore_while_training_saves
+  caplog.set_level("WARNING")
+  restored, meta = reader.restore_intact(state)
+  reader.close()
+  assert calls[0] == 4 and meta["step"] == 8
+  np.testing.assert_array_equal(restored["w"], np.arange(10.0) + 8)
+  assert "removed by training while it was read" in caplog.text
+  assert "cannot be used" not in caplog.text
+
+
+def test_divergence_after_resuming_names_the_checkpoint_and_the_way_out(trained, tmp_path):
+  """A finite checkpoint that diverges at once (its parameters scaled by 1e20): the error names
+  the checkpoint the run resumed from and how to resume from the one before; after following
+  that advice (the mv it prints) a rerun resumes from the checkpoint before it."""
+  import shlex
+
+  import jax
+
+  from configs import test as test_config
+  from msrnn_jax.training import checkpointing, train
+  from msrnn_jax.training.integrity import all_finite
+  workdir = tmp_path / "w"
+  shutil.copytree(trained, workdir)
+  config = test_config.get_config()
+  directory = str(workdir / "checkpoints")
+  ckpt = checkpointing.Checkpointer(directory, read_only=True)
+  state, meta = ckpt.restore_intact(_train_state_target(config))
+  ckpt.close()
+  assert meta["step"] == 4
+  shutil.rmtree(workdir / "checkpoints" / "4")
+  ckpt = checkpointing.Checkpointer(directory)
+  ckpt.save(4, state.replace(params=jax.tree.map(lambda p: p * 1e20, state.params)), meta)
+  ckpt.close()
+  config.train.num_steps = 6
+  with pytest.raises(FloatingPointError) as error:
+    train.train_and_evaluate(config, str(workdir))
+  message = str(error.value)
+  assert f"This run resumed from {directory}/4" in message, message
+  command = re.search(r"\((mkdir -p .*)\) and rerun", message).group(1)
+  subprocess.run(command, shell=True, check=True)
+  assert shlex.split(command)[-1] == str(workdir / "checkpoints_damaged" / "4")
+  ckpt = checkpointing.Checkpointer(directory)
+  state, meta = ckpt.restore_intact(_train_state_target(config))
+  ckpt.close()
+  assert meta["step"] == int(state.step) == 2 and all_finite(state.params)
+
+
+def _train_state_target(config):
+  import functools
+
+  import jax
+
+  from msrnn_jax.training import sharding, step
+  model, tx = step.create_model(config), step.create_optimizer(config)
+  return jax.jit(functools.partial(step.create_train_state, model, tx, (4, 4, 16, 16, 1),
+                                   config.seed),
+                 out_shardings=sharding.replicated(sharding.make_mesh()))()
+
+
+# msrnn_jax.main under a file size limit: a write past it fails (EFBIG) as on a full disk.
+_LIMITED = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (20000, 20000)); sys.argv[0] = 'main'; "
+            "runpy.run_module('msrnn_jax.main', run_name='__main__')")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE as a full disk")
+def test_a_full_disk_ends_in_one_line_and_leaves_no_temporary_checkpoint(tmp_path):
+  """A checkpoint file that cannot be written (a 20 kB file size limit fails the first save the
+  way a full disk does): one error line, no traceback, no half-written temporary folder."""
+  workdir = tmp_path / "w"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  proc = subprocess.run(
+      [sys.executable, "-c", _LIMITED, "--config=configs/test.py", f"--workdir={workdir}",
+       "--config.train.eval_every_steps=1000"], cwd=REPO, env=env, capture_output=True, text=True,
+      timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+  assert len(errors) == 1, proc.stderr[-3000:]
+  assert re.search(rf"cannot write a checkpoint in {workdir}/checkpoints: File too large .*its "
+                   r"temporary folder was removed.*rerun with this workdir to start from step 0",
+                   errors[0]), errors[0]
+  assert os.listdir(workdir / "checkpoints") == []
+
+
+def test_damaged_prepared_data_is_reported_before_training(tmp_path):
+  """A truncated and a byte-flipped ArrayRecord file of a prepared data set: each stops the run
+  before the workdir is created, with one line naming the file and `prepare --overwrite`."""
+  sys.path.insert(0, str(REPO / "tests"))
+  from data_fixtures import data_config
+
+  from configs import test as test_config
+  from msrnn_jax import data
+  from msrnn_jax.training import train
+  (tmp_path / "raw").mkdir()
+  seqs = np.random.default_rng(0).integers(0, 255, (20, 10, 64, 64), dtype=np.uint8)
+  np.save(tmp_path / "raw" / "mnist_test_seq.npy", seqs)
+  config = test_config.get_config()
+  config.data = data_config(tmp_path, "mmnist", mmnist_digits="npy", image_size=16, in_len=2,
+                            out_len=2)
+  builder = data.get_builder(config.data)
+  path = builder.info.splits["train"].filepaths[0]
+  intact = pathlib.Path(path).read_bytes()
+  middle = len(intact) // 2
+  damages = {"truncated": intact[:middle],
+             "flipped": intact[:middle] + bytes(b ^ 0xFF for b in intact[middle:middle + 16])
+             + intact[middle + 16:]}
+  for name, damaged in damages.items():
+    pathlib.Path(path).write_bytes(damaged)
+    with pytest.raises(data.verify.DamagedDataError) as error:
+      train.train_and_evaluate(config, str(tmp_path / name))
+    assert re.fullmatch(rf"prepared data file {re.escape(str(path))} is damaged \(.+\); rebuild "
+                        r"the data set: python -m msrnn_jax.data.prepare with the same --config "
+                        r"and overrides, plus --overwrite\.", str(error.value)), str(error.value)
+    assert not (tmp_path / name).exists()
+
+
+def test_a_diverged_run_warns_and_sigterm_in_its_final_evaluation_exits_75(tmp_path,
+                                                                           monkeypatch, capsys,
+                                                                           caplog):
+  """learning_rate=1e6: the loss grows far past its first value (a warning while training).
+  SIGTERM during the final evaluation: exit 75 with a message (the checkpoint of the last step
+  is saved); the rerun only evaluates, and the model, worse than both trivial baselines, gets a
+  warning and test.json's field."""
+  from configs import test as test_config
+  from msrnn_jax import commands, data
+  real, sent = data.eval_batches, []
+
+  def term_during_test(data_cfg, split, **kwargs):
+    for batch in real(data_cfg, split, **kwargs):
+      if split == "test" and not sent:
+        sent.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+      yield batch
+
+  monkeypatch.setattr(data, "eval_batches", term_during_test)
+  config = test_config.get_config()
+  config.train.learning_rate = 1e6
+  config.train.num_steps = 12
+  config.train.log_every_steps = 1
+  config.train.eval_every_steps = 1000
+  config.backend.keep_freed_memory = False  # not in the test process
+  workdir = tmp_path / "w"
+  caplog.set_level("WARNING")
+  assert commands.run(config, str(workdir)) == commands.EXIT_PREEMPTED == 75
+  assert sent and not (workdir / "test.json").exists()
+  err = capsys.readouterr().err
+  assert (f"stopped by a signal during the final evaluation; the checkpoint of step 12 is in "
+          f"{workdir}/checkpoints; rerun the same command to run the evaluation.") in err, err
+  losses = [json.loads(x)["train/loss"] for x in (workdir / "metrics.jsonl").read_text()
+            .splitlines() if "train/loss" in x]
+  assert max(losses) > 10 * losses[0]
+  assert re.search(r"training loss \S+ at step \d+ is \d+x its first logged value .*lower "
+                   r"train.learning_rate \(now 1e\+06\)", caplog.text), caplog.text
+  monkeypatch.undo()
+  assert commands.run(config, str(workdir)) == commands.EXIT_OK
+  # No step trained again: the log holds the same 12 training losses.
+  assert [json.loads(x)["train/loss"] for x in (workdir / "metrics.jsonl").read_text()
+          .splitlines() if "train/loss" in x] == losses
+  result = json.loads((workdir / "test.json").read_text())
+  assert all(result["future"]["mse"] > b["future"]["mse"] for b in result["baselines"].values())
+  assert result["worse_than_baselines"] is True
+  assert "the test evaluation is worse than every trivial baseline" in caplog.text

@@ -16,8 +16,18 @@ import pytest
 
 from configs import test as test_config
 from msrnn_jax import commands, data
-from msrnn_jax.training import checkpointing, inference, losses, sampling, sharding, summary, train
+from msrnn_jax.training import (
+  inference,
+  losses,
+  run,
+  sampling,
+  sharding,
+  summary,
+  train,
+)
+from msrnn_jax.training import step as step_lib
 from msrnn_jax.training import workdir as workdir_lib
+from msrnn_jax.training.integrity import all_finite
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -32,7 +42,7 @@ def _config(**train_overrides):
 def _params(workdir):
   config = _config()
   mesh = sharding.make_mesh()
-  params, step = train.restore_params(config, str(workdir), mesh, (4, 4, 16, 16, 1))
+  params, step = run.restore_params(config, str(workdir), mesh, (4, 4, 16, 16, 1))
   return jax.tree.map(np.asarray, params), step
 
 
@@ -71,11 +81,11 @@ def _state_and_step(config, model_name=None, lr=None):
     config.model.name = model_name
   if lr:
     config.train.learning_rate = lr
-  model = train.create_model(config)
-  tx = train.create_optimizer(config)
+  model = step_lib.create_model(config)
+  tx = step_lib.create_optimizer(config)
   shape = (4, config.data.in_len + config.data.out_len, 16, 16, 1)
-  state = train.create_train_state(model, tx, shape, seed=0)
-  step = train.make_train_step(model, tx, config.data.in_len, config.train.decouple_weight)
+  state = step_lib.create_train_state(model, tx, shape, seed=0)
+  step = step_lib.make_train_step(model, tx, config.data.in_len, config.train.decouple_weight)
   return state, step
 
 
@@ -314,7 +324,7 @@ def test_nonfinite_parameters_are_never_checkpointed(tmp_path, monkeypatch):
   assert sorted(os.listdir(tmp_path / "w" / "checkpoints")) == ["2"]
   monkeypatch.undo()
   state = train.train_and_evaluate(_config(), str(tmp_path / "w"))
-  assert int(state.step) == 4 and checkpointing.all_finite(state.params)
+  assert int(state.step) == 4 and all_finite(state.params)
 
 
 def test_bad_workdir_and_predict_inputs(tmp_path, trained):
@@ -362,7 +372,7 @@ def test_predict_accepts_one_sequence_or_a_batch(tmp_path, trained):
                                str(tmp_path / "one.npy"), horizon=3)
   assert one.shape == (3, 16, 16, 1)
   np.testing.assert_allclose(pred[0], one, atol=1e-6)
-  params, _ = train.restore_params(config, str(trained), sharding.make_mesh(), (1, 2, 16, 16, 1))
+  params, _ = run.restore_params(config, str(trained), sharding.make_mesh(), (1, 2, 16, 16, 1))
   pairs = inference.predict_frames(config, {"params": params}, batch[..., None], 3, batch_size=2)
   np.testing.assert_allclose(pairs, pred, atol=1e-6)
   for name in ("out.png", "out.gif", "one.png", "one.gif"):

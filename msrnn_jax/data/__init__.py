@@ -17,6 +17,7 @@ Public API::
   radar_metrics(data_cfg)                # whether evaluation adds the radar metrics
   process_rows(global_batch, process_index, process_count)  # this process's rows of a batch
   value_scaling(data_cfg)                # original values <-> [0, 1] (None: kept in [0, 1])
+  check_prepared(data_cfg)               # every prepared file whole (verify.DamagedDataError)
 """
 
 from msrnn_jax.data.config import default_config, manual_dir
@@ -32,8 +33,10 @@ from msrnn_jax.data.pipeline import (
     value_scaling,
 )
 from msrnn_jax.data.registry import dataset_preset, radar_metrics
+from msrnn_jax.data.verify import check_prepared
 
 __all__ = [
+    "check_prepared",
     "dataset_preset",
     "default_config",
     "eval_batches",

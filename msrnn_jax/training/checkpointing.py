@@ -3,39 +3,60 @@
 * Atomic: orbax writes each step into a temporary directory and renames it
   when the (asynchronous) save is complete, so a run killed mid-save leaves
   the previous checkpoint intact.
-* Finite: the trainer saves only states that pass ``all_finite``, so the
+* Finite: the trainer saves only states that pass ``integrity.all_finite``, so the
   checkpoint a non-finite loss error points to can be resumed from.
 * Self-describing: besides the train state pytree (params, optimizer state,
   step, PRNG key) each checkpoint holds a JSON item ``meta`` with the data and
   schedule positions and the settings of ``config_checks.settings``;
   ``check_settings`` compares them with the current config before a run
   touches its workdir.
+* Verified: ``meta`` also holds a SHA-256 of every array's bytes, checked on
+  restore, so a checkpoint whose files were changed in place (flipped bytes of
+  the same size) counts as damaged instead of being loaded. (Orbax checksums
+  only the index of its zarr shards, not the data.)
 * Damage tolerant: ``Checkpointer.restore_intact`` skips checkpoints that
-  cannot be read (truncated files, a missing item) or hold non-finite values,
-  with a warning naming each, and restores the newest intact one.
+  cannot be read (truncated files, a missing item), fail their checksums or
+  hold non-finite values, with a warning naming each, and restores the newest
+  intact one.
+* Safe to read during training: a read-only ``Checkpointer`` (evaluation,
+  prediction) retries with the newer checkpoints when training rotates the
+  one it reads away, and never calls intact checkpoints damaged.
 """
 
+import contextlib
 import os
+import re
+import shutil
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from msrnn_jax.training import config_checks
+from msrnn_jax.training import config_checks, distributed, integrity
 
 # Sub-directories of the workdir: checkpoints, and where training moves
 # damaged ones so that it can save their steps again.
 CHECKPOINT_DIR = "checkpoints"
 DAMAGED_DIR = "checkpoints_damaged"
+# How often a reader starts again after training rotated its checkpoint away.
+_RESCANS = 5
 
 
 class CheckpointError(ValueError):
   """No usable checkpoint, or one of other settings; the message is one line."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (disk full, quota, file size limit); one line."""
+
+
+# Orbax writes a step into '<step><this suffix>' and renames it when complete.
+_TMP_SUFFIX = ".orbax-checkpoint-tmp"
 
 
 def checkpoint_steps(directory: str) -> list[int]:
@@ -70,18 +91,6 @@ def check_settings(workdir: str, config: ml_collections.ConfigDict, mode: str) -
     if diffs:
       raise CheckpointError(config_checks.mismatch_message(workdir, step, diffs))
     return
-
-
-@jax.jit
-def _all_finite(tree: Any) -> jax.Array:
-  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.bool_(True)
-
-
-def all_finite(tree: Any) -> bool:
-  """Whether every float leaf of ``tree`` is free of NaN and Inf (one jitted reduction)."""
-  return bool(_all_finite(tree))
 
 
 def _ignore_callbacks_of_a_failed_restore() -> None:
@@ -125,6 +134,8 @@ class Checkpointer:
     if keep < 1:
       raise ValueError(f"keep={keep}: at least one checkpoint must be kept.")
     self.directory = os.path.abspath(directory)
+    self._read_only = read_only
+    self._failed: CheckpointWriteError | None = None
     if read_only:
       # No preservation policy: nothing is ever deleted. (orbax's own
       # read_only option warns on every use.)
@@ -138,9 +149,37 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
-    """Starts an asynchronous save of ``state`` and ``meta`` at ``step``."""
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+    """Starts an asynchronous save of ``state`` and ``meta`` (plus the checksums of
+    ``state``'s arrays) at ``step``."""
+    meta = {**meta, "checksums": integrity.checksums(state)}
+    with self._writing():
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+
+  @contextlib.contextmanager
+  def _writing(self) -> Iterator[None]:
+    """Turns a failed (possibly earlier, asynchronous) save into ``CheckpointWriteError``,
+    removing its half-written temporary folder."""
+    if self._failed:
+      raise self._failed
+    try:
+      yield
+    except Exception as e:  # orbax raises whatever its storage raised
+      for name in os.listdir(self.directory) if jax.process_index() == 0 else ():
+        if _TMP_SUFFIX in name:
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+      if distributed.peer_failure(e) is not None:
+        raise  # the save's synchronisation met a lost process, not a storage problem
+      code = re.search(r"os_error_code='(\d+)'", str(e))
+      reason = os.strerror(int(code.group(1))) if code else _reason(e)
+      steps = checkpoint_steps(self.directory)
+      resume = f"resume from step {steps[-1]}" if steps else "start from step 0"
+      free = shutil.disk_usage(self.directory).free / 2**20
+      self._failed = CheckpointWriteError(
+          f"cannot write a checkpoint in {self.directory}: {reason} ({free:.0f} MiB free "
+          f"there); its temporary folder was removed. Free space (or raise the quota or "
+          f"file size limit), then rerun with this workdir to {resume}.")
+      raise self._failed from None
 
   def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Restores the latest (or given) step into the structure and shardings of ``target``."""
@@ -151,7 +190,10 @@ class Checkpointer:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     out = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
-    return out["state"], dict(out["meta"])
+    meta = dict(out["meta"])
+    integrity.verify(out["state"], meta)
+    meta.pop("checksums", None)
+    return out["state"], meta
 
   def restore_intact(self, target: Any, *, quarantine: str | None = None
                      ) -> tuple[Any, dict[str, Any]] | None:
@@ -160,7 +202,9 @@ class Checkpointer:
     Each newer one that fails is named in a warning. With ``quarantine`` (a
     directory; training passes ``<workdir>/checkpoints_damaged``) those are
     moved there once an intact one is found, so that training can save their
-    steps again; nothing is moved or deleted otherwise.
+    steps again; nothing is moved or deleted otherwise. A read-only
+    checkpointer whose checkpoint vanished while it read it (a training run
+    rotated it away) starts again from the newest one.
 
     Args:
       target: a state with the structure, shapes and shardings to restore into.
@@ -173,25 +217,41 @@ class Checkpointer:
       CheckpointError: there are checkpoints but none is intact.
     """
     _ignore_callbacks_of_a_failed_restore()
-    damaged = []
-    for step in reversed(self._manager.all_steps()):
-      try:
-        state, meta = self.restore(target, step)
-        if not all_finite(state):
-          raise ValueError("it holds non-finite values (NaN or Inf)")
-      except Exception as e:  # any read failure means damaged
-        reason = _reason(e)
-        logging.warning("checkpoint %s cannot be used (%s); trying the one before it.",
-                        os.path.join(self.directory, str(step)), reason)
-        damaged.append((step, reason))
-        continue
-      if damaged and quarantine:
-        self._move_aside([s for s, _ in damaged], quarantine)
-      return state, meta
+    damaged = {}
+    for _ in range(_RESCANS):
+      rotated = False
+      for step in reversed(self._manager.all_steps()):
+        if step in damaged:
+          continue
+        try:
+          state, meta = self.restore(target, step)
+          if not integrity.all_finite(state):
+            raise ValueError("it holds non-finite values (NaN or Inf)")
+        except Exception as e:  # any read failure means damaged, unless the step went away
+          if self._read_only and not os.path.isdir(os.path.join(self.directory, str(step))):
+            logging.warning("checkpoint %s was removed by training while it was read; "
+                            "reading the newest one.", os.path.join(self.directory, str(step)))
+            rotated = True
+            break
+          damaged[step] = _reason(e)
+          logging.warning("checkpoint %s cannot be used (%s); trying the one before it.",
+                          os.path.join(self.directory, str(step)), damaged[step])
+          continue
+        if damaged and quarantine:
+          self._move_aside(sorted(damaged), quarantine)
+        return state, meta
+      if not rotated:
+        break
+      self._manager.reload()
+    else:
+      raise CheckpointError(
+          f"the checkpoints in {self.directory} were rotated away {_RESCANS} times while they "
+          "were read (a training run saves faster than they can be read); rerun when it "
+          "has finished, or copy one checkpoint to another workdir and read it there.")
     if not damaged:
       return None
-    listed = "; ".join(f"step {s}: {r}" for s, r in damaged)
-    paths = " ".join(os.path.join(self.directory, str(s)) for s, _ in damaged)
+    listed = "; ".join(f"step {s}: {r}" for s, r in sorted(damaged.items(), reverse=True))
+    paths = " ".join(os.path.join(self.directory, str(s)) for s in sorted(damaged, reverse=True))
     raise CheckpointError(
         f"no intact checkpoint in {self.directory} ({listed}). Remove the damaged ones to start "
         f"from step 0 (rm -r {paths}), or choose another --workdir.")
@@ -212,5 +272,12 @@ class Checkpointer:
     self._manager.reload()
 
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    """Waits for pending saves; raises ``CheckpointWriteError`` if one failed."""
+    failed = self._failed
+    try:
+      if not failed:
+        with self._writing():
+          self._manager.wait_until_finished()
+    finally:
+      with contextlib.suppress(Exception):  # after a failed save, closing reports it again
+        self._manager.close()

@@ -97,6 +97,9 @@ def _check_distributed(config: ml_collections.ConfigDict) -> None:
   address = group.get("coordinator_address")
   if address and not re.fullmatch(r"\[?[\w.\-:]+\]?:\d+", address):
     _fail("distributed.coordinator_address", address, "use host:port, e.g. 10.0.0.1:1234")
+  timeout = group.get("timeout_s")
+  if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 1:
+    _fail("distributed.timeout_s", timeout, "must be a number of seconds >= 1")
   count, index = group.get("num_processes"), group.get("process_id")
   if count is not None and count < 1:
     _fail("distributed.num_processes", count, "must be >= 1 (or unset: detected)")

@@ -33,8 +33,8 @@ from msrnn_jax import model as model_lib
 from msrnn_jax.data import common, sequences
 from msrnn_jax.evaluation import visualize
 from msrnn_jax.training import config_checks, sharding
+from msrnn_jax.training.run import check_checkpoints, restore_params, start_jax
 from msrnn_jax.training.step import create_model, model_config
-from msrnn_jax.training.train import check_checkpoints, restore_params, start_jax
 
 # Sequences drawn in the PNG/GIF beside the predictions (all are predicted).
 MAX_PICTURE_ROWS = 16

@@ -2,51 +2,13 @@
 
 A 1-D mesh ``('data',)`` over all devices: batches are split on their
 leading axis, parameters and optimizer state are replicated, and XLA inserts
-the gradient all-reduce. Multi-host runs call :func:`initialize_distributed`
-before any other JAX call; each process then feeds its own slice of the global batch.
+the gradient all-reduce. Multi-host runs start ``jax.distributed`` first
+(``distributed.initialize``); each process then feeds its own slice of the global batch.
 """
-
-from typing import Any
 
 import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
-
-
-def initialize_distributed(group: Any) -> bool:
-  """Starts ``jax.distributed`` as ``config.distributed`` asks; call before any JAX call.
-
-  Args:
-    group: ``config.distributed``: ``enabled``, and ``coordinator_address``
-      (``host:port`` of process 0), ``num_processes`` and ``process_id``, each
-      None (or empty) to let ``jax.distributed.initialize`` detect it from the
-      cluster launcher (SLURM, Open MPI, TPU pods). A plain bool is read as
-      ``enabled`` with everything detected.
-
-  Returns:
-    Whether JAX runs distributed (also when it was initialised before).
-
-  Raises:
-    ValueError: initialisation failed (one line, with what to set).
-  """
-  if isinstance(group, bool):
-    group = {"enabled": group}
-  if not group.get("enabled", False):
-    return False
-  if jax.distributed.is_initialized():
-    return True
-  kwargs = {k: group.get(k) for k in ("coordinator_address", "num_processes", "process_id")}
-  kwargs = {k: v for k, v in kwargs.items() if v not in (None, "")}
-  try:
-    jax.distributed.initialize(**kwargs)
-  except (RuntimeError, ValueError) as e:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-    raise ValueError(
-        f"jax.distributed.initialize({args}) failed: {first.rstrip('.')}. Launch under "
-        "SLURM/Open MPI, or set distributed.coordinator_address, num_processes and process_id "
-        "(docs/running.md).") from None
-  return True
 
 
 def make_mesh() -> jax.sharding.Mesh:

@@ -1,9 +1,9 @@
 """The training and evaluation steps, and the state they carry.
 
-Public pieces that the loop (``train.py``) and the analyses
-(``msrnn_jax.analysis``) share: the model of a config, Adam, the
-scheduled-sampling schedule, the initial state, and the jitted train and
-eval steps.
+Public pieces that training, evaluation, prediction, the config checks and
+the analyses (``msrnn_jax.analysis``) share: ``create_model``, the one
+builder of a model from a config; Adam; the scheduled-sampling schedule; the
+initial state; and the jitted train and eval steps.
 """
 
 import functools

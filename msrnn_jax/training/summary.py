@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 import numpy as np
+from absl import logging
 
 
 def rewind_jsonl(path: str, step: int, lines: int | None = None) -> int:
@@ -196,3 +197,33 @@ def _fmt_time(seconds: float) -> str:
   h, rem = divmod(seconds, 3600)
   m, s = divmod(rem, 60)
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+class DivergenceWarning:
+  """Warns (once) when the logged training loss grows far beyond its first logged value.
+
+  A learning rate far too high often does not make the loss non-finite: it
+  settles at many times its starting value, and the run would end as if
+  nothing were wrong.
+
+  Args:
+    learning_rate: named in the warning.
+    factor: how many times the first logged loss counts as diverged.
+  """
+
+  def __init__(self, learning_rate: float, factor: float = 10.0):
+    self.learning_rate = learning_rate
+    self.factor = factor
+    self.first: float | None = None
+    self.warned = False
+
+  def update(self, step: int, loss: float) -> None:
+    if self.first is None:
+      self.first = loss
+      return
+    if not self.warned and loss > self.factor * self.first > 0:
+      self.warned = True
+      logging.warning(
+          "training loss %.4g at step %d is %.0fx its first logged value %.4g: training is "
+          "diverging; stop it and lower train.learning_rate (now %g).", loss, step,
+          loss / self.first, self.first, self.learning_rate)

@@ -30,10 +30,14 @@ def check_workdir(workdir: str, *, must_exist: bool = False) -> str:
     The absolute path.
 
   Raises:
-    WorkdirError: it is a file, or it (or its parent) cannot be written.
+    WorkdirError: it is a file or a dangling symbolic link, or it (or its parent)
+      cannot be written.
     FileNotFoundError: its parent (or, with ``must_exist``, itself) is missing.
   """
   path = os.path.abspath(os.path.expanduser(workdir))
+  if os.path.islink(path) and not os.path.exists(path):
+    raise WorkdirError(f"workdir {path} is a symbolic link to {os.readlink(path)}, which does not "
+                       "exist; create that directory or choose another --workdir.")
   if os.path.exists(path):
     if not os.path.isdir(path):
       raise WorkdirError(f"workdir {path} is a file, not a directory; choose another --workdir.")
