@@ -157,7 +157,8 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class Progress:
-  """A live terminal line: step, loss, steps/s and the time left.
+  """A live terminal line: step, the values given (loss, the scheduled-sampling
+  probability of feeding truth, ``p_truth``), steps/s and the time left.
 
   On a terminal the line is rewritten in place; otherwise (logs, CI) one line
   is printed per report.

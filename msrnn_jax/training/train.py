@@ -187,7 +187,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           values["train/eta"] = eta
           values["train/steps_per_s"] = progress.rate(step)
           writer.write_scalars(step, values)
-          progress.report(step, loss=values["train/loss"], eta=eta)
+          progress.report(step, loss=values["train/loss"], p_truth=eta)
           divergence.update(step, float(values["train/loss"]))
           running = None
         if step % eval_every == 0 and step < total_steps:
