@@ -136,20 +136,7 @@ def leaky_relu(x: jax.Array) -> jax.Array:
   return nn.leaky_relu(x, negative_slope=0.2)
 
 
-def bilinear_warp(image: jax.Array, flow: jax.Array) -> jax.Array:
-  """Samples ``image`` at ``(x + dx, y + dy)`` for each of K flows, bilinearly.
-
-  Sample points are in pixel units (zero flow is the identity); taps outside
-  the image read zeros (``grid_sample`` with ``padding_mode='zeros'``).
-  Coordinates are float32 whatever the compute dtype; the gradient keeps
-  only the image and the flow (``backend.flow_warp``).
-
-  Args:
-    image: ``[batch, height, width, channels]``.
-    flow: ``[batch, height, width, K, 2]``; ``flow[..., 0]`` is the
-      displacement along the width (x), ``flow[..., 1]`` along the height (y).
-
-  Returns:
-    ``[batch, height, width, K, channels]`` of the flow's dtype.
-  """
-  return backend.flow_warp(image, flow)
+# TrajGRU's and MotionGRU's warp: ``image`` sampled bilinearly at ``(x + dx, y + dy)`` for each
+# of K flows (``backend.flow_warp``: shapes, conventions, and a gradient that keeps only the
+# image and the flow).
+bilinear_warp = backend.flow_warp
