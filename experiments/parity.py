@@ -21,6 +21,12 @@ all in float32:
   at the scale of the model's largest gradient;
 * the parameter counts (equal, and at 6 x 64 equal to the authors' models).
 
+``--torch-dtype float64`` runs the PyTorch side in float64 on the same
+parameters and inputs: the reference's exact maths, for gradients that
+float32 computes only approximately on either side (CMS-LSTM's attention
+queries: a query's gradient is a sum of key terms weighted by softmax
+gradients that sum to zero, so it cancels).
+
 A model passes when all three relative errors are <= ``--threshold`` (1e-4).
 The mask is a fixed random 0/1 mask over all T-1 steps: the models must both
 ignore its entries in the context phase (truth is forced there) and feed back
@@ -195,8 +201,11 @@ def torch_side(inp: str, out: str) -> None:
     if tuple(v.shape) != given[k].shape:
       raise SystemExit(f"{k}: PyTorch shape {tuple(v.shape)}, ours {given[k].shape}")
   model.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in given.items()})
-  frames = torch.from_numpy(np.array(data["frames"], np.float32))
-  mask = torch.from_numpy(np.array(data["mask"], np.float32))
+  # float64: the reference's exact maths on the same (float32) parameters and inputs.
+  dtype = getattr(torch, cfg["torch_dtype"])
+  model.to(dtype)
+  frames = torch.from_numpy(np.array(data["frames"], np.float32)).to(dtype)
+  mask = torch.from_numpy(np.array(data["mask"], np.float32)).to(dtype)
   t0 = time.perf_counter()
   preds = ref.unroll(model, frames, cfg["in_len"], mask)
   loss = ref.loss_fn(preds, frames)
@@ -205,7 +214,7 @@ def torch_side(inp: str, out: str) -> None:
   meta = {"torch": torch.__version__, "threads": torch.get_num_threads(), "seconds": seconds,
           "params": sum(p.numel() for p in model.parameters()),
           "params_6x64": sum(p.numel() for p in paper.parameters())}
-  np.savez(out, preds=preds.detach().numpy(), loss=np.float32(loss.item()), meta=json.dumps(meta),
+  np.savez(out, preds=preds.detach().numpy(), loss=np.float64(loss.item()), meta=json.dumps(meta),
            **{f"grad/{k}": p.grad.numpy() for k, p in model.named_parameters()})
 
 
@@ -282,7 +291,7 @@ def check_model(name: str, impls: list[str], args: argparse.Namespace, tmp: str)
   torch_params = jax_to_torch(params)
   cfg = {"model": name, "hidden": args.hidden, "layers": NUM_LAYERS, "channels": c,
          "in_len": args.in_len, "threads": args.threads,
-         "attention_window": args.attention_window}
+         "attention_window": args.attention_window, "torch_dtype": args.torch_dtype}
   # PyTorch layouts: frames [S, B, C, H, W], mask [S-1, B].
   ref = run_torch(args.torch_python, cfg, frames.transpose(1, 0, 4, 2, 3), mask.T.copy(),
                   torch_params, tmp)
@@ -349,6 +358,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--in-len", type=int, default=10, help="context frames")
   p.add_argument("--attention-window", type=int, default=30,
                  help="PrecipLSTM's local-attention window (the reference's la_num)")
+  p.add_argument("--torch-dtype", choices=("float32", "float64"), default="float32",
+                 help="float64: compare with the reference's exact maths (ours stays float32)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--threads", type=int, default=1, help="PyTorch threads")
   p.add_argument("--threshold", type=float, default=1e-4)
