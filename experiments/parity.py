@@ -203,6 +203,7 @@ def torch_side(inp: str, out: str) -> None:
   model.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in given.items()})
   # float64: the reference's exact maths on the same (float32) parameters and inputs.
   dtype = getattr(torch, cfg["torch_dtype"])
+  torch.set_default_dtype(dtype)  # also the stack's zero states
   model.to(dtype)
   frames = torch.from_numpy(np.array(data["frames"], np.float32)).to(dtype)
   mask = torch.from_numpy(np.array(data["mask"], np.float32)).to(dtype)
