@@ -207,12 +207,13 @@ def demo_output() -> str:
           "(below 1 = better than that baseline)\n```\n")
 
 
-def parity_table() -> str:
-  d = _data("parity")
+def parity_table(name: str = "parity") -> str:
+  d = _data(name)
   rows = [[r["model"], f"{r['params_16']:,} / {r['params_64']:,}", f"{r['output']:.1e}",
            f"{r['loss']:.1e}", f"{r['gradient']:.1e} (`{r['tensor']}`)"] for r in d["rows"]]
-  return _table(["model", "parameters (x16 / x64)", "output", "loss", "worst gradient (tensor)"],
-                rows) + "\n" + _source(d)
+  width = "x16" if name == "parity" else "x4"
+  return _table(["model", f"parameters ({width} / x64)", "output", "loss",
+                 "worst gradient (tensor)"], rows) + "\n" + _source(d)
 
 
 def vs_torch_fp32_table() -> str:
@@ -326,6 +327,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "demo-table": demo_table,
     "demo-output": demo_output,
     "parity-table": parity_table,
+    "parity-later-table": lambda: parity_table("parity_later"),
     "vs-torch-fp32": vs_torch_fp32_table,
     "vs-torch-bf16": vs_torch_bf16_table,
     "vs-torch-summary": vs_torch_summary,
