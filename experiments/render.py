@@ -308,6 +308,15 @@ def quality_bf16() -> str:
   return _table(["model", "dtype", "future MSE per seed", "mean ± std"], rows) + "\n" + _source(d)
 
 
+def warp_memory_table() -> str:
+  """docs/performance.md: the warping families' compiled memory before and after the lean warp."""
+  d = _data("warp_memory")
+  keys = ("fp32_none", "fp32_step", "bf16_none", "bf16_step")
+  rows = [[r["model"], *(f"{r[k][0]:.2f} -> {r[k][1]:.2f}" for k in keys)] for r in d["rows"]]
+  return _table(["model", "fp32, no remat", "fp32, `remat='step'`", "bf16, no remat",
+                 "bf16, `remat='step'`"], rows) + "\n" + _source(d)
+
+
 def mixed_precision_memory() -> str:
   """docs/performance.md: MS-ConvLSTM with remat='step', float32 xla against bfloat16 onednn."""
   d = _data("memory_vs_resolution")
@@ -337,6 +346,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "memory-summary": memory_summary,
     "mixed-precision-memory": mixed_precision_memory,
     "quality-bf16": quality_bf16,
+    "warp-memory": warp_memory_table,
 }
 PLOTS = {REPO / "docs/figures/ms_vs_plain.png": lambda p: reproduce_plot(REPRODUCE, p)}
 
