@@ -36,3 +36,38 @@ def test_vs_torch_bad_model_is_one_line(tmp_path):
                          "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and "unknown model(s) lstm" in proc.stderr
   assert not out.exists()
+
+
+def _quick(script: str, *args: str) -> subprocess.CompletedProcess:
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as run by hand
+  proc = subprocess.run([sys.executable, f"experiments/{script}", "--quick", *args], cwd=REPO,
+                        env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+  return proc
+
+
+def test_conv_bench_quick(tmp_path):
+  out = tmp_path / "conv.json"
+  _quick("conv_bench.py", "--mode=scan", "--impls=matmul,onednn", f"--out={out}")
+  cases = json.loads(out.read_text())["results"]["8"]
+  # Every kernel's forward, dX, dK and their sum, each timed once, against the matmul.
+  assert cases["matmul"]["ratio_to_matmul"] == 1.0
+  for impl in ("matmul", "onednn"):
+    for part in ("fwd", "dX", "dK", "trio"):
+      assert cases[f"{impl}/{part}"]["calls"] == 1 and cases[f"{impl}/{part}"]["gflops"] > 0
+
+
+def test_benchmark_quick(tmp_path):
+  out = tmp_path / "bench.json"
+  _quick("benchmark.py", "--no-unrolled", "--no-compile-t40", f"--out={out}")
+  models = json.loads(out.read_text())["models"]
+  assert set(models) == {"convlstm", "ms_convlstm"}
+  for r in models.values():
+    assert r["scan"]["step_s"] > 0 and r["params"] > 0
+
+
+def test_memory_vs_resolution_quick(tmp_path):
+  out = tmp_path / "memory"
+  _quick("memory_vs_resolution.py", f"--out={out}", "--no-plot")
+  text = (tmp_path / "memory.json").read_text()
+  assert '"ms_convlstm' in text and '"convlstm' in text and (tmp_path / "memory.csv").exists()
