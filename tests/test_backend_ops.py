@@ -69,60 +69,6 @@ def test_pack_round_trip_and_its_gradient_are_identities():
   np.testing.assert_array_equal(np.asarray(dx, np.float32), np.asarray(cot, np.float32))
 
 
-def _lstm_maths(si, sf, tg, so, c):
-  c_new = sf * c + si * tg
-  return so * jnp.tanh(c_new), c_new
-
-
-def _lstm_plain(gates, c):
-  i, f, g, o = jnp.split(gates, 4, axis=-1)
-  return _lstm_maths(jax.nn.sigmoid(i), jax.nn.sigmoid(f), jnp.tanh(g), jax.nn.sigmoid(o), c)
-
-
-def test_on_activations_equals_autodiff_of_the_plain_expression():
-  """Chunked and separate pre-activations, two outputs, a state: values and every
-  gradient equal autodiff of the activations followed by the maths."""
-  gates, c = _normal((2, 3, 4 * 5), scale=2.0), _normal((2, 3, 5))
-  fused = backend.on_activations(_lstm_maths, ("sigmoid", "sigmoid", "tanh", "sigmoid"),
-                                 chunks=True)
-  out, ref, grads, grads_ref = _vjps(fused, _lstm_plain, (gates, c))
-  jax.tree.map(lambda a, b: _close(a, b, 1e-6), out, ref)
-  for g, r in zip(grads, grads_ref, strict=True):
-    _close(g, r, 1e-5)
-
-  def maths(sa, tb, c):
-    return sa * c + tb
-
-  fused = backend.on_activations(maths, ("sigmoid", "tanh"))
-  args = (_normal((3, 4), scale=2.0), _normal((3, 4), scale=2.0), _normal((3, 4)))
-  out, ref, grads, grads_ref = _vjps(
-      fused, lambda a, b, c: maths(jax.nn.sigmoid(a), jnp.tanh(b), c), args)
-  _close(out, ref, 1e-6)
-  for g, r in zip(grads, grads_ref, strict=True):
-    _close(g, r, 1e-5)
-
-
-def test_on_activations_in_bfloat16_rounds_once_and_keeps_2_byte_residuals():
-  gates, c = _normal((2, 3, 4 * 5), jnp.bfloat16, 2.0), _normal((2, 3, 5))
-  fused = backend.on_activations(_lstm_maths, ("sigmoid", "sigmoid", "tanh", "sigmoid"),
-                                 chunks=True)
-  (h, c_new), vjp = jax.vjp(fused, gates, c)
-  h_ref, c_ref = _lstm_plain(gates.astype(jnp.float32), c)
-  assert h.dtype == c_new.dtype == jnp.float32  # promoted by the float32 state
-  _close(h, h_ref, 1e-6)
-  _close(c_new, c_ref, 1e-6)
-  residuals = [x for x in jax.tree.leaves(vjp) if hasattr(x, "dtype") and x.size]
-  assert sum(x.size for x in residuals if x.dtype.itemsize == 2) == gates.size
-  assert sum(x.size for x in residuals if x.dtype.itemsize == 4) == c.size
-  cot = (_normal(h.shape), _normal(c.shape))
-  d_gates, d_c = vjp(cot)
-  d_gates_ref, d_c_ref = jax.vjp(_lstm_plain, gates.astype(jnp.float32), c)[1](cot)
-  assert d_gates.dtype == jnp.bfloat16 and d_c.dtype == jnp.float32
-  # Activations kept in bfloat16: gradients within a few bfloat16 roundings.
-  _close(d_gates, d_gates_ref, 3e-2)
-  _close(d_c, d_c_ref, 3e-2)
-
-
 def _toy_step(p, c, x):
   h = jnp.tanh(c["h"] @ p["w"] + x * p["b"])
   return {"h": h, "n": c["n"] + jnp.sum(h)}, jnp.sum(h * h, axis=-1)

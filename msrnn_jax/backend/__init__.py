@@ -15,7 +15,7 @@ kernel library. The lowest layer: it imports JAX and its own modules only.
   carries, gate activations, stacked convolution inputs) in float16
   containers on CPU, where XLA would keep or move them as float32.
 * ``ops``: the model's operations with hand-written gradients
-  (:func:`add_bias`, :func:`split`, :func:`on_activations`,
+  (:func:`add_bias`, :func:`split`,
   :func:`stored_carry_scan`), which keep the precision and memory mechanics
   out of the model code.
 * ``warp``: :func:`flow_warp`, bilinear sampling along learned flows whose
@@ -36,12 +36,12 @@ import jax
 import jax.numpy as jnp
 
 from msrnn_jax.backend import allocator, matmul_grads, onednn
-from msrnn_jax.backend.ops import add_bias, on_activations, split, stored_carry_scan
+from msrnn_jax.backend.ops import add_bias, split, stored_carry_scan
 from msrnn_jax.backend.packing import concatenate, pack, stash, unpack, unstash
 from msrnn_jax.backend.warp import flow_warp
 
 __all__ = ["CONV_IMPLS", "FLOP_COUNTABLE", "add_bias", "concatenate", "conv2d", "describe",
-           "fast_dtype", "flow_warp", "on_activations", "pack", "prepare_host", "resolve", "split",
+           "fast_dtype", "flow_warp", "pack", "prepare_host", "resolve", "split",
            "stash", "stored_carry_scan", "summary", "unpack", "unstash"]
 
 CONV_IMPLS = ("auto", "xla", "matmul", "matmul_bf16", "onednn")

@@ -7,13 +7,13 @@ against autodiff of its plain expression (tests/test_backend_ops.py).
 """
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from msrnn_jax.backend.packing import concatenate, pack, stash, unpack, unstash
+from msrnn_jax.backend.packing import concatenate, pack, unpack
 
 
 @jax.custom_vjp
@@ -52,76 +52,6 @@ split.defvjp(lambda y, sections: (split(y, sections), None),
              lambda _, __, cts: (concatenate(cts, cts[0].dtype),))
 
 # Each nonlinearity with its derivative written in its own value.
-_NONLINEARITIES = {
-    "sigmoid": (jax.nn.sigmoid, lambda s: s * (1.0 - s)),
-    "tanh": (jnp.tanh, lambda t: 1.0 - t * t),
-}
-
-
-def _wide(x: jax.Array) -> jax.Array:
-  """``x`` in float32 at least, the precision gate arithmetic runs in."""
-  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
-
-
-def on_activations(maths: Callable, nonlinearities: Sequence[str], chunks: bool = False
-                   ) -> Callable:
-  """``maths`` of activations, as a function of their pre-activations.
-
-  ``f(*pre, *states) = maths(*(a(p) for a, p), *states)`` where ``a`` are
-  ``nonlinearities`` (``'sigmoid'``, ``'tanh'``). With ``chunks``, ``f``
-  takes the pre-activations as one array, split into equal chunks along
-  its last axis (a convolution's gates), and returns their gradient as one.
-
-  Autodiff would keep the activations *and* their derivative coefficients
-  (``s (1 - s)``, ``1 - t^2``); ``f`` keeps one activation per pre-activation
-  and the states, and gets each derivative from its activation, the rest by
-  autodiff of ``maths``. Everything runs in float32 and rounds once (XLA:CPU
-  has no bfloat16 arithmetic and would round after every operation of a
-  sigmoid, with a conversion pair each). Outputs follow JAX's type promotion
-  of the inputs; the kept activations are rounded to their inputs' dtype
-  and stashed; each gradient comes back in its input's dtype.
-
-  Args:
-    maths: ``(*activations, *states) -> array or tuple of arrays``.
-    nonlinearities: the nonlinearity of each activation, in order.
-    chunks: pre-activations come as one array of ``len(nonlinearities)`` chunks.
-  """
-  acts_of = [_NONLINEARITIES[n][0] for n in nonlinearities]
-  slopes = [_NONLINEARITIES[n][1] for n in nonlinearities]
-  count = len(nonlinearities)
-
-  def parts(args):
-    if chunks:
-      gates, *states = args
-      return jnp.split(gates, count, axis=-1), states
-    return args[:count], args[count:]
-
-  def forward(*args):
-    pre, states = parts(args)
-    acts = [a(_wide(p)) for a, p in zip(acts_of, pre, strict=True)]
-    out = jax.tree.map(lambda v: v.astype(jnp.result_type(*args)), maths(*acts, *states))
-    kept = stash(tuple(a.astype(p.dtype) for a, p in zip(acts, pre, strict=True)))
-    return out, (kept, states)
-
-  def backward(res, cotangents):
-    kept, states = res
-    kept = unstash(kept)
-    acts = [_wide(a) for a in kept]
-    _, vjp = jax.vjp(maths, *acts, *states)
-    grads = vjp(jax.tree.map(_wide, cotangents))
-    d_pre = [g * slope(a) for g, slope, a in zip(grads[:count], slopes, acts, strict=True)]
-    d_states = tuple(g.astype(s.dtype) for g, s in zip(grads[count:], states, strict=True))
-    if chunks:
-      # Each chunk rounded before the concatenation (a float32 one would be
-      # a transient the size of all chunks).
-      return (concatenate(d_pre, kept[0].dtype), *d_states)
-    return (*(g.astype(k.dtype) for g, k in zip(d_pre, kept, strict=True)), *d_states)
-
-  fn = jax.custom_vjp(lambda *args: forward(*args)[0])
-  fn.defvjp(forward, backward)
-  return fn
-
-
 def stored_carry_scan(step: Callable, params: Any, carry: Any, xs: Any, dtype: Any,
                       unroll: int = 1) -> tuple[Any, Any]:
   """``jax.lax.scan(lambda c, x: step(params, c, x), carry, xs)``, carries checkpointed in ``dtype``.
