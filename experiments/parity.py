@@ -134,8 +134,10 @@ ZERO_GRAD = 1e-5
 
 
 def grad_errors(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, float]:
-  """Per-tensor gradient errors: ``rel_err``, or for a tensor whose reference gradient is
-  below ``ZERO_GRAD`` times the model's largest, ``max|a - b|`` over that largest.
+  """Per-tensor gradient errors, zero-by-construction gradients at the model's scale.
+
+  ``rel_err``, or for a tensor whose reference gradient is below ``ZERO_GRAD``
+  times the model's largest, ``max|a - b|`` over that largest.
 
   Args:
     ours: our gradients by ``state_dict`` name.
@@ -165,9 +167,9 @@ def flat_params(params) -> dict[str, np.ndarray]:
 
   Returns:
     ``{'embed.weight': HWIO, 'cells.<l>.<conv>.bias': ..., 'head.bias': ...}``
-    (a Flax list of modules, ``se_query_0``, is a ``ModuleList``, ``se_query.0``)
     (the PyTorch side transposes the kernels: it knows which are transposed
-    convolutions).
+    convolutions; a Flax list of modules, ``se_query_0``, is a ``ModuleList``,
+    ``se_query.0``).
   """
   out = {}
 
