@@ -63,8 +63,8 @@ GB.) Then, from the repository root::
 
 Defaults: hidden 16, 6 layers, batch 2, T = 20 with 10 context frames, 64x64,
 ``conv_impl='auto'`` (oneDNN on CPU): from half a minute (ConvLSTM) to a few
-minutes (TrajGRU, MotionRNN) per model on 2 cores. ``--conv-impl xla`` checks
-XLA's own convolutions (the GPU path), which are slow on CPU inside the
+minutes (TrajGRU, MotionRNN; CMS-LSTM and PrecipLSTM, with their attention,
+longer) per model on 2 cores. ``--conv-impl xla`` checks XLA's own convolutions (the GPU path), which are slow on CPU inside the
 rolled time loop (about 3x, TrajGRU 7 minutes on its own). Each
 kernel listed is a model of its own (``conv_impl``).
 """
