@@ -1,7 +1,8 @@
 """Parity self-check: msrnn_jax against a PyTorch rebuild of the authors' models.
 
 For each model (``--models``; ConvLSTM, TrajGRU, PredRNN, PredRNN++, MIM,
-MotionRNN and PredRNN-V2, each plain and MS) this
+MotionRNN, PredRNN-V2, CMS-LSTM, MoDeRNN, PrecipLSTM and MK-LSTM, each plain
+and MS; MS-MK-LSTM is the authors' MS-LSTM) this
 builds our JAX model with ``msrnn_jax.model.create`` and the PyTorch rebuild
 of the authors' model (``experiments/torch_reference.py``; MS-RNN, Ma et al.,
 arXiv:2206.03010, code at github.com/mazhf/MS-RNN, commit c563636),
@@ -17,7 +18,10 @@ all in float32:
   ``msrnn_jax.training.losses``, plus 0.01 x PredRNN-V2's decoupling term):
   ``|a - b| / |b|``;
 * every parameter gradient: ``max|a - b| / max|b|`` per tensor (``a`` ours,
-  ``b`` PyTorch's), reported as the worst tensor;
+  ``b`` PyTorch's), reported as the worst tensor; a tensor whose gradient is
+  zero by construction (below ``ZERO_GRAD`` of the model's largest, as the
+  bias of CMS-LSTM's attention keys, which the softmax ignores) is compared
+  at the scale of the model's largest gradient;
 * the parameter counts (equal, and at 6 x 64 equal to the authors' models;
   for PredRNN++ less the GHU pairs the authors build in every layer but use
   only in layer 1, which we do not create).
@@ -29,7 +33,9 @@ both sides implement (``docs/model.md``, "Deviations"; the rebuild's
 grid's normalisation rounds the sample points, and the gradient with respect
 to a flow jumps where a point crosses a pixel boundary, which moves a few
 gradient terms across (worst gradient about 1e-3 at the default size; the
-outputs agree to 3e-7 either way).
+outputs agree to 3e-7 either way). Family options given on the command line
+(``--attention-window``, PrecipLSTM's local-attention window) go to both
+sides, to the families that have them.
 
 A model passes when all three relative errors are <= ``--threshold`` (1e-4).
 The mask is a fixed random 0/1 mask over all T-1 steps: the models must both
@@ -57,8 +63,8 @@ GB.) Then, from the repository root::
 
 Defaults: hidden 16, 6 layers, batch 2, T = 20 with 10 context frames, 64x64,
 ``conv_impl='auto'`` (oneDNN on CPU): from half a minute (ConvLSTM) to a few
-minutes (TrajGRU, MotionRNN) per model on 2 cores. ``--conv-impl xla`` checks
-XLA's own convolutions (the GPU path), which are slow on CPU inside the
+minutes (TrajGRU, MotionRNN; CMS-LSTM and PrecipLSTM, with their attention,
+longer) per model on 2 cores. ``--conv-impl xla`` checks XLA's own convolutions (the GPU path), which are slow on CPU inside the
 rolled time loop (about 3x, TrajGRU 7 minutes on its own). Each
 kernel listed is a model of its own (``conv_impl``).
 """
@@ -67,6 +73,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -81,7 +88,8 @@ ROOT = os.path.dirname(HERE)
 # with L = 13 links), for each family; MS models have the same parameters.
 PAPER_PARAMS = {"convlstm": 1_772_737, "trajgru": 2_157_661, "predrnn": 3_594_817,
                 "predrnn_pp": 5_608_513, "mim": 7_361_473, "motionrnn": 7_560_547,
-                "predrnn_v2": 3_598_977}
+                "predrnn_v2": 3_598_977, "cms_lstm": 4_483_393, "modernn": 5_854_657,
+                "preciplstm": 7_041_217, "mk_lstm": 7_576_897}
 MODELS = tuple(prefix + family for family in PAPER_PARAMS for prefix in ("", "ms_"))
 # The weight of PredRNN-V2's decoupling term in the loss (the authors'
 # cfg.decouple_loss_weight); the other models' term is zero.
@@ -89,6 +97,8 @@ DECOUPLE_WEIGHT = 0.01
 NUM_LAYERS = 6
 # Options of the PyTorch cells that have them (see the docstring).
 PARITY_OPTIONS = {"warp": "exact"}
+# Family options taken from the command line, for both sides (each family takes its own).
+FAMILY_ARGS = ("attention_window",)
 INSTALL_HINT = ("experiments/parity.py needs PyTorch and numpy in --torch-python (default: this "
                 "interpreter): python3 -m venv torchenv && torchenv/bin/pip install "
                 "numpy && torchenv/bin/pip install torch --index-url "
@@ -117,32 +127,65 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
   return diff / scale
 
 
+# A gradient below this fraction of the model's largest one is zero by construction (e.g. an
+# attention key's bias: it shifts all of a query's scores alike, which the softmax ignores):
+# both sides hold rounding noise, compared at the scale of the model's largest gradient.
+ZERO_GRAD = 1e-5
+
+
+def grad_errors(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> dict[str, float]:
+  """Per-tensor gradient errors, zero-by-construction gradients at the model's scale.
+
+  ``rel_err``, or for a tensor whose reference gradient is below ``ZERO_GRAD``
+  times the model's largest, ``max|a - b|`` over that largest.
+
+  Args:
+    ours: our gradients by ``state_dict`` name.
+    ref: the reference's, same names and shapes.
+
+  Returns:
+    The error of each tensor, by name.
+  """
+  top = max(float(np.max(np.abs(v))) if v.size else 0.0 for v in ref.values())
+  errs = {}
+  for k, b in ref.items():
+    b = np.asarray(b, np.float64)
+    if b.size and top > 0 and float(np.max(np.abs(b))) < ZERO_GRAD * top:
+      errs[k] = float(np.max(np.abs(np.asarray(ours[k], np.float64) - b))) / top
+    else:
+      errs[k] = rel_err(ours[k], b)
+  return errs
+
+
 def flat_params(params) -> dict[str, np.ndarray]:
   """Our parameter tree under the PyTorch model's ``state_dict`` names, in our layouts.
 
   Args:
     params: ``variables['params']`` of a ``Predictor`` (``step/embed``,
       ``step/head``, ``step/adapter``, ``step/layer_<l>/<conv>``, each with
-      ``kernel`` HWIO and ``bias``).
+      ``kernel`` HWIO and, but for bias-free convolutions, ``bias``).
 
   Returns:
     ``{'embed.weight': HWIO, 'cells.<l>.<conv>.bias': ..., 'head.bias': ...}``
     (the PyTorch side transposes the kernels: it knows which are transposed
-    convolutions).
+    convolutions; a Flax list of modules, ``se_query_0``, is a ``ModuleList``,
+    ``se_query.0``).
   """
   out = {}
 
   def conv(prefix, p):
-    if set(p) != {"kernel", "bias"}:
+    if set(p) not in ({"kernel", "bias"}, {"kernel"}):
       raise ValueError(f"{prefix}: unexpected parameters {sorted(p)}")
     out[f"{prefix}.weight"] = np.asarray(p["kernel"])
-    out[f"{prefix}.bias"] = np.asarray(p["bias"])
+    if "bias" in p:
+      out[f"{prefix}.bias"] = np.asarray(p["bias"])
 
   if set(params) != {"step"}:
     raise ValueError(f"unexpected top-level parameters {sorted(params)}")
   for name, p in params["step"].items():
     if name.startswith("layer_"):
       for cname, cp in p.items():
+        cname = re.sub(r"_(\d+)$", r".\1", cname)
         conv(f"cells.{int(name[len('layer_'):])}.{cname}", cp)
     else:
       conv(name, p)
@@ -153,7 +196,7 @@ def tensor_label(name: str) -> str:
   """``cells.3.conv_h.weight`` -> ``layer 3 conv_h`` (the parameter tensor, readable)."""
   parts = name.split(".")
   if parts[0] == "cells":
-    return f"layer {parts[1]} {parts[2]}"
+    return f"layer {parts[1]} {'.'.join(parts[2:-1])}"
   return parts[0]
 
 
@@ -184,10 +227,10 @@ def torch_side(inp: str, out: str) -> None:
   data = np.load(inp)
   cfg = json.loads(str(data["config"]))
   torch.set_num_threads(cfg["threads"])
-  options = {k: v for k, v in PARITY_OPTIONS.items()
+  options = {k: v for k, v in {**PARITY_OPTIONS, **cfg["options"]}.items()
              if k in ref.CELLS[cfg["model"].removeprefix("ms_")].options}
   model = ref.build(cfg["model"], cfg["hidden"], cfg["layers"], cfg["channels"], **options)
-  paper = ref.build(cfg["model"], 64, NUM_LAYERS, 1)
+  paper = ref.build(cfg["model"], 64, NUM_LAYERS, 1, **options)
   given = {k[len("param/"):]: data[k] for k in data.files if k.startswith("param/")}
   params = dict(model.named_parameters())
   # Parameters the authors create but never use may be absent from ours
@@ -295,6 +338,14 @@ def jax_loss_and_grads(model, params, frames: np.ndarray, mask: np.ndarray):
   return np.asarray(preds), float(loss), grads
 
 
+def family_options(name: str, args: argparse.Namespace) -> dict:
+  """The command line's family options (``FAMILY_ARGS``) that ``name``'s family has."""
+  from msrnn_jax import model as model_lib
+
+  own = model_lib.family(name).options
+  return {k: getattr(args, k) for k in FAMILY_ARGS if k in own}
+
+
 def check_model(name: str, impls: list[str], args: argparse.Namespace, tmp: str) -> list[dict]:
   """Compares one model for each JAX ``conv_impl``; one result dict per impl."""
   import jax
@@ -309,7 +360,9 @@ def check_model(name: str, impls: list[str], args: argparse.Namespace, tmp: str)
 
   def create(hidden=args.hidden, conv_impl="xla"):
     return model_lib.create(name, hidden=hidden, num_layers=NUM_LAYERS, channels=c,
-                            in_len=args.in_len, conv_impl=conv_impl)
+                            in_len=args.in_len, conv_impl=conv_impl, **options)
+
+  options = family_options(name, args)
 
   params = jax.jit(create().init)(jax.random.PRNGKey(args.seed), jnp.asarray(frames),
                                   jnp.asarray(mask))["params"]
@@ -318,7 +371,8 @@ def check_model(name: str, impls: list[str], args: argparse.Namespace, tmp: str)
   jax_params_6x64 = int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(paper_shapes)))
   torch_params = flat_params(params)
   cfg = {"model": name, "hidden": args.hidden, "layers": NUM_LAYERS, "channels": c,
-         "in_len": args.in_len, "threads": args.threads, "decouple_weight": DECOUPLE_WEIGHT}
+         "in_len": args.in_len, "threads": args.threads, "decouple_weight": DECOUPLE_WEIGHT,
+         "options": options}
   # PyTorch layouts: frames [S, B, C, H, W], mask [S-1, B].
   ref = run_torch(args.torch_python, cfg, frames.transpose(1, 0, 4, 2, 3), mask.T.copy(),
                   torch_params, tmp)
@@ -330,7 +384,7 @@ def check_model(name: str, impls: list[str], args: argparse.Namespace, tmp: str)
     preds, loss, grads = jax_loss_and_grads(model, params, frames, mask)
     seconds = time.perf_counter() - t0
     preds = preds.transpose(1, 0, 4, 2, 3)
-    grad_errs = {k: rel_err(v, ref["grads"][k]) for k, v in flat_params(grads).items()}
+    grad_errs = grad_errors(flat_params(grads), ref["grads"])
     worst = max(grad_errs, key=grad_errs.get)
     r = {"model": name, "conv_impl": impl, "resolved_impl": resolved,
          "params": count(torch_params.values()), "torch_params": ref["meta"]["params"],
@@ -388,6 +442,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--seq-len", type=int, default=20, help="T (T-1 predicted frames)")
   p.add_argument("--in-len", type=int, default=10, help="context frames")
+  p.add_argument("--attention-window", type=int, default=30,
+                 help="PrecipLSTM's local-attention window (the authors' la_num)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--threads", type=int, default=1, help="PyTorch threads")
   p.add_argument("--threshold", type=float, default=1e-4)
@@ -413,6 +469,15 @@ def main(argv=None) -> int:
   check_torch(args.torch_python)
   sys.path.insert(0, ROOT)
   import jax
+
+  from msrnn_jax import model as model_lib
+
+  for name in args.models.split(","):
+    multiple = model_lib.config_for(name).size_multiple()
+    if args.size % multiple:
+      print(f"error: --size {args.size} is not a multiple of {multiple}, which {name} needs; "
+            f"pass e.g. --size {max(multiple, args.size // multiple * multiple)}")
+      return 2
 
   t0 = time.perf_counter()
   impls = [i for i in args.conv_impl.split(",") if i]

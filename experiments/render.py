@@ -211,8 +211,7 @@ def parity_table(name: str = "parity") -> str:
   d = _data(name)
   rows = [[r["model"], f"{r['params_16']:,} / {r['params_64']:,}", f"{r['output']:.1e}",
            f"{r['loss']:.1e}", f"{r['gradient']:.1e} (`{r['tensor']}`)"] for r in d["rows"]]
-  width = "x16" if name == "parity" else "x4"
-  return _table(["model", f"parameters ({width} / x64)", "output", "loss",
+  return _table(["model", "parameters (x16 / x64)", "output", "loss",
                  "worst gradient (tensor)"], rows) + "\n" + _source(d)
 
 

@@ -1,4 +1,4 @@
-"""PyTorch rebuild of the authors' training step, every family of the paper, plain and MS.
+"""PyTorch rebuild of the authors' training step, every family of msrnn_jax, plain and MS.
 
 MS-RNN (Ma et al., "MS-RNN: A Flexible Multi-Scale Framework for Spatiotemporal
 Predictive Learning", arXiv:2206.03010) comes with a PyTorch implementation by
@@ -11,7 +11,9 @@ gradients from the same parameters.
 
 What is rebuilt (the authors' ``models/convlstm.py``, ``trajgru.py``,
 ``predrnn.py``, ``predrnn_plus2.py``, ``mim.py``, ``motionrnn.py``,
-``predrnn_v2.py`` and their ``ms_*.py``, ``model.py``, ``net_params.py`` and
+``predrnn_v2.py``, ``cms_lstm.py``, ``modernn.py``, ``preciplstm.py``,
+``ms_lstm.py`` (MK-LSTM) and their ``ms_*.py``,
+``img_local_att/function.py``, ``model.py``, ``net_params.py`` and
 ``loss.py``): a 1x1 embedding, six recurrent layers of 64 channels, a 1x1
 linear head, all with PyTorch's default initialisation. Each cell's class
 docstring gives its equations; every cell follows one interface (``Cell``),
@@ -26,6 +28,10 @@ and ``CELLS`` maps each family to its cell.
   ``_conv_m2h_m``, ``_conv_c2o``, ``_conv_m2o``, ``_conv_c_m``. M zig-zags:
   up through the layers of one step, then from the top layer to layer 0 of
   the next step.
+* CMS-LSTM, MoDeRNN, PrecipLSTM and MK-LSTM cells as the authors' (their
+  class docstrings), module names as msrnn_jax's; PrecipLSTM's local
+  attention is the extension's pure-PyTorch fallback, padded as its CUDA
+  kernels (:func:`local_attention`).
 * Plain stacks: layer l reads only the output of layer l-1 (no skips).
 * MS stacks: the mirror pyramid H, H/2, H/4, H/4, H/2, H with 2x2 max pooling
   after layers 0 and 1, bilinear 2x upsampling (``align_corners=False``)
@@ -42,7 +48,8 @@ and ``CELLS`` maps each family to its cell.
 Parameter counts equal the authors' models at 6 x 64 with one input channel:
 1,772,737 for (MS-)ConvLSTM, 2,157,661 TrajGRU (13 links), 3,594,817 PredRNN,
 5,608,513 PredRNN++, 7,361,473 MIM, 7,560,547 MotionRNN, 3,598,977
-PredRNN-V2. It is not part
+PredRNN-V2, 4,483,393 CMS-LSTM, 5,854,657 MoDeRNN, 7,041,217 PrecipLSTM,
+7,576,897 MK-LSTM (MS-MK-LSTM is the authors' MS-LSTM). It is not part
 of the library and needs ``torch``, which msrnn_jax does not install; e.g. in
 a separate virtualenv: ``python -m venv /path/torchvenv &&
 /path/torchvenv/bin/pip install numpy torch --index-url
@@ -480,6 +487,221 @@ class PredRNNV2Cell(STLSTMCell):
 
 CELLS.update({"trajgru": TrajGRUCell, "predrnn_pp": CausalLSTMCell, "mim": MIMCell,
               "motionrnn": MotionRNNCell, "predrnn_v2": PredRNNV2Cell})
+
+
+class CMSLSTMCell(Cell):
+  """CMS-LSTM (the authors' ``CMS_LSTM_Cell``): a CE block, ConvLSTM, an SE block.
+
+  CE: ``ce_iters`` rounds, odd ``X = 2 s(ce_q(H)) X``, even ``H = 2 s(ce_r(X)) H``.
+  SE on ``[H | C]`` joined along the width: per scale 1, 2, 4 self-attention
+  within the blocks (split and batched as the authors' ``seblock``) plus the
+  input; ``se_fuse`` over the three, halves joined by ``se_z``, gates
+  ``i, g, o`` from ``se_h(H) + se_zh(z)``, ``C' = C (1 - s(i)) + s(i) tanh(g)``,
+  ``H' = C' s(o)``. The attention runs under ``torch.utils.checkpoint`` (same
+  values; its scores are not kept for the backward pass). Option ``ce_iters`` (5).
+  """
+
+  options = {"ce_iters": 5}
+  scales = (1, 2, 4)
+
+  def __init__(self, channels: int, **kw):
+    super().__init__(channels, **kw)
+    c = channels
+    self.ce_q, self.ce_r = conv3(c, c), conv3(c, c)
+    self.conv_x, self.conv_h = conv3(c, 4 * c), conv3(c, 4 * c)
+    self.se_query = nn.ModuleList(nn.Conv2d(c, c, 1) for _ in self.scales)
+    self.se_key = nn.ModuleList(nn.Conv2d(c, c, 1) for _ in self.scales)
+    self.se_value = nn.ModuleList(nn.Conv2d(c, c, 1) for _ in self.scales)
+    self.se_fuse = conv3(len(self.scales) * c, c)
+    self.se_z = nn.Conv2d(2 * c, c, 1)
+    self.se_h, self.se_zh = conv3(c, 3 * c), conv3(c, 3 * c)
+
+  @staticmethod
+  def attend(q, k, v, scale: int):
+    """Attention within ``scale x scale`` blocks of ``[B, C, h, 2w]`` maps (H and C halves
+    side by side; a block of each half is one batch entry), as the authors' ``seblock``."""
+    c, h, w = q.shape[1], q.shape[2], q.shape[3] // 2
+    block = h // scale
+
+    def blocks(x):  # [B, C, h, 2w] -> [scale^2 B, C, block, block, 2]
+      x = torch.stack([x[..., :w], x[..., w:]], 4)
+      x = torch.cat(torch.split(x, block, dim=2), 0)
+      return torch.cat(torch.split(x, block, dim=3), 0)
+
+    q, k, v = blocks(q), blocks(k), blocks(v)
+    n = q.shape[0]
+    sim = torch.softmax(torch.bmm(q.reshape(n, c, -1).transpose(1, 2), k.reshape(n, c, -1)), -1)
+    ctx = torch.bmm(v.reshape(n, c, -1), sim.transpose(1, 2)).view(n, c, block, block, 2)
+    ctx = torch.cat(torch.split(ctx, n // scale, 0), dim=3)
+    ctx = torch.cat(torch.split(ctx, n // scale // scale, 0), dim=2)
+    return torch.cat([ctx[..., 0], ctx[..., 1]], 3)
+
+  def forward(self, x, state, m=None, diag=None):
+    h, c = state
+    for r in range(1, self.opts["ce_iters"] + 1):
+      if r % 2:
+        x = 2 * torch.sigmoid(self.ce_q(h)) * x
+      else:
+        h = 2 * torch.sigmoid(self.ce_r(x)) * h
+    i, f, g, o = torch.chunk(self.conv_x(x) + self.conv_h(h), 4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    feats = torch.cat([h, c], dim=-1)
+    priors = [feats + checkpoint(self.attend, self.se_query[j](feats), self.se_key[j](feats),
+                                 self.se_value[j](feats), scale, use_reentrant=False)
+              for j, scale in enumerate(self.scales)]
+    out = self.se_fuse(torch.cat(priors, dim=1))
+    z_h, z_c = torch.split(out, out.shape[-1] // 2, -1)
+    z = self.se_z(torch.cat([z_h, z_c], dim=1))
+    i, g, o = torch.chunk(self.se_h(h) + self.se_zh(z), 3, dim=1)
+    i = torch.sigmoid(i)
+    c = c * (1 - i) + i * torch.tanh(g)
+    h = c * torch.sigmoid(o)
+    return h, (h, c), m, {}
+
+
+class MoDeRNNCell(Cell):
+  """MoDeRNN (the authors' ``MoDeRNN_Cell``): detail-context rounds, then ConvLSTM.
+
+  ``ce_iters`` rounds, odd ``X = 2 s(mean(dcb_h3, dcb_h5, dcb_h7)(H)) X``, even
+  ``H = 2 s(mean(dcb_x3, dcb_x5, dcb_x7)(X)) H`` (3x3, 5x5, 7x7 kernels), then
+  :class:`ConvLSTMCell`'s update. Option ``ce_iters`` (5).
+  """
+
+  options = {"ce_iters": 5}
+
+  def __init__(self, channels: int, **kw):
+    super().__init__(channels, **kw)
+    c = channels
+    self.dcb_x3, self.dcb_x5, self.dcb_x7 = (nn.Conv2d(c, c, k, padding=k // 2) for k in (3, 5, 7))
+    self.dcb_h3, self.dcb_h5, self.dcb_h7 = (nn.Conv2d(c, c, k, padding=k // 2) for k in (3, 5, 7))
+    self.conv_x, self.conv_h = conv3(c, 4 * c), conv3(c, 4 * c)
+
+  def forward(self, x, state, m=None, diag=None):
+    h, c = state
+    for r in range(1, self.opts["ce_iters"] + 1):
+      if r % 2:
+        x = 2 * torch.sigmoid((self.dcb_h3(h) + self.dcb_h5(h) + self.dcb_h7(h)) / 3.0) * x
+      else:
+        h = 2 * torch.sigmoid((self.dcb_x3(x) + self.dcb_x5(x) + self.dcb_x7(x)) / 3.0) * h
+    i, f, g, o = torch.chunk(self.conv_x(x) + self.conv_h(h), 4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    h = torch.sigmoid(o) * torch.tanh(c)
+    return h, (h, c), m, {}
+
+
+def local_attention(q, k, v, window: int):
+  """Each pixel attends to the ``window x window`` keys around it (zero keys and values outside).
+
+  The authors' extension's pure-PyTorch fallback (an unfold of every pixel's
+  window), padded as its CUDA kernels: offsets ``-(window // 2) .. window - 1 -
+  window // 2`` (-15..14 for 30; the fallback's symmetric padding only works
+  for odd windows).
+
+  Args:
+    q, k, v: ``[B, C, H, W]``.
+    window: the side of the window.
+
+  Returns:
+    ``[B, C, H, W]``.
+  """
+  n, c, h, w = q.shape
+  r = window // 2
+  pad = (r, window - 1 - r, r, window - 1 - r)
+  ks = F.unfold(F.pad(k, pad), window).view(n, c, window * window, h * w)
+  vs = F.unfold(F.pad(v, pad), window).view(n, c, window * window, h * w)
+  weights = torch.softmax(torch.einsum("ncp,nckp->nkp", q.reshape(n, c, h * w), ks), dim=1)
+  return torch.einsum("nkp,nckp->ncp", weights, vs).view(n, c, h, w)
+
+
+class PrecipLSTMCell(Cell):
+  """PrecipLSTM (the authors' ``PrecipLSTM_cell``): local attention, ConvLSTM, M (zig-zag), S, T.
+
+  ``X_a = X + conv_att(LA(att_q(X), att_k(X), att_v(X)))`` (:func:`local_attention`,
+  under ``torch.utils.checkpoint``: the unfolded window is not kept for the
+  backward pass); ``C' `` from ``conv_x(X_a) + conv_h(H)``; M and S as
+  PredRNN's M from ``X_a``; T from ``X - X_{t-1}``, the layer's input of the
+  previous step (the authors' ``x_t_1_lis``; zeros at t = 0), which the cell
+  keeps in its state; ``o = s(o + conv_co(C') + conv_so(S') + conv_to(T') +
+  conv_mo(M'))``; ``H' = o tanh(conv_last([C', S', T', M']))``. State
+  ``(H, C, S, T, X)``. Option ``attention_window`` (30, the authors' ``la_num``).
+  """
+
+  uses_memory = True
+  options = {"attention_window": 30}
+
+  def __init__(self, channels: int, **kw):
+    super().__init__(channels, **kw)
+    c = channels
+    self.att_q, self.att_k, self.att_v = (nn.Conv2d(c, c, 1, bias=False) for _ in range(3))
+    self.conv_att = conv3(c, c)
+    self.conv_x, self.conv_h = conv3(c, 4 * c), conv3(c, 4 * c)
+    self.conv_xm, self.conv_mm = conv3(c, 3 * c), conv3(c, 3 * c)
+    self.conv_xs, self.conv_ss = conv3(c, 3 * c), conv3(c, 3 * c)
+    self.conv_xt, self.conv_tt = conv3(c, 3 * c), conv3(c, 3 * c)
+    self.conv_co, self.conv_so, self.conv_to, self.conv_mo = (conv3(c, c) for _ in range(4))
+    self.conv_last = nn.Conv2d(4 * c, c, 1)
+
+  def initial_state(self, batch, height, width):
+    """Zero ``(H, C, S, T, X_{t-1})``."""
+    return (torch.zeros(batch, self.channels, height, width),) * 5
+
+  @staticmethod
+  def memory(gates, state):
+    """``[i, f, g] -> s(f) state + s(i) tanh(g)``."""
+    i, f, g = torch.chunk(gates, 3, dim=1)
+    return torch.sigmoid(f) * state + torch.sigmoid(i) * torch.tanh(g)
+
+  def forward(self, x, state, m, diag=None):
+    h, c, s, t, x_prev = state
+    att = checkpoint(local_attention, self.att_q(x), self.att_k(x), self.att_v(x),
+                     self.opts["attention_window"], use_reentrant=False)
+    xa = x + self.conv_att(att)
+    i, f, g, o = torch.chunk(self.conv_x(xa) + self.conv_h(h), 4, dim=1)
+    c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    m = self.memory(self.conv_xm(xa) + self.conv_mm(m), m)
+    s = self.memory(self.conv_xs(xa) + self.conv_ss(s), s)
+    t = self.memory(self.conv_xt(x - x_prev) + self.conv_tt(t), t)
+    o = torch.sigmoid(o + self.conv_co(c) + self.conv_so(s) + self.conv_to(t) + self.conv_mo(m))
+    h = o * torch.tanh(self.conv_last(torch.cat([c, s, t, m], dim=1)))
+    return h, (h, c, s, t, x), m, {}
+
+
+class MKLSTMCell(Cell):
+  """MK-LSTM (the authors' ``MK_LSTM_Cell``; MS-MK-LSTM is their MS-LSTM): 3x3 and 5x5
+  ConvLSTM paths with one output gate.
+
+  ``[i_k, f_k, g_k, o_k] = conv_xk(X) + conv_hk(H)``, ``C_k' = s(f_k)C_k + s(i_k)tanh(g_k)``
+  for k = 3, 5; ``o = s(o_3 + o_5 + conv_c3(C_3') + conv_c5(C_5'))``;
+  ``H' = o tanh(conv_last([C_3', C_5']))``. State ``(H, C_3, C_5)``.
+  """
+
+  def __init__(self, channels: int, **kw):
+    super().__init__(channels, **kw)
+    c = channels
+    self.conv_x3, self.conv_h3 = conv3(c, 4 * c), conv3(c, 4 * c)
+    self.conv_x5 = nn.Conv2d(c, 4 * c, 5, padding=2)
+    self.conv_h5 = nn.Conv2d(c, 4 * c, 5, padding=2)
+    self.conv_c3, self.conv_c5 = conv3(c, c), nn.Conv2d(c, c, 5, padding=2)
+    self.conv_last = nn.Conv2d(2 * c, c, 1)
+
+  def initial_state(self, batch, height, width):
+    """Zero ``(H, C_3, C_5)``."""
+    return (torch.zeros(batch, self.channels, height, width),) * 3
+
+  def forward(self, x, state, m=None, diag=None):
+    h, c3, c5 = state
+    i3, f3, g3, o3 = torch.chunk(self.conv_x3(x) + self.conv_h3(h), 4, dim=1)
+    i5, f5, g5, o5 = torch.chunk(self.conv_x5(x) + self.conv_h5(h), 4, dim=1)
+    c3 = torch.sigmoid(f3) * c3 + torch.sigmoid(i3) * torch.tanh(g3)
+    c5 = torch.sigmoid(f5) * c5 + torch.sigmoid(i5) * torch.tanh(g5)
+    o = torch.sigmoid(o3 + o5 + self.conv_c3(c3) + self.conv_c5(c5))
+    h = o * torch.tanh(self.conv_last(torch.cat([c3, c5], dim=1)))
+    return h, (h, c3, c5), m, {}
+
+
+CELLS.update({"cms_lstm": CMSLSTMCell, "modernn": MoDeRNNCell, "preciplstm": PrecipLSTMCell,
+              "mk_lstm": MKLSTMCell})
 
 
 def _up(x):

@@ -16,8 +16,9 @@ memory is its own: the one number that decides whether a run fits.
         --models trajgru,ms_trajgru --batch 1
     python experiments/vs_torch.py --quick     # tiny shape, one round, a few seconds
 
-Every family of the paper runs, plain and MS (ConvLSTM, TrajGRU, PredRNN,
-PredRNN++, MIM, MotionRNN, PredRNN-V2; all 14 by default). ``--dtype
+Every family runs, plain and MS (ConvLSTM, TrajGRU, PredRNN, PredRNN++, MIM,
+MotionRNN, PredRNN-V2, CMS-LSTM, MoDeRNN, PrecipLSTM, MK-LSTM; all 22 by
+default). ``--dtype
 bfloat16`` compares mixed precision on both sides: our
 ``model.dtype='bfloat16'`` against PyTorch's forward pass under
 ``torch.autocast('cpu', dtype=torch.bfloat16)``; ``--dtype both`` runs the
@@ -51,7 +52,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
-from parity import MODELS  # noqa: E402  (numpy only; the 14 paper models)
+from parity import MODELS  # noqa: E402  (numpy only; the 22 models)
 
 SHAPE = dict(hidden=64, num_layers=6, size=64, seq_len=20)
 QUICK_SHAPE = dict(hidden=4, num_layers=6, size=16, seq_len=4)
