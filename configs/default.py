@@ -50,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.backend.keep_freed_memory = True
 
   config.model = ml_collections.ConfigDict()
-  # One of msrnn_jax.models.MODEL_NAMES, e.g. convlstm, ms_convlstm, ms_motionrnn
+  # One of msrnn_jax.MODEL_NAMES, e.g. convlstm, ms_convlstm, ms_motionrnn
   # (or an alias: ms_lstm = ms_mk_lstm).
   config.model.name = "ms_convlstm"
   # Hidden channels of every layer, number of layers, gate kernel size.
