@@ -1,6 +1,6 @@
 """Training: ``train_and_evaluate(config, workdir)``, the loop, then the final evaluation.
 
-The loop follows the authors' code (github.com/mazhf/MS-RNN, train.py): Adam with a
+The loop follows the authors' code (github.com/mazhf/MS-RNN): Adam with a
 constant learning rate, L2 + L1 loss summed over pixels over all T-1
 next-frame predictions, scheduled sampling decaying linearly per iteration
 (reverse scheduled sampling for PredRNN-V2). Steps are jitted with the batch
