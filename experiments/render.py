@@ -76,6 +76,9 @@ def summarize(receipts: list[dict]) -> dict:
       for m in ("mse", "mae", "ssim", "psnr"):
         entry[f"{m}_{p}"] = _stats([seeds[s][p][m] for s in sorted(seeds)])
     entry["wall_s"] = statistics.fmean(seeds[s]["receipt"]["wall_s"] for s in seeds)
+    # A sitting killed before it could record its end leaves its time out of wall_s.
+    entry["wall_partial"] = any(seg.get("end") is None for s in seeds
+                                for seg in seeds[s]["receipt"]["segments"])
     models[name] = entry
   families = []
   for family in sorted({m.removeprefix("ms_") for m in models if "_noskip" not in m},
@@ -115,7 +118,11 @@ def reproduce_table(folder: pathlib.Path) -> str:
     seeds = " / ".join(f"{v:.2f}" for v in e["mse_future_per_seed"].values())
     lines.append(f"| {name} | {len(e['seeds'])} | {_pm(e['mse_all'])} | {_pm(e['mse_future'])} "
                  f"| {seeds} | {_pm(e['ssim_future'], 4)} | {_pm(e['psnr_future'])} | "
-                 f"{e['mse_future'][0] / blank:.2f} | {e['wall_s'] / 60:.0f} |")
+                 f"{e['mse_future'][0] / blank:.2f} | {e['wall_s'] / 60:.0f}"
+                 f"{'+' if e['wall_partial'] else ''} |")
+  if any(e["wall_partial"] for e in s["models"].values()):
+    lines += ["", "+: a sitting of the run was killed before it recorded its time, which is "
+              "left out."]
   lines += ["", "| family | MS / plain (future MSE) | per seed | MS lower in every seed |",
             "|---|---|---|---|"]
   for f in s["families"]:

@@ -91,7 +91,8 @@ def run_one(base, model: str, seed: int, out: str, runs: str) -> dict:
   """Trains and evaluates one (model, seed) unless its receipt exists; returns the receipt.
 
   Each sitting that trains the run adds a segment (start, end, wall seconds, commit,
-  machine) to ``<workdir>/segments.json``; a segment without an end was interrupted.
+  machine) to ``<workdir>/segments.json``; a stopped sitting is marked ``interrupted``, and
+  a segment without an end was killed (its time is unknown).
   """
   from msrnn_jax.training import train
   path = receipt_path(out, model, seed)
@@ -109,7 +110,14 @@ def run_one(base, model: str, seed: int, out: str, runs: str) -> dict:
     segment = {"start": _now(), "end": None, "commit": commit(), "machine": machine(config)}
     _write(segments_file, segments + [segment])
     started = time.perf_counter()
-    train.train_and_evaluate(config, workdir)
+    try:
+      train.train_and_evaluate(config, workdir)
+    except BaseException:
+      # Stopped (a signal, an error): the sitting's time still counts; rerun to resume.
+      segment.update(end=_now(), wall_s=round(time.perf_counter() - started, 1),
+                     interrupted=True)
+      _write(segments_file, segments + [segment])
+      raise
     segment.update(end=_now(), wall_s=round(time.perf_counter() - started, 1))
     _write(segments_file, segments + [segment])
   result = _read(result_file, None)
