@@ -18,6 +18,7 @@ This file only parses flags (kept short so the logic stays importable).
 import logging as pylogging
 import re
 import sys
+import traceback
 
 import ml_collections
 from absl import app, flags, logging
@@ -37,16 +38,26 @@ flags.mark_flags_as_required(["config", "workdir"])
 _EXIT_ERROR = 2
 
 
+_NOISY_LIBRARIES = ("/orbax/", "/grain/", "/tensorflow_datasets/", "/etils/")
+
+
+def _from_noisy_library(path: str) -> bool:
+  return any(lib in path for lib in _NOISY_LIBRARIES)
+
+
 class _QuietLibraries(pylogging.Filter):
   """Drops INFO chatter of orbax/grain/tfds (warnings still show), and the tracebacks that
-  orbax's background threads log for a failed save (``Checkpointer`` reports it in one
-  ``error:`` line; ``--verbosity=1`` shows them)."""
+  orbax's background threads and asyncio tasks log for a failed save (``Checkpointer`` reports
+  it in one ``error:`` line; ``--verbosity=1`` shows them)."""
 
   def filter(self, record: pylogging.LogRecord) -> bool:
-    noisy = any(f"/{lib}/" in record.pathname for lib in ("orbax", "grain", "tensorflow_datasets",
-                                                           "etils"))
-    if noisy and record.exc_info and logging.get_verbosity() < logging.DEBUG:
-      return False
+    noisy = _from_noisy_library(record.pathname)
+    if record.exc_info and logging.get_verbosity() < logging.DEBUG:
+      # asyncio logs a failed orbax write ("Task exception was never retrieved") under its own
+      # name: the library shows in the exception's frames, not in the record's path.
+      tb = record.exc_info[2]
+      if noisy or any(_from_noisy_library(f.filename) for f in traceback.extract_tb(tb)):
+        return False
     return record.levelno >= pylogging.WARNING or not noisy
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from msrnn_jax.model import gates, layers
+from msrnn_jax.backend import gates
+from msrnn_jax.model import layers
 
 RNG = np.random.default_rng(3)
 

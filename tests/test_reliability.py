@@ -644,8 +644,8 @@ _LIMITED = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE as a full disk")
 def test_a_full_disk_ends_in_one_line_and_leaves_no_temporary_checkpoint(tmp_path):
-  """A checkpoint file that cannot be written (a 20 kB file size limit fails the first save the
-  way a full disk does): one error line, no traceback, no half-written temporary folder."""
+  """A checkpoint file that cannot be written (a 20 kB file size limit fails a save the way a
+  full disk does): one error line, no traceback, no half-written temporary folder."""
   workdir = tmp_path / "w"
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
   proc = subprocess.run(
@@ -656,10 +656,14 @@ def test_a_full_disk_ends_in_one_line_and_leaves_no_temporary_checkpoint(tmp_pat
   assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
   errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
   assert len(errors) == 1, proc.stderr[-3000:]
-  assert re.search(rf"cannot write a checkpoint in {workdir}/checkpoints: File too large .*its "
-                   r"temporary folder was removed.*rerun with this workdir to start from step 0",
-                   errors[0]), errors[0]
-  assert os.listdir(workdir / "checkpoints") == []
+  match = re.search(rf"cannot write a checkpoint in {workdir}/checkpoints: File too large .*its "
+                    r"temporary folder was removed.*rerun with this workdir to "
+                    r"(start from step 0|resume from step (\d+))", errors[0])
+  assert match, errors[0]
+  # Whether the step-2 save fits under the limit depends on how orbax packs its files; the one
+  # that failed leaves nothing behind, and the message names the checkpoint that is kept.
+  kept = [] if match.group(2) is None else [match.group(2)]
+  assert os.listdir(workdir / "checkpoints") == kept
 
 
 def test_damaged_prepared_data_is_reported_before_training(tmp_path):

@@ -14,6 +14,9 @@ kernel library. The lowest layer: it imports JAX and its own modules only.
   for custom-gradient residuals), bfloat16 values (checkpointed
   carries, gate activations, stacked convolution inputs) in float16
   containers on CPU, where XLA would keep or move them as float32.
+* ``gates``: the cells' gate updates (:func:`gates.lstm_update`,
+  ``memory_update``, ``gated_tanh``, ``gru_update``) with hand-written
+  gradients that keep one map per input, computed in float32 and rounded once.
 * ``ops``: the model's operations with hand-written gradients
   (:func:`add_bias`, :func:`split`,
   :func:`stored_carry_scan`), which keep the precision and memory mechanics

@@ -6,9 +6,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from msrnn_jax.backend.gates import lstm_update, memory_update
 from msrnn_jax.model.attention import block_attention
 from msrnn_jax.model.cells.base import CellBase
-from msrnn_jax.model.gates import lstm_update, memory_update
 from msrnn_jax.model.layers import fused_conv, split_gates
 
 # Block grids of the SE block's self-attention: 1x1, 2x2 and 4x4 blocks.

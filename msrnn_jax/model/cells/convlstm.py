@@ -2,8 +2,8 @@
 
 from typing import ClassVar
 
+from msrnn_jax.backend.gates import lstm_update
 from msrnn_jax.model.cells.base import CellBase
-from msrnn_jax.model.gates import lstm_update
 from msrnn_jax.model.layers import fused_conv
 
 

@@ -5,8 +5,8 @@ from typing import ClassVar
 import flax.linen as nn
 import jax.numpy as jnp
 
+from msrnn_jax.backend.gates import gated_tanh, memory_update
 from msrnn_jax.model.cells.st_lstm import STLSTMCell
-from msrnn_jax.model.gates import gated_tanh, memory_update
 from msrnn_jax.model.layers import fused_conv, split_gates
 
 

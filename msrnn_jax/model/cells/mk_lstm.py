@@ -4,8 +4,8 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
+from msrnn_jax.backend.gates import gated_tanh, memory_update
 from msrnn_jax.model.cells.base import CellBase
-from msrnn_jax.model.gates import gated_tanh, memory_update
 from msrnn_jax.model.layers import fused_conv, split_gates
 
 

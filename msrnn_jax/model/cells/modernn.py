@@ -5,8 +5,8 @@ from typing import ClassVar
 import flax.linen as nn
 import jax
 
+from msrnn_jax.backend.gates import lstm_update
 from msrnn_jax.model.cells.base import CellBase
-from msrnn_jax.model.gates import lstm_update
 from msrnn_jax.model.layers import fused_conv
 
 

@@ -5,8 +5,8 @@ from typing import ClassVar
 
 import flax.linen as nn
 
+from msrnn_jax.backend.gates import gru_update
 from msrnn_jax.model.cells.base import CellBase
-from msrnn_jax.model.gates import gru_update
 from msrnn_jax.model.layers import bilinear_warp, fused_conv, leaky_relu
 
 

@@ -26,7 +26,7 @@ inputs' dtype, rounded once at the end: XLA:CPU has no bfloat16 arithmetic
 and would round after every operation of ``1 / (1 + exp(-x))``, which is
 both less accurate and, with a conversion pair per operation, slower (a
 third of a bfloat16 PredRNN step's elementwise time). The kept activations
-are rounded to the gates' dtype and stashed (``backend.stash``): the
+are rounded to the gates' dtype and stashed (``packing.stash``): the
 backward pass widens them to meet a float32 state, and XLA would otherwise
 keep the float32 values.
 """
@@ -34,7 +34,7 @@ keep the float32 values.
 import jax
 import jax.numpy as jnp
 
-from msrnn_jax import backend
+from msrnn_jax.backend import packing
 
 
 @jax.custom_vjp
@@ -60,12 +60,12 @@ def _wide(x: jax.Array) -> jax.Array:
 
 def _keep(activations, like):
   """Activations rounded to their inputs' dtypes and stashed for the backward pass."""
-  return backend.stash(tuple(a.astype(x.dtype) for a, x in zip(activations, like, strict=True)))
+  return packing.stash(tuple(a.astype(x.dtype) for a, x in zip(activations, like, strict=True)))
 
 
 def _restore(res):
   """The stashed activations, widened, and the dtypes they were kept in."""
-  kept = backend.unstash(res)
+  kept = packing.unstash(res)
   return tuple(map(_wide, kept)), tuple(k.dtype for k in kept)
 
 
@@ -86,7 +86,7 @@ def _lstm_update_bwd(res, cotangents):
   dc = dc_new + dh * so * (1.0 - tc * tc)
   # Each chunk rounded before the concatenation (a float32 one would be a
   # transient four times the state's size).
-  dgates = backend.concatenate([
+  dgates = packing.concatenate([
       dc * tg * si * (1.0 - si), dc * c * sf * (1.0 - sf), dc * si * (1.0 - tg * tg),
       dh * tc * so * (1.0 - so)], dtype)
   return dgates, (dc * sf).astype(c.dtype)
@@ -166,22 +166,22 @@ def _gru_update_fwd(x_gates, h_gates, h):
   a = hx + r * hh
   cand = jnp.where(a >= 0, a, 0.2 * a)
   out = ((1.0 - z) * cand + z * h).astype(jnp.result_type(x_gates, h_gates, h))
-  kept = backend.stash(tuple(v.astype(h_gates.dtype) for v in (z, r, cand, hh)))
+  kept = packing.stash(tuple(v.astype(h_gates.dtype) for v in (z, r, cand, hh)))
   # The empty array records x_gates' dtype (residuals must be arrays).
   return out, (kept, jnp.zeros((0,), x_gates.dtype), h)
 
 
 def _gru_update_bwd(res, dh_new):
   kept, x_marker, h = res
-  kept = backend.unstash(kept)
+  kept = packing.unstash(kept)
   z, r, cand, hh = (_wide(v) for v in kept)
   dh_new = _wide(dh_new)
   dz = dh_new * (h - cand) * z * (1.0 - z)
   # LeakyReLU's slope: H~ has the sign of its argument.
   da = dh_new * (1.0 - z) * jnp.where(cand >= 0, 1.0, 0.2)
   dr = da * hh * r * (1.0 - r)
-  return (backend.concatenate([dz, dr, da], x_marker.dtype),
-          backend.concatenate([dz, dr, da * r], kept[0].dtype), (dh_new * z).astype(h.dtype))
+  return (packing.concatenate([dz, dr, da], x_marker.dtype),
+          packing.concatenate([dz, dr, da * r], kept[0].dtype), (dh_new * z).astype(h.dtype))
 
 
 gru_update.defvjp(_gru_update_fwd, _gru_update_bwd)
