@@ -179,9 +179,7 @@ def test_onednn_is_available_on_linux_x86():
   assert onednn.version().startswith("3.")
 
 
-@pytest.mark.parametrize("devices", [1, 4])
-def test_auto_picks_onednn_on_cpu_any_device_count(monkeypatch, devices):
-  monkeypatch.setattr(jax, "device_count", lambda: devices)
+def test_auto_picks_onednn_on_cpu_where_it_runs(monkeypatch):
   monkeypatch.setattr(onednn, "available", lambda: True)
   assert backend.resolve("auto") == ("onednn" if jax.default_backend() == "cpu" else "xla")
   monkeypatch.setattr(onednn, "available", lambda: False)
@@ -269,7 +267,7 @@ def _onednn_calls(hlo: str) -> list[tuple[str, tuple[int, ...]]]:
 
 
 @pytest.mark.parametrize("mesh_shape,batch_axes", [
-    ((4,), "data"),  # training's mesh (msrnn_jax/sharding.py)
+    ((4,), "data"),  # training's mesh (msrnn_jax/training/sharding.py)
     ((2, 2), "data"),  # batch on one axis of two: replicated over 'model'
     ((2, 2), ("data", "model")),  # batch over both axes
 ])
@@ -490,6 +488,7 @@ def test_auto_dtype_is_bfloat16_only_where_convolutions_have_native_kernels(impl
   config.model.dtype = "auto"
   config.backend.conv_impl = impl
   frames = jnp.zeros((1, 3, 16, 16, config.data.channels), jnp.float32)
+  # bf16_supported() is held to /proc/cpuinfo's flags by the ISA test above.
   want = "bfloat16" if impl == "onednn" and onednn.bf16_supported() else "float32"
   assert backend.fast_dtype(impl) == want
   model = train_step.create_model(config)

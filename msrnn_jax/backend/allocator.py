@@ -1,13 +1,12 @@
 """Reuse of freed host memory between XLA:CPU executions (glibc malloc settings).
 
 Why: XLA:CPU allocates each execution's temporaries (a training step's
-stacked scan residuals: ~3.6 GB for ConvLSTM at the paper's shape) with
-malloc on its own threads. glibc serves blocks that large with a fresh
-``mmap`` and unmaps them on ``free``, so every training step page-faults
-its temporaries in again and the kernel zero-fills every page: ~880,000
-minor faults and 2-5 s of system time per ConvLSTM step on the 2-core VM of
-``docs/performance.md``. PyTorch's reference step faults ~140,000 times: most
-of its tensors are small enough for glibc's heap.
+stacked scan residuals: gigabytes at the paper's shape) with malloc on its
+own threads. glibc serves blocks that large with a fresh ``mmap`` and unmaps
+them on ``free``, so every training step page-faults its temporaries in
+again and the kernel zero-fills every page: seconds of system time per step
+on two cores, several times the faults of PyTorch's reference step, most of
+whose tensors are small enough for glibc's heap (``docs/performance.md``).
 
 ``keep_freed_memory()`` makes glibc serve every block from one heap
 (``M_ARENA_MAX=1``, ``M_MMAP_MAX=0``) and never return freed memory to the

@@ -12,9 +12,8 @@ without recomputing a transcendental, except ConvLSTM's ``tanh(C')``.
 (Keeping the pre-activations instead costs the same memory but makes the
 backward pass recompute every sigmoid and tanh: 6% slower at small shapes.)
 
-Effect at the paper's shape (ConvLSTM, 6 x 64, 64x64, batch 4, T=20, no
-remat): the training step's compiled memory falls from 6.46 GB to 3.70 GB;
-figures and speed in ``docs/performance.md``. Values equal the plain
+The training step's compiled memory falls by a fifth to two fifths
+(figures and speed in ``docs/performance.md``). Values equal the plain
 expressions exactly (same operations); gradients equal autodiff's to
 float32 rounding (tested in ``tests/test_gates.py``).
 

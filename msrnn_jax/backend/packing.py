@@ -7,7 +7,7 @@ low-precision model lose memory to this:
 
 * the per-step stacks of checkpointed carries (``remat='step'``; the bulk of
   training memory): XLA:CPU has no bfloat16 dynamic-update-slice and writes
-  them through float32 (MS-ConvLSTM, 256x256: 2.03 GB against 1.20 GB);
+  them through float32, twice the bytes (figures in docs/performance.md);
 * gate activations kept for the backward pass, which that pass widens to
   meet a float32 state: XLA keeps the float32 values instead;
 * a convolution's stacked inputs and the gate gradients reassembled from

@@ -7,8 +7,8 @@
   checkpoint a non-finite loss error points to can be resumed from.
 * Self-describing: besides the train state pytree (params, optimizer state,
   step, PRNG key) each checkpoint holds a JSON item ``meta`` with the data and
-  schedule positions and the settings of ``config_checks.settings``;
-  ``check_settings`` compares them with the current config before a run
+  schedule positions and the settings of ``config_checks.settings``, which
+  ``run.check_settings`` compares with the current config before a run
   touches its workdir.
 * Verified: ``meta`` also holds a SHA-256 of every array's bytes, checked on
   restore, so a checkpoint whose files were changed in place (flipped bytes of
@@ -32,12 +32,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
-from msrnn_jax.training import config_checks, distributed, integrity
+from msrnn_jax.training import distributed, integrity
 
 # Sub-directories of the workdir: checkpoints, and where training moves
 # damaged ones so that it can save their steps again.
@@ -70,27 +69,6 @@ def read_meta(directory: str, step: int) -> dict[str, Any]:
   """The ``meta`` item of a checkpoint (no JAX needed); raises if it cannot be read."""
   path = epath.Path(directory) / str(step) / "meta"
   return dict(ocp.handlers.JsonCheckpointHandler().restore(path))
-
-
-def check_settings(workdir: str, config: ml_collections.ConfigDict, mode: str) -> None:
-  """Raises ``CheckpointError`` if the workdir's checkpoints were made with other settings.
-
-  Compares ``config_checks.mode_keys(config, mode)`` with the newest checkpoint whose
-  ``meta`` can be read; unreadable ones are left to ``restore_intact``.
-  Touches nothing, needs no JAX.
-  """
-  directory = os.path.join(workdir, CHECKPOINT_DIR)
-  for step in reversed(checkpoint_steps(directory)):
-    try:
-      saved = read_meta(directory, step).get("settings")
-    except Exception:  # damaged: restore_intact names it
-      continue
-    if saved is None:  # written before settings were recorded
-      return
-    diffs = config_checks.differences(saved, config, config_checks.mode_keys(config, mode))
-    if diffs:
-      raise CheckpointError(config_checks.mismatch_message(workdir, step, diffs))
-    return
 
 
 def _ignore_callbacks_of_a_failed_restore() -> None:

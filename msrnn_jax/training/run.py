@@ -21,7 +21,7 @@ from absl import logging
 
 from msrnn_jax import backend
 from msrnn_jax import model as model_lib
-from msrnn_jax.training import checkpointing, distributed, sharding
+from msrnn_jax.training import checkpointing, config_checks, distributed, sharding
 from msrnn_jax.training import workdir as workdir_lib
 from msrnn_jax.training.checkpointing import Checkpointer
 from msrnn_jax.training.step import create_model, create_optimizer, create_train_state
@@ -124,6 +124,27 @@ def locked_workdir(workdir: str) -> Iterator[None]:
       lock.release()
 
 
+def check_settings(workdir: str, config: ml_collections.ConfigDict, mode: str) -> None:
+  """Raises ``checkpointing.CheckpointError`` if the workdir's checkpoints were made with other settings.
+
+  Compares ``config_checks.mode_keys(config, mode)`` with the newest checkpoint whose
+  ``meta`` can be read; unreadable ones are left to ``restore_intact``.
+  Touches nothing, needs no JAX.
+  """
+  directory = os.path.join(workdir, checkpointing.CHECKPOINT_DIR)
+  for step in reversed(checkpointing.checkpoint_steps(directory)):
+    try:
+      saved = checkpointing.read_meta(directory, step).get("settings")
+    except Exception:  # damaged: restore_intact names it
+      continue
+    if saved is None:  # written before settings were recorded
+      return
+    diffs = config_checks.differences(saved, config, config_checks.mode_keys(config, mode))
+    if diffs:
+      raise checkpointing.CheckpointError(config_checks.mismatch_message(workdir, step, diffs))
+    return
+
+
 def check_checkpoints(config: ml_collections.ConfigDict, workdir: str, mode: str) -> str:
   """The absolute workdir if it has checkpoints of ``config``'s settings (no JAX, no writes).
 
@@ -136,7 +157,7 @@ def check_checkpoints(config: ml_collections.ConfigDict, workdir: str, mode: str
   if not checkpointing.checkpoint_steps(directory):
     raise FileNotFoundError(
         f"no checkpoint in {directory}; train first with --mode=train --workdir={workdir}.")
-  checkpointing.check_settings(workdir, config, mode)
+  check_settings(workdir, config, mode)
   return workdir
 
 

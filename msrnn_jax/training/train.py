@@ -92,7 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """
   config_checks.check_config(config)
   workdir = workdir_lib.check_workdir(workdir)
-  checkpointing.check_settings(workdir, config, "train")
+  run.check_settings(workdir, config, "train")
   if not config.distributed.enabled:
     workdir_lib.check_unlocked(workdir)
   run.start_jax(config)
