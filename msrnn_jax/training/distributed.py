@@ -27,7 +27,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -91,6 +91,26 @@ def deadline(seconds: float, message: str) -> Iterator[None]:
     yield
   finally:
     timer.cancel()
+
+
+def finish_within_timeout(error: BaseException | None, group: Any,
+                          finish: Callable[[], None]) -> None:
+  """Runs ``finish`` (a wait that involves every process, such as completing a checkpoint's
+  save); bounded by ``timeout_s`` while a multi-process run is ending with ``error``.
+
+  A lost peer can no longer take part, and JAX would only end the wait by aborting on a
+  missed heartbeat; a run that ends normally waits as long as the peers need.
+  """
+  if error is None or not jax.distributed.is_initialized():
+    finish()
+    return
+  lost = peer_failure(error)
+  message = str(lost) if lost is not None else (
+      f"{_first(error)}; another process did not finish the last checkpoint within "
+      f"distributed.timeout_s={_timeout(group)} s: rerun the same command on every process to "
+      "resume from the last complete checkpoint.")
+  with deadline(_timeout(group), message):
+    finish()
 
 
 def _check_port_free(address: str) -> None:

@@ -29,7 +29,15 @@ import numpy as np
 from absl import logging
 
 from msrnn_jax import data
-from msrnn_jax.training import checkpointing, config_checks, evaluate, run, sharding, summary
+from msrnn_jax.training import (
+    checkpointing,
+    config_checks,
+    distributed,
+    evaluate,
+    run,
+    sharding,
+    summary,
+)
 from msrnn_jax.training import workdir as workdir_lib
 from msrnn_jax.training.checkpointing import Checkpointer
 from msrnn_jax.training.integrity import all_finite
@@ -133,8 +141,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   with run.locked_workdir(workdir), contextlib.ExitStack() as cleanup:
     ckpt = Checkpointer(os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
                         keep=config.train.keep_checkpoints)
-    # Pending asynchronous saves finish whatever ends the run.
-    cleanup.callback(ckpt.close)
+    # Pending asynchronous saves finish whatever ends the run (within timeout_s if a
+    # multi-process run is failing: a lost peer cannot join the save's synchronisation).
+    cleanup.push(lambda _type, error, _tb: distributed.finish_within_timeout(
+        error, config.distributed, ckpt.close))
     restored = ckpt.restore_intact(
         state, quarantine=os.path.join(workdir, checkpointing.DAMAGED_DIR))
     meta = {}
