@@ -271,6 +271,7 @@ def main(argv=None) -> None:
       results = old
   print(f"shape {args.shape}: {settings}", flush=True)
   print(backend.summary(args.conv_impl), flush=True)
+
   def done(name):
     return name in results["models"] and ("unrolled" in results["models"][name]
                                           or args.no_unrolled)

@@ -128,13 +128,11 @@ def jax_step(name: str, shape: dict, conv_impl: str, dtype: str, remat: str):
     A function that runs one step (forward, loss, backward, Adam on donated
     state) and returns the new state and the step's metrics.
   """
-  import jax
-  import jax.numpy as jnp
   import optax
+  from benchmark import step_call
 
   from msrnn_jax import model as model_lib
   from msrnn_jax.analysis import footprint
-  from msrnn_jax.training import step as train_step
 
   t = shape["seq_len"]
   frames_shape = (shape["batch"], t, shape["size"], shape["size"], 1)
@@ -143,16 +141,7 @@ def jax_step(name: str, shape: dict, conv_impl: str, dtype: str, remat: str):
                            conv_impl=conv_impl)
   tx = optax.adam(3e-4)
   _, compiled, _, _ = footprint.compile_train_step(model, tx, frames_shape, t // 2, 0.01)
-  state = jax.jit(lambda: train_step.create_train_state(model, tx, frames_shape, 0))()
-  frames = jax.random.uniform(jax.random.PRNGKey(1), frames_shape, jnp.float32)
-  eta = (jnp.asarray(0.5, jnp.float32), jnp.asarray(1.0, jnp.float32))
-
-  def step():
-    nonlocal state
-    state, metrics = compiled(state, frames, *eta)
-    return state, metrics
-
-  return step
+  return step_call(compiled, model, tx, frames_shape)
 
 
 def serve(step, warmup: int, info: dict) -> None:

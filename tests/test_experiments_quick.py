@@ -64,6 +64,7 @@ def test_benchmark_quick(tmp_path):
   assert set(models) == {"convlstm", "ms_convlstm"}
   for r in models.values():
     assert r["scan"]["step_s"] > 0 and r["params"] > 0
+    assert len(r["scan"]["times"]) == len(r["scan"]["cpu_times"]) == 5  # --repeats' default
 
 
 def test_memory_vs_resolution_quick(tmp_path):
