@@ -136,15 +136,10 @@ def step_call(compiled, model, tx, shape) -> Callable[[], Any]:
 
 def pairs(names: list[str]) -> list[list[str]]:
   """``names`` in order, each MS model grouped with its plain stack when both are listed."""
-  groups: list[list[str]] = []
+  groups: dict[str, list[str]] = {}
   for name in names:
-    partner = name.removeprefix("ms_") if name.startswith("ms_") else f"ms_{name}"
-    group = next((g for g in groups if partner in g), None)
-    if group is None:
-      groups.append([name])
-    else:
-      group.append(name)
-  return groups
+    groups.setdefault(name.removeprefix("ms_"), []).append(name)
+  return list(groups.values())
 
 
 def bench_models(names: list[str], args, sh: dict) -> dict[str, dict]:
