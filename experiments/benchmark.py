@@ -26,11 +26,15 @@ already there are skipped) and a table is printed::
     python experiments/benchmark.py --quick
     python experiments/benchmark.py --models ms_mim,mim --repeats 7
 
-Timings on a shared machine are inflated by other processes; compare rows
-measured back to back. Like ``msrnn_jax.main``, the script first makes glibc
-keep freed memory for reuse (``msrnn_jax.backend.prepare_host``), so steps do
-not page-fault their temporaries in again; ``--no-keep-freed-memory`` leaves
-malloc as it is (docs/performance.md). ``--conv-impl`` is the models'
+A model's paths, and an MS model and its plain stack when both are listed,
+are timed in the same rounds, one step of each per round
+(``msrnn_jax.analysis.timing.interleaved``): a shared machine's drifts hit
+them alike, so the table's MS / plain and scan / unrolled ratios compare
+steps measured side by side (absolute seconds still drift). Like
+``msrnn_jax.main``, the script first makes glibc keep freed memory for reuse
+(``msrnn_jax.backend.prepare_host``), so steps do not page-fault their
+temporaries in again; ``--no-keep-freed-memory`` leaves malloc as it is
+(docs/performance.md). ``--conv-impl`` is the models'
 convolution kernel (``msrnn_jax.model.create``'s ``conv_impl``).
 """
 
@@ -39,7 +43,8 @@ import json
 import os
 import statistics
 import sys
-import time
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +53,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from msrnn_jax import backend  # noqa: E402
 from msrnn_jax import model as model_lib  # noqa: E402
-from msrnn_jax.analysis import footprint  # noqa: E402
+from msrnn_jax.analysis import footprint, timing  # noqa: E402
 from msrnn_jax.training import step as train_step  # noqa: E402
 
 CELLS = ("convlstm", "trajgru", "predrnn", "predrnn_pp", "mim", "motionrnn")
@@ -101,9 +106,7 @@ def compile_step(model, tx, shape, in_len):
   Returns:
     ``(compiled, wall seconds, process CPU seconds)``.
   """
-  t0, c0 = time.perf_counter(), time.process_time()
-  _, compiled, _, _ = footprint.compile_train_step(model, tx, shape, in_len, 0.01)
-  return compiled, time.perf_counter() - t0, time.process_time() - c0
+  return timing.timed(lambda: footprint.compile_train_step(model, tx, shape, in_len, 0.01)[1])
 
 
 def available_bytes() -> int | None:
@@ -116,85 +119,97 @@ def available_bytes() -> int | None:
     return None
 
 
-def time_steps(compiled, model, tx, shape, warmup: int,
-               repeats: int) -> tuple[list[float], list[float]]:
-  """Runs the compiled step on a real state.
-
-  Returns:
-    Per-step wall seconds and per-step process CPU seconds (all threads).
-    On a shared machine the CPU time is the steadier figure: it does not
-    count time spent waiting for a core.
-  """
+def step_call(compiled, model, tx, shape) -> Callable[[], Any]:
+  """One training step per call on a real state, which each call advances (donated)."""
   state = jax.jit(lambda: train_step.create_train_state(model, tx, shape, 0))()
   frames = jax.random.uniform(jax.random.PRNGKey(1), shape, jnp.float32)
   # eta = 0.5: scheduled sampling mixes truth and predictions, as in training.
   eta, eta_c = jnp.asarray(0.5, jnp.float32), jnp.asarray(1.0, jnp.float32)
-  times, cpu = [], []
-  for i in range(warmup + repeats):
-    t0, c0 = time.perf_counter(), time.process_time()
+
+  def step():
+    nonlocal state
     state, metrics = compiled(state, frames, eta, eta_c)
-    jax.block_until_ready((state, metrics))
-    if i >= warmup:
-      times.append(time.perf_counter() - t0)
-      cpu.append(time.process_time() - c0)
-  del state
-  return times, cpu
+    return state, metrics
+
+  return step
 
 
-def bench_model(name: str, args, sh: dict) -> dict:
+def pairs(names: list[str]) -> list[list[str]]:
+  """``names`` in order, each MS model grouped with its plain stack when both are listed."""
+  groups: dict[str, list[str]] = {}
+  for name in names:
+    groups.setdefault(name.removeprefix("ms_"), []).append(name)
+  return list(groups.values())
+
+
+def bench_models(names: list[str], args, sh: dict) -> dict[str, dict]:
+  """Compiles every path of ``names``, then times all of them in the same rounds.
+
+  Interleaved step by step (``timing.interleaved``), so the MS / plain and
+  scan / unrolled ratios compare steps measured side by side.
+  """
   t = sh["seq_len"]
   in_len = t // 2
   shape = (sh["batch"], t, sh["size"], sh["size"], 1)
   tx = optax.adam(3e-4)
   opts = dict(hidden=sh["hidden"], num_layers=sh["num_layers"], channels=1, in_len=in_len,
               conv_impl=args.conv_impl)
-  out = {"model": name, "params": footprint.param_count(name, hidden=sh["hidden"],
-                                                         num_layers=sh["num_layers"])}
   paths = {"scan": 1} if args.no_unrolled else {"scan": 1, "unrolled": t - 1}
-  for path, unroll in paths.items():
-    model = model_lib.create(name, scan_unroll=unroll, **opts)
-    compiled, compile_s, compile_cpu_s = compile_step(model, tx, shape, in_len)
-    need, have = footprint.memory_sizes(compiled)["total"], available_bytes()
-    if have is not None and need > 0.9 * have:
-      # E.g. unrolled PredRNN at the paper's shape needs ~32 GB on a 24 GB host.
+  outs, calls = {}, {}
+  for name in names:
+    out = outs[name] = {"model": name, "params": footprint.param_count(
+        name, hidden=sh["hidden"], num_layers=sh["num_layers"])}
+    for path, unroll in paths.items():
+      model = model_lib.create(name, scan_unroll=unroll, **opts)
+      compiled, compile_s, compile_cpu_s = compile_step(model, tx, shape, in_len)
+      need, have = footprint.memory_sizes(compiled)["total"], available_bytes()
       out[path] = {"compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
-                   "total_bytes": need, "raw_flops": footprint.flops_of(compiled),
-                   "skipped": f"needs {need / 1e9:.1f} GB, {have / 1e9:.1f} GB available"}
-      print(f"  {name} {path}: compile {compile_s:.1f}s; not run: {out[path]['skipped']}",
-            flush=True)
-      continue
-    times, cpu = time_steps(compiled, model, tx, shape, args.warmup, args.repeats)
-    out[path] = {"compile_s": compile_s, "compile_cpu_s": compile_cpu_s,
-                 "step_s": statistics.median(times), "step_min_s": min(times), "times": times,
-                 "step_cpu_s": statistics.median(cpu), "cpu_times": cpu,
-                 "total_bytes": need, "raw_flops": footprint.flops_of(compiled)}
-    print(f"  {name} {path}: compile {compile_s:.1f}s ({compile_cpu_s:.1f} CPU-s), step "
-          f"{statistics.median(times):.3f}s (min {min(times):.3f}, max {max(times):.3f}; "
-          f"CPU {statistics.median(cpu):.3f}s)", flush=True)
-  # Compiled even if too large to run; custom-call kernels hide their FLOPs.
-  if "unrolled" in out and backend.resolve(args.conv_impl) in backend.FLOP_COUNTABLE:
-    out["flops"] = out["unrolled"]["raw_flops"]
-  else:
-    # footprint.analyze counts the FLOPs of kernels XLA's cost analysis cannot
-    # see into (custom calls) on a visible kernel (backend.FLOP_COUNTABLE).
-    out["flops"] = footprint.analyze(name, image_size=sh["size"], batch_per_device=sh["batch"],
-                                     seq_len=t, flops="multiply", hidden=sh["hidden"],
-                                     num_layers=sh["num_layers"],
-                                     conv_impl=args.conv_impl)["flops"]
-  for path in paths:
-    if "step_s" in out[path]:
-      out[path]["gflops_per_s"] = out["flops"] / out[path]["step_s"] / 1e9
-  if not args.no_compile_t40:
-    for tt in (20, 40):
-      model = model_lib.create(name, scan_unroll=1, **{**opts, "in_len": tt // 2})
-      _, secs, cpu_secs = compile_step(model, tx, (sh["batch"], tt, sh["size"], sh["size"], 1),
-                                       tt // 2)
-      out[f"scan_compile_s_T{tt}"] = secs
-      out[f"scan_compile_cpu_s_T{tt}"] = cpu_secs
-    print(f"  {name} scan compile T=20 {out['scan_compile_s_T20']:.1f}s "
-          f"({out['scan_compile_cpu_s_T20']:.1f} CPU-s), T=40 {out['scan_compile_s_T40']:.1f}s "
-          f"({out['scan_compile_cpu_s_T40']:.1f} CPU-s)", flush=True)
-  return out
+                   "total_bytes": need, "raw_flops": footprint.flops_of(compiled)}
+      if have is not None and need > 0.9 * have:
+        # E.g. unrolled PredRNN at the paper's shape needs ~32 GB on a 24 GB host.
+        out[path]["skipped"] = f"needs {need / 1e9:.1f} GB, {have / 1e9:.1f} GB available"
+        print(f"  {name} {path}: compile {compile_s:.1f}s; not run: {out[path]['skipped']}",
+              flush=True)
+      else:
+        calls[name, path] = step_call(compiled, model, tx, shape)
+  wall, cpu = timing.interleaved({f"{n} {p}": c for (n, p), c in calls.items()}, args.repeats,
+                                 args.warmup)
+  for name, path in calls:
+    times, cpu_times, p = wall[f"{name} {path}"], cpu[f"{name} {path}"], outs[name][path]
+    p.update(step_s=statistics.median(times), step_min_s=min(times), times=times,
+             step_cpu_s=statistics.median(cpu_times), cpu_times=cpu_times)
+    print(f"  {name} {path}: compile {p['compile_s']:.1f}s ({p['compile_cpu_s']:.1f} CPU-s), "
+          f"step {p['step_s']:.3f}s (min {min(times):.3f}, max {max(times):.3f}; "
+          f"CPU {p['step_cpu_s']:.3f}s)", flush=True)
+  del calls  # the states
+  for name, out in outs.items():
+    # Compiled even if too large to run; custom-call kernels hide their FLOPs.
+    if "unrolled" in out and backend.resolve(args.conv_impl) in backend.FLOP_COUNTABLE:
+      out["flops"] = out["unrolled"]["raw_flops"]
+    else:
+      # footprint.analyze counts the FLOPs of kernels XLA's cost analysis cannot
+      # see into (custom calls) on a visible kernel (backend.FLOP_COUNTABLE).
+      out["flops"] = footprint.analyze(name, image_size=sh["size"], batch_per_device=sh["batch"],
+                                       seq_len=t, flops="multiply", hidden=sh["hidden"],
+                                       num_layers=sh["num_layers"],
+                                       conv_impl=args.conv_impl)["flops"]
+    for path in paths:
+      if "step_s" in out[path]:
+        out[path]["gflops_per_s"] = out["flops"] / out[path]["step_s"] / 1e9
+    if not args.no_compile_t40:
+      def compile_at(tt, name=name):
+        model = model_lib.create(name, scan_unroll=1, **{**opts, "in_len": tt // 2})
+        return lambda: footprint.compile_train_step(
+            model, tx, (sh["batch"], tt, sh["size"], sh["size"], 1), tt // 2, 0.01)[1]
+      secs, cpu_secs = timing.interleaved({f"T{tt}": compile_at(tt) for tt in (20, 40)},
+                                          rounds=1, warmup=0)
+      for key in secs:
+        out[f"scan_compile_s_{key}"] = secs[key][0]
+        out[f"scan_compile_cpu_s_{key}"] = cpu_secs[key][0]
+      print(f"  {name} scan compile T=20 {out['scan_compile_s_T20']:.1f}s "
+            f"({out['scan_compile_cpu_s_T20']:.1f} CPU-s), T=40 {out['scan_compile_s_T40']:.1f}s "
+            f"({out['scan_compile_cpu_s_T40']:.1f} CPU-s)", flush=True)
+  return outs
 
 
 def table(results: dict, markdown: bool = False) -> str:
@@ -251,12 +266,17 @@ def main(argv=None) -> None:
       results = old
   print(f"shape {args.shape}: {settings}", flush=True)
   print(backend.summary(args.conv_impl), flush=True)
-  for name in names:
-    if name in results["models"] and ("unrolled" in results["models"][name]
-                                      or args.no_unrolled):
+
+  def done(name):
+    return name in results["models"] and ("unrolled" in results["models"][name]
+                                          or args.no_unrolled)
+
+  for group in pairs(names):
+    todo = [n for n in group if not done(n)]
+    if not todo:
       continue
-    print(f"{name}:", flush=True)
-    results["models"][name] = bench_model(name, args, sh)
+    print(f"{', '.join(todo)}:", flush=True)
+    results["models"].update(bench_models(todo, args, sh))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out + ".tmp", "w") as f:
       json.dump(results, f, indent=1)

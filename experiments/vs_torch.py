@@ -47,12 +47,13 @@ import resource
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)
+sys.path[:0] = [HERE, ROOT]
 from parity import MODELS  # noqa: E402  (numpy only; the 22 models)
+
+from msrnn_jax.analysis import timing  # noqa: E402
 
 SHAPE = dict(hidden=64, num_layers=6, size=64, seq_len=20)
 QUICK_SHAPE = dict(hidden=4, num_layers=6, size=16, seq_len=4)
@@ -125,15 +126,13 @@ def jax_step(name: str, shape: dict, conv_impl: str, dtype: str, remat: str):
 
   Returns:
     A function that runs one step (forward, loss, backward, Adam on donated
-    state) and returns its seconds.
+    state) and returns the new state and the step's metrics.
   """
-  import jax
-  import jax.numpy as jnp
   import optax
+  from benchmark import step_call
 
   from msrnn_jax import model as model_lib
   from msrnn_jax.analysis import footprint
-  from msrnn_jax.training import step as train_step
 
   t = shape["seq_len"]
   frames_shape = (shape["batch"], t, shape["size"], shape["size"], 1)
@@ -142,18 +141,7 @@ def jax_step(name: str, shape: dict, conv_impl: str, dtype: str, remat: str):
                            conv_impl=conv_impl)
   tx = optax.adam(3e-4)
   _, compiled, _, _ = footprint.compile_train_step(model, tx, frames_shape, t // 2, 0.01)
-  state = jax.jit(lambda: train_step.create_train_state(model, tx, frames_shape, 0))()
-  frames = jax.random.uniform(jax.random.PRNGKey(1), frames_shape, jnp.float32)
-  eta = (jnp.asarray(0.5, jnp.float32), jnp.asarray(1.0, jnp.float32))
-
-  def step() -> float:
-    nonlocal state
-    t0 = time.perf_counter()
-    state, metrics = compiled(state, frames, *eta)
-    jax.block_until_ready((state, metrics))
-    return time.perf_counter() - t0
-
-  return step
+  return step_call(compiled, model, tx, frames_shape)
 
 
 def serve(step, warmup: int, info: dict) -> None:
@@ -161,13 +149,13 @@ def serve(step, warmup: int, info: dict) -> None:
   ``step`` line on stdin (prints its seconds), peak resident memory in GB per
   ``rss`` line; anything else ends it."""
   for _ in range(warmup):
-    step()
+    timing.timed(step)
   print("ready " + json.dumps(info), flush=True)
   for line in sys.stdin:
     if line.strip() == "rss":
       print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, flush=True)
     elif line.strip() == "step":
-      print(f"{step():.6f}", flush=True)
+      print(f"{timing.timed(step)[1]:.6f}", flush=True)
     else:
       break
 
@@ -175,7 +163,6 @@ def serve(step, warmup: int, info: dict) -> None:
 def serve_jax(argv: list[str]) -> int:
   """The ``--serve-jax`` child: ``MODEL CONV_IMPL DTYPE REMAT WARMUP KEEP SHAPE_JSON``."""
   name, conv_impl, dtype, remat, warmup, keep, shape = argv
-  sys.path.insert(0, ROOT)
   from msrnn_jax import backend
 
   kept = backend.prepare_host(keep_freed_memory=keep == "keep")
@@ -247,7 +234,6 @@ def start_torch(args, name: str, dtype: str) -> Served:
          "--batch", str(s["batch"]), "--seq-len", str(s["seq_len"]), "--dtype", dtype]
   env = dict(os.environ)
   if args.torch_malloc == "keep":  # the same glibc settings as backend.prepare_host()
-    sys.path.insert(0, ROOT)
     from msrnn_jax.backend import allocator
     env["GLIBC_TUNABLES"] = allocator.GLIBC_TUNABLES
   return Served(cmd, env)
@@ -262,12 +248,6 @@ def start_jax(args, name: str, conv_impl: str, dtype: str) -> Served:
 
 def _dtypes(arg: str) -> list[str]:
   return ["float32", "bfloat16"] if arg == "both" else [arg]
-
-
-def _ratio(times: list[float], reference: list[float]) -> dict:
-  ratios = [j / p for j, p in zip(times, reference, strict=True)]
-  return {"step_s": statistics.median(times), "ratio_median": statistics.median(ratios),
-          "ratio_min": min(ratios), "ratio_max": max(ratios), "ratios": ratios}
 
 
 def compare(name: str, impls: list[str], args, with_torch: bool) -> dict:
@@ -290,12 +270,17 @@ def compare(name: str, impls: list[str], args, with_torch: bool) -> dict:
     for dtype in _dtypes(args.dtype):
       for impl in impls:
         jax_steps[impl + SUFFIX[dtype]] = start_jax(args, name, impl, dtype)
-    times = {k: [] for k in (*torch_steps, *jax_steps)}
-    for r in range(args.rounds):
-      for key, step in (*jax_steps.items(), *torch_steps.items()):
-        times[key].append(step())
-      print(f"  {name} round {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
+    order = (*torch_steps, *jax_steps)
+
+    def progress(r: int, wall: dict[str, list[float]]) -> None:
+      print(f"  {name} round {r + 1}: " + ", ".join(f"{k} {wall[k][-1]:.2f}s" for k in order),
             flush=True)
+
+    # The children time their own steps (warmed up before they said ready): a
+    # parent's clock would add the pipe's latency and read none of their CPU time.
+    wall, _ = timing.interleaved({**jax_steps, **torch_steps}, args.rounds, warmup=0,
+                                 self_timed=True, on_round=progress)
+    times = {k: wall[k] for k in order}
     rss = {k: s.max_rss_gb() for k, s in (*jax_steps.items(), *torch_steps.items())}
     info = next(iter(jax_steps.values())).info
   finally:
@@ -307,10 +292,10 @@ def compare(name: str, impls: list[str], args, with_torch: bool) -> dict:
     out[key] = {"step_s": statistics.median(times[key]), "max_rss_gb": rss[key]}
     ref = "torch_bf16" if key.endswith("_bf16") and "torch_bf16" in times else "torch"
     if ref in times:
-      out[key].update(_ratio(times[key], times[ref]), rss_ratio=rss[key] / rss[ref])
+      out[key].update(timing.ratio(times[key], times[ref]), rss_ratio=rss[key] / rss[ref])
     if key.endswith("_bf16") and "torch" in times and ref != "torch":
       # mixed precision against PyTorch's fp32 step
-      out[key]["vs_torch_fp32"] = _ratio(times[key], times["torch"])
+      out[key]["vs_torch_fp32"] = timing.ratio(times[key], times["torch"])
   return out
 
 

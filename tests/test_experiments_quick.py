@@ -64,6 +64,7 @@ def test_benchmark_quick(tmp_path):
   assert set(models) == {"convlstm", "ms_convlstm"}
   for r in models.values():
     assert r["scan"]["step_s"] > 0 and r["params"] > 0
+    assert len(r["scan"]["times"]) == len(r["scan"]["cpu_times"]) == 5  # --repeats' default
 
 
 def test_memory_vs_resolution_quick(tmp_path):
@@ -71,3 +72,27 @@ def test_memory_vs_resolution_quick(tmp_path):
   _quick("memory_vs_resolution.py", f"--out={out}", "--no-plot")
   text = (tmp_path / "memory.json").read_text()
   assert '"ms_convlstm' in text and '"convlstm' in text and (tmp_path / "memory.csv").exists()
+
+
+def test_parity_quick(tmp_path):
+  out = tmp_path / "parity.json"
+  proc = _quick("parity.py", f"--out={out}")
+  data = json.loads(out.read_text())
+  rows = {r["model"]: r for r in data["results"]}
+  assert set(rows) == {"convlstm", "ms_convlstm"} and data["settings"]["hidden"] == 4
+
+  def convlstm_params(h):
+    # The authors' stack: 6 layers of biased 3x3 convolutions of x and of h into
+    # the 4 gates, a 1x1 embedding and a 1x1 head; the pyramid adds none.
+    return 6 * (2 * 9 * h * 4 * h + 2 * 4 * h) + (h + h) + (h + 1)
+
+  assert convlstm_params(64) == 1_772_737  # the parameter count of the authors' model
+  for r in rows.values():
+    assert r["params"] == convlstm_params(4) and r["params_6x64"] == convlstm_params(64)
+    assert 0 < r["loss"] < float("inf")
+  if data["settings"]["torch"]:  # this interpreter has torch: both sides, compared
+    assert all(r["pass"] and r["worst_grad_rel_err"] < 1e-4 for r in rows.values())
+    assert "2/2 passed" in proc.stdout
+  else:
+    assert "PyTorch not found" in proc.stdout and "not compared" in proc.stdout
+    assert not any("pass" in r for r in rows.values())

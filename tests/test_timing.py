@@ -1,5 +1,6 @@
 """msrnn_jax.analysis.timing: interleaved rounds and round-by-round ratios."""
 
+import math
 import time
 
 import pytest
@@ -29,6 +30,22 @@ def test_budget_stops_a_slow_call():
   wall, _ = timing.interleaved({"slow": lambda: time.sleep(0.03), "fast": lambda: None},
                                rounds=5, warmup=0, budget_s=0.05)
   assert len(wall["slow"]) == 2 and len(wall["fast"]) == 5
+
+
+def test_self_timed_calls_report_their_own_seconds_and_rounds_are_reported():
+  # A child process's step says how long it took; the pipe round trip is not its time.
+  said = iter([0.5, 0.25, 0.125])
+  seen = []
+  wall, cpu = timing.interleaved({"child": lambda: next(said)}, rounds=2, warmup=1,
+                                 self_timed=True,
+                                 on_round=lambda r, w: seen.append((r, list(w["child"]))))
+  assert wall["child"] == [0.25, 0.125] and all(math.isnan(c) for c in cpu["child"])
+  assert seen == [(0, [0.25]), (1, [0.25, 0.125])]
+
+
+def test_timed_returns_the_result_and_its_seconds():
+  result, wall, cpu = timing.timed(lambda: time.sleep(0.02) or "done")
+  assert result == "done" and 0.02 <= wall < 1 and 0 <= cpu < wall
 
 
 def test_ratio_is_round_by_round():

@@ -69,7 +69,6 @@ and step the compiled program really holds.
 
 import math
 import resource
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -80,6 +79,7 @@ import optax
 
 from msrnn_jax import backend
 from msrnn_jax import model as model_lib
+from msrnn_jax.analysis import timing
 from msrnn_jax.model import pyramid
 from msrnn_jax.training import step as train_step
 
@@ -228,12 +228,10 @@ def compile_train_step(model, tx, frames_shape, in_len, decouple_weight):
   state = _abstract_state(model, tx, frames_shape)
   step = train_step.make_train_step(model, tx, in_len, decouple_weight)
   scalar = jax.ShapeDtypeStruct((), jnp.float32)
-  t0 = time.perf_counter()
-  lowered = step.lower(state, jax.ShapeDtypeStruct(frames_shape, jnp.float32), scalar, scalar)
-  t1 = time.perf_counter()
-  compiled = lowered.compile()
-  t2 = time.perf_counter()
-  return state, compiled, t1 - t0, t2 - t1
+  lowered, lower_s, _ = timing.timed(
+      lambda: step.lower(state, jax.ShapeDtypeStruct(frames_shape, jnp.float32), scalar, scalar))
+  compiled, compile_s, _ = timing.timed(lowered.compile)
+  return state, compiled, lower_s, compile_s
 
 
 def memory_sizes(compiled) -> dict[str, int]:

@@ -5,19 +5,35 @@ one call of each per round, so that the drifts of a shared machine hit all of th
 alike, and the median of the per-round ratios with its range.
 """
 
+import math
 import os
 import platform
 import statistics
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 
+T = TypeVar("T")
+
+
+def timed(fn: Callable[[], T]) -> tuple[T, float, float]:
+  """Calls ``fn`` once and waits for its result (``jax.block_until_ready``).
+
+  Returns:
+    ``(result, wall seconds, process CPU seconds)``: one measurement, for what
+    runs once (a compilation); repeated calls go through ``interleaved``.
+  """
+  t0, c0 = time.perf_counter(), time.process_time()
+  result = jax.block_until_ready(fn())
+  return result, time.perf_counter() - t0, time.process_time() - c0
+
 
 def interleaved(calls: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 1,
-                budget_s: float | None = None) -> tuple[dict[str, list[float]],
-                                                        dict[str, list[float]]]:
+                budget_s: float | None = None, self_timed: bool = False,
+                on_round: Callable[[int, dict[str, list[float]]], None] | None = None,
+                ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
   """Times each call once per round, in turn, after ``warmup`` untimed calls each.
 
   Args:
@@ -26,6 +42,12 @@ def interleaved(calls: Mapping[str, Callable[[], Any]], rounds: int, warmup: int
     rounds: timed rounds.
     warmup: untimed calls of each before the first round (compilation, page faults).
     budget_s: stop timing a call once its timed seconds add up to more than this.
+    self_timed: the calls measure themselves and return their wall seconds,
+      e.g. a step run in another process, which only that process can time
+      without the pipe's latency; their CPU seconds are NaN (this process's
+      CPU time says nothing about another's).
+    on_round: called after each round with its index and the wall seconds so
+      far (progress of long runs).
 
   Returns:
     ``(wall, cpu)``: per call, the wall seconds and the process CPU seconds (all
@@ -37,14 +59,15 @@ def interleaved(calls: Mapping[str, Callable[[], Any]], rounds: int, warmup: int
       jax.block_until_ready(fn())
   wall: dict[str, list[float]] = {name: [] for name in calls}
   cpu: dict[str, list[float]] = {name: [] for name in calls}
-  for _ in range(rounds):
+  for r in range(rounds):
     for name, fn in calls.items():
       if budget_s is not None and sum(wall[name]) > budget_s:
         continue
-      t0, c0 = time.perf_counter(), time.process_time()
-      jax.block_until_ready(fn())
-      wall[name].append(time.perf_counter() - t0)
-      cpu[name].append(time.process_time() - c0)
+      result, wall_s, cpu_s = timed(fn)
+      wall[name].append(float(result) if self_timed else wall_s)
+      cpu[name].append(math.nan if self_timed else cpu_s)
+    if on_round is not None:
+      on_round(r, wall)
   return wall, cpu
 
 
