@@ -184,7 +184,9 @@ def bench_models(names: list[str], args, sh: dict) -> dict[str, dict]:
   del calls  # the states
   for name, out in outs.items():
     # Compiled even if too large to run; custom-call kernels hide their FLOPs.
-    if "unrolled" in out and backend.resolve(args.conv_impl) in backend.FLOP_COUNTABLE:
+    if args.shape == "quick":  # a check that everything runs: FLOP counting compiles twice more
+      out["flops"] = None
+    elif "unrolled" in out and backend.resolve(args.conv_impl) in backend.FLOP_COUNTABLE:
       out["flops"] = out["unrolled"]["raw_flops"]
     else:
       # footprint.analyze counts the FLOPs of kernels XLA's cost analysis cannot
@@ -194,7 +196,7 @@ def bench_models(names: list[str], args, sh: dict) -> dict[str, dict]:
                                        num_layers=sh["num_layers"],
                                        conv_impl=args.conv_impl)["flops"]
     for path in paths:
-      if "step_s" in out[path]:
+      if "step_s" in out[path] and out["flops"]:
         out[path]["gflops_per_s"] = out["flops"] / out[path]["step_s"] / 1e9
     if not args.no_compile_t40:
       def compile_at(tt, name=name):
@@ -212,6 +214,11 @@ def bench_models(names: list[str], args, sh: dict) -> dict[str, dict]:
   return outs
 
 
+def _giga(value: float | None, unit: float = 1e9, digits: int = 2) -> str:
+  """``value / unit`` for the table; blank where it was not measured (``--quick``: no FLOPs)."""
+  return "" if value is None else f"{value / unit:.{digits}f}"
+
+
 def table(results: dict, markdown: bool = False) -> str:
   rows = results["models"]
   cols = ["model", "path", "compile s", "step s", "step CPU s", "GFLOP", "GFLOP/s",
@@ -224,7 +231,7 @@ def table(results: dict, markdown: bool = False) -> str:
       p = r[path]
       ms = su = ct = ""
       if "step_s" not in p:  # compiled but too large to run on this host
-        out.append([name, path, f"{p['compile_s']:.1f}", "not run", "", f"{r['flops'] / 1e9:.2f}",
+        out.append([name, path, f"{p['compile_s']:.1f}", "not run", "", _giga(r["flops"]),
                     "", f"{p['total_bytes'] / 1e9:.3f}", "", "", ""])
         continue
       plain = rows.get(name[3:], {}) if name.startswith("ms_") else {}
@@ -236,7 +243,7 @@ def table(results: dict, markdown: bool = False) -> str:
         ct = (f"{r['scan_compile_s_T40'] / r['scan_compile_s_T20']:.2f} "
               f"({r['scan_compile_cpu_s_T40'] / r['scan_compile_cpu_s_T20']:.2f})")
       out.append([name, path, f"{p['compile_s']:.1f}", f"{p['step_s']:.3f}",
-                  f"{p['step_cpu_s']:.3f}", f"{r['flops'] / 1e9:.2f}", f"{p['gflops_per_s']:.1f}",
+                  f"{p['step_cpu_s']:.3f}", _giga(r["flops"]), _giga(p.get("gflops_per_s"), 1e0, 1),
                   f"{p['total_bytes'] / 1e9:.3f}", ms, su, ct])
   if markdown:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]

@@ -69,7 +69,8 @@ def test_benchmark_quick(tmp_path):
 
 def test_memory_vs_resolution_quick(tmp_path):
   out = tmp_path / "memory"
-  _quick("memory_vs_resolution.py", f"--out={out}", "--no-plot")
+  # One remat mode and a short search: the finder itself is tested in test_footprint.py.
+  _quick("memory_vs_resolution.py", f"--out={out}", "--no-plot", "--remat=step", "--max-size=32")
   text = (tmp_path / "memory.json").read_text()
   assert '"ms_convlstm' in text and '"convlstm' in text and (tmp_path / "memory.csv").exists()
 

@@ -21,6 +21,16 @@ def _load(name):
   return module
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _fast_compiles():
+  """Six short runs check the receipts' plumbing, not numbers: XLA's heavier passes are off."""
+  import jax
+  old = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  yield
+  jax.config.update("jax_disable_most_optimizations", old)
+
+
 @pytest.fixture(scope="module")
 def reproduce():
   return _load("reproduce")
