@@ -15,7 +15,7 @@ run on random frames:
   hardly grow since the loop body is compiled once.
 
 Shapes: the default is CPU-sized (6 layers x 16 channels, 32x32, T=10,
-batch 2, all 12 models); ``--paper`` uses the paper's shape (6 x 64, 64x64,
+batch 2, every family, plain and MS); ``--paper`` uses the paper's shape (6 x 64, 64x64,
 T=20, batch 4; convlstm, ms_convlstm, predrnn, ms_predrnn; slow: tens of
 seconds per step on 2 cores); ``--quick`` is CI-sized. Results go to
 ``experiments/results/benchmark[_paper|_quick].json`` (resumable: models
@@ -54,9 +54,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from msrnn_jax import backend  # noqa: E402
 from msrnn_jax import model as model_lib  # noqa: E402
 from msrnn_jax.analysis import footprint, timing  # noqa: E402
+from msrnn_jax.model import cells  # noqa: E402
 from msrnn_jax.training import step as train_step  # noqa: E402
 
-CELLS = ("convlstm", "trajgru", "predrnn", "predrnn_pp", "mim", "motionrnn")
+CELLS = tuple(cells.FAMILIES)
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 SHAPES = {

@@ -1,6 +1,6 @@
 """Training memory vs frame size, and the largest frame that fits a budget.
 
-For each model (plain and MS- of the six cells) and remat mode, compiles the
+For each model (every family, plain and MS) and remat mode, compiles the
 real training step at each frame size without running it
 (``msrnn_jax.analysis.footprint.analyze``) and records XLA's per-device
 memory analysis; then finds the largest square frame whose step fits the budget
@@ -41,8 +41,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from msrnn_jax.analysis import footprint  # noqa: E402
+from msrnn_jax.model import cells  # noqa: E402
 
-CELLS = ("convlstm", "trajgru", "predrnn", "predrnn_pp", "mim", "motionrnn")
+CELLS = tuple(cells.FAMILIES)
 ALL_MODELS = tuple(n for c in CELLS for n in (c, f"ms_{c}"))
 REMATS = ("none", "step", "cell")
 DEFAULT_SIZES = (32, 64, 128, 256, 512, 1024)
@@ -57,7 +58,7 @@ def parse_args(argv=None) -> argparse.Namespace:
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--models", default=",".join(ALL_MODELS),
-                 help="comma-separated model names (default: the 12 plain and MS models)")
+                 help="comma-separated model names (default: every family, plain and MS)")
   p.add_argument("--remat", default=",".join(REMATS), help="comma-separated remat modes")
   p.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)),
                  help="comma-separated square frame sizes")
@@ -211,7 +212,7 @@ def table(data: dict, budget: float, markdown: bool = False) -> str:
   keys = sorted({(e["model"], e["remat"]) for e in entries},
                 key=lambda k: (REMATS.index(k[1]) if k[1] in REMATS else 9,
                                CELLS.index(k[0].removeprefix("ms_"))
-                               if k[0].removeprefix("ms_") in CELLS else 9,
+                               if k[0].removeprefix("ms_") in CELLS else len(CELLS),
                                k[0].startswith("ms_"), k[0]))
   cols = (["model", "remat"] + [str(s) for s in sizes]
           + ["MS/plain@64", "MS/plain@max", f"max in {budget / 1e9:g} GB"])
@@ -245,7 +246,7 @@ def table(data: dict, budget: float, markdown: bool = False) -> str:
 def plot(data: dict, out: str, budget: float) -> None:
   entries = data["entries"]
   remats = [r for r in REMATS if any(e["remat"] == r for e in entries)]
-  colors = {c: plt.cm.tab10(i) for i, c in enumerate(CELLS)}
+  colors = {c: plt.cm.tab20(i) for i, c in enumerate(CELLS)}
   fig, axes = plt.subplots(1, len(remats), figsize=(5 * len(remats), 4.2), squeeze=False,
                            sharey=True)
   for ax, remat in zip(axes[0], remats, strict=True):
@@ -277,20 +278,20 @@ def plot(data: dict, out: str, budget: float) -> None:
   if not maxres:
     return
   remats = [r for r in REMATS if any(e["remat"] == r for e in maxres)]
-  cells = [c for c in CELLS if any(e["model"].removeprefix("ms_") == c for e in maxres)]
-  fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(cells) * len(remats) / 2), 4.2))
+  shown = [c for c in CELLS if any(e["model"].removeprefix("ms_") == c for e in maxres)]
+  fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(shown) * len(remats) / 2), 4.2))
   width = 0.8 / (2 * len(remats))
   for j, remat in enumerate(remats):
     for k, prefix in enumerate(("", "ms_")):
       vals = []
-      for c in cells:
+      for c in shown:
         e = next((e for e in maxres if e["model"] == prefix + c and e["remat"] == remat), None)
         vals.append((e or {}).get("size") or 0)
-      pos = [i + (2 * j + k - len(remats) + 0.5) * width for i in range(len(cells))]
+      pos = [i + (2 * j + k - len(remats) + 0.5) * width for i in range(len(shown))]
       bars = ax.bar(pos, vals, width, label=f"{'MS' if prefix else 'plain'}, remat={remat}",
                     color=plt.cm.Paired(2 * j + k))
       ax.bar_label(bars, fontsize=6, rotation=90, padding=2)
-  ax.set_xticks(range(len(cells)), cells)
+  ax.set_xticks(range(len(shown)), shown)
   ax.set_ylabel(f"largest square frame in {budget / 1e9:g} GB")
   ax.legend(fontsize=7, ncol=len(remats))
   ax.set_title("Max training resolution per device (compile-only)", fontsize=9)
