@@ -257,6 +257,23 @@ def vs_torch_summary() -> str:
           "(tables and commands: experiments/README.md).\n")
 
 
+def vs_torch_families_table() -> str:
+  """Every family's training step against PyTorch's, one row per model and run: step time and
+  each process's peak resident memory, measured side by side (``vs_torch.py``)."""
+  d = _data("vs_torch_families")
+  rows, sources = [], []
+  for i, run in enumerate(d["runs"], 1):
+    sources.append(f"{i}. {_source(run)}")
+    for r in run["rows"]:
+      rows.append([r["model"], str(r["batch"]), r["dtype"], f"{r['torch_s']:.2f} s",
+                   f"{r['ours_s']:.2f} s", f"**{r['ratio']:.2f}** ({r['lo']:.2f}-{r['hi']:.2f})",
+                   f"{r['torch_rss_gb']:.2f} GB", f"{r['ours_rss_gb']:.2f} GB",
+                   f"**{r['ours_rss_gb'] / r['torch_rss_gb']:.2f}**", str(i)])
+  return _table(["model", "batch", "dtype", "PyTorch step", "ours step", "/ PyTorch (range)",
+                 "PyTorch peak RSS", "ours peak RSS", "/ PyTorch", "run"], rows) + "\n" + "".join(
+                     sources)
+
+
 def benchmark_table() -> str:
   d = _data("benchmark_paper")
   rows = [[r["model"], f"{r['step_s']} s", f"{r['gflops']}", _opt(r["ms_over_plain"]).replace(
@@ -346,6 +363,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "vs-torch-fp32": vs_torch_fp32_table,
     "vs-torch-bf16": vs_torch_bf16_table,
     "vs-torch-summary": vs_torch_summary,
+    "vs-torch-families": vs_torch_families_table,
     "benchmark-table": benchmark_table,
     "conv-bench-table": conv_bench_table,
     "memory-table": memory_table,

@@ -1,5 +1,6 @@
 """Test-wide setup: four simulated CPU devices, set before JAX initialises."""
 
+import contextlib
 import os
 
 import pytest
@@ -21,3 +22,29 @@ def trained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("runs") / "straight"
   train.train_and_evaluate(test_config.get_config(), str(workdir))
   return workdir
+
+
+@contextlib.contextmanager
+def _without_heavy_passes():
+  import jax
+  old = jax.config.values["jax_disable_most_optimizations"]
+  jax.config.update("jax_disable_most_optimizations", True)
+  try:
+    yield
+  finally:
+    jax.config.update("jax_disable_most_optimizations", old)
+
+
+@pytest.fixture
+def fast_compiles():
+  """XLA's heavier optimisation passes off while a test runs: for tests that compare programs
+  with tolerances or check plumbing, not speed (compiles take about half as long)."""
+  with _without_heavy_passes():
+    yield
+
+
+@pytest.fixture(scope="module")
+def fast_compiles_module():
+  """``fast_compiles`` for a whole test file (``pytest.mark.usefixtures``)."""
+  with _without_heavy_passes():
+    yield

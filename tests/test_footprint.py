@@ -11,19 +11,12 @@ import pytest
 from msrnn_jax.analysis import footprint
 
 TINY = dict(hidden=4, num_layers=3, seq_len=4)
+pytestmark = pytest.mark.usefixtures("fast_compiles_module")
 
 
 def _allocator_stats():
   """The device allocator's statistics: a dict on GPU and TPU, None on CPU."""
   return jax.devices()[0].memory_stats()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-  old = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
 
 
 @pytest.fixture(scope="module")

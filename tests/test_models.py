@@ -20,15 +20,6 @@ BASES = tuple(cells.FAMILIES)
 SMALL = {"links": 2, "ce_iters": 2, "attention_window": 4}
 
 
-@pytest.fixture
-def fast_compiles():
-  """XLA's heavier passes off: for tests that compare programs with tolerances, not speed."""
-  old = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
-
-
 def _frames(b=2, t=4, h=16, w=16, c=1, seed=0):
   return jax.random.uniform(jax.random.key(seed), (b, t, h, w, c))
 

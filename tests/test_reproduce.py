@@ -21,16 +21,6 @@ def _load(name):
   return module
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _fast_compiles():
-  """Six short runs check the receipts' plumbing, not numbers: XLA's heavier passes are off."""
-  import jax
-  old = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
-  yield
-  jax.config.update("jax_disable_most_optimizations", old)
-
-
 @pytest.fixture(scope="module")
 def reproduce():
   return _load("reproduce")
@@ -41,7 +31,8 @@ def render():
   return _load("render")
 
 
-def test_receipts_skip_and_render(reproduce, render, tmp_path, monkeypatch):
+def test_receipts_skip_and_render(reproduce, render, tmp_path, monkeypatch, fast_compiles):
+  """Six short runs check the receipts' plumbing, not numbers (fast compiles)."""
   base = test_config.get_config()
   base.train.num_steps = base.train.checkpoint_every_steps = 2
   out, runs = tmp_path / "out", tmp_path / "runs"
