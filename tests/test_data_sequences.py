@@ -14,7 +14,7 @@ from data_fixtures import data_config
 
 import msrnn_jax.data as data_lib
 from msrnn_jax.data import common, prepare
-from msrnn_jax.training import inference
+from msrnn_jax.training import context_files, inference
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 H = W = 16
@@ -255,21 +255,21 @@ def test_predict_input_is_read_safely(tmp_path):
   with pytest.raises(ValueError, match=r"shape \(2, 16, 16, 2\): read as one sequence "
                      r"\(T, H, W, C\) it has 2 channels; the model expects 1. Save one sequence "
                      r"as \(T, H, W, 1\) or a batch as \(N, T, H, W\)"):
-    inference.load_context(str(ctx), 1, 4)
-  context, batched = inference.load_context(str(ctx), 2, 4)
+    context_files.load_context(str(ctx), 1, 4)
+  context, batched = context_files.load_context(str(ctx), 2, 4)
   assert context.shape == (1, 2, 16, 16, 2) and not batched
   np.save(ctx, np.zeros((3, 2, 16, 16), np.uint8))
-  assert inference.load_context(str(ctx), 1, 4)[0].shape == (3, 2, 16, 16, 1)
+  assert context_files.load_context(str(ctx), 1, 4)[0].shape == (3, 2, 16, 16, 1)
   np.savez(tmp_path / "z.npz", a=np.zeros(3))
   os.rename(tmp_path / "z.npz", tmp_path / "z.npy")
   with pytest.raises(ValueError, match=r"z.npy is a .npz archive named .npy; rename it to .npz"):
-    inference.load_context(str(tmp_path / "z.npy"), 1, 4)
+    context_files.load_context(str(tmp_path / "z.npy"), 1, 4)
   os.rename(tmp_path / "z.npy", tmp_path / "z.npz")  # as the message says: then it is read
   with pytest.raises(ValueError, match=r"z.npz has shape \(3,\); expected"):
-    inference.load_context(str(tmp_path / "z.npz"), 1, 4)
+    context_files.load_context(str(tmp_path / "z.npz"), 1, 4)
   (tmp_path / "t.npy").write_text("0 1 2\n")
   with pytest.raises(ValueError, match=r"t.npy is not a NumPy .npy file") as info:
-    inference.load_context(str(tmp_path / "t.npy"), 1, 4)
+    context_files.load_context(str(tmp_path / "t.npy"), 1, 4)
   assert "pickle" not in str(info.value)
   for out, source in [("ctx.npy", "ctx.npy"), ("sub/../ctx.npy", "ctx.npy"),
                       ("anim.npy", "anim.gif")]:  # anim.npy writes anim.gif beside it

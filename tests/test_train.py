@@ -17,6 +17,7 @@ import pytest
 from configs import test as test_config
 from msrnn_jax import commands, data
 from msrnn_jax.training import (
+  context_files,
   inference,
   losses,
   run,
@@ -360,7 +361,7 @@ def test_predict_accepts_one_sequence_or_a_batch(tmp_path, trained):
   for name, arr in [("t", batch[0]), ("tc", batch[0, ..., None]), ("n", batch),
                     ("nc", batch[..., None])]:
     np.save(tmp_path / f"{name}.npy", arr)
-    context, batched = inference.load_context(str(tmp_path / f"{name}.npy"), 1, 4)
+    context, batched = context_files.load_context(str(tmp_path / f"{name}.npy"), 1, 4)
     shapes[name] = (context.shape, batched)
   assert shapes == {"t": ((1, 2, 16, 16, 1), False), "tc": ((1, 2, 16, 16, 1), False),
                     "n": ((3, 2, 16, 16, 1), True), "nc": ((3, 2, 16, 16, 1), True)}

@@ -9,6 +9,7 @@ signals, restore), ``losses``, ``sampling`` (scheduled sampling), ``sharding``
 peers), ``checkpointing`` (orbax, atomic, finite only, safe to read during
 training), ``integrity`` (checksums, finiteness), ``summary`` (TensorBoard,
 progress, divergence warning), ``workdir`` (checks, lock file),
-``config_checks`` (one-line config errors) and ``inference`` (``--mode=predict``).
+``config_checks`` (one-line config errors), ``inference`` (``--mode=predict``) and
+``context_files`` (reading its input).
 May import ``backend``, ``model``, ``data`` and ``evaluation``.
 """
