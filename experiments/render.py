@@ -299,16 +299,19 @@ def memory_table() -> str:
   for cell_name, v in d["remat_step_gb"].items():
     rows.append([cell_name, *(f"{v[s][0]:.3f} / {v[s][1]:.3f}" for s in ("64", "256", "1024")),
                  f"{v['1024'][1] / v['1024'][0]:.3f}",
-                 f"{v['max_res'][0]} / **{v['max_res'][1]}**"])
-  table = _table(["cell", "64", "256", "1024", "MS / plain @1024", "largest frame in 40 GB"], rows)
+                 f"{v['max_res'][0]} / **{v['max_res'][1]}**", str(v["source"])])
+  table = _table(["cell", "64", "256", "1024", "MS / plain @1024", "largest frame in 40 GB",
+                  "run"], rows)
   no_remat = ", ".join(f"{k} {a:.3f} -> {b:.3f} ({b / a:.3f}x)"
                        for k, (a, b) in d["no_remat_64_gb"].items())
+  sources = "".join(f"{i}. {_source({**run, 'note': ''})}"
+                    for i, run in enumerate(d["sources"], 1))
   bf16 = d["bf16"]
   return (f"`remat='step'`, GB plain / MS:\n\n{table}\nWithout remat at 64x64, plain -> MS GB: "
-          f"{no_remat}.\n\n{_source(d)}\nbfloat16, `remat='step'`, `onednn`: MS-ConvLSTM "
-          f"{bf16['ms_convlstm_256_gb']:.3f} GB at 256, largest frame **{bf16['max_res']}** in "
-          f"40 GB (`{bf16['command']}`; {bf16['machine']}; commit {bf16['commit']}, "
-          f"{bf16['date']}).\n")
+          f"{no_remat}.\n\n{d['note']}:\n\n{sources}\nbfloat16, `remat='step'`, `onednn`: "
+          f"MS-ConvLSTM {bf16['ms_convlstm_256_gb']:.3f} GB at 256, largest frame "
+          f"**{bf16['max_res']}** in 40 GB (`{bf16['command']}`; {bf16['machine']}; commit "
+          f"{bf16['commit']}, {bf16['date']}).\n")
 
 
 def memory_summary() -> str:
