@@ -1,4 +1,5 @@
-"""Local and block attention against direct computations (numpy unfold, per-block softmax)."""
+"""Local and block attention against direct computations (numpy unfold, per-block softmax,
+autodiff of the plain expressions)."""
 
 import jax
 import jax.numpy as jnp
@@ -95,3 +96,70 @@ def test_block_attention_is_softmax_attention_within_each_block():
       p /= p.sum(-1, keepdims=True)
       expected = np.einsum("bij,bjc->bic", p, tokens[2]).reshape(b, n, bh, bw, c)
       np.testing.assert_allclose(out[:, :, rows, cols], expected, rtol=1e-5, atol=1e-5)
+
+
+def _plain_block_attention(q, k, v, scale):
+  """``softmax(q k^T) v`` within each block, as one matrix per block (for autodiff)."""
+  b, n, h, w, c = q.shape
+  bh, bw = h // scale, w // scale
+  cut = [a.reshape(b, n, scale, bh, scale, bw, c).transpose(0, 2, 4, 1, 3, 5, 6)
+         .reshape(b, scale * scale, n * bh * bw, c) for a in (q, k, v)]
+  p = jax.nn.softmax(jnp.einsum("bgic,bgjc->bgij", cut[0], cut[1]), axis=-1)
+  out = jnp.einsum("bgij,bgjc->bgic", p, cut[2])
+  return out.reshape(b, scale, scale, n, bh, bw, c).transpose(0, 3, 1, 4, 2, 5, 6).reshape(q.shape)
+
+
+def _block_grads(fn, q, k, v, dout):
+  loss = lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32) * dout)  # noqa: E731
+  return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(q, k, v)
+
+
+# 80 tokens at scale 1 and 20 per block at scale 2: chunks of at most 7 keys leave a
+# padded, masked last chunk; 512 keys is one chunk.
+@pytest.mark.parametrize("scale,key_chunk", [(1, 7), (2, 7), (2, 512)])
+def test_block_attention_gradients_match_autodiff_of_the_plain_expression(scale, key_chunk):
+  shape = (2, 2, 4, 10, 3)
+  q, k, v, dout = (jax.random.normal(kk, shape) for kk in jax.random.split(jax.random.key(2), 4))
+  attend = jax.jit(block_attention, static_argnums=(3, 4))
+  np.testing.assert_allclose(attend(q, k, v, scale, key_chunk),
+                             _plain_block_attention(q, k, v, scale), rtol=1e-5, atol=1e-6)
+  ours = _block_grads(lambda q, k, v: block_attention(q, k, v, scale, key_chunk), q, k, v, dout)
+  direct = _block_grads(lambda q, k, v: _plain_block_attention(q, k, v, scale), q, k, v, dout)
+  for a, d in zip(ours, direct, strict=True):
+    np.testing.assert_allclose(a, d, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(d))))
+
+
+def test_block_attention_in_bfloat16_returns_the_inputs_dtypes():
+  """bfloat16 in, bfloat16 out (values and gradients), close to float32 on the same inputs."""
+  shape, scale, key_chunk = (1, 2, 4, 10, 4), 2, 7
+  keys = jax.random.split(jax.random.key(3), 4)
+  q, k, v = (jax.random.normal(kk, shape, jnp.bfloat16) for kk in keys[:3])
+  dout = jax.random.normal(keys[3], shape)
+  fn = lambda q, k, v: block_attention(q, k, v, scale, key_chunk)  # noqa: E731
+  out = jax.jit(fn)(q, k, v)
+  wide = [a.astype(jnp.float32) for a in (q, k, v)]
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(jnp.float32), _plain_block_attention(*wide, scale),
+                             rtol=2e-2, atol=2e-2)
+  direct = _block_grads(lambda q, k, v: _plain_block_attention(q, k, v, scale), *wide, dout)
+  for a, d in zip(_block_grads(fn, q, k, v, dout), direct, strict=True):
+    assert a.dtype == jnp.bfloat16
+    np.testing.assert_allclose(a.astype(jnp.float32), d, rtol=2e-2,
+                               atol=2e-2 * float(jnp.max(jnp.abs(d))))
+
+
+def test_block_attention_gradient_keeps_no_tokens_by_tokens_matrix():
+  """Compiled memory of value-and-gradient at 2,048 tokens: the plain expression holds
+  ``tokens**2`` floats; ours a small fraction of one such matrix (``tokens x key_chunk``)."""
+  shape, scale, key_chunk = (1, 2, 32, 32, 4), 1, 128
+  q, k, v = (jax.random.normal(kk, shape) for kk in jax.random.split(jax.random.key(4), 3))
+
+  def temp_bytes(fn):
+    loss = lambda q, k, v: jnp.sum(fn(q, k, v) ** 2)  # noqa: E731
+    compiled = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(q, k, v).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  tokens = 2 * 32 * 32
+  matrix = tokens * tokens * 4  # one float32 attention matrix
+  assert temp_bytes(lambda q, k, v: _plain_block_attention(q, k, v, scale)) > matrix
+  assert temp_bytes(lambda q, k, v: block_attention(q, k, v, scale, key_chunk)) < matrix / 4

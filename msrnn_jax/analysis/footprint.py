@@ -52,8 +52,8 @@ the cell's equations name:
 * CMS-LSTM 48 (at ``ce_iters`` = 5): a gate and the gated map per CE round
   (10), ConvLSTM's 6, and the SE block: per scale the query, key, value and
   attended maps over H and C side by side (8 x 3), the fused map (2), z, the
-  gates i, g, o, C' and H' (6). The attention matrices are transients
-  (recomputed for the gradient) and not counted.
+  gates i, g, o, C' and H' (6). The attention matrices are never formed
+  (``attention.block_attention`` walks the keys in chunks) and not counted.
 * MoDeRNN 16 (at ``ce_iters`` = 5): a gate and the gated map per DCB round,
   ConvLSTM's 6.
 * PrecipLSTM 25: the local attention's q, k, v, output and X_a (5); gates

@@ -13,8 +13,14 @@ keeps one row (``window`` offsets) alive at a time and training memory
 holds only the inputs, the output and one map of statistics.
 
 :func:`block_attention` is CMS-LSTM's self-attention inside the blocks of a
-``scale x scale`` grid, rematerialised in the backward pass so that the
-block's attention matrix is never stored across time steps.
+``scale x scale`` grid. At scale 1 a block is the whole frame, so its
+``tokens x tokens`` attention matrix grows with the square of the pixel
+count. It is computed the same way: the keys are walked a chunk at a time
+with an online softmax, and the custom gradient recomputes each chunk's
+probabilities from the queries, keys and the per-token log-sum-exp (the
+flash-attention backward pass). Memory then grows as ``tokens x chunk`` in
+both passes, and training keeps only the inputs, the output and the
+log-sum-exp.
 """
 
 import functools
@@ -130,34 +136,135 @@ def _local_attention_bwd(window, res, dout):
 local_attention.defvjp(_local_attention_fwd, _local_attention_bwd)
 
 
-@functools.partial(jax.checkpoint, static_argnums=(3,))
-def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: int) -> jax.Array:
+# Keys per step of block attention's online softmax: a block's transient scores are
+# ``tokens x KEY_CHUNK`` floats (32 MB at 8,192 tokens) instead of ``tokens**2``.
+KEY_CHUNK = 512
+
+
+def _blocks(x: jax.Array, scale: int) -> jax.Array:
+  """``[b, maps, h, w, c]`` -> ``[b, scale**2, maps * (h / scale) * (w / scale), c]``."""
+  b, n, h, w, c = x.shape
+  x = x.reshape(b, n, scale, h // scale, scale, w // scale, c).transpose(0, 2, 4, 1, 3, 5, 6)
+  return x.reshape(b, scale * scale, -1, c)
+
+
+def _unblocks(x: jax.Array, shape: tuple[int, ...], scale: int) -> jax.Array:
+  """Inverse of :func:`_blocks`: back to ``shape`` = ``[b, maps, h, w, c]``."""
+  b, n, h, w, c = shape
+  x = x.reshape(b, scale, scale, n, h // scale, w // scale, c).transpose(0, 3, 1, 4, 2, 5, 6)
+  return x.reshape(shape)
+
+
+def _chunking(tokens: int, key_chunk: int) -> tuple[int, int]:
+  """``(chunks, size)``: the fewest chunks of at most ``key_chunk`` keys, as even as possible."""
+  chunks = -(-tokens // key_chunk)
+  return chunks, -(-tokens // chunks)
+
+
+def _key_chunks(x: jax.Array, chunks: int, size: int) -> jax.Array:
+  """``[b, g, tokens, c]`` -> ``[chunks, b, g, size, c]``, zero-padded at the end."""
+  b, g, t, c = x.shape
+  x = jnp.pad(x, ((0, 0), (0, 0), (0, chunks * size - t), (0, 0)))
+  return x.reshape(b, g, chunks, size, c).transpose(2, 0, 1, 3, 4)
+
+
+def _from_key_chunks(x: jax.Array, tokens: int) -> jax.Array:
+  """Inverse of :func:`_key_chunks`: ``[b, g, tokens, c]``, padding dropped."""
+  chunks, b, g, size, c = x.shape
+  return x.transpose(1, 2, 0, 3, 4).reshape(b, g, chunks * size, c)[:, :, :tokens]
+
+
+def _chunked_keys(k: jax.Array, v: jax.Array, key_chunk: int):
+  """Blocked keys and values cut into chunks, and which of each chunk's slots are real keys."""
+  tokens = k.shape[2]
+  chunks, size = _chunking(tokens, key_chunk)
+  real = (jnp.arange(chunks * size) < tokens).reshape(chunks, size)
+  return _key_chunks(k, chunks, size), _key_chunks(v, chunks, size), real
+
+
+def _chunk_scores(q: jax.Array, k: jax.Array, real: jax.Array) -> jax.Array:
+  """``[b, g, tokens, size]`` scores of one key chunk; padding slots score -inf (weight 0)."""
+  return jnp.where(real, jnp.einsum("bgic,bgjc->bgij", q, k), -jnp.inf)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: int,
+                    key_chunk: int = KEY_CHUNK) -> jax.Array:
   """Softmax self-attention among the tokens of each block of a ``scale x scale`` grid.
 
   The tokens of a block are its ``(height / scale) x (width / scale)``
   positions in every map of the ``maps`` axis (CMS-LSTM attends over H and C
-  side by side). Scores are not scaled. The backward pass recomputes the
-  attention (``jax.checkpoint``): a block's ``tokens**2`` matrix is then a
-  transient, not a residual kept for every layer and step.
+  side by side): ``out_i = sum_j softmax_j(q_i . k_j) v_j`` over the tokens
+  ``j`` of token ``i``'s block. Scores are not scaled. Computed in float32 at
+  least; the result has ``q``'s dtype.
+
+  The keys are walked ``key_chunk`` at a time with an online softmax and the
+  custom gradient recomputes each chunk's probabilities from the queries,
+  keys and the per-token log-sum-exp (flash attention), so no pass holds a
+  block's ``tokens x tokens`` matrix: at most ``tokens x key_chunk`` scores
+  at a time.
 
   Args:
     q: queries ``[batch, maps, height, width, channels]``.
     k: keys, same shape.
     v: values, same shape.
     scale: blocks per side; divides height and width.
+    key_chunk: most keys per step of the online softmax (any positive
+      number; a last, shorter chunk is padded and masked).
 
   Returns:
     ``[batch, maps, height, width, channels]``.
   """
-  b, n, h, w, c = q.shape
-  bh, bw = h // scale, w // scale
+  return _block_forward(q, k, v, scale, key_chunk)[0]
 
-  def blocks(x):
-    x = x.reshape(b, n, scale, bh, scale, bw, c).transpose(0, 2, 4, 1, 3, 5, 6)
-    return x.reshape(b, scale * scale, n * bh * bw, c)
 
-  logits = jnp.einsum("bgic,bgjc->bgij", blocks(q), blocks(k), preferred_element_type=jnp.float32)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bgij,bgjc->bgic", weights, blocks(v))
-  out = out.reshape(b, scale, scale, n, bh, bw, c).transpose(0, 3, 1, 4, 2, 5, 6)
-  return out.reshape(b, n, h, w, c)
+def _block_forward(q, k, v, scale, key_chunk):
+  qb = _blocks(_wide(q), scale)
+  ks, vs, real = _chunked_keys(_blocks(_wide(k), scale), _blocks(_wide(v), scale), key_chunk)
+
+  def body(carry, chunk):
+    m, l, acc = carry
+    k_chunk, v_chunk, real_chunk = chunk
+    s = _chunk_scores(qb, k_chunk, real_chunk)
+    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+    rescale = jnp.exp(m - m_new)
+    p = jnp.exp(s - m_new[..., None])
+    l = l * rescale + jnp.sum(p, axis=-1)
+    acc = acc * rescale[..., None] + jnp.einsum("bgij,bgjc->bgic", p, v_chunk)
+    return (m_new, l, acc), None
+
+  # The first chunk always holds a real key, so m is finite after it.
+  init = (jnp.full(qb.shape[:-1], -jnp.inf, qb.dtype), jnp.zeros(qb.shape[:-1], qb.dtype),
+          jnp.zeros_like(qb))
+  (m, l, acc), _ = jax.lax.scan(body, init, (ks, vs, real))
+  out = acc / l[..., None]
+  return _unblocks(out, q.shape, scale).astype(q.dtype), out, m + jnp.log(l)
+
+
+def _block_attention_fwd(q, k, v, scale, key_chunk):
+  out, out_blocked, lse = _block_forward(q, k, v, scale, key_chunk)
+  return out, (q, k, v, out_blocked, lse)
+
+
+def _block_attention_bwd(scale, key_chunk, res, dout):
+  q, k, v, out, lse = res
+  qb, dout = _blocks(_wide(q), scale), _blocks(_wide(dout), scale)
+  ks, vs, real = _chunked_keys(_blocks(_wide(k), scale), _blocks(_wide(v), scale), key_chunk)
+  # sum_j P_ij dP_ij = dout_i . out_i: the softmax gradient's correction term.
+  delta = jnp.sum(dout * out, axis=-1)
+
+  def body(dq, chunk):
+    k_chunk, v_chunk, real_chunk = chunk
+    p = jnp.exp(_chunk_scores(qb, k_chunk, real_chunk) - lse[..., None])
+    ds = p * (jnp.einsum("bgic,bgjc->bgij", dout, v_chunk) - delta[..., None])
+    dq = dq + jnp.einsum("bgij,bgjc->bgic", ds, k_chunk)
+    return dq, (jnp.einsum("bgij,bgic->bgjc", ds, qb), jnp.einsum("bgij,bgic->bgjc", p, dout))
+
+  dq, (dks, dvs) = jax.lax.scan(body, jnp.zeros_like(qb), (ks, vs, real))
+  tokens = qb.shape[2]
+  dk, dv = _from_key_chunks(dks, tokens), _from_key_chunks(dvs, tokens)
+  return tuple(_unblocks(d, x.shape, scale).astype(x.dtype)
+               for d, x in ((dq, q), (dk, k), (dv, v)))
+
+
+block_attention.defvjp(_block_attention_fwd, _block_attention_bwd)
