@@ -293,6 +293,17 @@ def conv_bench_table() -> str:
   return _table(["size", "impl", "fwd", "dX", "dK", "fwd + dX + dK"], rows) + "\n" + _source(d)
 
 
+def conv_bench_bf16() -> str:
+  """The bfloat16 convolution trio against a bfloat16 matmul, one line per machine."""
+  d = _data("conv_bench_bf16")
+  lines = [f"* {run['machine'].split(' (')[0]}: oneDNN fwd + dX + dK **{run['onednn']['trio']:.2f}x** "
+           f"(fwd {run['onednn']['fwd']:.2f}, dX {run['onednn']['dX']:.2f}, dK "
+           f"{run['onednn']['dK']:.2f}), `matmul` {run['matmul_trio']:.2f}x "
+           f"(`{run['command']}`; {run['note'] + '; ' if run['note'] else ''}{run['machine']}; "
+           f"commit {run['commit']}, {run['date']}).\n" for run in d["runs"]]
+  return f"{d['what']}:\n\n" + "".join(lines)
+
+
 def memory_table() -> str:
   d = _data("memory_vs_resolution")
   rows = []
@@ -369,6 +380,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "vs-torch-families": vs_torch_families_table,
     "benchmark-table": benchmark_table,
     "conv-bench-table": conv_bench_table,
+    "conv-bench-bf16": conv_bench_bf16,
     "memory-table": memory_table,
     "memory-summary": memory_summary,
     "mixed-precision-memory": mixed_precision_memory,
