@@ -268,7 +268,7 @@ def vs_torch_families_table() -> str:
       rows.append([r["model"], str(r["batch"]), r["dtype"], f"{r['torch_s']:.2f} s",
                    f"{r['ours_s']:.2f} s", f"**{r['ratio']:.2f}** ({r['lo']:.2f}-{r['hi']:.2f})",
                    f"{r['torch_rss_gb']:.2f} GB", f"{r['ours_rss_gb']:.2f} GB",
-                   f"**{r['ours_rss_gb'] / r['torch_rss_gb']:.2f}**", str(i)])
+                   f"**{r['rss_ratio']:.2f}**", str(i)])
   return _table(["model", "batch", "dtype", "PyTorch step", "ours step", "/ PyTorch (range)",
                  "PyTorch peak RSS", "ours peak RSS", "/ PyTorch", "run"], rows) + "\n" + "".join(
                      sources)

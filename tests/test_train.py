@@ -113,15 +113,19 @@ def test_one_step_changes_every_parameter():
 @pytest.mark.parametrize("name", ["cms_lstm", "ms_cms_lstm", "modernn", "ms_modernn", "preciplstm",
                                   "ms_preciplstm", "mk_lstm", "ms_lstm"])
 def test_new_families_train(name):
-  """Two training steps of each of the authors' later models: finite losses, and the
-  first step moves every parameter (each one gets a gradient)."""
+  """Two data-parallel training steps (the batch split over the 4 devices) of each of the
+  authors' later models: finite losses, and the first step moves every parameter (each one
+  gets a gradient)."""
   config = _config()
   config.model.num_layers = 3 if name.startswith("ms_") else 2
   config.model.ce_iters = 2  # both kinds of CMS-LSTM's / MoDeRNN's gating rounds
   config.model.attention_window = 6
   state, step = _state_and_step(config, model_name=name)
   before = jax.tree.map(np.array, state.params)
-  frames = _batch()
+  mesh = sharding.make_mesh()
+  state = jax.device_put(state, sharding.replicated(mesh))
+  frames = sharding.shard_batch({"frames": np.asarray(_batch())}, mesh)["frames"]
+  assert len(frames.sharding.device_set) == 4
   state, m = step(state, frames, jnp.float32(1.0), jnp.float32(1.0))
   assert np.isfinite(float(m.loss.compute()))
   moved = jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)), before, state.params)
