@@ -272,6 +272,17 @@ def resize_frames(frames: np.ndarray, size: int | tuple[int, int],
   raise ValueError(f"resize_method={method!r} is unknown; use one of {RESIZE_METHODS}.")
 
 
+def open_h5(path: str, fix: str) -> Any:
+  """``h5py.File(path, 'r')``; a file that is not HDF5 (or is truncated) raises a one-line
+  ``ValueError`` ending in ``fix`` (what the user should do)."""
+  import h5py  # Imported here: only HDF5 inputs need it.
+
+  try:
+    return h5py.File(path, "r")
+  except OSError as e:
+    raise ValueError(f"cannot read {path}: truncated or not an HDF5 file ({e}); {fix}.") from None
+
+
 def read_gray_png(path: str | os.PathLike) -> np.ndarray:
   """Reads a PNG as uint8 ``(H, W)``; colour images keep channel 0 like the reference."""
   with Image.open(path) as img:

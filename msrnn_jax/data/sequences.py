@@ -116,12 +116,7 @@ def read_npz(path: str, key: str) -> np.ndarray:
 def read_h5(path: str, key: str) -> np.ndarray:
   import h5py  # Imported here: only HDF5 files need it.
 
-  try:
-    f = h5py.File(path, "r")
-  except OSError as e:
-    raise ValueError(f"cannot read {path}: truncated or not an HDF5 file ({e}); "
-                     f"{_FIX_ARRAY}.") from None
-  with f:
+  with common.open_h5(path, _FIX_ARRAY) as f:
     names: list[str] = []
     f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
     name = _choose_key(names, key, path)

@@ -50,14 +50,7 @@ def read_h5(path: str) -> tuple[np.ndarray, list[str]]:
   Returns:
     ``(data, dates)``: float32 ``(N, 2, 32, 32)`` and N strings ``YYYYMMDDSS``.
   """
-  import h5py  # Imported here: only TaxiBJ needs it.
-
-  try:
-    f = h5py.File(path, "r")
-  except OSError as e:
-    raise ValueError(f"cannot read {path}: truncated or not an HDF5 file ({e}); "
-                     f"download it again from {SOURCE}.") from e
-  with f:
+  with common.open_h5(path, f"download it again from {SOURCE}") as f:
     missing = [k for k in ("data", "date") if k not in f]
     if missing:
       raise ValueError(f"{path} lacks the key(s) {missing} (has {sorted(f.keys())}); "
