@@ -391,3 +391,18 @@ def test_cli_trains_evaluates_and_predicts_on_arrays(tmp_path, capsys):
   assert pred.shape == (2, 16, 16, 1) and pred.dtype == np.float32
   assert scaling.lo - 1e-4 <= pred.min() and pred.max() <= scaling.hi + 1e-4
   assert (tmp_path / "out" / "pred.png").is_file()
+
+
+def test_a_file_that_is_not_hdf5_is_one_line_naming_the_fix(tmp_path):
+  """The HDF5 readers (your own .h5 arrays, TaxiBJ's files) refuse a text file named .h5 in
+  one line that ends in what to do."""
+  import re
+
+  from msrnn_jax.data import sequences, taxibj
+  bad = tmp_path / "x.h5"
+  bad.write_text("not hdf5\n")
+  with pytest.raises(ValueError, match=r"x.h5: truncated or not an HDF5 file .*np.save / h5py\.$"):
+    sequences.read_h5(str(bad), "")
+  with pytest.raises(ValueError, match=rf"not an HDF5 file .*download it again from "
+                                       rf"{re.escape(taxibj.SOURCE)}\.$"):
+    taxibj.read_h5(str(bad))
