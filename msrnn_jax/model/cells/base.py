@@ -79,8 +79,8 @@ class CellBase(nn.Module):
 
   @classmethod
   def state_spec(cls, config: ModelConfig, layer: int) -> tuple[tuple[int, int], ...]:
-    """Per state: (channels, spatial divisor relative to the layer resolution)."""
-    raise NotImplementedError
+    """Per state: (channels, spatial divisor relative to the layer resolution); (H, C) here."""
+    return ((config.hidden, 1), (config.hidden, 1))
 
   @classmethod
   def paper_units(cls, config: ModelConfig) -> int:

@@ -53,10 +53,6 @@ class CMSLSTMCell(CellBase):
     self.se_zh = self.conv(3 * hd)
 
   @classmethod
-  def state_spec(cls, config, layer):
-    return ((config.hidden, 1), (config.hidden, 1))
-
-  @classmethod
   def paper_units(cls, config):
     # CE: a gate and the gated map per round; ConvLSTM 6; SE: per scale the
     # query, key, value and attended maps over both halves (8), the fused

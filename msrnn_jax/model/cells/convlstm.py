@@ -20,10 +20,6 @@ class ConvLSTMCell(CellBase):
     self.conv_x = self.conv(4 * self.hidden)
     self.conv_h = self.conv(4 * self.hidden)
 
-  @classmethod
-  def state_spec(cls, config, layer):
-    return ((config.hidden, 1), (config.hidden, 1))
-
   def __call__(self, x, state, m=None, diag=None):
     h, c = state
     h, c = lstm_update(fused_conv([self.conv_x, self.conv_h], [x, h]), c)

@@ -36,10 +36,6 @@ class MoDeRNNCell(CellBase):
     self.conv_h = self.conv(4 * hd)
 
   @classmethod
-  def state_spec(cls, config, layer):
-    return ((config.hidden, 1), (config.hidden, 1))
-
-  @classmethod
   def paper_units(cls, config):
     # Each DCB round: a gate and the gated map; then ConvLSTM's 6.
     return 2 * config.option("ce_iters") + 6

@@ -36,10 +36,6 @@ class STLSTMCell(CellBase):
     self.conv_mo = self.conv(hd)
     self.conv_last = self.conv(hd, in_features=2 * hd, kernel_size=1)
 
-  @classmethod
-  def state_spec(cls, config, layer):
-    return ((config.hidden, 1), (config.hidden, 1))
-
   def __call__(self, x, state, m, diag=None):
     h, c = state
     i, f, g, o = split_gates(fused_conv([self.conv_x, self.conv_h], [x, h]), 4)
