@@ -13,10 +13,10 @@ def _frames(shape, seed=0):
   return np.random.default_rng(seed).random(shape).astype(np.float32)
 
 
-def test_save_strip_size_and_content(tmp_path):
+def test_one_sequence_row_size_and_content(tmp_path):
   frames = _frames((5, 8, 6, 1))
   path = str(tmp_path / "strip.png")
-  visualize.save_strip(frames, path, scale=1)
+  visualize.save_sequences(frames[None], path, scale=1)
   image = iio.imread(path)
   assert image.shape == (8, 5 * 6 + 4 * GAP, 3)
   # Third tile, grey level = round(255 * value), same in R, G and B.
@@ -28,10 +28,10 @@ def test_save_strip_size_and_content(tmp_path):
   assert np.all(image[:, 6 : 6 + GAP] == 255)
 
 
-def test_save_strip_scale_and_two_channels(tmp_path):
+def test_one_sequence_row_scale_and_two_channels(tmp_path):
   frames = _frames((3, 4, 5, 2))
   path = str(tmp_path / "strip2.png")
-  visualize.save_strip(frames, path, scale=2)
+  visualize.save_sequences(frames[None], path, scale=2)
   image = iio.imread(path)
   # C=2: channels side by side inside each tile.
   tile_w = 2 * 5 * 2 + GAP
@@ -54,9 +54,9 @@ def test_small_frames_are_enlarged_to_a_readable_size(tmp_path):
   assert visualize.display_scale(88, 88) == 2 and visualize.display_scale(200, 100) == 1
 
 
-def test_save_strip_rejects_bad_shape(tmp_path):
+def test_save_sequences_rejects_bad_shape(tmp_path):
   with pytest.raises(ValueError):
-    visualize.save_strip(_frames((2, 3, 8, 6, 1)), str(tmp_path / "x.png"))
+    visualize.save_sequences(_frames((3, 8, 6, 1)), str(tmp_path / "x.png"))
 
 
 def test_prediction_grid_png_rows_and_gif_frames(tmp_path):

@@ -93,24 +93,14 @@ def _compose(tiles: Sequence[Sequence[np.ndarray | None]], gap: int = GAP) -> np
   return canvas
 
 
-def save_strip(frames: Any, path: str, scale: int | None = None) -> np.ndarray:
-  """Saves a sequence as a one-row PNG strip.
+def _with_progress_bar(grid: np.ndarray, done: int, total: int, shade: int) -> np.ndarray:
+  """``grid`` above a bar filled ``done / total`` of its width in grey ``shade``.
 
-  Args:
-    frames: <float>[time, height, width, channels] in [0, 1].
-    path: output PNG path.
-    scale: integer nearest-neighbour upscaling factor; None: ``display_scale``.
-
-  Returns:
-    The written <uint8>[tile_h, time * tile_w + (time - 1) * GAP, 3] image.
+  The bar also keeps consecutive GIF frames distinct, so the writer never merges them.
   """
-  frames = np.asarray(frames)
-  if frames.ndim != 4:
-    raise ValueError(f"frames must be [T, H, W, C], got shape {frames.shape}")
-  tiles = to_rgb(frames, scale)
-  image = _compose([list(tiles)])
-  iio.imwrite(path, image)
-  return image
+  bar = np.full((GAP + 3, grid.shape[1], 3), _BACKGROUND, np.uint8)
+  bar[GAP:, :int(round(grid.shape[1] * done / total))] = shade
+  return np.concatenate([grid, bar], axis=0)
 
 
 def save_sequences(
@@ -145,13 +135,8 @@ def save_sequences(
   iio.imwrite(path_png, image)
   if path_gif is not None:
     steps = frames.shape[1]
-    animation = []
-    for t in range(steps):
-      grid = _compose([[tiles[n, t]] for n in range(frames.shape[0])])
-      bar = np.full((GAP + 3, grid.shape[1], 3), _BACKGROUND, np.uint8)
-      filled = int(round(grid.shape[1] * (t + 1) / steps))
-      bar[GAP:, :filled] = 160 if t < context_len else 64
-      animation.append(np.concatenate([grid, bar], axis=0))
+    animation = [_with_progress_bar(_compose([[tile] for tile in tiles[:, t]]), t + 1, steps,
+                                    160 if t < context_len else 64) for t in range(steps)]
     iio.imwrite(path_gif, np.stack(animation), duration=gif_duration_ms, loop=0)
   return image
 
@@ -172,8 +157,7 @@ def prediction_grid(
   aligned column by column; a shorter row is padded with white).
 
   GIF layout: one animation frame per future time step; each sequence is one
-  row ``truth | prediction``, with a thin progress bar under the grid. The bar
-  also keeps consecutive frames distinct, so the GIF writer never merges them.
+  row ``truth | prediction``, with a thin progress bar under the grid.
 
   Args:
     context: <float>[num_seq, in_len, height, width, channels] in [0, 1].
@@ -206,13 +190,9 @@ def prediction_grid(
 
   if path_gif is not None:
     out_len = truth.shape[1]
-    animation = []
-    for t in range(out_len):
-      grid = _compose([[truth_rgb[n, t], pred_rgb[n, t]] for n in range(truth.shape[0])])
-      bar = np.full((GAP + 3, grid.shape[1], 3), _BACKGROUND, np.uint8)
-      filled = int(round(grid.shape[1] * (t + 1) / out_len))
-      bar[GAP:, :filled] = 64
-      animation.append(np.concatenate([grid, bar], axis=0))
+    grids = [_compose([[truth_rgb[n, t], pred_rgb[n, t]] for n in range(truth.shape[0])])
+             for t in range(out_len)]
+    animation = [_with_progress_bar(grid, t + 1, out_len, 64) for t, grid in enumerate(grids)]
     iio.imwrite(path_gif, np.stack(animation), duration=gif_duration_ms, loop=0)
   return image
 
