@@ -306,6 +306,15 @@ def check_same_size(shape: tuple[int, ...], expected: tuple[int, ...] | None, wh
   return shape
 
 
+def list_file_param(key: str, path: str) -> list[str]:
+  """``[absolute path, SHA-1 of the contents]`` of the list file a config key names, so that
+  editing the list gives the data a new config name."""
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{key}={path!r} does not exist; fix the path or set it to ''.")
+  with open(path, "rb") as f:
+    return [os.path.abspath(path), hashlib.sha1(f.read()).hexdigest()]
+
+
 def missing_files_error(dataset: str, expected: Sequence[str], source: str) -> FileNotFoundError:
   """One-line error listing the expected paths and where to obtain them."""
   shown = ", ".join(str(p) for p in expected[:6])
@@ -318,12 +327,8 @@ def missing_files_error(dataset: str, expected: Sequence[str], source: str) -> F
 def groups_from_starts(starts: np.ndarray, step: int) -> list[list[int]]:
   """Compresses sorted window starts into ``[start, count, 1, step]`` groups of stride 1."""
   starts = np.asarray(starts, np.int64)
-  if len(starts) == 0:
-    return []
-  breaks = np.nonzero(np.diff(starts) != 1)[0] + 1
-  edges = np.concatenate([[0], breaks, [len(starts)]])
-  return [[int(starts[a]), int(b - a), 1, int(step)]
-          for a, b in zip(edges[:-1], edges[1:], strict=True)]
+  return [[int(starts[first]), length, 1, int(step)]
+          for first, length in runs_of_constant_spacing(starts, 1)]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,6 @@ to dBZ and rain rate through the functions re-exported below from
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import zlib
@@ -177,23 +176,13 @@ def split_windows(minutes: np.ndarray, seq_len: int, interval: int, stride: int,
   return groups
 
 
-def _hash_file(path: str) -> str:
-  with open(path, "rb") as f:
-    return hashlib.sha1(f.read()).hexdigest()
-
-
 def builder_config(data_cfg: Any) -> common.MsrnnBuilderConfig:
   if data_cfg.channels != 1:
     raise ValueError(f"config.data.channels={data_cfg.channels} but HKO-7 is grayscale; "
                      "set channels=1.")
-  lists = {}
-  for split, key in (("train", "hko_train_days"), ("validation", "hko_valid_days"),
-                     ("test", "hko_test_days")):
-    path = getattr(data_cfg, key)
-    if path:
-      if not os.path.isfile(path):
-        raise FileNotFoundError(f"{key}={path!r} does not exist; fix the path or set it to ''.")
-      lists[split] = [os.path.abspath(path), _hash_file(path)]
+  lists = {split: common.list_file_param(key, getattr(data_cfg, key))
+           for split, key in (("train", "hko_train_days"), ("validation", "hko_valid_days"),
+                              ("test", "hko_test_days")) if getattr(data_cfg, key)}
   ranges = {split: parse_range(getattr(data_cfg, key), key)
             for split, key in (("train", "hko_train_range"), ("validation", "hko_valid_range"),
                                ("test", "hko_test_range"))}

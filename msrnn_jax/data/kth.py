@@ -20,7 +20,6 @@ numbers) restrict the windows to those frame ranges.
 from __future__ import annotations
 
 import glob
-import hashlib
 import os
 import re
 from typing import Any
@@ -155,14 +154,8 @@ def builder_config(data_cfg: Any) -> common.MsrnnBuilderConfig:
   if data_cfg.channels != 1:
     raise ValueError(f"config.data.channels={data_cfg.channels} but KTH is grayscale; "
                      "set channels=1.")
-  lists = {}
-  for key in ("kth_train_list", "kth_test_list"):
-    path = getattr(data_cfg, key)
-    if path:
-      if not os.path.isfile(path):
-        raise FileNotFoundError(f"{key}={path!r} does not exist; fix the path or set it to ''.")
-      with open(path, "rb") as f:
-        lists[key] = [os.path.abspath(path), hashlib.sha1(f.read()).hexdigest()]
+  lists = {key: common.list_file_param(key, getattr(data_cfg, key))
+           for key in ("kth_train_list", "kth_test_list") if getattr(data_cfg, key)}
   params = dict(classes=list(classes(data_cfg)), image_size=int(data_cfg.image_size),
                 channels=1, resize=data_cfg.resize_method,
                 train_len=config_lib.split_seq_len(data_cfg, "train"),

@@ -67,6 +67,15 @@ def find_idx_file(folder: str, stem: str) -> str | None:
   return None
 
 
+def idx_paths(folder: str) -> list[str]:
+  """The train and test idx files in ``folder``; a missing one raises ``FileNotFoundError``."""
+  paths = [find_idx_file(folder, stem) for stem in (IDX_TRAIN, IDX_TEST)]
+  if not all(paths):
+    raise common.missing_files_error(
+        "mmnist", [os.path.join(folder, s + "[.gz]") for s in (IDX_TRAIN, IDX_TEST)], MNIST_SOURCE)
+  return paths
+
+
 def read_idx_images(path: str) -> np.ndarray:
   """Reads an MNIST idx3 image file (optionally gzip-compressed).
 
@@ -113,11 +122,8 @@ def digit_pools(source: str, folder: str, train_fraction: float) -> tuple[np.nda
     digits = sklearn_digits()
     cut = int(round(train_fraction * len(digits)))
     return digits[:cut], digits[cut:]
-  paths = [find_idx_file(folder, IDX_TRAIN), find_idx_file(folder, IDX_TEST)]
-  if not all(paths):
-    raise common.missing_files_error(
-        "mmnist", [os.path.join(folder, s + "[.gz]") for s in (IDX_TRAIN, IDX_TEST)], MNIST_SOURCE)
-  return read_idx_images(paths[0]), read_idx_images(paths[1])
+  train, test = idx_paths(folder)
+  return read_idx_images(train), read_idx_images(test)
 
 
 def resize_digits(digits: np.ndarray, size: int) -> np.ndarray:
@@ -251,13 +257,8 @@ def builder_config(data_cfg: Any) -> common.MsrnnBuilderConfig:
     params.update(digit_size=digit, num_train=int(data_cfg.mmnist_num_train),
                   num_test=int(data_cfg.mmnist_num_test), seed=int(data_cfg.mmnist_seed))
     if source == "idx":
-      paths = [find_idx_file(folder, stem) for stem in (IDX_TRAIN, IDX_TEST)]
-      if not all(paths):
-        raise common.missing_files_error(
-            "mmnist", [os.path.join(folder, s + "[.gz]") for s in (IDX_TRAIN, IDX_TEST)],
-            MNIST_SOURCE)
       # File sizes stand in for the contents: a different download gets a new config.
-      params.update(idx_bytes=[os.path.getsize(path) for path in paths])
+      params.update(idx_bytes=[os.path.getsize(path) for path in idx_paths(folder)])
     prefix = (f"{source}_s{size}_t{params['train_len']}-{params['test_len']}"
               f"_n{params['num_train']}-{params['num_test']}_seed{params['seed']}")
   return common.make_builder_config(prefix, params)

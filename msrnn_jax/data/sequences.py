@@ -103,12 +103,9 @@ def read_npz(path: str, key: str) -> np.ndarray:
   try:
     with np.load(path, allow_pickle=False) as npz:
       return np.asarray(npz[_choose_key(list(npz.keys()), key, path)])
-  except ValueError as e:
-    if "sequences_key" in str(e):
-      raise
-    raise ValueError(f"cannot read {path}: truncated or damaged .npz file ({e}); "
-                     f"{_FIX_ARRAY}.") from None
   except Exception as e:  # noqa: BLE001  (zipfile, zlib and OS errors of a damaged file)
+    if "sequences_key" in str(e):  # _choose_key's own message
+      raise
     raise ValueError(f"cannot read {path}: truncated or damaged .npz file ({e}); "
                      f"{_FIX_ARRAY}.") from None
 
