@@ -77,35 +77,29 @@ def parse_args(argv=None) -> argparse.Namespace:
   return args
 
 
+def _rates(ts: list[float], f: float, mm: list[float], mm_flops: float) -> dict[str, float]:
+  """One case's median seconds, GFLOP/s and ratio to the matmul timed in the same rounds."""
+  return {"seconds": statistics.median(ts), "gflops": statistics.median(f / t / 1e9 for t in ts),
+          "ratio_to_matmul": statistics.median(f / t / (mm_flops / m)
+                                               for t, m in zip(ts, mm, strict=False)),
+          "calls": len(ts)}
+
+
 def summarize(times: dict[str, list[float]], flops: dict[str, float],
-              matmul_key: str = "matmul") -> dict[str, dict[str, float]]:
+              ) -> dict[str, dict[str, float]]:
   """Median seconds and GFLOP/s per case; ratio to the matmul of the same rounds."""
-  mm = times[matmul_key]
-  mm_flops = flops[matmul_key]
-  out = {}
-  for name, ts in times.items():
-    gf = [flops[name] / t / 1e9 for t in ts]
-    ratios = [flops[name] / t / (mm_flops / m) for t, m in zip(ts, mm, strict=False)]
-    out[name] = {"seconds": statistics.median(ts), "gflops": statistics.median(gf),
-                 "ratio_to_matmul": statistics.median(ratios), "calls": len(ts)}
-  return out
+  return {name: _rates(ts, flops[name], times["matmul"], flops["matmul"])
+          for name, ts in times.items()}
 
 
-def add_trios(times: dict[str, list[float]], flops: dict[str, float], summary: dict,
-              matmul_key: str = "matmul") -> None:
+def add_trios(times: dict[str, list[float]], flops: dict[str, float], summary: dict) -> None:
   """Adds ``<impl>/trio``: fwd + dX + dK, the three calls' times summed round by round."""
-  mm, mm_flops = times[matmul_key], flops[matmul_key]
   for name in [n[:-4] for n in times if n.endswith("/fwd")]:
     parts = [times.get(f"{name}/{p}") for p in ("fwd", "dX", "dK")]
-    if not all(parts):
-      continue
-    trio = [sum(ts) for ts in zip(*parts, strict=False)]
-    f = sum(flops[f"{name}/{p}"] for p in ("fwd", "dX", "dK"))
-    summary[f"{name}/trio"] = {
-        "seconds": statistics.median(trio), "gflops": statistics.median(f / t / 1e9 for t in trio),
-        "ratio_to_matmul": statistics.median(f / t / (mm_flops / m)
-                                             for t, m in zip(trio, mm, strict=False)),
-        "calls": len(trio)}
+    if all(parts):
+      trio = [sum(ts) for ts in zip(*parts, strict=False)]
+      f = sum(flops[f"{name}/{p}"] for p in ("fwd", "dX", "dK"))
+      summary[f"{name}/trio"] = _rates(trio, f, times["matmul"], flops["matmul"])
 
 
 def conv_flops(b, h, w, cin, cout, k):

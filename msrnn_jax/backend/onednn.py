@@ -105,7 +105,7 @@ def _cache_dir() -> str:
                         os.path.join(os.path.expanduser("~"), ".cache", "msrnn_jax"))
 
 
-def build(verbose: bool = False) -> str:
+def build() -> str:
   """Compiles the FFI handlers (once per source, jaxlib and oneDNN version).
 
   Returns:
@@ -135,8 +135,6 @@ def build(verbose: bool = False) -> str:
   proc = subprocess.run(cmd, capture_output=True, text=True)
   if proc.returncode != 0:
     raise RuntimeError(f"compiling {_SOURCE} failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
-  if verbose:
-    print(" ".join(cmd))
   os.replace(tmp, out)  # atomic: concurrent builders never see a partial file
   return out
 

@@ -36,17 +36,16 @@ def display_scale(height: int, width: int) -> int:
   return max(1, math.ceil(MIN_DISPLAY_SIDE / max(height, width, 1)))
 
 
-def to_rgb(frames: Any, scale: int | None = None, gap: int = GAP) -> np.ndarray:
+def to_rgb(frames: Any, scale: int | None = None) -> np.ndarray:
   """Converts frames to displayable uint8 RGB tiles.
 
   Args:
     frames: <float>[..., height, width, channels] in [0, 1] (clipped).
     scale: integer nearest-neighbour upscaling factor; None: ``display_scale``.
-    gap: separator width between channels when C is not 1 or 3.
 
   Returns:
     <uint8>[..., height * scale, tile_width, 3], where tile_width is
-    ``width * scale`` for C in {1, 3} and ``C * width * scale + (C - 1) * gap``
+    ``width * scale`` for C in {1, 3} and ``C * width * scale + (C - 1) * GAP``
     otherwise.
   """
   x = np.clip(np.asarray(frames, np.float32), 0.0, 1.0)
@@ -63,32 +62,31 @@ def to_rgb(frames: Any, scale: int | None = None, gap: int = GAP) -> np.ndarray:
   parts = []
   for c in range(channels):
     if c:
-      parts.append(np.full((*x.shape[:-2], gap), _BACKGROUND, np.uint8))
+      parts.append(np.full((*x.shape[:-2], GAP), _BACKGROUND, np.uint8))
     parts.append(x[..., c])
   return np.repeat(np.concatenate(parts, axis=-1)[..., None], 3, axis=-1)
 
 
-def _compose(tiles: Sequence[Sequence[np.ndarray | None]], gap: int = GAP) -> np.ndarray:
+def _compose(tiles: Sequence[Sequence[np.ndarray | None]]) -> np.ndarray:
   """Lays out RGB tiles of one size on a white canvas; None leaves a blank cell.
 
   Args:
     tiles: rows of <uint8>[tile_h, tile_w, 3] tiles (rows may differ in length).
-    gap: separator between cells.
 
   Returns:
-    <uint8>[rows * tile_h + (rows - 1) * gap, cols * tile_w + (cols - 1) * gap, 3].
+    <uint8>[rows * tile_h + (rows - 1) * GAP, cols * tile_w + (cols - 1) * GAP, 3].
   """
   shape = next(t.shape for row in tiles for t in row if t is not None)
   th, tw = shape[0], shape[1]
   rows = len(tiles)
   cols = max(len(row) for row in tiles)
   canvas = np.full(
-    (rows * th + (rows - 1) * gap, cols * tw + (cols - 1) * gap, 3), _BACKGROUND, np.uint8
+    (rows * th + (rows - 1) * GAP, cols * tw + (cols - 1) * GAP, 3), _BACKGROUND, np.uint8
   )
   for r, row in enumerate(tiles):
     for c, tile in enumerate(row):
       if tile is not None:
-        y, x = r * (th + gap), c * (tw + gap)
+        y, x = r * (th + GAP), c * (tw + GAP)
         canvas[y : y + th, x : x + tw] = tile
   return canvas
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 from absl import logging
+from flax import traverse_util
 
 
 def rewind_jsonl(path: str, step: int, lines: int | None = None) -> int:
@@ -130,7 +131,7 @@ class Writer:
     if not self.enabled:
       return
     flat = {k: (v if isinstance(v, int | float | str | bool) else str(v))
-            for k, v in _flatten(hparams).items()}
+            for k, v in traverse_util.flatten_dict(hparams, sep=".").items()}
     if self._clu is not None:
       self._clu.write_hparams(flat)
     else:
@@ -144,16 +145,6 @@ class Writer:
       self._tb.close()
     if self._clu is not None:
       self._clu.close()
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
 
 
 class Progress:
