@@ -114,12 +114,11 @@ def run_one(base, model: str, seed: int, out: str, runs: str) -> dict:
       train.train_and_evaluate(config, workdir)
     except BaseException:
       # Stopped (a signal, an error): the sitting's time still counts; rerun to resume.
-      segment.update(end=_now(), wall_s=round(time.perf_counter() - started, 1),
-                     interrupted=True)
-      _write(segments_file, segments + [segment])
+      segment["interrupted"] = True
       raise
-    segment.update(end=_now(), wall_s=round(time.perf_counter() - started, 1))
-    _write(segments_file, segments + [segment])
+    finally:
+      segment.update(end=_now(), wall_s=round(time.perf_counter() - started, 1))
+      _write(segments_file, segments + [segment])
   result = _read(result_file, None)
   segments = _read(segments_file, [])
   receipt = {

@@ -32,6 +32,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from flax import traverse_util
 
 # The exit status of a lost or unreachable peer (sysexits.h EX_PROTOCOL: a
 # remote error). A rerun can succeed: requeue on it.
@@ -190,16 +191,7 @@ def initialize(group: Any) -> bool:
 
 
 def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  out = {}
-
-  def walk(node: Any, prefix: str) -> None:
-    if isinstance(node, dict):
-      for k, v in node.items():
-        walk(v, f"{prefix}{k}.")
-    else:
-      out[prefix[:-1]] = node
-
-  walk(config.to_dict(), "")
+  out = traverse_util.flatten_dict(config.to_dict(), sep=".")
   out.pop("distributed.process_id", None)  # the one key that differs by design
   return json.loads(json.dumps(out, sort_keys=True, default=str))
 
