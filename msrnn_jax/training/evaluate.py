@@ -21,7 +21,7 @@ from msrnn_jax import data
 from msrnn_jax.evaluation import metrics, visualize
 from msrnn_jax.training import checkpointing, config_checks, run, sharding
 from msrnn_jax.training import workdir as workdir_lib
-from msrnn_jax.training.step import create_model, is_radar, make_eval_step
+from msrnn_jax.training.step import create_model, make_eval_step
 
 
 def _host(x: jax.Array) -> np.ndarray:
@@ -32,7 +32,7 @@ def _host(x: jax.Array) -> np.ndarray:
 
 
 def evaluate(config: ml_collections.ConfigDict, params: Any, mesh: jax.sharding.Mesh, split: str,
-             max_examples: int | None = None, eval_step: Callable | None = None,
+             eval_step: Callable, max_examples: int | None = None,
              before_batch: Callable[[], None] | None = None) -> dict[str, Any]:
   """Evaluates ``params`` on a split with both protocols and the trivial baselines.
 
@@ -41,11 +41,9 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, mesh: jax.sharding.
     params: model parameters (replicated over ``mesh``).
     mesh: the device mesh; each batch is sharded over it.
     split: 'validation', 'test' or 'train'.
+    eval_step: ``make_eval_step`` of the model; one for every evaluation of a run
+      reuses its compilation (every evaluation split has the same in/out lengths).
     max_examples: evaluate only the first this-many examples.
-    eval_step: ``make_eval_step`` of the model, passed by a caller that
-      evaluates more than once so that every evaluation reuses its
-      compilation (every evaluation split has the same in/out lengths); None
-      builds one for this call.
     before_batch: called before each batch; it may raise to stop (a signal).
 
   Returns:
@@ -56,9 +54,6 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, mesh: jax.sharding.
   """
   # Every split has data.in_len context frames, the in_len of create_model.
   in_len, _ = data.sequence_lengths(config.data, split)
-  step = eval_step
-  if step is None:
-    step = make_eval_step(create_model(config), is_radar(config.data))
   acc = metrics.EvalAccumulator()
   base = {name: metrics.EvalAccumulator() for name in metrics.BASELINES}
   num_vis = config.eval.num_visualize
@@ -70,7 +65,7 @@ def evaluate(config: ml_collections.ConfigDict, params: Any, mesh: jax.sharding.
     if before_batch is not None:
       before_batch()
     global_batch = sharding.shard_batch(batch, mesh)
-    stats, base_stats, preds = step(params, global_batch["frames"], global_batch["mask"])
+    stats, base_stats, preds = eval_step(params, global_batch["frames"], global_batch["mask"])
     acc.update(stats)
     for name, b in base_stats.items():
       base[name].update(b)
@@ -183,7 +178,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
                             during="the evaluation")
 
     ev = evaluate(config, params, mesh, config.eval.split, max_examples=max_examples,
-                  eval_step=make_eval_step(model, is_radar(config.data)),
+                  eval_step=make_eval_step(model, data.radar_metrics(config.data)),
                   before_batch=stop_on_signal)
     if jax.process_index() == 0:
       paths = write_evaluation(ev, workdir, config.eval.split)

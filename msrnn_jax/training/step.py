@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from msrnn_jax import data
 from msrnn_jax import model as model_lib
 from msrnn_jax.evaluation import metrics
 from msrnn_jax.training import losses, sampling
@@ -39,19 +38,17 @@ class TrainState:
   rng: jax.Array
 
 
-def model_config(config: ml_collections.ConfigDict, in_len: int | None = None
-                 ) -> model_lib.ModelConfig:
+def model_config(config: ml_collections.ConfigDict) -> model_lib.ModelConfig:
   """The validated ``ModelConfig`` of ``config`` (pure Python: the checks run it before JAX starts)."""
   options = {k: v for k, v in config.model.items() if k != "name"}
   return model_lib.config_for(config.model.name, channels=config.data.channels,
-                              in_len=in_len or config.data.in_len,
+                              in_len=config.data.in_len,
                               conv_impl=config.backend.conv_impl, **options)
 
 
-def create_model(config: ml_collections.ConfigDict, in_len: int | None = None
-                 ) -> model_lib.Predictor:
+def create_model(config: ml_collections.ConfigDict) -> model_lib.Predictor:
   """The model of ``config.model`` for the frames of ``config.data``, on ``config.backend``'s kernel."""
-  return model_lib.Predictor(model_config(config, in_len).resolved())
+  return model_lib.Predictor(model_config(config).resolved())
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -120,11 +117,6 @@ def make_train_step(model: model_lib.Predictor, tx: optax.GradientTransformation
     return new_state, batch_metrics
 
   return jax.jit(train_step, donate_argnums=(0,))
-
-
-def is_radar(data_cfg: ml_collections.ConfigDict) -> bool:
-  """Whether evaluation adds the radar metrics (the data set's registry entry says)."""
-  return data.radar_metrics(data_cfg)
 
 
 def make_eval_step(model: model_lib.Predictor, radar: bool) -> Callable:

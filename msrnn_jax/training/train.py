@@ -46,7 +46,6 @@ from msrnn_jax.training.step import (
     create_model,
     create_optimizer,
     create_train_state,
-    is_radar,
     make_eval_step,
     make_train_step,
     sampling_mode,
@@ -136,7 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   # Built once per run: the train step compiles once, and the eval step once
   # for all the periodic validations and the final test (same shapes).
   train_step = make_train_step(model, tx, in_len, config.train.decouple_weight)
-  eval_step = make_eval_step(model, is_radar(config.data))
+  eval_step = make_eval_step(model, data.radar_metrics(config.data))
 
   with run.locked_workdir(workdir), contextlib.ExitStack() as cleanup:
     ckpt = Checkpointer(os.path.join(workdir, checkpointing.CHECKPOINT_DIR),
