@@ -63,15 +63,11 @@ _FIX_ARRAY = "save it again with np.save / h5py"
 # Reading one entry.
 
 
-def _npy_magic(path: str) -> bytes:
-  with open(path, "rb") as f:
-    return f.read(6)
-
-
 def read_npy(path: str) -> np.ndarray:
   """A ``.npy`` array, memory-mapped; a zip (``.npz``) or text file is refused clearly."""
   try:
-    magic = _npy_magic(path)
+    with open(path, "rb") as f:
+      magic = f.read(6)
   except OSError as e:
     raise ValueError(f"cannot read {path} ({e.strerror or e}); check the file.") from None
   if magic[:4] == b"PK\x03\x04":
@@ -366,10 +362,6 @@ def list_entries(folder: str, data_dir: str = "") -> list[str]:
   return names
 
 
-def _patterns(value: str) -> list[str]:
-  return [p.strip() for p in str(value).split(",") if p.strip()]
-
-
 def assign_splits(entries: Sequence[str], units: Sequence[Unit], params: dict[str, Any],
                   ) -> tuple[dict[str, list[Unit]], list[str]]:
   """Puts whole files (or, for one many-sequence file, sequences) into splits.
@@ -377,7 +369,8 @@ def assign_splits(entries: Sequence[str], units: Sequence[Unit], params: dict[st
   Returns:
     ``(splits, unused)``: split -> units in file order, and the files no list names.
   """
-  lists = {split: _patterns(params[key]) for split, key in _LIST_KEYS.items()}
+  lists = {split: [p.strip() for p in str(params[key]).split(",") if p.strip()]
+           for split, key in _LIST_KEYS.items()}
   if any(lists.values()):
     chosen: dict[str, str] = {}
     for split in ("test", "validation", "train"):  # a file listed twice goes to test first
