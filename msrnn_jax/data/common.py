@@ -83,8 +83,8 @@ class MsrnnBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base class of the msrnn_jax builders (ArrayRecord output, raw files in a manual dir).
 
   Subclasses set ``STORAGE``, ``HOMEPAGE`` and ``DESCRIPTION`` and implement
-  ``_split_generators`` / ``_generate_examples``. The config ``params`` must hold
-  ``image_size`` and ``channels``.
+  ``_split_generators``, which returns the split generators. The config ``params`` must
+  hold ``image_size`` and ``channels``.
   """
 
   VERSION = VERSION
@@ -135,21 +135,15 @@ class MsrnnBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         disable_shuffling=True,
     )
 
-  def _split_generators(self, dl_manager):
-    raise NotImplementedError
-
   def _generate_examples(self, **kwargs):
+    # Abstract in tfds; every builder here returns its generators from _split_generators.
     raise NotImplementedError
 
   def set_windows(self, split: str, groups: Sequence[Sequence[int]], seq_len: int) -> None:
     """Records the window groups and window length of a frame-storage split."""
     meta = self.info.metadata
-    windows = dict(meta.get("windows", {}))
-    windows[split] = [[int(v) for v in g] for g in groups]
-    lengths = dict(meta.get("seq_len", {}))
-    lengths[split] = int(seq_len)
-    meta["windows"] = windows
-    meta["seq_len"] = lengths
+    meta["windows"] = {**meta.get("windows", {}), split: [[int(v) for v in g] for g in groups]}
+    meta["seq_len"] = {**meta.get("seq_len", {}), split: int(seq_len)}
 
 
 # ----------------------------------------------------------------------------------------------
