@@ -69,17 +69,13 @@ def run(config: Any, workdir: str, mode: str = "train", input_path: str | None =
     else:
       raise ValueError(f"--mode={mode} is unknown; use train, eval or predict.")
   except run.Preempted as e:
-    print(f"stopped: {one_line(e)} (exit status {EXIT_PREEMPTED})", file=sys.stderr, flush=True)
-    return EXIT_PREEMPTED
+    return _report("stopped", e, EXIT_PREEMPTED)
   except distributed.PeerLost as e:
-    print(f"error: {one_line(e)} (exit status {EXIT_PEER_LOST})", file=sys.stderr, flush=True)
-    return EXIT_PEER_LOST
+    return _report("error", e, EXIT_PEER_LOST)
   except (ValueError, OSError, FloatingPointError, RuntimeError) as e:
     if (lost := distributed.peer_failure(e)) is not None:
       logging.debug("error details", exc_info=True)
-      print(f"error: {one_line(lost)} (exit status {EXIT_PEER_LOST})", file=sys.stderr,
-            flush=True)
-      return EXIT_PEER_LOST
+      return _report("error", lost, EXIT_PEER_LOST)
     if not isinstance(e, ValueError | OSError | FloatingPointError):
       raise
     # Bad input: one line saying what to do. The traceback is for developers
@@ -88,6 +84,12 @@ def run(config: Any, workdir: str, mode: str = "train", input_path: str | None =
     print(f"error: {one_line(e)}", file=sys.stderr, flush=True)
     return EXIT_ERROR
   return EXIT_OK
+
+
+def _report(what: str, error: BaseException, status: int) -> int:
+  """Prints ``what: <error in one line> (exit status <status>)``; returns ``status``."""
+  print(f"{what}: {one_line(error)} (exit status {status})", file=sys.stderr, flush=True)
+  return status
 
 
 def finish(status: int) -> None:
