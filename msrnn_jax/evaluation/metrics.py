@@ -59,11 +59,6 @@ _COUNT_KEYS = ("hits", "misses", "false_alarms", "correct_negatives")
 _SKILL_SCORES = ("pod", "far", "csi", "hss")
 
 
-def threshold_name(threshold: float) -> str:
-  """Key suffix of a rain threshold: 0.5 -> '0.5', 30.0 -> '30'."""
-  return f"{threshold:g}"
-
-
 def pixel_thresholds() -> np.ndarray:
   """HKO rain thresholds converted to pixel values in [0, 1].
 
@@ -388,7 +383,7 @@ class EvalAccumulator:
       scores = skill_scores(*(self._sums[k] for k in _COUNT_KEYS))
       for i, thr in enumerate(rainfall.THRESHOLDS):
         for name in _SKILL_SCORES:
-          out[f"{name}_{threshold_name(thr)}"] = scores[name][i]
+          out[f"{name}_{thr:g}"] = scores[name][i]  # e.g. csi_0.5, csi_30
     return out
 
   def result(self, in_len: int) -> dict[str, Any]:
