@@ -47,6 +47,9 @@ CELLS = tuple(cells.FAMILIES)
 ALL_MODELS = tuple(n for c in CELLS for n in (c, f"ms_{c}"))
 REMATS = ("none", "step", "cell")
 DEFAULT_SIZES = (32, 64, 128, 256, 512, 1024)
+# --quick's values of the flags the command line does not give.
+QUICK = dict(models="convlstm,ms_convlstm", sizes="16,32", remat="none,step", hidden=8,
+             budget_gb=0.05, max_size=256)
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 CSV_FIELDS = ("model", "remat", "size", "total_bytes", "temp_bytes", "argument_bytes",
               "output_bytes", "alias_bytes", "params", "paper_all_bytes", "implied_units",
@@ -85,18 +88,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   args = p.parse_args(argv)
   if args.quick:
     given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
-    if "--models" not in given:
-      args.models = "convlstm,ms_convlstm"
-    if "--sizes" not in given:
-      args.sizes = "16,32"
-    if "--remat" not in given:
-      args.remat = "none,step"
-    if "--hidden" not in given:
-      args.hidden = 8
-    if "--budget-gb" not in given:
-      args.budget_gb = 0.05
-    if "--max-size" not in given:
-      args.max_size = 256
+    for key, value in QUICK.items():
+      if "--" + key.replace("_", "-") not in given:
+        setattr(args, key, value)
   args.out = args.out or os.path.join(
       RESULTS, "memory_vs_resolution" + ("_quick" if args.quick else ""))
   return args

@@ -18,24 +18,17 @@ all in float32:
   ``msrnn_jax.training.losses``, plus 0.01 x PredRNN-V2's decoupling term):
   ``|a - b| / |b|``;
 * every parameter gradient: ``max|a - b| / max|b|`` per tensor (``a`` ours,
-  ``b`` PyTorch's), reported as the worst tensor; a tensor whose gradient is
-  zero by construction (below ``ZERO_GRAD`` of the model's largest, as the
-  bias of CMS-LSTM's attention keys, which the softmax ignores) is compared
-  at the scale of the model's largest gradient;
+  ``b`` PyTorch's), reported as the worst tensor (see ``grad_errors`` for
+  gradients that are zero by construction);
 * the parameter counts (equal, and at 6 x 64 equal to the authors' models;
   for PredRNN++ less the GHU pairs the authors build in every layer but use
   only in layer 1, which we do not create).
 
-TrajGRU and MotionRNN are compared with the intended warping maths, which
-both sides implement (``docs/model.md``, "Deviations"; the rebuild's
-``warp='literal'`` is the authors' literal code), the PyTorch side with its
-``warp='exact'`` sampling (``PARITY_OPTIONS``): with ``F.grid_sample`` the
-grid's normalisation rounds the sample points, and the gradient with respect
-to a flow jumps where a point crosses a pixel boundary, which moves a few
-gradient terms across (worst gradient about 1e-3 at the default size; the
-outputs agree to 3e-7 either way). Family options given on the command line
-(``--attention-window``, PrecipLSTM's local-attention window) go to both
-sides, to the families that have them.
+TrajGRU and MotionRNN are compared with the intended warping maths
+(``docs/model.md``, "Deviations"), the PyTorch side sampling with
+``warp='exact'`` (``PARITY_OPTIONS``; why: experiments/README.md). Family
+options given on the command line (``--attention-window``) go to both sides,
+to the families that have them.
 
 A model passes when all three relative errors are <= ``--threshold`` (1e-4).
 The mask is a fixed random 0/1 mask over all T-1 steps: the models must both
@@ -51,15 +44,8 @@ loss, gradients), says so and compares nothing.
 PyTorch is not a project requirement. This process (the project's venv) runs
 the JAX side and starts ``--torch-python`` (default: this interpreter) on this
 same file in ``--torch-side`` mode for the PyTorch side, which needs ``torch``
-and ``numpy`` only (not msrnn_jax). Set up once, in a virtualenv outside the
-repository::
-
-    python3 -m venv torchenv
-    torchenv/bin/pip install numpy
-    torchenv/bin/pip install torch --index-url https://download.pytorch.org/whl/cpu
-
-(``pip install torch`` from PyPI works too but pulls the CUDA wheels, several
-GB.) Then, from the repository root::
+and ``numpy`` only (not msrnn_jax; set-up: ``INSTALL_HINT``). From the
+repository root::
 
     .venv/bin/python experiments/parity.py --torch-python torchenv/bin/python
     .venv/bin/python experiments/parity.py --torch-python torchenv/bin/python \\
@@ -206,11 +192,6 @@ def tensor_label(name: str) -> str:
   if parts[0] == "cells":
     return f"layer {parts[1]} {'.'.join(parts[2:-1])}"
   return parts[0]
-
-
-def count(arrays) -> int:
-  """Number of scalars in a collection of arrays."""
-  return int(sum(np.size(a) for a in arrays))
 
 
 # ---------------------------------------------------------------------------
@@ -395,7 +376,8 @@ def check_model(name: str, impls: list[str], args: argparse.Namespace, tmp: str,
     preds, loss, grads = jax_loss_and_grads(model, params, frames, mask)
     seconds = time.perf_counter() - t0
     r = {"model": name, "conv_impl": impl, "resolved_impl": resolved,
-         "params": count(torch_params.values()), "params_6x64": jax_params_6x64,
+         "params": int(sum(v.size for v in torch_params.values())),
+         "params_6x64": jax_params_6x64,
          "paper_params_6x64": PAPER_PARAMS[name.removeprefix("ms_")], "loss": loss,
          "jax_seconds": seconds}
     if ref is None:
