@@ -8,6 +8,7 @@ it runs (the tests check relations between figures, not their values).
 import jax
 import pytest
 
+from msrnn_jax import model as model_lib
 from msrnn_jax.analysis import footprint
 
 TINY = dict(hidden=4, num_layers=3, seq_len=4)
@@ -74,7 +75,10 @@ def test_paper_estimate_hand_values():
   for n in range(3, 30):
     units = footprint.paper_estimate(n, True, 1, 1, 1, 1, 1, 1)["out_units"]
     assert 72 - 1e-9 <= units < 256 / 3
-  assert footprint.cell_units("ms_convlstm") == 6 and footprint.cell_units("trajgru", links=10) == 15
+  # U of a cell under a config (what analyze passes as U).
+  for name, options, units in (("ms_convlstm", {}, 6), ("trajgru", {"links": 10}, 15)):
+    config = model_lib.config_for(name, **options)
+    assert config.spec.cell.paper_units(config) == units
 
 
 def test_finder_search_logic_with_fake_costs():

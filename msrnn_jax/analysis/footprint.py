@@ -83,29 +83,11 @@ from msrnn_jax.analysis import timing
 from msrnn_jax.model import pyramid
 from msrnn_jax.training import step as train_step
 
-__all__ = [
-    "DEFAULT_BUDGET_BYTES", "FLOPS_METHODS", "analyze", "cell_units",
-    "find_max_resolution", "layer_weight_sum", "paper_estimate", "param_count",
-]
-
 # The paper's budget: "40 GB memory is the limit of most modern GPUs" (A100
 # 40GB). Decimal gigabytes, as the paper's tables.
 DEFAULT_BUDGET_BYTES = 40e9
 
 FLOPS_METHODS = ("multiply", "unrolled", "rolled", "none")
-
-def cell_units(cell: str, links: int = 13) -> int:
-  """U of eq. 3-5 for a cell (``'convlstm'``, ``'ms_mim'``, ...).
-
-  Args:
-    cell: a cell or model name.
-    links: TrajGRU's number of warped links L.
-
-  Returns:
-    The number of hidden-sized tensors the cell is counted with.
-  """
-  config = model_lib.config_for(cell, links=links)
-  return config.spec.cell.paper_units(config)
 
 
 def layer_weight_sum(num_layers: int, multiscale: bool) -> float:
@@ -142,7 +124,7 @@ def paper_estimate(num_layers: int, multiscale: bool, R: int, U: float, b: int, 
     num_layers: N.
     multiscale: the MS mirror pyramid (eq. 4-5) or the plain stack (eq. 3).
     R: recurrences (the paper: the total sequence length m + n).
-    U: basic units per cell (:func:`cell_units`).
+    U: basic units per cell (its cell's ``paper_units``).
     b: batch (per device).
     c: hidden channels.
     h: frame height.
@@ -195,12 +177,6 @@ def _build(model_name: str, image_size: int | tuple[int, int], batch_per_device:
   return model, (batch_per_device, seq_len, h, w, channels), in_len
 
 
-def _abstract_state(model, tx, frames_shape):
-  # eval_shape traces init and optimizer setup without computing or
-  # allocating anything: the state is ShapeDtypeStructs only.
-  return jax.eval_shape(lambda: train_step.create_train_state(model, tx, frames_shape, 0))
-
-
 def param_count(model_name: str, channels: int = 1, **model_options: Any) -> int:
   """Number of parameters of a model (independent of frame size and batch).
 
@@ -225,7 +201,9 @@ def compile_train_step(model, tx, frames_shape, in_len, decouple_weight):
   Returns:
     ``(abstract state, compiled, lowering seconds, compile seconds)``.
   """
-  state = _abstract_state(model, tx, frames_shape)
+  # eval_shape traces init and optimizer setup without computing or
+  # allocating anything: the state is ShapeDtypeStructs only.
+  state = jax.eval_shape(lambda: train_step.create_train_state(model, tx, frames_shape, 0))
   step = train_step.make_train_step(model, tx, in_len, decouple_weight)
   scalar = jax.ShapeDtypeStruct((), jnp.float32)
   lowered, lower_s, _ = timing.timed(

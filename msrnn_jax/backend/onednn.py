@@ -100,11 +100,6 @@ def _locate() -> tuple[str, str]:
   return (os.path.dirname(os.path.dirname(os.path.dirname(header))), os.path.dirname(lib))
 
 
-def _cache_dir() -> str:
-  return os.environ.get("MSRNN_JAX_CACHE",
-                        os.path.join(os.path.expanduser("~"), ".cache", "msrnn_jax"))
-
-
 def build() -> str:
   """Compiles the FFI handlers (once per source, jaxlib and oneDNN version).
 
@@ -126,7 +121,8 @@ def build() -> str:
     src = f.read()
   versions = [importlib.metadata.version(d) for d in ("jaxlib", *_DISTS)]
   digest = hashlib.sha256(src + repr((versions, cxx, flags)).encode()).hexdigest()[:16]
-  out = os.path.join(_cache_dir(), f"msrnn_onednn_{digest}.so")
+  cache = os.environ.get("MSRNN_JAX_CACHE", os.path.expanduser("~/.cache/msrnn_jax"))
+  out = os.path.join(cache, f"msrnn_onednn_{digest}.so")
   if os.path.exists(out):
     return out
   os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -51,7 +51,7 @@ def split(y: jax.Array, sections: int) -> tuple[jax.Array, ...]:
 split.defvjp(lambda y, sections: (split(y, sections), None),
              lambda _, __, cts: (concatenate(cts, cts[0].dtype),))
 
-# Each nonlinearity with its derivative written in its own value.
+
 def stored_carry_scan(step: Callable, params: Any, carry: Any, xs: Any, dtype: Any,
                       unroll: int = 1) -> tuple[Any, Any]:
   """``jax.lax.scan(lambda c, x: step(params, c, x), carry, xs)``, carries checkpointed in ``dtype``.
