@@ -273,17 +273,12 @@ def eval_batches(data_cfg: Any, split: str, *, global_batch: int, process_index:
   rows = process_rows(global_batch, process_index, process_count)
   source = example_source(data_cfg, split)
   total = len(source) if max_examples is None else min(len(source), int(max_examples))
-  template = None
   for b in range(math.ceil(total / global_batch)):
     ids = b * global_batch + rows
-    frames, mask = [], ids < total
-    for i, valid in zip(ids, mask, strict=True):
-      if valid:
-        frames.append(source[int(i)]["frames"])
-        template = frames[-1]
-      else:
-        frames.append(None)
-    if template is None:  # This process got only padding; read one example for the shape.
-      template = source[0]["frames"]
+    mask = ids < total
+    frames = [source[int(i)]["frames"] if valid else None for i, valid in zip(ids, mask, strict=True)]
+    # Padding rows are zeros of an example's shape (all padding: read one for it).
+    template = next((f for f in frames if f is not None), None)
+    template = source[0]["frames"] if template is None else template
     frames = [np.zeros_like(template) if f is None else f for f in frames]
     yield {"frames": _to_float({"frames": np.stack(frames)})["frames"], "mask": mask}

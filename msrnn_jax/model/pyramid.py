@@ -26,6 +26,7 @@ For N=6 these reproduce the reference's ``MS-ConvLSTM``, ``-WO-Skip``,
 """
 
 import functools
+import operator
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -156,12 +157,8 @@ def skip_sources(levels: Sequence[int], skip: str, layer: int) -> tuple[int, ...
 def layer_input(outs: Sequence[jax.Array], levels: Sequence[int], skip: str,
                 layer: int) -> jax.Array:
   """Input of ``layer``: the sum of its skip sources, each moved to its level."""
-  srcs = skip_sources(levels, skip, layer)
-  total = None
-  for j in srcs:
-    y = resample(outs[j], levels[j], levels[layer])
-    total = y if total is None else total + y
-  return total
+  return functools.reduce(operator.add, (resample(outs[j], levels[j], levels[layer])
+                                         for j in skip_sources(levels, skip, layer)))
 
 
 def pyramid_factor(levels: Sequence[int], extra: int = 0) -> int:

@@ -125,12 +125,8 @@ def write_evaluation(evaluation: dict[str, Any], workdir: str, split: str) -> di
 def scalars(prefix: str, result: dict[str, Any], keys=("mse", "mae", "ssim", "psnr")
             ) -> dict[str, float]:
   """``{prefix}/{metric}_{protocol}`` summary scalars of a result."""
-  out = {}
-  for protocol in ("all", "future"):
-    for k in keys:
-      if k in result[protocol]:
-        out[f"{prefix}/{k}_{protocol}"] = result[protocol][k]
-  return out
+  return {f"{prefix}/{k}_{protocol}": result[protocol][k]
+          for protocol in ("all", "future") for k in keys if k in result[protocol]}
 
 
 def log_summary(ev: dict[str, Any], split: str, seconds: float, paths: dict[str, str]) -> None:
