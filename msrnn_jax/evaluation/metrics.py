@@ -29,7 +29,9 @@ Frames are float arrays ``[batch, frames, height, width, channels]`` in [0, 1].
 """
 
 import csv
+import functools
 import json
+import operator
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -92,11 +94,8 @@ def _filter_valid(x: jax.Array, taps: np.ndarray, axis: int) -> jax.Array:
   is symmetric so correlation and convolution coincide.
   """
   n = x.shape[axis] - len(taps) + 1
-  out = None
-  for i, w in enumerate(taps):
-    term = float(w) * jax.lax.slice_in_dim(x, i, i + n, axis=axis)
-    out = term if out is None else out + term
-  return out
+  return functools.reduce(operator.add, (float(w) * jax.lax.slice_in_dim(x, i, i + n, axis=axis)
+                                         for i, w in enumerate(taps)))
 
 
 def ssim_per_frame(pred: jax.Array, truth: jax.Array, max_val: float = 1.0) -> jax.Array:
