@@ -1,23 +1,11 @@
 """HKO-7 radar echoes (Hong Kong Observatory, 480x480 grey PNGs every 6 minutes).
 
-Raw files anywhere under ``manual_dir`` (searched recursively), named either
-``YYYYMMDDHHMM.png`` or like the HKO-7 release, ``RADYYMMDDHHMMSS.png`` (e.g.
-``radarPNG/2009/0101/RAD090101000000.png``). Optional HKO ``.mask`` files (a
-zlib-compressed raw numpy bool array of the image shape, True = valid pixel) with the
-same stem are looked for next to each PNG and in ``hko_mask_dir`` (default
-``<manual_dir>/radarPNG_mask``) under the same relative path; pixels outside the
-mask are set to 0 before resizing.
-
-Days go to test, validation or train from day lists (text files with one date per
-line; only the digits of the first token are used, so ``20150102`` and ``2015-01-02``
-both work) or, for splits without a list, from date ranges. Sequences are
-``in_len + out_len`` frames ``hko_interval`` scans apart, taken only from runs of
-scans exactly 6 minutes apart (time stamps are checked, so no sequence spans a gap),
-starting every ``hko_stride`` scans (non-overlapping by default, like the reference).
-Frames are stored one record per scan (key ``YYYYMMDDHHMM``) and resized to
-``image_size`` (88 in the 2022 reference, 128 at its HEAD). Pixel values p/255 relate
-to dBZ and rain rate through the functions re-exported below from
-:mod:`msrnn_jax.data.rainfall`.
+Raw PNGs anywhere under ``manual_dir``, named ``YYYYMMDDHHMM.png`` or as released,
+``RADYYMMDDHHMMSS.png``, with optional HKO ``.mask`` files (next to each PNG or under
+``hko_mask_dir``). Days go to splits by day lists or date ranges; sequences come only from
+runs of scans exactly 6 minutes apart; each scan is one record (key ``YYYYMMDDHHMM``),
+resized to ``image_size`` (docs/data.md, "HKO-7"). The unit conversions of
+:mod:`msrnn_jax.data.rainfall` are re-exported here.
 """
 
 from __future__ import annotations

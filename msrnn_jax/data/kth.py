@@ -1,20 +1,10 @@
 """KTH human actions (25 persons, 6 actions, 4 scenarios; 160x120 grey videos at 25 fps).
 
-Raw files in ``manual_dir``, per video ``personXX_<action>_dY`` (either layout):
-
-* ``<action>/personXX_<action>_dY_uncomp.avi`` (the official zips unpacked per action;
-  ``.avi`` files directly in ``manual_dir`` are found too), read with imageio's ffmpeg
-  plugin; or
-* ``<action>/personXX_<action>_dY/<i>.png`` with i = 1, 2, ... (frames already extracted,
-  the reference's layout). A PNG folder wins over an ``.avi`` of the same video.
-
-Frames keep channel 0 (the videos are grey), are resized to ``image_size`` (88 in the
-paper; the 4:3 frame is squeezed to a square like the reference) and stored one record
-per frame. Persons 1-16 are train and 17-25 test. Windows: stride
-``kth_train_stride`` (1) in train; in test ``kth_test_stride_fast`` (3) for running and
-jogging and ``kth_test_stride_slow`` (20) for the others (paper §V-D). Optional
-MCnet-style lists (``personXX_action_dY start end`` per line, 1-based inclusive frame
-numbers) restrict the windows to those frame ranges.
+Raw files in ``manual_dir``: ``<action>/personXX_<action>_dY_uncomp.avi`` (or the ``.avi``
+directly in ``manual_dir``), or frames already extracted to
+``<action>/personXX_<action>_dY/<i>.png``, which win over the video. Frames keep channel 0,
+are resized to ``image_size`` and stored one record per frame; persons 1-16 train, 17-25
+test, with the paper's window strides and optional MCnet-style lists (docs/data.md, "KTH").
 """
 
 from __future__ import annotations

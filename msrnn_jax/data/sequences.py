@@ -1,33 +1,13 @@
 """Your own sequences: arrays, HDF5 files, frame folders and videos as a data set.
 
-Every entry of ``manual_dir`` (sorted by name, hidden ones skipped) holds sequences:
-
-* ``.npy``: one sequence ``(T, H, W)`` / ``(T, H, W, C)`` or many ``(N, T, H, W)`` /
-  ``(N, T, H, W, C)``; a 4-D array is ``(T, H, W, C)`` when its last axis is at most 4
-  (a channel count), else ``(N, T, H, W)``;
-* ``.npz`` and ``.h5`` / ``.hdf5``: the array ``sequences_key`` (or the only one), same shapes;
-* a folder of image frames (PNG, JPEG, BMP, TIFF), sorted by name: one sequence;
-* a video (MP4, AVI, MOV, MKV, WebM) or a GIF: one sequence.
-
-Processing, in this order (docs/data.md):
-
-1. Split by file: the lists ``sequences_train/valid/test`` (names or patterns), or the
-   fractions ``sequences_valid/test_fraction`` of the files in an order shuffled with
-   ``sequences_seed``. A lone file holding many sequences is split by sequence. Clips are
-   cut inside one sequence, so none ever spans two splits.
-2. Channels: ``sequences_channels`` ('auto': as stored, RGB(A) -> grey for one channel,
-   RGBA -> RGB for three; 'grey'; or indices such as '0,2').
-3. Values to [0, 1]: uint8 data by 1/255; anything else by the minimum and maximum of the
-   training split, so test values beyond them saturate. ``metadata['scaler_min'/'scaler_max']``
-   hold the scaling (0 and 255 for uint8) and :class:`common.Scaling` undoes it.
-4. Frames fitted to ``image_size`` squares: ``sequences_fit='crop'`` takes the central
-   square and resizes it, ``'resize'`` stretches the whole frame.
-5. Clips of ``in_len + out_len`` frames (evaluation splits: ``in_len + eval_out_len``),
-   ``sequences_stride`` frames apart in training and ``sequences_eval_stride`` apart (0 = one
-   clip length, no overlap) in validation and test. Frames are stored once each
-   (``frames`` storage) and the clips are windows over them.
-
-Every check runs on all files before anything is written (:func:`scan`).
+Every entry of ``manual_dir`` (sorted by name, hidden ones skipped) holds sequences: a
+``.npy`` / ``.npz`` / HDF5 array of one ``(T, H, W[, C])`` or many ``(N, T, H, W[, C])``
+(a 4-D array is one sequence when its last axis is at most 4, a channel count), a folder of
+image frames, or a video or GIF. The sections below follow the way to the stored data:
+reading one entry; the frames (channels, value scaling, size); the survey of all files
+(:func:`scan`: splits by file, value range, clips; every check runs on all files before
+anything is written); the builder, which stores each frame once with the clips as windows.
+What each setting does: docs/data.md, "Your own data".
 """
 
 from __future__ import annotations

@@ -3,16 +3,8 @@
 Every sequence is drawn on demand from ``(synthetic_seed, split, index)``, so a
 source is random access, costs no memory and is the same in every process. The
 motion is deterministic given the first frames (constant velocities, elastic
-bounces, periodic intensities), so a model can learn to predict it.
-
-Styles (``synthetic_like``):
-
-* ``mmnist`` / ``blobs``: two bright squares / Gaussian blobs bouncing on black.
-* ``kth``: a dark upright "person" bar walking across a grey background and turning
-  at the borders.
-* ``taxibj``: fixed hot spots whose intensity follows a daily cycle plus a drifting
-  blob; the second channel lags the first by one step.
-* ``hko7``: Gaussian "rain cells" advected by a common wind, growing or decaying.
+bounces, periodic intensities), so a model can learn to predict it. The styles
+(``synthetic_like``) are drawn in :func:`render` (docs/data.md, "Synthetic data").
 """
 
 from __future__ import annotations

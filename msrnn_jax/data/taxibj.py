@@ -2,21 +2,10 @@
 
 Raw files: ``BJ{13,14,15,16}_M32x32_T30_InOut.h5`` with datasets ``data`` (float,
 ``(N, 2, 32, 32)``) and ``date`` (bytes ``YYYYMMDDSS``, slot SS = 01..48 of the day).
-
-Processing (see docs/data.md for the differences from the reference):
-
-1. Days without all 48 slots are dropped; negative flows become 0.
-2. Windows of ``in_len + out_len`` consecutive slots (no gap), stride 1, oldest to
-   newest; or, with ``taxibj_reverse_time``, the reference's clips
-   ``[t-30min, t-60min, ..., t-T*30min]`` for every slot t whose T predecessors exist.
-3. The last ``taxibj_num_test`` windows are the test set. Training windows are the
-   earlier windows that share no frame with any test window (the few windows that
-   straddle the boundary are dropped, so no test frame is ever trained on).
-4. One min-max scaler (a single min and max over all used channels) is fitted on the
-   frames of the training windows only and maps to [0, 1]. Values are stored as
-   ``uint8 = round(255 * scaled)`` clipped to [0, 255], so a test value above the
-   training maximum saturates at 255. ``builder.info.metadata['scaler_min'/'scaler_max']``
-   hold the scaler (see :func:`denormalize`).
+Incomplete days are dropped and windows never span a gap; the last ``taxibj_num_test``
+windows are the test set, and training keeps only the windows that share no frame with it.
+One min-max scaler fitted on the training frames maps to uint8 (:func:`denormalize` undoes
+it). The steps and where they deviate from the reference: docs/data.md, "TaxiBJ".
 """
 
 from __future__ import annotations
