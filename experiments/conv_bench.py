@@ -47,7 +47,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from msrnn_jax import backend  # noqa: E402  (needs the path entry above)
 from msrnn_jax.analysis import timing  # noqa: E402
 
-_DN = ("NHWC", "HWIO", "NHWC")
 IMPLS = ("xla", "matmul", "matmul_bf16", "onednn")
 
 
@@ -126,7 +125,7 @@ def build_single(args, size, impls):
   one = (1, 1)
 
   def xla_conv(x_, k_):
-    return jax.lax.conv_general_dilated(x_, k_.astype(x_.dtype), one, pad, dimension_numbers=_DN)
+    return matmul_grads.xla_conv(x_, k_.astype(x_.dtype), one, pad, one)
 
   if bf16:  # the im2col product of one convolution: same FLOPs, float32 sums
     pa = jax.random.normal(keys[3], (b * size * size, k * k * args.cin)).astype(cdt)
@@ -183,7 +182,7 @@ def build_scan(args, size, impls):
   one = (1, 1)
 
   def xla_conv(x_, k_):
-    return jax.lax.conv_general_dilated(x_, k_, one, pad, dimension_numbers=_DN)
+    return matmul_grads.xla_conv(x_, k_, one, pad, one)
 
   def scan_sum(step, init, seq, unroll=1):
     return jax.lax.scan(lambda c, s: (c + step(s), None), init, seq, unroll=unroll)[0]

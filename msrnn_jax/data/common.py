@@ -1,21 +1,13 @@
 """Shared pieces of the data-set builders: configs, storage layouts, windows, resizing.
 
-Two storage layouts are used (see docs/data.md):
-
-* ``sequences``: one ArrayRecord record per example, feature ``frames`` of
-  shape ``(T, H, W, C)`` uint8. Used where examples do not share frames
-  (Moving MNIST, synthetic data).
-* ``frames``: one record per video frame, features ``frame`` ``(H, W, C)``
-  uint8 and ``key`` (an int64 frame identity: a ``YYYYMMDDHHMM`` time stamp or a
-  KTH video/frame code). Examples are windows over consecutive records and are
-  listed in the builder metadata as window groups. Used where windows overlap
-  (KTH stride 1, TaxiBJ stride 1, HKO-7), because storing every overlapping
-  window would multiply the disk size by the window length (KTH at 88x88 with
-  stride 1 would need about 30 GB).
-
-A window group ``[start, count, stride, step]`` stands for ``count`` windows;
-window ``k`` reads the records ``start + k * stride + j * step`` for
-``j = 0 .. T-1`` (``step = -1`` gives time-reversed clips).
+Two storage layouts (docs/data.md, "Storage"): ``sequences``, one ArrayRecord record per
+example (feature ``frames`` ``(T, H, W, C)`` uint8), where examples share no frames; and
+``frames``, one record per video frame (features ``frame`` ``(H, W, C)`` uint8 and ``key``,
+an int64 frame identity), where windows overlap and storing each would multiply the disk
+size by the window length. Its examples are windows listed in the builder metadata as
+groups: ``[start, count, stride, step]`` stands for ``count`` windows; window ``k`` reads
+the records ``start + k * stride + j * step`` for ``j = 0 .. T-1`` (``step = -1`` gives
+time-reversed clips).
 """
 
 from __future__ import annotations
