@@ -147,13 +147,6 @@ def paper_estimate(num_layers: int, multiscale: bool, R: int, U: float, b: int, 
           "all_bytes": 4 * par_bytes + 2 * out_bits / 8, "out_units": bits * weight}
 
 
-def _square(image_size: int | tuple[int, int]) -> tuple[int, int]:
-  if isinstance(image_size, int | np.integer):
-    return int(image_size), int(image_size)
-  h, w = image_size
-  return int(h), int(w)
-
-
 def _build(model_name: str, image_size: int | tuple[int, int], batch_per_device: int,
            seq_len: int, in_len: int | None, channels: int, model_options: dict[str, Any]):
   """Validated model and frame shape."""
@@ -166,7 +159,8 @@ def _build(model_name: str, image_size: int | tuple[int, int], batch_per_device:
   if not 1 <= in_len < seq_len:
     raise ValueError(f"in_len must be in [1, seq_len); got in_len={in_len}, seq_len={seq_len}.")
   model = model_lib.create(model_name, channels=channels, in_len=in_len, **model_options)
-  h, w = _square(image_size)
+  h, w = (image_size, image_size) if isinstance(image_size, int | np.integer) else image_size
+  h, w = int(h), int(w)
   k = model.config.size_multiple()
   for name, v in (("height", h), ("width", w)):
     if v < 1 or v % k:

@@ -123,9 +123,6 @@ class Checkpointer:
           preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
 
-  def latest_step(self) -> int | None:
-    return self._manager.latest_step()
-
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
     """Starts an asynchronous save of ``state`` and ``meta`` (plus the checksums of
     ``state``'s arrays) at ``step``."""
@@ -161,7 +158,7 @@ class Checkpointer:
 
   def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
     """Restores the latest (or given) step into the structure and shardings of ``target``."""
-    step = self.latest_step() if step is None else step
+    step = self._manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(
           f"no checkpoint in {self.directory}; train first (mode=train with this workdir).")
