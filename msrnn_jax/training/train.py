@@ -34,6 +34,7 @@ from msrnn_jax.training import (
     config_checks,
     distributed,
     evaluate,
+    memory_fit,
     run,
     sharding,
     summary,
@@ -135,7 +136,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                   out_shardings=replicated)()
   # Built once per run: the train step compiles once, and the eval step once
   # for all the periodic validations and the final test (same shapes).
-  train_step = make_train_step(model, tx, in_len, config.train.decouple_weight)
+  example = sharding.shard_batch({"frames": first, "rows": rows}, mesh)
+  _, train_step = memory_fit.fitted_train_step(
+      config.model.remat,
+      lambda remat: make_train_step(create_model(config, remat=remat), tx, in_len,
+                                    config.train.decouple_weight),
+      (state, example["frames"], jnp.float32(0), jnp.float32(0), example["rows"]))
   eval_step = make_eval_step(model, is_radar(config.data))
 
   with run.locked_workdir(workdir), contextlib.ExitStack() as cleanup:
