@@ -63,9 +63,11 @@ def get_config() -> ml_collections.ConfigDict:
   # Skip topology: 'unet', 'none', 'unet3p', 'full'; None = the family's
   # default ('unet' for ms_* models as in the paper, 'none' for plain stacks).
   config.model.skip = config_dict.placeholder(str)
-  # Rematerialisation: 'none', 'step' (each time step) or 'cell'; and the
+  # Rematerialisation: 'none', 'step' (each time step) or 'cell'; 'auto' =
+  # 'none' when a training step fits 80% of the memory available at start,
+  # else 'step' (msrnn_jax/training/memory_fit.py); and the
   # jax.checkpoint_policies name it uses.
-  config.model.remat = "none"
+  config.model.remat = "auto"
   config.model.remat_policy = "nothing_saveable"
   # nn.scan unroll factor: 1 = rolled loop (compile time independent of T);
   # >= T-1 = fully unrolled.

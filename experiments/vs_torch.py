@@ -173,7 +173,10 @@ def serve_jax(argv: list[str]) -> int:
     print(f"error: {e}", flush=True)
     return 2
   import jax
-  serve(step, int(warmup), {"conv_impl": info.get("conv_impl"), "onednn": info.get("onednn"),
+  # As the training loop does after its first step (msrnn_jax/backend/allocator.py).
+  jax.block_until_ready(step())
+  backend.release_freed_memory()
+  serve(step, max(int(warmup) - 1, 0), {"conv_impl": info.get("conv_impl"), "onednn": info.get("onednn"),
                             "onednn_isa": info.get("cpu_isa"), "jax": jax.__version__,
                             "keep_freed_memory": kept})
   return 0

@@ -44,8 +44,8 @@ from msrnn_jax.backend.packing import concatenate, pack, stash, unpack, unstash
 from msrnn_jax.backend.warp import flow_warp
 
 __all__ = ["CONV_IMPLS", "FLOP_COUNTABLE", "add_bias", "concatenate", "conv2d", "describe",
-           "fast_dtype", "flow_warp", "pack", "prepare_host", "resolve", "split",
-           "stash", "stored_carry_scan", "summary", "unpack", "unstash"]
+           "fast_dtype", "flow_warp", "pack", "prepare_host", "release_freed_memory", "resolve",
+           "split", "stash", "stored_carry_scan", "summary", "unpack", "unstash"]
 
 CONV_IMPLS = ("auto", "xla", "matmul", "matmul_bf16", "onednn")
 # Kernels whose convolutions XLA's cost analysis can count (custom calls are
@@ -122,6 +122,9 @@ def prepare_host(keep_freed_memory: bool = True) -> bool:
     Whether freed host memory is kept for reuse.
   """
   return allocator.keep_freed_memory() if keep_freed_memory else False
+
+
+release_freed_memory = allocator.release_freed_memory
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,

@@ -10,28 +10,39 @@ whose tensors are small enough for glibc's heap (``docs/performance.md``).
 
 ``keep_freed_memory()`` makes glibc serve every block from one heap
 (``M_ARENA_MAX=1``, ``M_MMAP_MAX=0``) and never return freed memory to the
-kernel (``M_TRIM_THRESHOLD=-1``), so from the third step on a step's
-temporaries land in pages the previous steps already faulted in.
+kernel (``M_TRIM_THRESHOLD=-1``), so a step's temporaries land in pages
+the previous steps already faulted in.
 
-Cost: resident memory, which the heap keeps at its high-water mark for the
-life of the process. Blocks are not always freed before the next step asks
-for its own, so with one step in flight (``train.train_and_evaluate`` waits
-for each step's loss) the heap settles after two steps at about twice the
-step's temporaries (measured peak RSS: experiments/README.md, "Training speed
-against PyTorch"). A caller that dispatches several steps ahead holds more. The
-compiled-memory figures of ``msrnn_jax.analysis.footprint`` (what a GPU needs) are
-unchanged. Off: ``config.keep_freed_memory = False``.
+A heap that never shrinks holds its high-water mark, so two more settings
+keep that mark at one step's temporaries:
+
+* Single-device executions run inline (``jax_cpu_enable_async_dispatch``
+  off): a step has freed its temporaries when the call returns. With
+  asynchronous dispatch, the outputs are ready a moment before the
+  temporaries are freed, the next step allocates its own beside them, and
+  the heap grows by a step's worth every few steps.
+* :func:`release_freed_memory` (``malloc_trim``) hands the pages of free
+  blocks back to the kernel. The first step's block ends up a little too
+  small for the next step's (small allocations settle into it), so the
+  heap moves once; the training loop releases after its first step, and
+  after evaluations and checkpoints (other programs' temporaries), so the
+  abandoned block stops counting. Each release costs one step's page
+  faults, once.
+
+The compiled-memory figures of ``msrnn_jax.analysis.footprint`` (what a
+GPU needs) are unchanged. Off: ``config.backend.keep_freed_memory = False``.
 
 It must run before JAX starts its CPU backend: the arena limit only binds
-threads that have not allocated yet, and XLA's threads do the allocating.
-``msrnn_jax.main`` calls it first thing; library users call it before their
-first JAX computation.
+threads that have not allocated yet, XLA's threads do the allocating, and
+the dispatch mode is read when the backend starts. ``msrnn_jax.main`` calls
+it first thing; library users call it before their first JAX computation.
 """
 
 import ctypes
 import ctypes.util
 import sys
 
+import jax
 from absl import logging
 
 # (mallopt parameter number from glibc's malloc.h, GLIBC_TUNABLES name, value).
@@ -48,12 +59,16 @@ GLIBC_TUNABLES = ":".join(f"{name}={value if value >= 0 else 2**62}"
 _state = {"applied": False}
 
 
+def _libc():
+  return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
 def _mallopt():
   """glibc's ``mallopt`` or None (not Linux, or a C library without it: musl)."""
   if not sys.platform.startswith("linux"):
     return None
   try:
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = _libc()
   except OSError:
     return None
   if not hasattr(libc, "gnu_get_libc_version") or not hasattr(libc, "mallopt"):  # glibc only
@@ -95,8 +110,20 @@ def keep_freed_memory() -> bool:
                     "first JAX computation (msrnn_jax.main does).")
     return False
   ok = all(mallopt(param, value) == 1 for param, _, value in _SETTINGS)
+  if ok:
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
   _state["applied"] = ok
   return ok
+
+
+def release_freed_memory() -> None:
+  """Returns the pages of free heap blocks to the kernel (``malloc_trim``).
+
+  Only when :func:`keep_freed_memory` took effect; otherwise glibc trims by
+  itself. The next step faults its temporaries in again, once.
+  """
+  if _state["applied"]:
+    _libc().malloc_trim(0)
 
 
 def applied() -> bool:

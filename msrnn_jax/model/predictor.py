@@ -24,26 +24,31 @@ import jax
 import jax.numpy as jnp
 
 from msrnn_jax import backend
+from msrnn_jax.backend.gates import gated_tanh
 from msrnn_jax.model import pyramid
 from msrnn_jax.model.config import ModelConfig
 from msrnn_jax.model.layers import Conv
 
 
-def decouple_term(adapter: nn.Module, delta_c: jax.Array, delta_m: jax.Array) -> jax.Array:
+def decouple_term(adapter: nn.Module, gates_c: tuple[jax.Array, jax.Array],
+                  gates_m: tuple[jax.Array, jax.Array]) -> jax.Array:
   """PredRNN-V2's decoupling term of one layer, summed over channels.
 
-  |cos| between the adapted increments of C and M, each flattened over space
-  and L2-normalised per channel.
+  |cos| between the adapted increments of C and M, ``delta = s(i) tanh(g)``,
+  each flattened over space and L2-normalised per channel. The time loop
+  calls it rematerialised: the backward pass keeps only the four gate maps
+  and recomputes the increments, their adapted copies and the norms (about
+  ten hidden-channel maps per layer and step otherwise).
 
   Args:
     adapter: the shared 1x1 convolution.
-    delta_c: ``[batch, h, w, hidden]``.
-    delta_m: ``[batch, h, w, hidden]``.
+    gates_c: ``(i, g)`` of the memory C, each ``[batch, h, w, hidden]``.
+    gates_m: ``(i', g')`` of the memory M, each ``[batch, h, w, hidden]``.
 
   Returns:
     ``[batch]``.
   """
-  a, b = (adapter(d).astype(jnp.float32) for d in (delta_c, delta_m))
+  a, b = (adapter(gated_tanh(*gates)).astype(jnp.float32) for gates in (gates_c, gates_m))
   a, b = (v / jnp.maximum(jnp.linalg.norm(v, axis=(1, 2), keepdims=True), 1e-12) for v in (a, b))
   return jnp.sum(jnp.abs(jnp.sum(a * b, axis=(1, 2))), axis=-1)
 
@@ -97,7 +102,8 @@ class Step(nn.Module):
       if m is not None:
         m = m.astype(jnp.float32)
       if adapter is not None:
-        decouple = decouple + decouple_term(adapter, extras["delta_c"], extras["delta_m"])
+        decouple = decouple + nn.checkpoint(decouple_term, prevent_cse=False)(
+            adapter, extras["gates_c"], extras["gates_m"])
 
     y = pyramid.resample(outs[-1], lv[-1], 0)
     y = Conv(cfg.channels, in_features=cfg.hidden, name="head", **conv_kw)(y).astype(jnp.float32)

@@ -28,12 +28,13 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from msrnn_jax import data
+from msrnn_jax import backend, data
 from msrnn_jax.training import (
     checkpointing,
     config_checks,
     distributed,
     evaluate,
+    memory_fit,
     run,
     sharding,
     summary,
@@ -134,7 +135,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                   out_shardings=replicated)()
   # Built once per run: the train step compiles once, and the eval step once
   # for all the periodic validations and the final test (same shapes).
-  train_step = make_train_step(model, tx, in_len, config.train.decouple_weight)
+  example = sharding.shard_batch({"frames": first, "rows": rows}, mesh)
+  _, train_step = memory_fit.fitted_train_step(
+      config.model.remat,
+      lambda remat: make_train_step(create_model(config, remat=remat), tx, in_len,
+                                    config.train.decouple_weight),
+      (state, example["frames"], jnp.float32(0), jnp.float32(0), example["rows"]))
   eval_step = make_eval_step(model, data.radar_metrics(config.data))
 
   with run.locked_workdir(workdir), contextlib.ExitStack() as cleanup:
@@ -178,7 +184,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
               "settings": settings, "log_lines": writer.lines}
       ckpt.save(step, state, meta)
       last_saved = step
+      backend.release_freed_memory()
 
+    first_step = step
     with run.StopSignals() as stop:
       while step < total_steps:
         eta, eta_context = schedule(mode, step, total_steps, steps_per_epoch)
@@ -187,6 +195,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                                           jnp.float32(eta_context), batch["rows"])
         step += 1
         loss = float(batch_metrics.loss.compute())
+        if step == first_step + 1:
+          # Leaves the block the first step abandons unresident (backend/allocator.py).
+          backend.release_freed_memory()
         if not np.isfinite(loss):
           raise _nonfinite(f"non-finite training loss ({loss})", step, last_saved, resumed,
                            ckpt.directory)
@@ -205,6 +216,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           writer.write_scalars(step, evaluate.scalars("valid", ev["result"]))
           writer.write_images(
               step, {"valid/predictions": evaluate.truth_vs_prediction(ev["samples"])})
+          backend.release_freed_memory()
         stopping = stop.agreed()
         if step % config.train.checkpoint_every_steps == 0 or step == total_steps or stopping:
           save(step, eta, eta_context)

@@ -16,7 +16,8 @@ class STLSTMCell(CellBase):
   ``[i',f',g'] = conv_xm(X) + conv_mm(M)``, ``M' = s(f') M + s(i') tanh(g')``;
   ``o = s(o + conv_co(C') + conv_mo(M'))``; ``H' = o tanh(conv1x1([C', M']))``.
   State ``(H, C)``; M zig-zags through the stack. ``extras`` holds
-  ``delta_c = s(i) tanh(g)`` and ``delta_m = s(i') tanh(g')`` for PredRNN-V2.
+  the gates of the increments ``s(i) tanh(g)`` and ``s(i') tanh(g')`` for
+  PredRNN-V2's decoupling loss.
   """
 
   zigzag_m: ClassVar[bool] = True
@@ -44,7 +45,7 @@ class STLSTMCell(CellBase):
     m = memory_update(im, fm, gm, m)
     h = gated_tanh(o + fused_conv([self.conv_co, self.conv_mo], [c, m]),
                    self.conv_last(jnp.concatenate([c, m], axis=-1)))
-    # Only PredRNN-V2's decoupling loss reads the increments; elsewhere XLA
-    # drops them as dead code.
-    extras = {"delta_c": gated_tanh(i, g), "delta_m": gated_tanh(im, gm)}
+    # The increments s(i) tanh(g) of C and M, for PredRNN-V2's decoupling loss
+    # (unread elsewhere).
+    extras = {"gates_c": (i, g), "gates_m": (im, gm)}
     return h, (h, c), m, extras
