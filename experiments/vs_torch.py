@@ -79,6 +79,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="with --dtype bfloat16, the PyTorch step(s) ours is timed against: "
                       "autocast, float32 (not ours: the bfloat16 / PyTorch fp32 ratio in less "
                       "memory than --dtype both), or both")
+  p.add_argument("--no-torch", action="store_true",
+                 help="time our step alone at the full shape (where PyTorch's does not fit "
+                      "beside it)")
   p.add_argument("--remat", default="auto",
                  help="our model's remat ('none', 'step', 'cell'; default auto: as the CLI, 'none' "
                       "when the step fits msrnn_jax.training.memory_fit's budget, else 'step')")
@@ -343,14 +346,15 @@ def main(argv=None) -> int:
     return serve_jax(argv[1:])
   args = parse_args(argv)
   impls = [i for i in args.conv_impls.split(",") if i]
-  with_torch = torch_available(args.torch_python)
+  with_torch = not args.no_torch and torch_available(args.torch_python)
   if not with_torch:
-    if not args.quick:
+    if not (args.quick or args.no_torch):
       print(f"error: {args.torch_python} cannot import torch; pass --torch-python with a "
             "virtualenv that has it (pip install torch --index-url "
             "https://download.pytorch.org/whl/cpu), or --quick to time the JAX step alone")
       return 2
-    print(f"PyTorch not found in {args.torch_python}: timing the JAX step alone", flush=True)
+    print("timing the JAX step alone" + ("" if args.no_torch else
+                                         f" (PyTorch not found in {args.torch_python})"), flush=True)
   results = {"settings": {**args.shape, "rounds": args.rounds, "warmup": args.warmup,
                           "remat": args.remat, "dtype": args.dtype, "conv_impls": impls,
                           "quick": args.quick, "torch": with_torch,
