@@ -79,7 +79,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                  help="with --dtype bfloat16, the PyTorch step(s) ours is timed against: "
                       "autocast, float32 (not ours: the bfloat16 / PyTorch fp32 ratio in less "
                       "memory than --dtype both), or both")
-  p.add_argument("--remat", default="none", help="our model's remat ('none', 'step', 'cell')")
+  p.add_argument("--no-torch", action="store_true",
+                 help="time our step alone at the full shape (where PyTorch's does not fit "
+                      "beside it)")
+  p.add_argument("--remat", default="auto",
+                 help="our model's remat ('none', 'step', 'cell'; default auto: as the CLI, 'none' "
+                      "when the step fits msrnn_jax.training.memory_fit's budget, else 'step')")
   p.add_argument("--warmup", type=int, default=2,
                  help="untimed steps first (two: the kept heap settles after the second)")
   p.add_argument("--quick", action="store_true",
@@ -122,26 +127,32 @@ def jax_step(name: str, shape: dict, conv_impl: str, dtype: str, remat: str):
     shape: ``hidden``, ``num_layers``, ``size``, ``seq_len``, ``batch``.
     conv_impl: the convolution kernel the step is compiled with.
     dtype: the model's compute dtype.
-    remat: the model's remat.
+    remat: the model's remat; ``'auto'`` decides as the training loop does
+      (``msrnn_jax.training.memory_fit``).
 
   Returns:
-    A function that runs one step (forward, loss, backward, Adam on donated
-    state) and returns the new state and the step's metrics.
+    ``(step, remat)``: a function that runs one step (forward, loss,
+    backward, Adam on donated state) and returns the new state and the
+    step's metrics; the remat it was compiled with.
   """
   import optax
   from benchmark import step_call
 
   from msrnn_jax import model as model_lib
   from msrnn_jax.analysis import footprint
+  from msrnn_jax.training import memory_fit
 
   t = shape["seq_len"]
   frames_shape = (shape["batch"], t, shape["size"], shape["size"], 1)
-  model = model_lib.create(name, hidden=shape["hidden"], num_layers=shape["num_layers"],
-                           channels=1, in_len=t // 2, dtype=dtype, remat=remat,
-                           conv_impl=conv_impl)
   tx = optax.adam(3e-4)
-  _, compiled, _, _ = footprint.compile_train_step(model, tx, frames_shape, t // 2, 0.01)
-  return step_call(compiled, model, tx, frames_shape)
+  for mode in ("none", "step") if remat == "auto" else (remat,):
+    model = model_lib.create(name, hidden=shape["hidden"], num_layers=shape["num_layers"],
+                             channels=1, in_len=t // 2, dtype=dtype, remat=mode,
+                             conv_impl=conv_impl)
+    _, compiled, _, _ = footprint.compile_train_step(model, tx, frames_shape, t // 2, 0.01)
+    if remat != "auto" or memory_fit.fits(memory_fit.compiled_bytes(compiled)):
+      break
+  return step_call(compiled, model, tx, frames_shape), mode
 
 
 def serve(step, warmup: int, info: dict) -> None:
@@ -168,7 +179,7 @@ def serve_jax(argv: list[str]) -> int:
   kept = backend.prepare_host(keep_freed_memory=keep == "keep")
   try:
     info = backend.describe(conv_impl)
-    step = jax_step(name, json.loads(shape), conv_impl, dtype, remat)
+    step, remat = jax_step(name, json.loads(shape), conv_impl, dtype, remat)
   except ValueError as e:  # an unknown or unavailable kernel, a model option
     print(f"error: {e}", flush=True)
     return 2
@@ -176,9 +187,10 @@ def serve_jax(argv: list[str]) -> int:
   # As the training loop does after its first step (msrnn_jax/backend/allocator.py).
   jax.block_until_ready(step())
   backend.release_freed_memory()
-  serve(step, max(int(warmup) - 1, 0), {"conv_impl": info.get("conv_impl"), "onednn": info.get("onednn"),
-                            "onednn_isa": info.get("cpu_isa"), "jax": jax.__version__,
-                            "keep_freed_memory": kept})
+  serve(step, max(int(warmup) - 1, 0),
+        {"conv_impl": info.get("conv_impl"), "onednn": info.get("onednn"),
+         "onednn_isa": info.get("cpu_isa"), "jax": jax.__version__, "keep_freed_memory": kept,
+         "remat": remat})
   return 0
 
 
@@ -292,7 +304,8 @@ def compare(name: str, impls: list[str], args, with_torch: bool) -> dict:
   out = {"times": times, "max_rss_gb": rss, "jax_info": info,
          **{f"{k}_step_s": statistics.median(times[k]) for k in torch_steps}}
   for key in jax_steps:
-    out[key] = {"step_s": statistics.median(times[key]), "max_rss_gb": rss[key]}
+    out[key] = {"step_s": statistics.median(times[key]), "max_rss_gb": rss[key],
+                "remat": jax_steps[key].info.get("remat")}
     ref = "torch_bf16" if key.endswith("_bf16") and "torch_bf16" in times else "torch"
     if ref in times:
       out[key].update(timing.ratio(times[key], times[ref]), rss_ratio=rss[key] / rss[ref])
@@ -333,14 +346,15 @@ def main(argv=None) -> int:
     return serve_jax(argv[1:])
   args = parse_args(argv)
   impls = [i for i in args.conv_impls.split(",") if i]
-  with_torch = torch_available(args.torch_python)
+  with_torch = not args.no_torch and torch_available(args.torch_python)
   if not with_torch:
-    if not args.quick:
+    if not (args.quick or args.no_torch):
       print(f"error: {args.torch_python} cannot import torch; pass --torch-python with a "
             "virtualenv that has it (pip install torch --index-url "
             "https://download.pytorch.org/whl/cpu), or --quick to time the JAX step alone")
       return 2
-    print(f"PyTorch not found in {args.torch_python}: timing the JAX step alone", flush=True)
+    print("timing the JAX step alone" + ("" if args.no_torch else
+                                         f" (PyTorch not found in {args.torch_python})"), flush=True)
   results = {"settings": {**args.shape, "rounds": args.rounds, "warmup": args.warmup,
                           "remat": args.remat, "dtype": args.dtype, "conv_impls": impls,
                           "quick": args.quick, "torch": with_torch,

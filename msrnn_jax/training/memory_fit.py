@@ -66,6 +66,11 @@ def compiled_bytes(compiled) -> int:
              - m.alias_size_in_bytes)
 
 
+def fits(need: float, budget: float | None = None) -> bool:
+  """Whether a step needing ``need`` bytes per device trains without remat."""
+  return need <= FRACTION * (budget_bytes() if budget is None else budget)
+
+
 def fitted_train_step(remat: str, build: Callable[[str], Callable], example_args: tuple,
                       budget: float | None = None) -> tuple[str, Callable]:
   """The remat mode a run trains with, and its jitted train step.
@@ -85,7 +90,7 @@ def fitted_train_step(remat: str, build: Callable[[str], Callable], example_args
   budget = budget_bytes() if budget is None else budget
   step = build("none")
   need = compiled_bytes(step.lower(*example_args).compile())
-  choice = "none" if need <= FRACTION * budget else "step"
+  choice = "none" if fits(need, budget) else "step"
   if jax.process_count() > 1:
     choice = ("none", "step")[int(multihost_utils.broadcast_one_to_all(
         np.int32(choice == "step")))]
