@@ -222,14 +222,6 @@ def parity_table(name: str = "parity") -> str:
                  "worst gradient (tensor)"], rows) + "\n" + _source(d)
 
 
-def vs_torch_fp32_table() -> str:
-  d = _data("vs_torch_fp32")
-  rows = [[r["model"], f"{r['torch_fp32_s']:.2f} s",
-           f"{r['ours_fp32_s']:.2f} s (**{r['ratio']:.2f}**, {r['lo']:.2f}-{r['hi']:.2f})"]
-          for r in d["rows"]]
-  return _table(["model", "PyTorch fp32", "ours fp32 (/ PyTorch fp32)"], rows) + "\n" + _source(d)
-
-
 def _opt(v) -> str:
   return "-" if v is None else f"{v:.2f}"
 
@@ -246,7 +238,9 @@ def vs_torch_bf16_table() -> str:
 
 def vs_torch_summary() -> str:
   """README and docs/performance.md: the speed ratios in one sentence."""
-  f32 = {r["model"]: r for r in _data("vs_torch_fp32")["rows"]}
+  f32 = {r["model"]: r for run in _data("vs_torch_families")["runs"] for r in run["rows"]
+         if r["dtype"] == "float32" and r["model"] in ("ConvLSTM", "MS-ConvLSTM")
+         and r["ratio"] is not None}
   bf16 = {r["model"]: r for r in _data("vs_torch_bf16")["rows"]}
   fp32_part = " and ".join(f"{m} {r['ratio']:.2f}x" for m, r in f32.items())
   bf16_part = ", ".join(f"{m} {r['vs_autocast']:.2f}x" for m, r in bf16.items())
@@ -265,13 +259,15 @@ def vs_torch_families_table() -> str:
   for i, run in enumerate(d["runs"], 1):
     sources.append(f"{i}. {_source(run)}")
     for r in run["rows"]:
-      rows.append([r["model"], str(r["batch"]), r["dtype"], f"{r['torch_s']:.2f} s",
-                   f"{r['ours_s']:.2f} s", f"**{r['ratio']:.2f}** ({r['lo']:.2f}-{r['hi']:.2f})",
-                   f"{r['torch_rss_gb']:.2f} GB", f"{r['ours_rss_gb']:.2f} GB",
-                   f"**{r['rss_ratio']:.2f}**", str(i)])
-  return _table(["model", "batch", "dtype", "PyTorch step", "ours step", "/ PyTorch (range)",
-                 "PyTorch peak RSS", "ours peak RSS", "/ PyTorch", "run"], rows) + "\n" + "".join(
-                     sources)
+      torch = r["torch_s"] is not None  # None: ours alone (PyTorch's does not fit beside it)
+      rows.append([r["model"], str(r["batch"]), r["dtype"], f"`{r.get('remat', 'none')}`",
+                   f"{r['torch_s']:.2f} s" if torch else "-", f"{r['ours_s']:.2f} s",
+                   f"**{r['ratio']:.2f}** ({r['lo']:.2f}-{r['hi']:.2f})" if torch else "-",
+                   f"{r['torch_rss_gb']:.2f} GB" if torch else "-", f"{r['ours_rss_gb']:.2f} GB",
+                   f"**{r['rss_ratio']:.2f}**" if torch else "-", str(i)])
+  return _table(["model", "batch", "dtype", "our remat", "PyTorch step", "ours step",
+                 "/ PyTorch (range)", "PyTorch peak RSS", "ours peak RSS", "/ PyTorch", "run"],
+                rows) + "\n" + "".join(sources)
 
 
 def benchmark_table() -> str:
@@ -374,7 +370,6 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "demo-output": demo_output,
     "parity-table": parity_table,
     "parity-later-table": lambda: parity_table("parity_later"),
-    "vs-torch-fp32": vs_torch_fp32_table,
     "vs-torch-bf16": vs_torch_bf16_table,
     "vs-torch-summary": vs_torch_summary,
     "vs-torch-families": vs_torch_families_table,
