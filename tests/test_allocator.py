@@ -88,7 +88,10 @@ for i in range(8):
   if i == 0:
     allocator.release_freed_memory()
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-print(kept, temp, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base, faults)
+# VmHWM, not ru_maxrss: a child keeps its parent's ru_maxrss across exec.
+peak = next(int(line.split()[1]) * 1024 for line in open("/proc/self/status")
+            if line.startswith("VmHWM:"))
+print(kept, temp, peak - base, faults)
 """
 
 
@@ -99,10 +102,13 @@ def test_kept_heap_peaks_at_one_step_of_temporaries_without_faults():
                        capture_output=True, text=True, timeout=300).stdout.split()
   kept, temp, growth, faults = out[0] == "True", *map(int, out[1:])
   assert kept and temp > 100e6, out
-  # Asynchronous dispatch and an unreleased first block leave 2-5 steps' worth.
-  assert growth < 1.3 * temp, (growth / temp, out)
-  # From the third run on, each run reuses the pages the earlier ones faulted in.
-  assert faults < 0.05 * 6 * temp / 4096, (faults, out)
+  # Usually one step's worth (1.0x); where small allocations on XLA's threads move the
+  # heap's layout once more, two. Asynchronous dispatch grew it by a step every few steps
+  # (5x after eight).
+  assert growth < 2.2 * temp, (growth / temp, out)
+  # From the third run on, runs reuse the pages earlier ones faulted in (without the
+  # settings every run faults its whole temporary in again: 6x).
+  assert faults < 0.5 * 6 * temp / 4096, (faults, out)
 
 
 def test_release_freed_memory_only_where_the_settings_apply(monkeypatch):

@@ -14,7 +14,8 @@ kernel (``M_TRIM_THRESHOLD=-1``), so a step's temporaries land in pages
 the previous steps already faulted in.
 
 A heap that never shrinks holds its high-water mark, so two more settings
-keep that mark at one step's temporaries:
+keep that mark near one step's temporaries (two where small allocations on
+XLA's threads move the heap's layout once more):
 
 * Single-device executions run inline (``jax_cpu_enable_async_dispatch``
   off): a step has freed its temporaries when the call returns. With
