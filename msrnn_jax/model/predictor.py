@@ -53,6 +53,9 @@ def decouple_term(adapter: nn.Module, gates_c: tuple[jax.Array, jax.Array],
   return jnp.sum(jnp.abs(jnp.sum(a * b, axis=(1, 2))), axis=-1)
 
 
+_rematerialised_decouple_term = nn.checkpoint(decouple_term, prevent_cse=False)
+
+
 class Step(nn.Module):
   """One time step of the whole network.
 
@@ -102,7 +105,7 @@ class Step(nn.Module):
       if m is not None:
         m = m.astype(jnp.float32)
       if adapter is not None:
-        decouple = decouple + nn.checkpoint(decouple_term, prevent_cse=False)(
+        decouple = decouple + _rematerialised_decouple_term(
             adapter, extras["gates_c"], extras["gates_m"])
 
     y = pyramid.resample(outs[-1], lv[-1], 0)
