@@ -43,6 +43,10 @@ def get_config() -> ml_collections.ConfigDict:
   # own on GPU/TPU; decided once, when the model is built), 'xla', 'matmul',
   # 'matmul_bf16', 'onednn'.
   config.backend.conv_impl = "auto"
+  # TrajGRU's and MotionRNN's flow warp: 'auto' (native C++ loops on CPU
+  # where a C++ compiler is found, else XLA's gathers and scatters), 'xla',
+  # 'native'.
+  config.backend.warp_impl = "auto"
   # Keep freed host memory for reuse (glibc; msrnn_jax/backend/allocator.py):
   # CPU steps stop page-faulting their temporaries in every step (ConvLSTM at
   # the paper's shape: ~0.9x the step time) at the price of ~2x their size

@@ -71,7 +71,7 @@ def machine(config) -> dict:
   """The CPU, the convolution kernel and the library versions a run uses."""
   from msrnn_jax import backend
   from msrnn_jax.analysis import timing
-  return {**timing.machine(), **backend.describe(config.backend.conv_impl)}
+  return {**timing.machine(), **backend.describe(config.backend.conv_impl, config.backend.warp_impl)}
 
 
 def commit() -> str:

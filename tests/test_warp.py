@@ -8,6 +8,9 @@ import pytest
 from msrnn_jax import backend
 
 RNG = np.random.default_rng(29)
+# Every implementation this machine has ('native' needs a CPU and a C++ compiler).
+IMPLS = ["xla", pytest.param("native", marks=pytest.mark.skipif(
+    not backend.warp.available(), reason="native warp unavailable"))]
 
 
 def numpy_warp(image, flow):
@@ -61,38 +64,42 @@ def random_case(b=2, h=5, w=6, c=3, k=4):
   return image, flow
 
 
-def test_values_match_numpy_sampler():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_values_match_numpy_sampler(impl):
   image, flow = random_case()
-  out = backend.flow_warp(jnp.asarray(image), jnp.asarray(flow))
+  out = backend.flow_warp(jnp.asarray(image), jnp.asarray(flow), impl)
   assert out.shape == (*flow.shape[:4], image.shape[-1]) and out.dtype == jnp.float32
   np.testing.assert_allclose(out, numpy_warp(image, flow), rtol=1e-5, atol=1e-6)
   # Zero flow is the identity.
   np.testing.assert_array_equal(out[1, :, :, 3], image[1])
 
 
-def test_gradients_match_autodiff_of_plain_maths():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_gradients_match_autodiff_of_plain_maths(impl):
   image, flow = random_case()
   cot = jnp.asarray(RNG.normal(size=(*flow.shape[:4], image.shape[-1])), jnp.float32)
-  out, vjp = jax.vjp(backend.flow_warp, jnp.asarray(image), jnp.asarray(flow))
+  out, vjp = jax.vjp(lambda i, f: backend.flow_warp(i, f, impl), jnp.asarray(image),
+                     jnp.asarray(flow))
   ref_out, ref_vjp = jax.vjp(plain_warp, jnp.asarray(image), jnp.asarray(flow))
   np.testing.assert_allclose(out, ref_out, rtol=1e-6, atol=1e-6)
   for ours, ref in zip(vjp(cot), ref_vjp(cot), strict=True):
     assert ours.dtype == jnp.float32
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
   # Under jit as well (the flow gradient of a tap outside the image is zero).
-  grads = jax.jit(jax.grad(lambda i, f: jnp.sum(backend.flow_warp(i, f) * cot), (0, 1)))(
+  grads = jax.jit(jax.grad(lambda i, f: jnp.sum(backend.flow_warp(i, f, impl) * cot), (0, 1)))(
       image, flow)
   for ours, ref in zip(grads, ref_vjp(cot), strict=True):
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("image_dtype", [jnp.bfloat16, jnp.float32])
-def test_bfloat16_flow_within_tolerance(image_dtype):
+def test_bfloat16_flow_within_tolerance(image_dtype, impl):
   image, flow = random_case()
   image16 = jnp.asarray(image, image_dtype)
   flow16 = jnp.asarray(flow, jnp.bfloat16)
   cot = jnp.asarray(RNG.normal(size=(*flow.shape[:4], image.shape[-1])), jnp.bfloat16)
-  out, vjp = jax.vjp(backend.flow_warp, image16, flow16)
+  out, vjp = jax.vjp(lambda i, f: backend.flow_warp(i, f, impl), image16, flow16)
   d_image, d_flow = vjp(cot)
   assert out.dtype == jnp.bfloat16 and d_flow.dtype == jnp.bfloat16
   assert d_image.dtype == image_dtype
@@ -105,7 +112,8 @@ def test_bfloat16_flow_within_tolerance(image_dtype):
   np.testing.assert_allclose(d_flow.astype(jnp.float32), ref_flow, rtol=2e-2, atol=3e-2)
 
 
-def test_backward_pass_keeps_only_image_and_flow():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_backward_pass_keeps_only_image_and_flow(impl):
   """A sequence of warps keeps far less for its gradient than autodiff's four taps per sample."""
   steps, b, h, w, c, k = 12, 2, 16, 16, 8, 6
 
@@ -122,9 +130,35 @@ def test_backward_pass_keeps_only_image_and_flow():
     return grad.lower(*args).compile().memory_analysis().temp_size_in_bytes
 
   taps = 4 * steps * b * h * w * k * c * 4
-  ours, plain = temp_bytes(backend.flow_warp), temp_bytes(plain_warp)
+  ours = temp_bytes(lambda i, f: backend.flow_warp(i, f, impl))
+  plain = temp_bytes(plain_warp)
   assert plain > taps
   assert ours < plain / 4
+
+
+@pytest.mark.skipif(not backend.warp.available(), reason="native warp unavailable")
+def test_native_warp_splits_the_batch_over_devices():
+  """Under a batch-sharded jit each device warps its own slice, with the same values and gradients."""
+  image, flow = random_case(b=4)
+  cot = RNG.normal(size=(*flow.shape[:4], image.shape[-1])).astype(np.float32)
+  mesh = jax.make_mesh((4,), ("data",))
+  split = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+
+  def loss(i, f, c):
+    return jnp.sum(backend.flow_warp(i, f, "native") * c)
+
+  grad = jax.jit(jax.value_and_grad(loss, (0, 1)))
+  args = [jax.device_put(a, split) for a in (image, flow, cot)]
+  hlo = grad.lower(*args).compile().as_text()
+  # Per-device shapes in the custom calls: a quarter of the batch each.
+  assert "custom_call_target=\"msrnn_warp_bwd\"" in hlo
+  assert f"f32[1,{image.shape[1]},{image.shape[2]},{flow.shape[3]},2]" in hlo
+  value, grads = grad(*args)
+  ref_value, ref_grads = jax.value_and_grad(loss, (0, 1))(image, flow, cot)
+  np.testing.assert_allclose(value, ref_value, rtol=1e-5)
+  for ours, ref in zip(grads, ref_grads, strict=True):
+    assert ours.sharding.is_equivalent_to(split, ours.ndim)
+    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_trajgru_step_does_not_keep_the_warped_links(capsys):

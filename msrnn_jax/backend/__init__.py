@@ -22,7 +22,10 @@ kernel library. The lowest layer: it imports JAX and its own modules only.
   :func:`stored_carry_scan`), which keep the precision and memory mechanics
   out of the model code.
 * ``warp``: :func:`flow_warp`, bilinear sampling along learned flows whose
-  gradient keeps only the image and the flow (any platform).
+  gradient keeps only the image and the flow, in XLA (any platform) or as
+  native custom calls (CPU; :data:`WARP_IMPLS`, :func:`resolve_warp`).
+* ``native``: building, loading and batch-partitioning the C++ kernels in
+  ``native/``.
 
 A model names its convolution kernel, one of :data:`CONV_IMPLS` (the table
 in ``docs/performance.md``), and :func:`resolve` turns ``auto`` (``onednn`` on
@@ -38,14 +41,15 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from msrnn_jax.backend import allocator, matmul_grads, onednn
+from msrnn_jax.backend import allocator, matmul_grads, onednn, warp
 from msrnn_jax.backend.ops import add_bias, split, stored_carry_scan
 from msrnn_jax.backend.packing import concatenate, pack, stash, unpack, unstash
-from msrnn_jax.backend.warp import flow_warp
+from msrnn_jax.backend.warp import WARP_IMPLS, flow_warp
 
-__all__ = ["CONV_IMPLS", "FLOP_COUNTABLE", "add_bias", "concatenate", "conv2d", "describe",
-           "fast_dtype", "flow_warp", "pack", "prepare_host", "release_freed_memory", "resolve",
-           "split", "stash", "stored_carry_scan", "summary", "unpack", "unstash"]
+__all__ = ["CONV_IMPLS", "FLOP_COUNTABLE", "WARP_IMPLS", "add_bias", "concatenate", "conv2d",
+           "describe", "fast_dtype", "flow_warp", "pack", "prepare_host", "release_freed_memory",
+           "resolve", "resolve_warp", "split", "stash", "stored_carry_scan", "summary", "unpack",
+           "unstash"]
 
 CONV_IMPLS = ("auto", "xla", "matmul", "matmul_bf16", "onednn")
 # Kernels whose convolutions XLA's cost analysis can count (custom calls are
@@ -71,6 +75,10 @@ def resolve(conv_impl: str) -> str:
   return conv_impl
 
 
+# The flow warp ``warp_impl`` stands for here: ``'native'`` on CPU where it builds, else ``'xla'``.
+resolve_warp = warp.resolve
+
+
 def fast_dtype(conv_impl: str) -> str:
   """The compute dtype that trains fastest with a kernel: what ``model.dtype='auto'`` resolves to.
 
@@ -84,10 +92,11 @@ def fast_dtype(conv_impl: str) -> str:
   return "bfloat16" if resolve(conv_impl) == "onednn" and onednn.bf16_supported() else "float32"
 
 
-def describe(conv_impl: str = "auto") -> dict[str, str]:
-  """What this process runs a kernel on, for logs and benchmark records."""
+def describe(conv_impl: str = "auto", warp_impl: str = "auto") -> dict[str, str]:
+  """What this process runs the kernels on, for logs and benchmark records."""
   impl = resolve(conv_impl)
   info = {"platform": jax.default_backend(), "conv_impl": impl,
+          "warp_impl": resolve_warp(warp_impl),
           "keep_freed_memory": "on" if allocator.applied() else "off",
           "auto_dtype": fast_dtype(impl)}
   conv = impl
@@ -101,13 +110,17 @@ def describe(conv_impl: str = "auto") -> dict[str, str]:
     if reason:
       conv += f" (oneDNN unavailable: {reason}; pip install 'msrnn_jax[cpu]')"
   info["conv"] = conv
+  info["warp"] = info["warp_impl"]
+  if info["warp_impl"] == "xla" and jax.default_backend() == "cpu":
+    info["warp"] += f" (native unavailable: {warp.unavailable_reason()})"
   return info
 
 
-def summary(conv_impl: str = "auto") -> str:
-  """One log line: the convolution kernel and the host-memory setting."""
-  info = describe(conv_impl)
-  line = (f"convolutions: {info['conv']}; model.dtype 'auto' = {info['auto_dtype']}; "
+def summary(conv_impl: str = "auto", warp_impl: str = "auto") -> str:
+  """One log line: the kernels and the host-memory setting."""
+  info = describe(conv_impl, warp_impl)
+  line = (f"convolutions: {info['conv']}; flow warp: {info['warp']}; "
+          f"model.dtype 'auto' = {info['auto_dtype']}; "
           f"keep_freed_memory: {info['keep_freed_memory']}")
   if info["platform"] == "cpu" and not allocator.applied():
     line += (" (to stop per-step page faults, call msrnn_jax.backend.prepare_host() before the "

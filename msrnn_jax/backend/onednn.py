@@ -9,27 +9,17 @@ NHWC activations at close to the matmul rate. ``native/onednn_conv.cc``
 wraps its three primitives as two XLA FFI handlers (forward; input and
 kernel gradient together) that read and write XLA's buffers in place.
 
-The handlers are compiled on first use with the system C++ compiler against
-the oneDNN wheel (``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp``, Linux
-x86-64) and jaxlib's FFI headers, and cached under ``MSRNN_JAX_CACHE``
-(default ``~/.cache/msrnn_jax``). Where any of that is missing,
-:func:`available` is False, :func:`unavailable_reason` says why, and
-``conv_impl='auto'`` falls back to the ``matmul`` path.
+The handlers are compiled on first use against the oneDNN wheel
+(``onednn-cpu-gomp`` / ``onednn-devel-cpu-gomp``, Linux x86-64; the build,
+cache, OpenMP setting and batch partitioning are ``native.py``'s). Where any
+of that is missing, :func:`available` is False, :func:`unavailable_reason`
+says why, and ``conv_impl='auto'`` falls back to the ``matmul`` path.
 
-oneDNN threads with OpenMP (one team per calling thread, ``OMP_NUM_THREADS``
-threads, default all cores). Unless the user set it, ``OMP_WAIT_POLICY`` is
-made passive before the library loads, so idle OpenMP threads sleep instead
-of spinning on cores XLA's own threads need between the calls.
-
-Data parallelism: a custom call has no sharding rule of its own, so under a
-multi-device ``jit`` XLA would gather its operands onto every device and
-each device would compute the whole batch. Both calls are therefore wrapped
-in ``jax.experimental.custom_partitioning`` with a rule that works from the
-sharding XLA propagates (no mesh needs to be known by the caller): the
-activations keep their batch (leading-axis) sharding, everything else is
-replicated, each device runs oneDNN on its own batch slice, and the kernel
-gradient, a sum over the batch, is completed by a ``psum`` over the batch's
-mesh axes. On one device the wrapper lowers to the bare custom call.
+Data parallelism: both calls are wrapped in
+``jax.experimental.custom_partitioning`` with ``native.py``'s batch rule:
+each device runs oneDNN on its own batch slice, and the kernel gradient, a
+sum over the batch, is completed by a ``psum`` over the batch's mesh axes.
+On one device the wrapper lowers to the bare custom call.
 
 Mixed precision: the activations (``x``, and so ``y``, ``dy``, ``dx``) may be
 float32 or bfloat16; the kernel may be either independently (oneDNN
@@ -47,13 +37,8 @@ kernel dilation (those stay on the ``matmul`` path).
 
 import ctypes
 import functools
-import hashlib
 import importlib.metadata
-import math
 import os
-import shutil
-import subprocess
-import sys
 import threading
 from collections.abc import Sequence
 
@@ -62,11 +47,9 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental.custom_partitioning import custom_partitioning
-from jax.sharding import NamedSharding, PartitionSpec
 
-from msrnn_jax.backend import packing
+from msrnn_jax.backend import native, packing
 
-_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native", "onednn_conv.cc")
 _DISTS = ("onednn-cpu-gomp", "onednn-devel-cpu-gomp")
 _TARGET_FWD = "msrnn_onednn_conv_fwd"
 _TARGET_BWD = "msrnn_onednn_conv_bwd"
@@ -109,30 +92,10 @@ def build() -> str:
   Raises:
     RuntimeError: with the missing piece and how to get it.
   """
-  if not sys.platform.startswith("linux"):
-    raise RuntimeError("the oneDNN convolutions are built for Linux only")
   include, libdir = _locate()
-  cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
-  if cxx is None:
-    raise RuntimeError("no C++ compiler (g++) found; install one or set CXX")
-  flags = ["-O2", "-std=c++17", "-shared", "-fPIC", _SOURCE, "-I", jax.ffi.include_dir(),
-           "-I", include, "-L", libdir, "-ldnnl", f"-Wl,-rpath,{libdir}"]
-  with open(_SOURCE, "rb") as f:
-    src = f.read()
-  versions = [importlib.metadata.version(d) for d in ("jaxlib", *_DISTS)]
-  digest = hashlib.sha256(src + repr((versions, cxx, flags)).encode()).hexdigest()[:16]
-  cache = os.environ.get("MSRNN_JAX_CACHE", os.path.expanduser("~/.cache/msrnn_jax"))
-  out = os.path.join(cache, f"msrnn_onednn_{digest}.so")
-  if os.path.exists(out):
-    return out
-  os.makedirs(os.path.dirname(out), exist_ok=True)
-  tmp = f"{out}.{os.getpid()}.tmp"
-  cmd = [cxx, *flags, "-o", tmp]
-  proc = subprocess.run(cmd, capture_output=True, text=True)
-  if proc.returncode != 0:
-    raise RuntimeError(f"compiling {_SOURCE} failed ({' '.join(cmd)}):\n{proc.stderr[-4000:]}")
-  os.replace(tmp, out)  # atomic: concurrent builders never see a partial file
-  return out
+  return native.build("onednn", ["onednn_conv.cc"],
+                      ["-O2", "-I", include, "-L", libdir, "-ldnnl", f"-Wl,-rpath,{libdir}"],
+                      [importlib.metadata.version(d) for d in _DISTS])
 
 
 def _load() -> None:
@@ -144,15 +107,11 @@ def _load() -> None:
       if jax.default_backend() != "cpu":
         raise RuntimeError(f"the default backend is {jax.default_backend()!r}, not CPU")
       path = build()
-      os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before libgomp starts
-      lib = ctypes.CDLL(path)
+      lib = native.load(path, {_TARGET_FWD: "MsrnnOnednnConvFwd",
+                               _TARGET_BWD: "MsrnnOnednnConvBwd"})
       for fn in (lib.msrnn_onednn_version, lib.msrnn_onednn_cpu_isa, lib.msrnn_onednn_probe):
         fn.restype = ctypes.c_char_p
       lib.msrnn_onednn_probe.argtypes = [ctypes.c_int]
-      for target, symbol in ((_TARGET_FWD, "MsrnnOnednnConvFwd"),
-                             (_TARGET_BWD, "MsrnnOnednnConvBwd")):
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
-                                    platform="cpu")
       _state.update(ok=True, lib=lib, path=path,
                     version=lib.msrnn_onednn_version().decode(),
                     isa=lib.msrnn_onednn_cpu_isa().decode())
@@ -275,38 +234,10 @@ def _backward_call(x, kernel, dy, stride, padding, parts):
 
 # --- the per-device (batch-sliced) partitioning of the two calls ------------------------------
 
-def _batch_split(x: jax.ShapeDtypeStruct) -> tuple[jax.sharding.Mesh, tuple[str, ...]]:
-  """The mesh and the mesh axes the calls split the batch over, from ``x``'s sharding.
-
-  The batch (leading) axis keeps the split XLA propagated to ``x`` when it
-  divides the batch evenly; any sharding of the other axes is dropped (the
-  partitioner then gathers those, which data parallelism never asks for).
-  Shardings without a mesh, which the partitioner hands over when the
-  computation has none, are replicated over their devices: correct, but
-  every device computes the whole batch, as without the rule.
-  """
-  sharding = x.sharding
-  if not isinstance(sharding, NamedSharding):
-    devices = np.asarray(sorted(sharding.device_set, key=lambda d: d.id))
-    return jax.sharding.Mesh(devices, ("onednn_replicas",)), ()
-  spec = tuple(sharding.spec)
-  axes = spec[0] if spec else None
-  axes = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-  if x.shape[0] % math.prod(sharding.mesh.shape[a] for a in axes):
-    axes = ()
-  return sharding.mesh, axes
-
-
-def _shardings(mesh, axes):
-  """(batch-split activations, replicated) shardings on ``mesh``."""
-  return (NamedSharding(mesh, PartitionSpec(axes or None)),
-          NamedSharding(mesh, PartitionSpec()))
-
-
 def _partition_forward(stride, padding, mesh, arg_shapes, result_shape):
   del mesh, result_shape  # decided by x's sharding
-  mesh, axes = _batch_split(arg_shapes[0])
-  act, rep = _shardings(mesh, axes)
+  mesh, axes = native.batch_split(arg_shapes[0])
+  act, rep = native.shardings(mesh, axes)
 
   def per_device(x, kernel):
     return _forward_call(x, kernel, stride, padding)
@@ -316,13 +247,13 @@ def _partition_forward(stride, padding, mesh, arg_shapes, result_shape):
 
 def _infer_forward(stride, padding, mesh, arg_shapes, result_shape):
   del stride, padding, mesh, result_shape
-  return _shardings(*_batch_split(arg_shapes[0]))[0]
+  return native.shardings(*native.batch_split(arg_shapes[0]))[0]
 
 
 def _partition_backward(stride, padding, parts, mesh, arg_shapes, result_shape):
   del mesh, result_shape
-  mesh, axes = _batch_split(arg_shapes[0])
-  act, rep = _shardings(mesh, axes)
+  mesh, axes = native.batch_split(arg_shapes[0])
+  act, rep = native.shardings(mesh, axes)
 
   def per_device(x, kernel, dy):
     dx, dk = _backward_call(x, kernel, dy, stride, padding, parts)
@@ -334,7 +265,7 @@ def _partition_backward(stride, padding, parts, mesh, arg_shapes, result_shape):
 
 def _infer_backward(stride, padding, parts, mesh, arg_shapes, result_shape):
   del stride, padding, parts, mesh, result_shape
-  return _shardings(*_batch_split(arg_shapes[0]))
+  return native.shardings(*native.batch_split(arg_shapes[0]))
 
 
 # Shardy's propagation rule (einsum-like factors): only the batch factor n

@@ -17,12 +17,85 @@ weights from the flow:
 
 Coordinates, weights and both gradients' sums are float32 whatever the
 compute dtype (bfloat16 holds integers exactly only up to 256).
+
+Two implementations of the same maths, named by ``impl`` (one of
+:data:`WARP_IMPLS`; a model's ``warp_impl``):
+
+* ``'xla'``: gathers and scatter-adds in XLA (any platform). XLA:CPU runs
+  the scatter-adds as serial loops: TrajGRU's warp gradient was over half of
+  its training step.
+* ``'native'``: ``native/warp.cc``, loops over contiguous channel vectors
+  (as PyTorch's ``grid_sample`` kernels) as FFI custom calls, threaded with
+  OpenMP; the image gradient's threads own disjoint (batch item, channel
+  block) pairs, so the scatter needs no atomics. CPU only, built on first
+  use (``native.py``); batch-sharded under a multi-device ``jit``.
+
+:func:`resolve` turns ``'auto'`` into ``'native'`` on CPU where it builds,
+else ``'xla'``.
 """
+
+import functools
+import threading
 
 import jax
 import jax.numpy as jnp
+from absl import logging
+from jax.experimental.custom_partitioning import custom_partitioning
 
-__all__ = ["flow_warp"]
+from msrnn_jax.backend import native
+
+__all__ = ["WARP_IMPLS", "available", "flow_warp", "resolve", "unavailable_reason"]
+
+WARP_IMPLS = ("auto", "xla", "native")
+_TARGET_FWD = "msrnn_warp_fwd"
+_TARGET_BWD = "msrnn_warp_bwd"
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def _load() -> None:
+  """Builds, loads and registers the native handlers; records the outcome in ``_state``."""
+  with _lock:
+    if "ok" in _state:
+      return
+    try:
+      native.load(native.build("warp", ["warp.cc"], ["-O3", "-fopenmp"]),
+                  {_TARGET_FWD: "MsrnnWarpFwd", _TARGET_BWD: "MsrnnWarpBwd"})
+      _state.update(ok=True)
+    except (RuntimeError, OSError, AttributeError) as e:
+      _state.update(ok=False, reason=" ".join(str(e).split())[:300])
+      if jax.default_backend() == "cpu":
+        logging.warning("native flow warp unavailable (%s); TrajGRU and MotionRNN warp with "
+                        "XLA's slower scatter", _state["reason"])
+
+
+def available() -> bool:
+  """Whether the native warp can run here (builds it on first call)."""
+  _load()
+  return _state["ok"]
+
+
+def unavailable_reason() -> str | None:
+  """Why :func:`available` is False (None when it is True)."""
+  _load()
+  return _state.get("reason")
+
+
+def resolve(impl: str) -> str:
+  """The implementation ``impl`` stands for on this platform (``'auto'`` resolved).
+
+  Raises:
+    ValueError: unknown name. RuntimeError: ``'native'`` asked for where it
+      cannot run (with the reason).
+  """
+  if impl not in WARP_IMPLS:
+    raise ValueError(f"Unknown warp_impl {impl!r}; valid: {', '.join(WARP_IMPLS)}.")
+  if impl == "auto":
+    return "native" if jax.default_backend() == "cpu" and available() else "xla"
+  if impl == "native" and not available():
+    raise RuntimeError(f"warp_impl='native' is unavailable: {unavailable_reason()}. "
+                       "Use warp_impl='xla' or 'auto' instead.")
+  return impl
 
 
 def _taps(flow: jax.Array, height: int, width: int):
@@ -88,8 +161,54 @@ def _warp(image: jax.Array, flow: jax.Array) -> jax.Array:
   return out.astype(dtype)
 
 
-@jax.custom_vjp
-def flow_warp(image: jax.Array, flow: jax.Array) -> jax.Array:
+# --- the native custom calls, batch-partitioned -------------------------------------------
+
+def _native_forward_call(image, flow):
+  out = jax.ShapeDtypeStruct((*flow.shape[:4], image.shape[-1]), flow.dtype)
+  return jax.ffi.ffi_call(_TARGET_FWD, out, vmap_method="sequential")(image, flow)
+
+
+def _native_backward_call(image, flow, d_out):
+  outs = (jax.ShapeDtypeStruct(image.shape, jnp.float32),
+          jax.ShapeDtypeStruct(flow.shape, jnp.float32))
+  return jax.ffi.ffi_call(_TARGET_BWD, outs, vmap_method="sequential")(image, flow, d_out)
+
+
+def _partition(call, n_args):
+  def partition(mesh, arg_shapes, result_shape):
+    del mesh, result_shape  # decided by the image's sharding
+    act, _ = native.shardings(*native.batch_split(arg_shapes[0]))
+    outs = act if n_args == 2 else (act, act)
+    return act.mesh, call, outs, (act,) * n_args
+
+  def infer(mesh, arg_shapes, result_shape):
+    del mesh, result_shape
+    act, _ = native.shardings(*native.batch_split(arg_shapes[0]))
+    return act if n_args == 2 else (act, act)
+
+  return partition, infer
+
+
+# Only the batch factor n may stay sharded (Shardy's einsum-like rule).
+_native_forward = custom_partitioning(_native_forward_call)
+_native_forward.def_partition(
+    *_partition(_native_forward_call, 2), sharding_rule="n h w c, n h w k t -> n h w k c",
+    need_replication_factors=("h", "w", "c", "k", "t"))
+_native_backward = custom_partitioning(_native_backward_call)
+_native_backward.def_partition(
+    *_partition(_native_backward_call, 3),
+    sharding_rule="n h w c, n h w k t, n h w k c -> n h w c, n h w k t",
+    need_replication_factors=("h", "w", "c", "k", "t"))
+
+
+def _forward(image, flow, impl):
+  if impl == "native":
+    return _native_forward(image.astype(flow.dtype), flow)
+  return _warp(image, flow)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def flow_warp(image: jax.Array, flow: jax.Array, impl: str = "xla") -> jax.Array:
   """Samples ``image`` at ``(x + dx, y + dy)`` for each of K flows, bilinearly.
 
   Sample points are in pixel units (zero flow is the identity); taps outside
@@ -101,21 +220,26 @@ def flow_warp(image: jax.Array, flow: jax.Array) -> jax.Array:
     image: ``[batch, height, width, channels]``.
     flow: ``[batch, height, width, K, 2]``; ``flow[..., 0]`` is the
       displacement along the width (x), ``flow[..., 1]`` along the height (y).
+    impl: ``'xla'`` or ``'native'`` (:data:`WARP_IMPLS` but ``'auto'``,
+      which :func:`resolve` settles when a model is built).
 
   Returns:
     ``[batch, height, width, K, channels]`` of the flow's dtype.
   """
-  return _warp(image, flow)
+  return _forward(image, flow, impl)
 
 
-def _flow_warp_fwd(image, flow):
+def _flow_warp_fwd(image, flow, impl):
   # The image (a recurrent state, kept anyway) and the flow (2K channels)
   # are all the backward pass needs.
-  return _warp(image, flow), (image, flow)
+  return _forward(image, flow, impl), (image, flow)
 
 
-def _flow_warp_bwd(residuals, d_out):
+def _flow_warp_bwd(impl, residuals, d_out):
   image, flow = residuals
+  if impl == "native":
+    d_image, d_flow = _native_backward(image.astype(flow.dtype), flow, d_out.astype(flow.dtype))
+    return d_image.astype(image.dtype), d_flow.astype(flow.dtype)
   b, h, w, c = image.shape
   flat = image.astype(flow.dtype).reshape(b, h * w, c)
   g = d_out.astype(jnp.float32)

@@ -68,6 +68,7 @@ def config_for(name: str, **options: Any) -> ModelConfig:
   """The validated ``ModelConfig`` of a name and options (:func:`create`), ``'auto'`` unresolved."""
   family_name, multiscale = split_name(name)
   options.setdefault("conv_impl", "auto")
+  options.setdefault("warp_impl", "auto")
   for key in sorted(set(options) - set(model_options())):
     raise ConfigValueError(key, options[key], f"no such model option; the options: "
                            f"{', '.join(model_options())}")
@@ -88,10 +89,10 @@ def create(name: str, **options: Any) -> Predictor:
     name: one of ``model_names()`` or ``ALIASES``.
     **options: ``ModelConfig`` fields and family options (see
       ``model_options()``), e.g. ``hidden=64, num_layers=6, channels=1,
-      remat='step', links=13``; ``conv_impl`` defaults to ``'auto'``.
+      remat='step', links=13``; ``conv_impl`` and ``warp_impl`` default to ``'auto'``.
 
   Returns:
-    A ``Predictor`` whose ``conv_impl`` and ``dtype`` are concrete (``'auto'``
+    A ``Predictor`` whose ``conv_impl``, ``warp_impl`` and ``dtype`` are concrete (``'auto'``
     decided here, for this platform).
   """
   return Predictor(config_for(name, **options).resolved())

@@ -51,7 +51,9 @@ class ModelConfig:
     dtype: compute dtype name (``'float32'``, ``'bfloat16'``), or ``'auto'``
       (``backend.fast_dtype``); parameters stay float32.
     conv_impl: the convolution kernel, one of ``backend.CONV_IMPLS``;
-      ``create`` (default ``'auto'``) resolves both ``'auto'`` values once.
+      ``create`` (default ``'auto'``) resolves the ``'auto'`` values once.
+    warp_impl: the flow warp of the warping families, one of
+      ``backend.WARP_IMPLS`` (``create``'s default ``'auto'``).
     initializer: ``'torch'`` (PyTorch defaults, as the reference) or ``'flax'``.
     options: the family's own options (TrajGRU's ``links``...) as sorted
       ``(name, value)`` pairs; :meth:`option` reads them, with the cell's defaults.
@@ -71,6 +73,7 @@ class ModelConfig:
   scan_unroll: int = 1
   dtype: str = "float32"
   conv_impl: str = "xla"
+  warp_impl: str = "xla"
   initializer: str = "torch"
   options: tuple[tuple[str, Any], ...] = ()
 
@@ -88,10 +91,11 @@ class ModelConfig:
     return DTYPES[self.dtype]
 
   def resolved(self) -> "ModelConfig":
-    """This config with ``conv_impl`` and ``dtype`` decided for this platform."""
+    """This config with the kernels and ``dtype`` decided for this platform."""
     impl = backend.resolve(self.conv_impl)
     dtype = backend.fast_dtype(impl) if self.dtype == "auto" else self.dtype
-    return dataclasses.replace(self, conv_impl=impl, dtype=dtype)
+    return dataclasses.replace(self, conv_impl=impl, dtype=dtype,
+                               warp_impl=backend.resolve_warp(self.warp_impl))
 
   @property
   def checkpoint_policy(self):
@@ -129,6 +133,7 @@ class ModelConfig:
     policies = tuple(n for n in dir(jax.checkpoint_policies) if not n.startswith("_"))
     for field, valid in (("family", tuple(FAMILIES)), ("remat", REMAT_MODES),
                          ("dtype", (*DTYPES, "auto")), ("conv_impl", backend.CONV_IMPLS),
+                         ("warp_impl", backend.WARP_IMPLS),
                          ("initializer", INITS), ("skip", (None, *pyramid.SKIPS)),
                          ("remat_policy", policies)):
       if getattr(self, field) not in valid:

@@ -35,7 +35,7 @@ DATA_KEYS: tuple[str, ...] = (
 _MODE_DATA_KEYS = {"train": DATA_KEYS, "eval": DATA_KEYS[:4], "predict": ()}
 # Where the config holds the ModelConfig fields that are not model.<field>.
 _MODEL_FIELD_KEYS = {"name": "model.name", "channels": "data.channels", "in_len": "data.in_len",
-                     "conv_impl": "backend.conv_impl"}
+                     "conv_impl": "backend.conv_impl", "warp_impl": "backend.warp_impl"}
 
 
 def state_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:

@@ -90,7 +90,8 @@ def start_jax(config: ml_collections.ConfigDict) -> None:
   if distributed.initialize(config.distributed):
     distributed.check_same_config(config)
   logging.info("JAX process %d/%d, local devices: %s; %s", jax.process_index(),
-               jax.process_count(), jax.local_devices(), backend.summary(config.backend.conv_impl))
+               jax.process_count(), jax.local_devices(),
+               backend.summary(config.backend.conv_impl, config.backend.warp_impl))
 
 
 @contextlib.contextmanager

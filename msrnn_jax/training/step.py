@@ -51,7 +51,8 @@ def model_config(config: ml_collections.ConfigDict,
     options["remat"] = remat or "none"
   return model_lib.config_for(config.model.name, channels=config.data.channels,
                               in_len=config.data.in_len,
-                              conv_impl=config.backend.conv_impl, **options)
+                              conv_impl=config.backend.conv_impl,
+                              warp_impl=config.backend.warp_impl, **options)
 
 
 def create_model(config: ml_collections.ConfigDict,

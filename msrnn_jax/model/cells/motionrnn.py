@@ -71,7 +71,8 @@ class MotionRNNCell(MIMCell):
     weights = nn.sigmoid(self.motion_hm(he))
     b, hh, ww, c = he.shape
     kk = self.option("motion_k") ** 2
-    warped = bilinear_warp(he, f_new.reshape(b, hh, ww, kk, 2)) * weights[..., None]
+    warped = bilinear_warp(he, f_new.reshape(b, hh, ww, kk, 2), self.config.warp_impl)
+    warped = warped * weights[..., None]
     hd = self.motion_up(self.motion_dec(warped.reshape(b, hh, ww, kk * c)))
     g = nn.sigmoid(self.motion_gate(jnp.concatenate([hd, h_mim], axis=-1)))
     return g * h_mim + (1.0 - g) * hd, f_new, d_new

@@ -62,7 +62,8 @@ class TrajGRUCell(CellBase):
     """
     b, hh, ww, _ = flows.shape
     flows = flows.reshape(b, hh, ww, self.option("links"), 2)
-    warped = bilinear_warp(h, -flows).reshape(b, hh, ww, self.option("links") * self.hidden)
+    warped = bilinear_warp(h, -flows, self.config.warp_impl)
+    warped = warped.reshape(b, hh, ww, self.option("links") * self.hidden)
     return self.project(warped)
 
   def __call__(self, x, state, m=None, diag=None):
