@@ -184,7 +184,9 @@ def serve_jax(argv: list[str]) -> int:
     print(f"error: {e}", flush=True)
     return 2
   import jax
-  # As the training loop does after its first step (msrnn_jax/backend/allocator.py).
+  # As the training loop does after compiling and after its first step
+  # (msrnn_jax/backend/allocator.py).
+  backend.release_freed_memory()
   jax.block_until_ready(step())
   backend.release_freed_memory()
   serve(step, max(int(warmup) - 1, 0),

@@ -83,10 +83,14 @@ def fitted_train_step(remat: str, build: Callable[[str], Callable], example_args
     budget: bytes; None reads :func:`budget_bytes`.
 
   Returns:
-    ``(remat, train_step)``; ``'auto'`` becomes ``'none'`` or ``'step'``.
+    ``(remat, train_step)``; ``'auto'`` becomes ``'none'`` or ``'step'``. The
+    step is compiled for ``example_args``, so the caller can hand the
+    compiler's freed memory back before the first step.
   """
   if remat != "auto":
-    return remat, build(remat)
+    step = build(remat)
+    step.lower(*example_args).compile()
+    return remat, step
   budget = budget_bytes() if budget is None else budget
   step = build("none")
   need = compiled_bytes(step.lower(*example_args).compile())
@@ -96,4 +100,7 @@ def fitted_train_step(remat: str, build: Callable[[str], Callable], example_args
         np.int32(choice == "step")))]
   logging.info("model.remat='auto': a training step without remat needs %.2f GB per device "
                "of a %.2f GB budget; training with remat=%r.", need / 1e9, budget / 1e9, choice)
-  return choice, step if choice == "none" else build(choice)
+  if choice != "none":
+    step = build(choice)
+    step.lower(*example_args).compile()
+  return choice, step

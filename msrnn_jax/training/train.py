@@ -141,6 +141,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       lambda remat: make_train_step(create_model(config, remat=remat), tx, in_len,
                                     config.train.decouple_weight),
       (state, example["frames"], jnp.float32(0), jnp.float32(0), example["rows"]))
+  # The compiler's freed memory is not resident when the first step's temporaries arrive.
+  backend.release_freed_memory()
   eval_step = make_eval_step(model, data.radar_metrics(config.data))
 
   with run.locked_workdir(workdir), contextlib.ExitStack() as cleanup:
