@@ -93,6 +93,29 @@ def test_gradients_match_autodiff_of_plain_maths(impl):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
+def test_far_and_nonfinite_flows_read_nothing(impl):
+  """Samples far outside the image, or at a NaN or infinite flow (a diverged run), read zeros
+  and pass no gradient, instead of reading out of bounds."""
+  image, flow = random_case()
+  bad = np.array([1e9, -1e9, np.nan, np.inf], np.float32)
+  flow[0, 1, 2, :, 0] = bad
+  flow[1, 3, 4, :, 1] = bad[::-1]
+  cot = jnp.ones((*flow.shape[:4], image.shape[-1]), jnp.float32)
+  out, vjp = jax.vjp(lambda i, f: backend.flow_warp(i, f, impl), jnp.asarray(image),
+                     jnp.asarray(flow))
+  np.testing.assert_array_equal(out[0, 1, 2], 0.0)
+  np.testing.assert_array_equal(out[1, 3, 4], 0.0)
+  d_image, d_flow = vjp(cot)
+  assert np.isfinite(d_image).all()
+  np.testing.assert_array_equal(d_flow[0, 1, 2], 0.0)
+  np.testing.assert_array_equal(d_flow[1, 3, 4], 0.0)
+  # The other samples are as the plain maths have them.
+  ref_image, _ = jax.vjp(plain_warp, jnp.asarray(image), jnp.asarray(np.nan_to_num(
+      flow, nan=1e9, posinf=1e9)))[1](cot)
+  np.testing.assert_allclose(d_image, ref_image, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("image_dtype", [jnp.bfloat16, jnp.float32])
 def test_bfloat16_flow_within_tolerance(image_dtype, impl):
   image, flow = random_case()

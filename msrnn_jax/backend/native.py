@@ -28,7 +28,8 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -83,13 +84,54 @@ def build(name: str, sources: Sequence[str], flags: Sequence[str],
 
 def load(path: str, targets: dict[str, str]) -> ctypes.CDLL:
   """Loads a built library and registers its FFI handlers (``{target: symbol}``) on CPU."""
-  if jax.default_backend() != "cpu":
-    raise RuntimeError(f"the default backend is {jax.default_backend()!r}, not CPU")
   os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before libgomp starts
   lib = ctypes.CDLL(path)
   for target, symbol in targets.items():
     jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
   return lib
+
+
+class Library:
+  """A kernel library loaded on first use, or the reason it cannot be.
+
+  Attributes:
+    state: ``ok`` and, once loaded, what ``load`` returned (``reason`` when
+      not ``ok``); callers may keep more of their own in it, under ``lock``.
+    lock: guards ``state``.
+  """
+
+  def __init__(self, load: Callable[[], dict], on_failure: Callable[[str], None]):
+    """
+    Args:
+      load: builds, loads and registers the library; returns what to keep in
+        ``state``; raises RuntimeError, OSError or AttributeError (a missing
+        symbol) with the reason it cannot.
+      on_failure: called with the reason (one line) when ``load`` fails.
+    """
+    self._load, self._on_failure = load, on_failure
+    self.lock = threading.Lock()
+    self.state: dict = {}
+
+  def get(self) -> dict:
+    """``state``, after loading the library if no call has tried yet."""
+    with self.lock:
+      if "ok" not in self.state:
+        try:
+          if jax.default_backend() != "cpu":
+            raise RuntimeError(f"the default backend is {jax.default_backend()!r}, not CPU")
+          self.state.update(self._load(), ok=True)
+        except (RuntimeError, OSError, AttributeError) as e:
+          self.state.update(ok=False, reason=str(e))
+          self._on_failure(" ".join(str(e).split())[:300])
+    return self.state
+
+  def available(self) -> bool:
+    """Whether the library can run here (builds and loads it on first call)."""
+    return self.get()["ok"]
+
+  def unavailable_reason(self) -> str | None:
+    """Why :meth:`available` is False (None when it is True)."""
+    return self.get().get("reason")
 
 
 def batch_split(x: jax.ShapeDtypeStruct) -> tuple[jax.sharding.Mesh, tuple[str, ...]]:

@@ -39,7 +39,6 @@ import ctypes
 import functools
 import importlib.metadata
 import os
-import threading
 from collections.abc import Sequence
 
 import jax
@@ -58,8 +57,6 @@ INSTALL_HINT = ("pip install 'onednn-cpu-gomp==2023.2.0' 'onednn-devel-cpu-gomp=
 
 Padding = tuple[tuple[int, int], tuple[int, int]]
 
-_lock = threading.Lock()
-_state: dict = {}
 
 
 def _dist_file(dist: str, suffix: str) -> str | None:
@@ -98,49 +95,35 @@ def build() -> str:
                       [importlib.metadata.version(d) for d in _DISTS])
 
 
-def _load() -> None:
-  """Builds, loads and registers the handlers; records the outcome in ``_state``."""
-  with _lock:
-    if "ok" in _state:
-      return
-    try:
-      if jax.default_backend() != "cpu":
-        raise RuntimeError(f"the default backend is {jax.default_backend()!r}, not CPU")
-      path = build()
-      lib = native.load(path, {_TARGET_FWD: "MsrnnOnednnConvFwd",
-                               _TARGET_BWD: "MsrnnOnednnConvBwd"})
-      for fn in (lib.msrnn_onednn_version, lib.msrnn_onednn_cpu_isa, lib.msrnn_onednn_probe):
-        fn.restype = ctypes.c_char_p
-      lib.msrnn_onednn_probe.argtypes = [ctypes.c_int]
-      _state.update(ok=True, lib=lib, path=path,
-                    version=lib.msrnn_onednn_version().decode(),
-                    isa=lib.msrnn_onednn_cpu_isa().decode())
-      logging.info("oneDNN %s loaded for the convolutions; effective CPU ISA: %s",
-                   _state["version"], _state["isa"])
-    except (RuntimeError, OSError, AttributeError) as e:
-      _state.update(ok=False, reason=str(e))
-      if jax.default_backend() == "cpu":  # elsewhere XLA's own convolutions are the plan
-        logging.warning("oneDNN convolutions unavailable (%s); CPU convolutions take the "
-                        "portable, slower path. Install them with: pip install "
-                        "'msrnn_jax[cpu]'", " ".join(str(e).split())[:300])
+def _load() -> dict:
+  """Builds, loads and registers the handlers."""
+  path = build()
+  lib = native.load(path, {_TARGET_FWD: "MsrnnOnednnConvFwd", _TARGET_BWD: "MsrnnOnednnConvBwd"})
+  for fn in (lib.msrnn_onednn_version, lib.msrnn_onednn_cpu_isa, lib.msrnn_onednn_probe):
+    fn.restype = ctypes.c_char_p
+  lib.msrnn_onednn_probe.argtypes = [ctypes.c_int]
+  state = dict(lib=lib, path=path, version=lib.msrnn_onednn_version().decode(),
+               isa=lib.msrnn_onednn_cpu_isa().decode())
+  logging.info("oneDNN %s loaded for the convolutions; effective CPU ISA: %s", state["version"],
+               state["isa"])
+  return state
 
 
-def available() -> bool:
-  """Whether the oneDNN convolutions can run here (builds them on first call)."""
-  _load()
-  return _state["ok"]
+def _unavailable(reason: str) -> None:
+  if jax.default_backend() == "cpu":  # elsewhere XLA's own convolutions are the plan
+    logging.warning("oneDNN convolutions unavailable (%s); CPU convolutions take the portable, "
+                    "slower path. Install them with: pip install 'msrnn_jax[cpu]'", reason)
 
 
-def unavailable_reason() -> str | None:
-  """Why :func:`available` is False (None when it is True)."""
-  _load()
-  return _state.get("reason")
+_library = native.Library(_load, _unavailable)
+_state = _library.state
+available = _library.available
+unavailable_reason = _library.unavailable_reason
 
 
 def version() -> str | None:
   """The loaded oneDNN's version, e.g. ``'3.2.0'``."""
-  _load()
-  return _state.get("version")
+  return _library.get().get("version")
 
 
 def cpu_isa() -> str | None:
@@ -149,8 +132,7 @@ def cpu_isa() -> str | None:
   oneDNN's own name (``dnnl_get_effective_cpu_isa``), after any limit set
   with ``ONEDNN_MAX_CPU_ISA``; None where oneDNN is unavailable.
   """
-  _load()
-  return _state.get("isa")
+  return _library.get().get("isa")
 
 
 # ISAs with bfloat16 instructions (AVX-512 BF16 dot products, AMX tiles, or
@@ -171,7 +153,7 @@ def bf16_supported() -> bool:
   """
   if not available():
     return False
-  with _lock:
+  with _library.lock:
     if "bf16" not in _state:
       probe = _state["lib"].msrnn_onednn_probe(1).decode()
       impls = [] if probe.startswith("error") else [p.split("=", 1)[1] for p in probe.split(";")]

@@ -35,7 +35,6 @@ else ``'xla'``.
 """
 
 import functools
-import threading
 
 import jax
 import jax.numpy as jnp
@@ -49,36 +48,23 @@ __all__ = ["WARP_IMPLS", "available", "flow_warp", "resolve", "unavailable_reaso
 WARP_IMPLS = ("auto", "xla", "native")
 _TARGET_FWD = "msrnn_warp_fwd"
 _TARGET_BWD = "msrnn_warp_bwd"
-_lock = threading.Lock()
-_state: dict = {}
 
 
-def _load() -> None:
-  """Builds, loads and registers the native handlers; records the outcome in ``_state``."""
-  with _lock:
-    if "ok" in _state:
-      return
-    try:
-      native.load(native.build("warp", ["warp.cc"], ["-O3", "-fopenmp"]),
-                  {_TARGET_FWD: "MsrnnWarpFwd", _TARGET_BWD: "MsrnnWarpBwd"})
-      _state.update(ok=True)
-    except (RuntimeError, OSError, AttributeError) as e:
-      _state.update(ok=False, reason=" ".join(str(e).split())[:300])
-      if jax.default_backend() == "cpu":
-        logging.warning("native flow warp unavailable (%s); TrajGRU and MotionRNN warp with "
-                        "XLA's slower scatter", _state["reason"])
+def _load() -> dict:
+  native.load(native.build("warp", ["warp.cc"], ["-O3", "-fopenmp"]),
+              {_TARGET_FWD: "MsrnnWarpFwd", _TARGET_BWD: "MsrnnWarpBwd"})
+  return {}
 
 
-def available() -> bool:
-  """Whether the native warp can run here (builds it on first call)."""
-  _load()
-  return _state["ok"]
+def _unavailable(reason: str) -> None:
+  if jax.default_backend() == "cpu":
+    logging.warning("native flow warp unavailable (%s); TrajGRU and MotionRNN warp with XLA's "
+                    "slower scatter", reason)
 
 
-def unavailable_reason() -> str | None:
-  """Why :func:`available` is False (None when it is True)."""
-  _load()
-  return _state.get("reason")
+_library = native.Library(_load, _unavailable)
+available = _library.available
+unavailable_reason = _library.unavailable_reason
 
 
 def resolve(impl: str) -> str:

@@ -65,8 +65,8 @@ inline void Store(uint16_t* p, int64_t i, float v) {
 }
 
 // The four taps of the sample at (y, x) displaced by (fx, fy): flat source
-// pixel (clipped), weight (zero outside the image), and the weight's
-// derivatives along x and y.
+// pixel (0 outside the image), weight (zero outside the image), and the
+// weight's derivatives along x and y.
 struct Taps {
   int64_t index[4];
   float weight[4], grad_x[4], grad_y[4];
@@ -85,10 +85,9 @@ inline Taps MakeTaps(int64_t y, int64_t x, float fx, float fy, int64_t h, int64_
     for (int dx = 0; dx < 2; ++dx, ++n) {
       const float wx = dx ? wx1 : 1.0f - wx1;
       const float xi = x0 + dx;
+      // False for NaN coordinates too: a diverged flow reads nothing.
       const bool valid = xi >= 0 && xi <= w - 1 && yi >= 0 && yi <= h - 1;
-      const float cy = std::min(std::max(yi, 0.0f), static_cast<float>(h - 1));
-      const float cx = std::min(std::max(xi, 0.0f), static_cast<float>(w - 1));
-      t.index[n] = static_cast<int64_t>(cy) * w + static_cast<int64_t>(cx);
+      t.index[n] = valid ? static_cast<int64_t>(yi) * w + static_cast<int64_t>(xi) : 0;
       t.weight[n] = valid ? wx * wy : 0.0f;
       t.grad_x[n] = valid ? (2 * dx - 1) * wy : 0.0f;
       t.grad_y[n] = valid ? (2 * dy - 1) * wx : 0.0f;
@@ -97,65 +96,60 @@ inline Taps MakeTaps(int64_t y, int64_t x, float fx, float fy, int64_t h, int64_
   return t;
 }
 
-template <typename T>
-void Forward(const T* __restrict image, const T* __restrict flow, T* __restrict out,
-             const Dims& d) {
+// Calls body(s, taps, img) for every sample s = ((b * H + y) * W + x) * K + k,
+// the rows (b, y) split over the threads; img is batch item b's image.
+template <typename T, typename F>
+void ForEachSample(const T* image, const T* flow, const Dims& d, F&& body) {
   const int64_t rows = d.b * d.h;
 #pragma omp parallel for schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
-    const int64_t bi = r / d.h, y = r % d.h;
-    const T* img = image + bi * d.h * d.w * d.c;
+    const int64_t y = r % d.h;
+    const T* img = image + (r / d.h) * d.h * d.w * d.c;
     for (int64_t x = 0; x < d.w; ++x) {
       for (int64_t k = 0; k < d.k; ++k) {
-        const int64_t s = ((r * d.w + x) * d.k + k);
-        const Taps t = MakeTaps(y, x, Load(flow, 2 * s), Load(flow, 2 * s + 1), d.h, d.w);
-        const T* __restrict s0 = img + t.index[0] * d.c;
-        const T* __restrict s1 = img + t.index[1] * d.c;
-        const T* __restrict s2 = img + t.index[2] * d.c;
-        const T* __restrict s3 = img + t.index[3] * d.c;
-        const float w0 = t.weight[0], w1 = t.weight[1], w2 = t.weight[2], w3 = t.weight[3];
-        T* __restrict dst = out + s * d.c;
-        for (int64_t ch = 0; ch < d.c; ++ch)
-          Store(dst, ch, ((Load(s0, ch) * w0 + Load(s1, ch) * w1) + Load(s2, ch) * w2) +
-                             Load(s3, ch) * w3);
+        const int64_t s = (r * d.w + x) * d.k + k;
+        body(s, MakeTaps(y, x, Load(flow, 2 * s), Load(flow, 2 * s + 1), d.h, d.w), img);
       }
     }
   }
 }
 
 template <typename T>
+void Forward(const T* image, const T* flow, T* out, const Dims& d) {
+  ForEachSample(image, flow, d, [&](int64_t s, const Taps& t, const T* img) {
+    const T* __restrict s0 = img + t.index[0] * d.c;
+    const T* __restrict s1 = img + t.index[1] * d.c;
+    const T* __restrict s2 = img + t.index[2] * d.c;
+    const T* __restrict s3 = img + t.index[3] * d.c;
+    const float w0 = t.weight[0], w1 = t.weight[1], w2 = t.weight[2], w3 = t.weight[3];
+    T* __restrict dst = out + s * d.c;
+    for (int64_t ch = 0; ch < d.c; ++ch)
+      Store(dst, ch, ((Load(s0, ch) * w0 + Load(s1, ch) * w1) + Load(s2, ch) * w2) +
+                         Load(s3, ch) * w3);
+  });
+}
+
+template <typename T>
 void Backward(const T* image, const T* flow, const T* d_out, float* d_image, float* d_flow,
               const Dims& d) {
-  const int64_t rows = d.b * d.h;
   // The flow gradient: <d_out, tap value> over channels, per tap.
-#pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t bi = r / d.h, y = r % d.h;
-    const T* img = image + bi * d.h * d.w * d.c;
-    for (int64_t x = 0; x < d.w; ++x) {
-      for (int64_t k = 0; k < d.k; ++k) {
-        const int64_t s = ((r * d.w + x) * d.k + k);
-        const Taps t = MakeTaps(y, x, Load(flow, 2 * s), Load(flow, 2 * s + 1), d.h, d.w);
-        const T* __restrict g = d_out + s * d.c;
-        const T* __restrict s0 = img + t.index[0] * d.c;
-        const T* __restrict s1 = img + t.index[1] * d.c;
-        const T* __restrict s2 = img + t.index[2] * d.c;
-        const T* __restrict s3 = img + t.index[3] * d.c;
-        float p0 = 0.0f, p1 = 0.0f, p2 = 0.0f, p3 = 0.0f;
-        for (int64_t ch = 0; ch < d.c; ++ch) {
-          const float gc = Load(g, ch);
-          p0 += gc * Load(s0, ch);
-          p1 += gc * Load(s1, ch);
-          p2 += gc * Load(s2, ch);
-          p3 += gc * Load(s3, ch);
-        }
-        const float gx = t.grad_x[0] * p0 + t.grad_x[1] * p1 + t.grad_x[2] * p2 + t.grad_x[3] * p3;
-        const float gy = t.grad_y[0] * p0 + t.grad_y[1] * p1 + t.grad_y[2] * p2 + t.grad_y[3] * p3;
-        d_flow[2 * s] = gx;
-        d_flow[2 * s + 1] = gy;
-      }
+  ForEachSample(image, flow, d, [&](int64_t s, const Taps& t, const T* img) {
+    const T* __restrict g = d_out + s * d.c;
+    const T* __restrict s0 = img + t.index[0] * d.c;
+    const T* __restrict s1 = img + t.index[1] * d.c;
+    const T* __restrict s2 = img + t.index[2] * d.c;
+    const T* __restrict s3 = img + t.index[3] * d.c;
+    float p0 = 0.0f, p1 = 0.0f, p2 = 0.0f, p3 = 0.0f;
+    for (int64_t ch = 0; ch < d.c; ++ch) {
+      const float gc = Load(g, ch);
+      p0 += gc * Load(s0, ch);
+      p1 += gc * Load(s1, ch);
+      p2 += gc * Load(s2, ch);
+      p3 += gc * Load(s3, ch);
     }
-  }
+    d_flow[2 * s] = t.grad_x[0] * p0 + t.grad_x[1] * p1 + t.grad_x[2] * p2 + t.grad_x[3] * p3;
+    d_flow[2 * s + 1] = t.grad_y[0] * p0 + t.grad_y[1] * p1 + t.grad_y[2] * p2 + t.grad_y[3] * p3;
+  });
   // The image gradient: each sample's d_out times its tap weights, added
   // into the four source pixels. Threads own disjoint (batch item, channel
   // block) pairs; enough blocks that every thread has work.
