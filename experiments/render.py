@@ -255,16 +255,25 @@ def vs_torch_families_table() -> str:
   """Every family's training step against PyTorch's, one row per model and run: step time and
   each process's peak resident memory, measured side by side (``vs_torch.py``)."""
   d = _data("vs_torch_families")
-  rows, sources = [], []
+  order = [PRETTY[f] for f in FAMILY_ORDER]
+  measured, sources = [], []
   for i, run in enumerate(d["runs"], 1):
     sources.append(f"{i}. {_source(run)}")
-    for r in run["rows"]:
-      torch = r["torch_s"] is not None  # None: ours alone (PyTorch's does not fit beside it)
-      rows.append([r["model"], str(r["batch"]), r["dtype"], f"`{r.get('remat', 'none')}`",
-                   f"{r['torch_s']:.2f} s" if torch else "-", f"{r['ours_s']:.2f} s",
-                   f"**{r['ratio']:.2f}** ({r['lo']:.2f}-{r['hi']:.2f})" if torch else "-",
-                   f"{r['torch_rss_gb']:.2f} GB" if torch else "-", f"{r['ours_rss_gb']:.2f} GB",
-                   f"**{r['rss_ratio']:.2f}**" if torch else "-", str(i)])
+    measured += [(i, r) for r in run["rows"]]
+  # Family order; float32 before bfloat16, beside PyTorch before ours alone, plain before MS.
+  def key(item):
+    r = item[1]
+    return (order.index(r["model"].removeprefix("MS-")), r["dtype"] != "float32",
+            r["torch_s"] is None, r["model"].startswith("MS-"))
+
+  rows = []
+  for i, r in sorted(measured, key=key):
+    torch = r["torch_s"] is not None  # None: ours alone (PyTorch's does not fit beside it)
+    rows.append([r["model"], str(r["batch"]), r["dtype"], f"`{r.get('remat', 'none')}`",
+                 f"{r['torch_s']:.2f} s" if torch else "-", f"{r['ours_s']:.2f} s",
+                 f"**{r['ratio']:.2f}** ({r['lo']:.2f}-{r['hi']:.2f})" if torch else "-",
+                 f"{r['torch_rss_gb']:.2f} GB" if torch else "-", f"{r['ours_rss_gb']:.2f} GB",
+                 f"**{r['rss_ratio']:.2f}**" if torch else "-", str(i)])
   return _table(["model", "batch", "dtype", "our remat", "PyTorch step", "ours step",
                  "/ PyTorch (range)", "PyTorch peak RSS", "ours peak RSS", "/ PyTorch", "run"],
                 rows) + "\n" + "".join(sources)
