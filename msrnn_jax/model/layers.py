@@ -118,15 +118,29 @@ def fused_conv(convs: Sequence[Conv], xs: Sequence[jax.Array]) -> jax.Array:
     return convs[0](xs[0])
   for c, x in zip(convs, xs, strict=True):
     c.check_input(x)
+  return stacked_conv(convs, backend.concatenate(xs, convs[0].dtype))
+
+
+def stacked_conv(convs: Sequence[Conv], x: jax.Array) -> jax.Array:
+  """:func:`fused_conv` of inputs already stacked along channels (``x``, from ``stack``).
+
+  For a stack that another convolution also reads: the backward pass keeps one copy.
+  """
+  if x.shape[-1] != sum(c.in_features for c in convs):
+    raise ValueError(f"{', '.join(c.name for c in convs)}: expected "
+                     f"{sum(c.in_features for c in convs)} stacked input channels, got array of "
+                     f"shape {x.shape}.")
   c0 = convs[0]
   dtype = c0.dtype
-  x = backend.concatenate(xs, dtype)
   # Concatenated in the parameters' float32; conv2d casts (see its dtype).
   kernel = jnp.concatenate([c.kernel for c in convs], axis=2)
   y = backend.conv2d(x, kernel, dtype=dtype, conv_impl=c0.conv_impl)
   biases = [c.bias for c in convs if c.use_bias]
   return backend.add_bias(y, sum(biases)) if biases else y
 
+
+# ``xs`` rounded to ``dtype`` and stacked along channels (``backend.concatenate``).
+stack = backend.concatenate
 
 # A convolution's gate chunks: ``split_gates(y, n) = jnp.split(y, n, axis=-1)``.
 split_gates = backend.split

@@ -2,12 +2,10 @@
 
 from typing import ClassVar
 
-import jax.numpy as jnp
-
 from msrnn_jax.backend.gates import gated_tanh, memory_update
 from msrnn_jax.model.attention import local_attention
 from msrnn_jax.model.cells.base import CellBase
-from msrnn_jax.model.layers import fused_conv, split_gates
+from msrnn_jax.model.layers import fused_conv, split_gates, stack, stacked_conv
 
 
 class PrecipLSTMCell(CellBase):
@@ -71,6 +69,7 @@ class PrecipLSTMCell(CellBase):
     s = memory_update(*split_gates(fused_conv([self.conv_xs, self.conv_ss], [xa, s]), 3), s)
     t = memory_update(*split_gates(fused_conv([self.conv_xt, self.conv_tt], [x - x_prev, t]), 3),
                       t)
-    o = o + fused_conv([self.conv_co, self.conv_so, self.conv_to, self.conv_mo], [c, s, t, m])
-    h = gated_tanh(o, self.conv_last(jnp.concatenate([c, s, t, m], axis=-1)))
+    csm = stack([c, s, t, m], self.config.compute_dtype)  # one copy kept for both convolutions
+    o = o + stacked_conv([self.conv_co, self.conv_so, self.conv_to, self.conv_mo], csm)
+    h = gated_tanh(o, self.conv_last(csm))
     return h, (h, c, s, t, x), m, {}

@@ -2,11 +2,9 @@
 
 from typing import ClassVar
 
-import jax.numpy as jnp
-
 from msrnn_jax.backend.gates import gated_tanh, memory_update
 from msrnn_jax.model.cells.base import CellBase
-from msrnn_jax.model.layers import fused_conv, split_gates
+from msrnn_jax.model.layers import fused_conv, split_gates, stack, stacked_conv
 
 
 class STLSTMCell(CellBase):
@@ -43,8 +41,9 @@ class STLSTMCell(CellBase):
     c = memory_update(i, f, g, c)
     im, fm, gm = split_gates(fused_conv([self.conv_xm, self.conv_mm], [x, m]), 3)
     m = memory_update(im, fm, gm, m)
-    h = gated_tanh(o + fused_conv([self.conv_co, self.conv_mo], [c, m]),
-                   self.conv_last(jnp.concatenate([c, m], axis=-1)))
+    # One stack [C', M'] for both convolutions that read it: one copy kept for the backward pass.
+    cm = stack([c, m], self.config.compute_dtype)
+    h = gated_tanh(o + stacked_conv([self.conv_co, self.conv_mo], cm), self.conv_last(cm))
     # The increments s(i) tanh(g) of C and M, for PredRNN-V2's decoupling loss
     # (unread elsewhere).
     extras = {"gates_c": (i, g), "gates_m": (im, gm)}
