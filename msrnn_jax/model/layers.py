@@ -139,6 +139,23 @@ def stacked_conv(convs: Sequence[Conv], x: jax.Array) -> jax.Array:
   return backend.add_bias(y, sum(biases)) if biases else y
 
 
+def conv_on_channels(conv: Conv, x: jax.Array, start: int) -> jax.Array:
+  """``conv(x[..., start:start + conv.in_features])``, as a convolution over all of ``x``.
+
+  The kernel is zero over ``x``'s other channels. For a stack that another
+  convolution reads whole: the backward pass keeps the stack alone, not a
+  copy of the slice as well, for the zero taps' multiply-adds (meant for 1x1
+  convolutions, whose share of a step is small).
+  """
+  after = x.shape[-1] - start - conv.in_features
+  if start < 0 or after < 0:
+    raise ValueError(f"{conv.name}: channels {start}..{start + conv.in_features} are not within "
+                     f"an array of shape {x.shape}.")
+  kernel = jnp.pad(conv.kernel, ((0, 0), (0, 0), (start, after), (0, 0)))
+  y = backend.conv2d(x, kernel, dtype=conv.dtype, conv_impl=conv.conv_impl)
+  return backend.add_bias(y, conv.bias) if conv.use_bias else y
+
+
 # ``xs`` rounded to ``dtype`` and stacked along channels (``backend.concatenate``).
 stack = backend.concatenate
 

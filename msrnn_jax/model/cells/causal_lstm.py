@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from msrnn_jax.backend.gates import gated_tanh, memory_update
 from msrnn_jax.model.cells.base import CellBase
-from msrnn_jax.model.layers import fused_conv, split_gates
+from msrnn_jax.model.layers import conv_on_channels, fused_conv, split_gates, stack
 
 
 class CausalLSTMCell(CellBase):
@@ -62,6 +62,8 @@ class CausalLSTMCell(CellBase):
     c = memory_update(i, f, g, c)
     im, fm, gm = split_gates(self.conv_b(jnp.concatenate([x, c, m], axis=-1)), 3)
     m = gated_tanh(fm, self.conv_m(m)) + gated_tanh(im, gm)
-    o = jnp.tanh(self.conv_o(jnp.concatenate([x, c, m], axis=-1)))
-    h = o * jnp.tanh(self.conv_last(jnp.concatenate([c, m], axis=-1)))
+    # conv_o reads [X, C', M'] and the 1x1 conv_last [C', M']: one stack, kept once.
+    xcm = stack([x, c, m], self.config.compute_dtype)
+    o = jnp.tanh(self.conv_o(xcm))
+    h = o * jnp.tanh(conv_on_channels(self.conv_last, xcm, start=self.hidden))
     return h, (h, c) + extra, m, {}
