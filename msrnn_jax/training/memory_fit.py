@@ -87,13 +87,15 @@ def fitted_train_step(remat: str, build: Callable[[str], Callable], example_args
     step is compiled for ``example_args``, so the caller can hand the
     compiler's freed memory back before the first step.
   """
+  def compiled(mode):
+    step = build(mode)
+    return step, step.lower(*example_args).compile()
+
   if remat != "auto":
-    step = build(remat)
-    step.lower(*example_args).compile()
-    return remat, step
+    return remat, compiled(remat)[0]
   budget = budget_bytes() if budget is None else budget
-  step = build("none")
-  need = compiled_bytes(step.lower(*example_args).compile())
+  step, executable = compiled("none")
+  need = compiled_bytes(executable)
   choice = "none" if fits(need, budget) else "step"
   if jax.process_count() > 1:
     choice = ("none", "step")[int(multihost_utils.broadcast_one_to_all(
@@ -101,6 +103,5 @@ def fitted_train_step(remat: str, build: Callable[[str], Callable], example_args
   logging.info("model.remat='auto': a training step without remat needs %.2f GB per device "
                "of a %.2f GB budget; training with remat=%r.", need / 1e9, budget / 1e9, choice)
   if choice != "none":
-    step = build(choice)
-    step.lower(*example_args).compile()
+    step = compiled(choice)[0]
   return choice, step
