@@ -1,6 +1,7 @@
 """Model library: registry, shapes, parameter counts, cell equations, remat, gradients, errors."""
 
 import functools
+import re
 
 import flax.linen as nn
 import jax
@@ -473,6 +474,34 @@ def test_bfloat16_keeps_float32_states_and_checkpoints_them_in_bfloat16(name):
   flat_step = jnp.concatenate([g.ravel() for g in jax.tree.leaves(g_step)])
   rel = float(jnp.linalg.norm(flat_step - flat_none) / jnp.linalg.norm(flat_none))
   assert 0 < rel < 2e-2, rel
+
+
+@pytest.mark.parametrize("name", ["predrnn_pp", "ms_motionrnn"])
+def test_bfloat16_time_loop_packs_residuals_and_keeps_autodiffs_gradients(name, monkeypatch):
+  """remat='none' in bfloat16 stacks the residuals that would be bfloat16
+  stacks (PredRNN++'s tanh products, MotionGRU's gates) packed, through
+  backend.packed_residual_scan: loss and gradients equal autodiff through
+  nn.scan's."""
+  x = _frames(b=2, t=5, h=16, w=16)
+  mask = jnp.full((2, 4), 0.5)
+  model = models.create(name, hidden=8, num_layers=4, in_len=2, dtype="bfloat16")
+  params = model.init(jax.random.key(0), x)["params"]
+
+  def loss(p):
+    preds, _ = model.apply({"params": p}, x, mask)
+    return jnp.mean((preds.astype(jnp.float32) - x[:, 1:]) ** 2)
+
+  def bf16_stacks():  # per-step stacks (time first) of bfloat16 maps
+    return re.findall(r"bf16\[4,2,\d+,\d+,\d+\]", str(jax.make_jaxpr(jax.grad(loss))(params)))
+
+  assert not bf16_stacks()
+  l_new, g_new = jax.jit(jax.value_and_grad(loss))(params)
+  monkeypatch.setitem(predictor.TIME_LOOPS, ("none", True), predictor.scanned)
+  assert bf16_stacks()  # what autodiff's scan would stack
+  l_ref, g_ref = jax.jit(jax.value_and_grad(loss))(params)
+  np.testing.assert_allclose(float(l_new), float(l_ref), rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(g_new), jax.tree.leaves(g_ref), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
 @pytest.mark.parametrize("name", ["ms_convlstm", "predrnn_v2"])

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.extend.core as jex_core
 import jax.numpy as jnp
 
-from msrnn_jax.backend.packing import concatenate, pack, unpack
+from msrnn_jax.backend.packing import concatenate, pack, packs, unpack
 
 
 @jax.custom_vjp
@@ -110,6 +111,94 @@ def stored_carry_scan(step: Callable, params: Any, carry: Any, xs: Any, dtype: A
     init = (d_carry, jax.tree.map(jnp.zeros_like, p))
     (d_c0, d_p), d_x = jax.lax.scan(body, init, (jnp.arange(steps), x_seq, d_ys), reverse=True,
                                     unroll=unroll)
+    return d_p, d_c0, d_x
+
+  loop.defvjp(fwd, bwd)
+  return loop(params, carry, xs)
+
+
+def _varying_outputs(fn: Callable, invariant: Any, *varying: Any) -> list[bool]:
+  """For each output leaf of ``fn(invariant, *varying)``: whether it depends on ``varying``.
+
+  Read from the traced program: an equation's outputs depend on ``varying``
+  when any of its inputs does (nested programs count as a whole).
+  """
+  jaxpr = jax.make_jaxpr(lambda a, *b: jax.tree.leaves(fn(a, *b)))(invariant, *varying).jaxpr
+  depends = set(jaxpr.invars[len(jax.tree.leaves(invariant)):])
+  for eqn in jaxpr.eqns:
+    if any(isinstance(v, jex_core.Var) and v in depends for v in eqn.invars):
+      depends.update(eqn.outvars)
+  return [isinstance(v, jex_core.Var) and v in depends for v in jaxpr.outvars]
+
+
+def packed_residual_scan(step: Callable, params: Any, carry: Any, xs: Any, dtype: Any,
+                         unroll: int = 1) -> tuple[Any, Any]:
+  """``jax.lax.scan(lambda c, x: step(params, c, x), carry, xs)``, residuals kept packed.
+
+  Autodiff of a scan stacks each step's residuals (the values its backward
+  pass reads) one slice per step. XLA:CPU has no bfloat16
+  dynamic-update-slice: it writes a bfloat16 stack through float32 and,
+  because of the conversions around the write, rewrites the whole stack at
+  every step instead of one slice (time quadratic in the sequence length).
+  Here the forward pass takes each step's ``jax.vjp`` and stacks its
+  residuals itself, the ``dtype`` ones :func:`pack`ed (written in place);
+  the backward pass runs the same VJPs in reverse. Residuals that depend on
+  the parameters alone (a fused convolution's kernel) are computed once,
+  outside the loop, as autodiff's scan does. Same values, same gradients.
+  A step without a residual to pack (all kept by ``custom_vjp``s that pack
+  their own) takes autodiff's scan, which is then as lean.
+
+  ``step(params, carry, x) -> (carry, y)``; ``xs`` and the returned ``ys``
+  have time on axis 0.
+  """
+  def residuals(p, c, x):
+    return jax.vjp(step, p, c, x)[1]
+
+  def plain(p, c, x_seq):
+    return jax.lax.scan(lambda c, x: step(p, c, x), c, x_seq, unroll=unroll)
+
+  x0 = jax.tree.map(lambda v: v[0], xs)
+  # Per residual leaf: stacked per step, or computed once from the parameters.
+  per_step = _varying_outputs(residuals, params, carry, x0)
+  shapes = jax.eval_shape(residuals, params, carry, x0)
+  treedef = jax.tree.structure(shapes)
+  if not (packs(dtype) and any(s and v.size and v.dtype == jnp.bfloat16
+                               for v, s in zip(jax.tree.leaves(shapes), per_step, strict=True))):
+    return plain(params, carry, xs)  # nothing to pack: autodiff's scan is as good
+
+  def split(leaves):
+    return ([v for v, s in zip(leaves, per_step, strict=True) if s],
+            [v for v, s in zip(leaves, per_step, strict=True) if not s])
+
+  def merge(stepwise, fixed):
+    stepwise, fixed = iter(stepwise), iter(fixed)
+    return jax.tree.unflatten(treedef, [next(stepwise if s else fixed) for s in per_step])
+
+  loop = jax.custom_vjp(plain)
+
+  def fwd(p, c, x_seq):
+    # Only the parameter-only values of this extra trace are used (XLA drops the rest).
+    fixed = split(jax.tree.leaves(residuals(p, c, jax.tree.map(lambda v: v[0], x_seq))))[1]
+
+    def body(c, x):
+      (c, y), vjp = jax.vjp(step, p, c, x)
+      return c, (y, pack(split(jax.tree.leaves(vjp))[0], dtype))
+
+    c_last, (ys, stacked) = jax.lax.scan(body, c, x_seq, unroll=unroll)
+    return (c_last, ys), (p, fixed, stacked)
+
+  def bwd(saved, cotangents):
+    p, fixed, stacked = saved
+    d_carry, d_ys = cotangents
+
+    def body(state, inp):
+      d_c, d_p = state
+      stepwise, d_y = inp
+      dp, d_c, dx = merge(unpack(stepwise, dtype), fixed)((d_c, d_y))
+      return (d_c, jax.tree.map(jnp.add, d_p, dp)), dx
+
+    init = (d_carry, jax.tree.map(jnp.zeros_like, p))
+    (d_c0, d_p), d_x = jax.lax.scan(body, init, (stacked, d_ys), reverse=True, unroll=unroll)
     return d_p, d_c0, d_x
 
   loop.defvjp(fwd, bwd)

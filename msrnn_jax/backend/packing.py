@@ -40,20 +40,21 @@ _to_container.defvjp(lambda x: (_to_container(x), None), lambda _, ct: (_from_co
 _from_container.defvjp(lambda x: (_from_container(x), None), lambda _, ct: (_to_container(ct),))
 
 
-def _packs(dtype) -> bool:
+def packs(dtype) -> bool:
+  """Whether :func:`pack` changes the ``dtype`` (bfloat16) leaves of a tree here."""
   return jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == "cpu"
 
 
 def pack(tree, dtype):
   """The ``dtype`` leaves of ``tree`` in the form XLA keeps as they are."""
-  if not _packs(dtype):
+  if not packs(dtype):
     return tree
   return jax.tree.map(lambda x: _to_container(x) if x.dtype == jnp.bfloat16 else x, tree)
 
 
 def unpack(tree, dtype):
   """Inverse of :func:`pack` (a bfloat16 model has no float16 values of its own)."""
-  if not _packs(dtype):
+  if not packs(dtype):
     return tree
   return jax.tree.map(lambda x: _from_container(x) if x.dtype == jnp.float16 else x, tree)
 

@@ -17,6 +17,7 @@ that long memories add up (``docs/performance.md``).
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -134,6 +135,17 @@ def scanned(module: nn.Module, carry: Any, xs: Any, remat_step: bool = False) ->
 remat_scanned = functools.partial(scanned, remat_step=True)
 
 
+def _custom_scan(scan_fn: Callable, module: nn.Module, carry: Any, xs: Any) -> tuple[Any, Any]:
+  """:class:`Step` over time with one of ``backend``'s differentiable scans."""
+  cfg = module.config
+  step = lambda params, c, x: Step(cfg).apply({"params": params}, c, x)  # noqa: E731
+  swap = functools.partial(jax.tree.map, lambda v: jnp.swapaxes(v, 0, 1))
+  unroll = max(1, min(cfg.scan_unroll, xs[0].shape[1]))
+  carry, ys = scan_fn(step, module.variables["params"]["step"], carry, swap(xs),
+                      cfg.compute_dtype, unroll)
+  return carry, swap(ys)
+
+
 def stored_carries(module: nn.Module, carry: Any, xs: Any) -> tuple[Any, Any]:
   """Each step checkpointed, its input carry kept in the compute dtype.
 
@@ -141,21 +153,22 @@ def stored_carries(module: nn.Module, carry: Any, xs: Any) -> tuple[Any, Any]:
   ``nothing_saveable``, and initialisation (which makes the parameters),
   take :func:`remat_scanned`.
   """
-  cfg = module.config
-  if module.is_initializing() or cfg.remat_policy != "nothing_saveable":
+  if module.is_initializing() or module.config.remat_policy != "nothing_saveable":
     return remat_scanned(module, carry, xs)
+  return _custom_scan(backend.stored_carry_scan, module, carry, xs)
 
-  step = lambda params, c, x: Step(cfg).apply({"params": params}, c, x)  # noqa: E731
-  swap = functools.partial(jax.tree.map, lambda v: jnp.swapaxes(v, 0, 1))
-  unroll = max(1, min(cfg.scan_unroll, xs[0].shape[1]))
-  carry, ys = backend.stored_carry_scan(step, module.variables["params"]["step"], carry,
-                                        swap(xs), cfg.compute_dtype, unroll)
-  return carry, swap(ys)
+
+def packed_residuals(module: nn.Module, carry: Any, xs: Any) -> tuple[Any, Any]:
+  """:func:`scanned` with the low-precision residuals stacked in place
+  (``backend.packed_residual_scan``); initialisation takes :func:`scanned`."""
+  if module.is_initializing():
+    return scanned(module, carry, xs)
+  return _custom_scan(backend.packed_residual_scan, module, carry, xs)
 
 
 # The time loop of each (remat mode, low precision).
 TIME_LOOPS = {
-    ("none", False): scanned, ("none", True): scanned,
+    ("none", False): scanned, ("none", True): packed_residuals,
     ("cell", False): scanned, ("cell", True): scanned,
     ("step", False): remat_scanned, ("step", True): stored_carries,
 }
