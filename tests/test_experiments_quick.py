@@ -97,3 +97,18 @@ def test_parity_quick(tmp_path):
   else:
     assert "PyTorch not found" in proc.stdout and "not compared" in proc.stdout
     assert not any("pass" in r for r in rows.values())
+
+
+def test_profile_step_quick(tmp_path):
+  """The trace is read back and joined with the compiled program: the time is
+  split into named kinds of operation, convolutions among them."""
+  out = tmp_path / "profile.json"
+  proc = subprocess.run([sys.executable, "experiments/profile_step.py", "--quick", "--model",
+                         "convlstm", "--batch", "1", "--out", str(out)],
+                        cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  data = json.loads(out.read_text())
+  kinds = {row["kind"]: row["share"] for row in data["by_kind"]}
+  assert abs(sum(kinds.values()) - 1) < 1e-6 and data["total_s"] > 0
+  assert "fusion" in kinds and kinds.get("other", 0) < 0.5, kinds
+  assert any(row.get("kind") and "Predictor" in row.get("op_name", "") for row in data["slowest"])

@@ -1,0 +1,157 @@
+"""Where one training step's time goes, operation by operation (``jax.profiler``).
+
+Compiles the real training step (as ``vs_torch.py`` and ``benchmark.py`` do) at the paper's
+shape, runs two warm-up steps, traces a third with ``jax.profiler`` and joins each traced
+operation with the compiled program's instruction of the same name: its kind (a custom call's
+target such as ``msrnn_onednn_conv_bwd``, an XLA fusion, a concatenate, ...), its shape and the
+model code it came from. Prints the time per kind and the slowest operations, and writes JSON.
+
+    python experiments/profile_step.py --model predrnn --dtype float32 --batch 2
+    python experiments/profile_step.py --model predrnn_pp --dtype bfloat16 --top 30
+    python experiments/profile_step.py --quick   # tiny shape (6 x 4, 16x16, T = 4), seconds
+
+The times are the operations' wall times. XLA:CPU runs independent operations side by side,
+so their sum can exceed the step, and an operation's time includes waiting for cores that
+another one holds: read the kinds' shares, and time a suspect on its own before acting on it.
+Run it on a quiet machine.
+"""
+
+import argparse
+import collections
+import glob
+import gzip
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.dirname(HERE)]
+
+# A thunk's name in the trace is its instruction's; these events are the runtime's own.
+_RUNTIME = re.compile(r"^\$|Execute|PjitFunction|ThreadPool|Handle$|ParseArguments|Wait$|"
+                      r"CreateOutputs|AllocateOutputBuffers|CollectGarbage|Listener|^end:")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--model", default="predrnn")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+  p.add_argument("--batch", type=int, default=2)
+  p.add_argument("--remat", default="none", help="the model's remat (default none)")
+  p.add_argument("--top", type=int, default=20, help="slowest operations to list")
+  p.add_argument("--quick", action="store_true", help="a tiny shape, to check that it runs")
+  p.add_argument("--out", default=None,
+                 help="JSON path (default experiments/results/profile_<model>_<dtype>.json)")
+  return p.parse_args(argv)
+
+
+def instructions(hlo_text: str) -> dict[str, dict]:
+  """Each instruction of the compiled program: its kind, result type and model op name."""
+  table = {}
+  for line in hlo_text.splitlines():
+    m = re.match(r"\s*(?:ROOT )?%?(\S+) = (\(.*?\)|\S+) ([\w-]+)\(", line)
+    if not m:
+      continue
+    name, result, opcode = m.groups()
+    target = re.search(r'custom_call_target="([^"]+)"', line)
+    op_name = re.search(r'op_name="([^"]+)"', line)
+    kind = target.group(1) if target else ("fusion: " + re.sub(r"\.\d+$", "", name)
+                                           if opcode == "fusion" else opcode)
+    table[name] = {"kind": kind, "result": result,
+                   "op_name": op_name.group(1) if op_name else ""}
+  return table
+
+
+def trace_events(trace_dir: str) -> list[dict]:
+  """The complete events (``ph == 'X'``) of the perfetto trace ``jax.profiler`` wrote."""
+  path = glob.glob(os.path.join(trace_dir, "**", "*perfetto_trace.json.gz"), recursive=True)[0]
+  with gzip.open(path) as f:
+    events = json.load(f)
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  return [e for e in events if e.get("ph") == "X"]
+
+
+def summarise(events: list[dict], table: dict[str, dict], top: int) -> dict:
+  """Seconds per kind of operation and the slowest operations, from the trace."""
+  seconds, calls = collections.Counter(), collections.Counter()
+  for e in events:
+    if not _RUNTIME.search(e["name"]):
+      seconds[e["name"]] += e.get("dur", 0) / 1e6
+      calls[e["name"]] += 1
+  kinds = collections.Counter()
+  for name, s in seconds.items():
+    kinds[table.get(name, {"kind": "other"})["kind"]] += s
+  total = sum(seconds.values())
+  # Fusions grouped by their kind name (e.g. every dynamic-update-slice fusion together).
+  groups = collections.Counter()
+  for kind, s in kinds.items():
+    groups["fusion" if kind.startswith("fusion: ") else kind] += s
+  return {
+      "total_s": total,
+      "by_kind": [{"kind": k, "s": s, "share": s / total} for k, s in groups.most_common()],
+      "fusions": [{"kind": k.removeprefix("fusion: "), "s": s, "share": s / total}
+                  for k, s in kinds.most_common() if k.startswith("fusion: ")][:top],
+      "slowest": [{"name": n, "s": s, "calls": calls[n], **table.get(n, {})}
+                  for n, s in seconds.most_common(top)],
+  }
+
+
+def main(argv=None) -> int:
+  args = parse_args(argv)
+  from msrnn_jax import backend
+  backend.prepare_host(keep_freed_memory=True)
+  import jax
+  import optax
+  from benchmark import step_call
+  from vs_torch import QUICK_SHAPE, SHAPE
+
+  from msrnn_jax import model as model_lib
+  from msrnn_jax.analysis import footprint
+
+  shape = QUICK_SHAPE if args.quick else SHAPE
+  t = shape["seq_len"]
+  frames_shape = (args.batch, t, shape["size"], shape["size"], 1)
+  tx = optax.adam(3e-4)
+  model = model_lib.create(args.model, hidden=shape["hidden"], num_layers=shape["num_layers"],
+                           channels=1, in_len=t // 2, dtype=args.dtype, remat=args.remat,
+                           conv_impl="auto")
+  _, compiled, _, _ = footprint.compile_train_step(model, tx, frames_shape, t // 2, 0.01)
+  table = instructions(compiled.as_text())
+  step = step_call(compiled, model, tx, frames_shape)
+  for _ in range(2):
+    jax.block_until_ready(step())
+  with tempfile.TemporaryDirectory() as trace_dir:
+    start = time.perf_counter()
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      jax.block_until_ready(step())
+    step_s = time.perf_counter() - start
+    summary = summarise(trace_events(trace_dir), table, args.top)
+
+  print(f"{args.model}, {args.dtype}, batch {args.batch}, remat {args.remat}: traced step "
+        f"{step_s:.2f} s, operations {summary['total_s']:.2f} s\n")
+  print("| kind | s | share |\n|---|---|---|")
+  for row in summary["by_kind"][:12]:
+    print(f"| {row['kind']} | {row['s']:.3f} | {row['share']:.1%} |")
+  print("\n| fusion | s | share |\n|---|---|---|")
+  for row in summary["fusions"][:12]:
+    print(f"| {row['kind']} | {row['s']:.3f} | {row['share']:.1%} |")
+  print("\n| operation | kind | result | s | calls | model op |\n|---|---|---|---|---|---|")
+  for row in summary["slowest"]:
+    op = row.get("op_name", "").replace("jit(train_step)/", "")[-60:]
+    print(f"| {row['name']} | {row.get('kind', '?')} | {row.get('result', '')[:28]} | "
+          f"{row['s']:.3f} | {row['calls']} | {op} |")
+  out = args.out or os.path.join(HERE, "results", f"profile_{args.model}_{args.dtype}.json")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump({"settings": vars(args), "step_s": step_s, "backend": backend.describe("auto"),
+               "jax": jax.__version__, **summary}, f, indent=1)
+  print(f"\nwrote {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
