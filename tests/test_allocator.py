@@ -124,3 +124,19 @@ def test_keep_freed_memory_after_backend_start_changes_nothing(monkeypatch):
   monkeypatch.setattr(allocator, "_mallopt", lambda: lambda *a: calls.append(a) or 1)
   assert allocator.keep_freed_memory() is False
   assert calls == [] and not allocator.applied()
+
+
+@pytest.mark.parametrize("load, env, warns", [(3.0, {}, True), (0.2, {}, False),
+                                              (3.0, {"OMP_NUM_THREADS": "1"}, False)])
+def test_busy_cores_warning_names_the_fix_only_when_other_work_shares_the_cores(
+    monkeypatch, load, env, warns):
+  from msrnn_jax import backend
+  monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+  for key, value in env.items():
+    monkeypatch.setenv(key, value)
+  monkeypatch.setattr("os.getloadavg", lambda: (load, load, load))
+  monkeypatch.setattr("os.cpu_count", lambda: 2)
+  message = backend.busy_cores_warning()
+  assert (message is not None) == warns
+  if warns:
+    assert "\n" not in message and "OMP_NUM_THREADS=1" in message and "load average 3.0" in message

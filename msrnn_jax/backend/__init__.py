@@ -42,14 +42,15 @@ import jax
 import jax.numpy as jnp
 
 from msrnn_jax.backend import allocator, matmul_grads, onednn, warp
+from msrnn_jax.backend.native import busy_cores_warning
 from msrnn_jax.backend.ops import add_bias, packed_residual_scan, split, stored_carry_scan
 from msrnn_jax.backend.packing import concatenate, pack, stash, unpack, unstash
 from msrnn_jax.backend.warp import WARP_IMPLS, flow_warp
 
-__all__ = ["CONV_IMPLS", "FLOP_COUNTABLE", "WARP_IMPLS", "add_bias", "concatenate", "conv2d",
-           "describe", "fast_dtype", "flow_warp", "pack", "packed_residual_scan", "prepare_host",
-           "release_freed_memory", "resolve", "resolve_warp", "split", "stash",
-           "stored_carry_scan", "summary", "unpack", "unstash"]
+__all__ = ["CONV_IMPLS", "FLOP_COUNTABLE", "WARP_IMPLS", "add_bias", "busy_cores_warning",
+           "concatenate", "conv2d", "describe", "fast_dtype", "flow_warp", "pack",
+           "packed_residual_scan", "prepare_host", "release_freed_memory", "resolve",
+           "resolve_warp", "split", "stash", "stored_carry_scan", "summary", "unpack", "unstash"]
 
 CONV_IMPLS = ("auto", "xla", "matmul", "matmul_bf16", "onednn")
 # Kernels whose convolutions XLA's cost analysis can count (custom calls are

@@ -82,6 +82,26 @@ def build(name: str, sources: Sequence[str], flags: Sequence[str],
   return out
 
 
+def busy_cores_warning() -> str | None:
+  """A one-line warning when other processes keep this machine's cores busy, else None.
+
+  The kernels' OpenMP teams are as wide as the machine (unless
+  ``OMP_NUM_THREADS`` says otherwise), and every parallel region waits for
+  its slowest thread: beside another process that keeps the cores busy a
+  step can take many times as long (docs/performance.md, "Sharing the
+  cores"). Read from the one-minute load average before this process starts
+  computing.
+  """
+  if "OMP_NUM_THREADS" in os.environ or not hasattr(os, "getloadavg"):
+    return None
+  cores, load = os.cpu_count() or 1, os.getloadavg()[0]
+  if load < max(1.0, cores / 4):
+    return None
+  return (f"other processes keep this machine's {cores} cores busy (load average {load:.1f}): "
+          f"the CPU kernels' thread teams slow down many times over beside them; give each "
+          f"process its share, e.g. OMP_NUM_THREADS={max(1, cores // 2)}, or run one at a time.")
+
+
 def load(path: str, targets: dict[str, str]) -> ctypes.CDLL:
   """Loads a built library and registers its FFI handlers (``{target: symbol}``) on CPU."""
   os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before libgomp starts

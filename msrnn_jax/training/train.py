@@ -103,6 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   run.check_settings(workdir, config, "train")
   if not config.distributed.enabled:
     workdir_lib.check_unlocked(workdir)
+  busy = backend.busy_cores_warning()  # before this process loads the cores itself
   run.start_jax(config)
   lead = jax.process_index() == 0
   mesh = sharding.make_mesh()
@@ -170,6 +171,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
     logging.info("model %s: %d parameters; %d steps (%d per epoch); devices: %s",
                  config.model.name, n_params, total_steps, steps_per_epoch, jax.devices())
+    if busy and jax.default_backend() == "cpu":
+      logging.warning(busy)
     progress = summary.Progress(total_steps, step)
     divergence = summary.DivergenceWarning(config.train.learning_rate)
     running = None
