@@ -117,18 +117,22 @@ def stored_carry_scan(step: Callable, params: Any, carry: Any, xs: Any, dtype: A
   return loop(params, carry, xs)
 
 
-def _varying_outputs(fn: Callable, invariant: Any, *varying: Any) -> list[bool]:
-  """For each output leaf of ``fn(invariant, *varying)``: whether it depends on ``varying``.
+def _varying_outputs(fn: Callable, invariant: Any, *varying: Any) -> tuple[list[bool], Any]:
+  """Which output leaves of ``fn(invariant, *varying)`` depend on ``varying``, and its shapes.
 
   Read from the traced program: an equation's outputs depend on ``varying``
   when any of its inputs does (nested programs count as a whole).
+
+  Returns:
+    ``(per leaf: whether it depends on varying, the outputs' shape tree)``.
   """
-  jaxpr = jax.make_jaxpr(lambda a, *b: jax.tree.leaves(fn(a, *b)))(invariant, *varying).jaxpr
+  closed, shapes = jax.make_jaxpr(fn, return_shape=True)(invariant, *varying)
+  jaxpr = closed.jaxpr
   depends = set(jaxpr.invars[len(jax.tree.leaves(invariant)):])
   for eqn in jaxpr.eqns:
     if any(isinstance(v, jex_core.Var) and v in depends for v in eqn.invars):
       depends.update(eqn.outvars)
-  return [isinstance(v, jex_core.Var) and v in depends for v in jaxpr.outvars]
+  return [isinstance(v, jex_core.Var) and v in depends for v in jaxpr.outvars], shapes
 
 
 def packed_residual_scan(step: Callable, params: Any, carry: Any, xs: Any, dtype: Any,
@@ -159,8 +163,7 @@ def packed_residual_scan(step: Callable, params: Any, carry: Any, xs: Any, dtype
 
   x0 = jax.tree.map(lambda v: v[0], xs)
   # Per residual leaf: stacked per step, or computed once from the parameters.
-  per_step = _varying_outputs(residuals, params, carry, x0)
-  shapes = jax.eval_shape(residuals, params, carry, x0)
+  per_step, shapes = _varying_outputs(residuals, params, carry, x0)
   treedef = jax.tree.structure(shapes)
   if not (packs(dtype) and any(s and v.size and v.dtype == jnp.bfloat16
                                for v, s in zip(jax.tree.leaves(shapes), per_step, strict=True))):
