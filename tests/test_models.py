@@ -476,10 +476,10 @@ def test_bfloat16_keeps_float32_states_and_checkpoints_them_in_bfloat16(name):
   assert 0 < rel < 2e-2, rel
 
 
-@pytest.mark.parametrize("name", ["predrnn_pp", "ms_motionrnn"])
+@pytest.mark.parametrize("name", ["predrnn_pp", "ms_trajgru"])
 def test_bfloat16_time_loop_packs_residuals_and_keeps_autodiffs_gradients(name, monkeypatch):
   """remat='none' in bfloat16 stacks the residuals that would be bfloat16
-  stacks (PredRNN++'s tanh products, MotionGRU's gates) packed, through
+  stacks (PredRNN++'s tanh products, TrajGRU's) packed, through
   backend.packed_residual_scan: loss and gradients equal autodiff through
   nn.scan's."""
   x = _frames(b=2, t=5, h=16, w=16)
