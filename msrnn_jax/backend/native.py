@@ -29,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import jax
@@ -82,24 +83,39 @@ def build(name: str, sources: Sequence[str], flags: Sequence[str],
   return out
 
 
-def busy_cores_warning() -> str | None:
+def _runnable_elsewhere() -> int:
+  """Threads running or ready to run on this machine now, besides the caller (Linux)."""
+  with open("/proc/loadavg") as f:
+    return int(f.read().split()[3].split("/")[0]) - 1
+
+
+def busy_cores_warning(samples: int = 5, interval_s: float = 0.05) -> str | None:
   """A one-line warning when other processes keep this machine's cores busy, else None.
 
   The kernels' OpenMP teams are as wide as the machine (unless
   ``OMP_NUM_THREADS`` says otherwise), and every parallel region waits for
   its slowest thread: beside another process that keeps the cores busy a
   step can take many times as long (docs/performance.md, "Sharing the
-  cores"). Read from the one-minute load average before this process starts
-  computing.
+  cores"). Call it before this process starts computing: it counts the
+  threads that run now (the median of ``samples``), not the load average,
+  which still counts a run that has just ended.
   """
-  if "OMP_NUM_THREADS" in os.environ or not hasattr(os, "getloadavg"):
+  if "OMP_NUM_THREADS" in os.environ:
     return None
-  cores, load = os.cpu_count() or 1, os.getloadavg()[0]
-  if load < max(1.0, cores / 4):
+  try:
+    counts = []
+    for i in range(samples):
+      if i:
+        time.sleep(interval_s)
+      counts.append(_runnable_elsewhere())
+  except (OSError, ValueError, IndexError):  # not Linux: no warning
     return None
-  return (f"other processes keep this machine's {cores} cores busy (load average {load:.1f}): "
-          f"the CPU kernels' thread teams slow down many times over beside them; give each "
-          f"process its share, e.g. OMP_NUM_THREADS={max(1, cores // 2)}, or run one at a time.")
+  cores, busy = os.cpu_count() or 1, sorted(counts)[len(counts) // 2]
+  if busy < max(1, cores / 4):
+    return None
+  return (f"other processes keep {busy} of this machine's {cores} cores busy: the CPU kernels' "
+          f"thread teams slow down many times over beside them; give each process its share, "
+          f"e.g. OMP_NUM_THREADS={max(1, cores // 2)}, or run one at a time.")
 
 
 def load(path: str, targets: dict[str, str]) -> ctypes.CDLL:
