@@ -76,6 +76,20 @@ def _toy_step(p, c, x):
   return {"h": h, "n": c["n"] + jnp.sum(h)}, jnp.sum(h * h, axis=-1)
 
 
+def _scan_inputs():
+  """Parameters, an initial carry and 7 steps of inputs for the toy steps."""
+  return ({"w": _normal((6, 6), scale=0.5), "b": _normal((6,))},
+          {"h": _normal((3, 6)), "n": jnp.float32(0.5)}, _normal((7, 3, 6)))
+
+
+def _scan_loss(scan):
+  """``value_and_grad`` of a loss of everything ``scan(p, c, xs)`` returns."""
+  def f(p, c, xs):
+    c, ys = scan(p, c, xs)
+    return jnp.sum(ys ** 2) + jnp.sum(c["h"] ** 2) + c["n"]
+  return jax.value_and_grad(f, argnums=(0, 1, 2))
+
+
 def _bf16_step(p, c, x):
   """A step whose residuals are bfloat16 maps, float32 carries and a fused kernel."""
   w = jnp.concatenate([p["w"], p["w"][::-1]], axis=0)  # depends on the parameters alone
@@ -86,18 +100,10 @@ def _bf16_step(p, c, x):
 
 
 def test_packed_residual_scan_gradients_are_autodiffs_and_its_stacks_are_packed():
-  p = {"w": _normal((6, 6), scale=0.5), "b": _normal((6,))}
-  c0 = {"h": _normal((3, 6)), "n": jnp.float32(0.5)}
-  xs = _normal((7, 3, 6))
-
-  def loss(scan):
-    def f(p, c, xs):
-      c, ys = scan(p, c, xs)
-      return jnp.sum(ys ** 2) + jnp.sum(c["h"] ** 2) + c["n"]
-    return jax.value_and_grad(f, argnums=(0, 1, 2))
-
-  packed = loss(lambda p, c, xs: backend.packed_residual_scan(_bf16_step, p, c, xs, jnp.bfloat16))
-  plain = loss(lambda p, c, xs: jax.lax.scan(lambda c, x: _bf16_step(p, c, x), c, xs))
+  p, c0, xs = _scan_inputs()
+  packed = _scan_loss(
+      lambda p, c, xs: backend.packed_residual_scan(_bf16_step, p, c, xs, jnp.bfloat16))
+  plain = _scan_loss(lambda p, c, xs: jax.lax.scan(lambda c, x: _bf16_step(p, c, x), c, xs))
   value, grads = jax.jit(packed)(p, c0, xs)
   value_ref, grads_ref = jax.jit(plain)(p, c0, xs)
   np.testing.assert_allclose(value, value_ref, rtol=1e-6)
@@ -112,9 +118,7 @@ def test_packed_residual_scan_gradients_are_autodiffs_and_its_stacks_are_packed(
 
 
 def test_packed_residual_scan_is_autodiffs_scan_when_nothing_needs_packing():
-  p = {"w": _normal((6, 6), scale=0.5), "b": _normal((6,))}
-  c0 = {"h": _normal((3, 6)), "n": jnp.float32(0.5)}
-  xs = _normal((7, 3, 6))
+  p, c0, xs = _scan_inputs()
   for step, dtype in ((_toy_step, jnp.bfloat16), (_bf16_step, jnp.float32)):
     program = str(jax.make_jaxpr(
         lambda p, c, xs, step=step, dtype=dtype: backend.packed_residual_scan(step, p, c, xs, dtype))(
@@ -126,15 +130,10 @@ def test_packed_residual_scan_is_autodiffs_scan_when_nothing_needs_packing():
 def test_stored_carry_scan_gradients_equal_autodiff_of_the_scan(dtype):
   """float32 storage rounds nothing: autodiff's gradients to float32 rounding; bfloat16
   storage: within a rounding of the stored carries, which does not compound."""
-  p = {"w": _normal((6, 6), scale=0.5), "b": _normal((6,))}
-  c0 = {"h": _normal((3, 6)), "n": jnp.float32(0.5)}
-  xs = _normal((7, 3, 6))
+  p, c0, xs = _scan_inputs()
 
   def loss(scan):
-    def f(p, c, xs):
-      c, ys = scan(p, c, xs)
-      return jnp.sum(ys) + jnp.sum(c["h"] ** 2) + c["n"]
-    return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))(p, c0, xs)
+    return jax.jit(_scan_loss(scan))(p, c0, xs)
 
   value, grads = loss(lambda p, c, xs: backend.stored_carry_scan(_toy_step, p, c, xs, dtype))
   value_ref, grads_ref = loss(
