@@ -1,8 +1,8 @@
 """Where one training step's time goes, operation by operation (``jax.profiler``).
 
-Compiles the real training step (as ``vs_torch.py`` and ``benchmark.py`` do) at the paper's
-shape, runs two warm-up steps, traces a third with ``jax.profiler`` and joins each traced
-operation with the compiled program's instruction of the same name: its kind (a custom call's
+Compiles the real training step at the paper's shape as ``vs_torch.py`` does
+(``vs_torch.jax_step``), runs two warm-up steps, traces a third with ``jax.profiler`` and joins
+each traced operation with the compiled program's instruction of the same name: its kind (a custom call's
 target such as ``msrnn_onednn_conv_bwd``, an XLA fusion, a concatenate, ...), its shape and the
 model code it came from. Prints the time per kind and the slowest operations, and writes JSON.
 
@@ -41,7 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--model", default="predrnn")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--batch", type=int, default=2)
-  p.add_argument("--remat", default="none", help="the model's remat (default none)")
+  p.add_argument("--remat", default="none",
+                 help="the model's remat (default none; auto: as the training loop decides)")
   p.add_argument("--top", type=int, default=20, help="slowest operations to list")
   p.add_argument("--quick", action="store_true", help="a tiny shape, to check that it runs")
   p.add_argument("--out", default=None,
@@ -105,23 +106,11 @@ def main(argv=None) -> int:
   from msrnn_jax import backend
   backend.prepare_host(keep_freed_memory=True)
   import jax
-  import optax
-  from benchmark import step_call
-  from vs_torch import QUICK_SHAPE, SHAPE
+  from vs_torch import QUICK_SHAPE, SHAPE, jax_step
 
-  from msrnn_jax import model as model_lib
-  from msrnn_jax.analysis import footprint
-
-  shape = QUICK_SHAPE if args.quick else SHAPE
-  t = shape["seq_len"]
-  frames_shape = (args.batch, t, shape["size"], shape["size"], 1)
-  tx = optax.adam(3e-4)
-  model = model_lib.create(args.model, hidden=shape["hidden"], num_layers=shape["num_layers"],
-                           channels=1, in_len=t // 2, dtype=args.dtype, remat=args.remat,
-                           conv_impl="auto")
-  _, compiled, _, _ = footprint.compile_train_step(model, tx, frames_shape, t // 2, 0.01)
+  shape = dict(QUICK_SHAPE if args.quick else SHAPE, batch=args.batch)
+  step, args.remat, compiled = jax_step(args.model, shape, "auto", args.dtype, args.remat)
   table = instructions(compiled.as_text())
-  step = step_call(compiled, model, tx, frames_shape)
   for _ in range(2):
     jax.block_until_ready(step())
   with tempfile.TemporaryDirectory() as trace_dir:

@@ -131,9 +131,9 @@ def jax_step(name: str, shape: dict, conv_impl: str, dtype: str, remat: str):
       (``msrnn_jax.training.memory_fit``).
 
   Returns:
-    ``(step, remat)``: a function that runs one step (forward, loss,
-    backward, Adam on donated state) and returns the new state and the
-    step's metrics; the remat it was compiled with.
+    ``(step, remat, compiled)``: a function that runs one step (forward,
+    loss, backward, Adam on donated state) and returns the new state and
+    the step's metrics; the remat it was compiled with; the compiled step.
   """
   import optax
   from benchmark import step_call
@@ -152,7 +152,7 @@ def jax_step(name: str, shape: dict, conv_impl: str, dtype: str, remat: str):
     _, compiled, _, _ = footprint.compile_train_step(model, tx, frames_shape, t // 2, 0.01)
     if remat != "auto" or memory_fit.fits(memory_fit.compiled_bytes(compiled)):
       break
-  return step_call(compiled, model, tx, frames_shape), mode
+  return step_call(compiled, model, tx, frames_shape), mode, compiled
 
 
 def serve(step, warmup: int, info: dict) -> None:
@@ -179,7 +179,7 @@ def serve_jax(argv: list[str]) -> int:
   kept = backend.prepare_host(keep_freed_memory=keep == "keep")
   try:
     info = backend.describe(conv_impl)
-    step, remat = jax_step(name, json.loads(shape), conv_impl, dtype, remat)
+    step, remat, _ = jax_step(name, json.loads(shape), conv_impl, dtype, remat)
   except ValueError as e:  # an unknown or unavailable kernel, a model option
     print(f"error: {e}", flush=True)
     return 2
