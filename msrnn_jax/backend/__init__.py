@@ -17,6 +17,9 @@ kernel library. The lowest layer: it imports JAX and its own modules only.
 * ``gates``: the cells' gate updates (:func:`gates.lstm_update`,
   ``memory_update``, ``gated_tanh``, ``gru_update``) with hand-written
   gradients that keep one map per input, computed in float32 and rounded once.
+* ``materialize``: :func:`materialize.materialize`, a value written to memory
+  once for all its consumers, where XLA:CPU would recompute it in each (the
+  gate gradients' shared cotangents).
 * ``ops``: the model's operations with hand-written gradients
   (:func:`add_bias`, :func:`split`,
   :func:`stored_carry_scan`), which keep the precision and memory mechanics

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from msrnn_jax.backend import packing
+from msrnn_jax.backend.materialize import materialize
 
 
 @jax.custom_vjp
@@ -81,8 +82,8 @@ def _lstm_update_bwd(res, cotangents):
   ((si, sf, tg, so), (dtype, *_)), c = _restore(res[0]), res[1]
   dh, dc_new = map(_wide, cotangents)
   tc = jnp.tanh(sf * c + si * tg)
-  # Total gradient reaching C': through H' and directly.
-  dc = dc_new + dh * so * (1.0 - tc * tc)
+  # Total gradient reaching C': through H' and directly (read by four gradients).
+  dc = materialize(dc_new + dh * so * (1.0 - tc * tc))
   # Each chunk rounded before the concatenation (a float32 one would be a
   # transient four times the state's size).
   dgates = packing.concatenate([
@@ -108,7 +109,7 @@ def _memory_update_fwd(i, f, g, c):
 
 def _memory_update_bwd(res, dc_new):
   ((si, sf, tg), dtypes), c = _restore(res[0]), res[1]
-  dc_new = _wide(dc_new)
+  dc_new = _wide(materialize(dc_new))
   return ((dc_new * tg * si * (1.0 - si)).astype(dtypes[0]),
           (dc_new * c * sf * (1.0 - sf)).astype(dtypes[1]),
           (dc_new * si * (1.0 - tg * tg)).astype(dtypes[2]), (dc_new * sf).astype(c.dtype))
@@ -130,7 +131,7 @@ def _gated_tanh_fwd(a, b):
 
 def _gated_tanh_bwd(res, dy):
   (sa, tb), dtypes = _restore(res)
-  dy = _wide(dy)
+  dy = _wide(materialize(dy))
   return (dy * tb * sa * (1.0 - sa)).astype(dtypes[0]), (dy * sa * (1.0 - tb * tb)).astype(dtypes[1])
 
 
@@ -174,7 +175,7 @@ def _gru_update_bwd(res, dh_new):
   kept, x_marker, h = res
   kept = packing.unstash(kept)
   z, r, cand, hh = (_wide(v) for v in kept)
-  dh_new = _wide(dh_new)
+  dh_new = _wide(materialize(dh_new))
   dz = dh_new * (h - cand) * z * (1.0 - z)
   # LeakyReLU's slope: H~ has the sign of its argument.
   da = dh_new * (1.0 - z) * jnp.where(cand >= 0, 1.0, 0.2)
