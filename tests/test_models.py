@@ -518,8 +518,9 @@ def test_checkpointed_loop_gradients_equal_autodiff(name):
 
   def run(loop):
     def loss(p, c, frames):
-      preds, decouple = loop(p, c, frames)
-      return jnp.mean((preds - x[:, 1:]) ** 2) + 0.01 * jnp.mean(decouple)
+      preds, increments = loop(p, c, frames)
+      return jnp.mean((preds - x[:, 1:]) ** 2) + 0.01 * sum(
+          jnp.mean(v ** 2) for v in jax.tree.leaves(increments))
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(params, carry, x)
 
   def scanned(p, c, frames):
