@@ -164,10 +164,10 @@ def test_stlstm_step_matches_numpy():
   last = np.einsum("nhwc,cd->nhwd", np.concatenate([c_ref, m_ref], -1),
                    p["conv_last"]["kernel"][0, 0]) + p["conv_last"]["bias"]
   h_ref = o * np.tanh(last)
-  # PredRNN-V2's increment of M, from the gates the cell hands its decoupling loss.
-  gi, gg = (np.asarray(v) for v in extras["gates_m"])
+  # PredRNN-V2's increments of C and M, which the cell hands its decoupling loss.
+  delta_c, delta_m = (np.asarray(v) for v in extras["increments"])
   for got, want in ((c1, c_ref), (m1, m_ref), (h1, h_ref),
-                    (_sig(gi) * np.tanh(gg), _sig(im) * np.tanh(gm))):
+                    (delta_c, _sig(i) * np.tanh(g)), (delta_m, _sig(im) * np.tanh(gm))):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 

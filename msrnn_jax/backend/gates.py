@@ -119,6 +119,41 @@ memory_update.defvjp(_memory_update_fwd, _memory_update_bwd)
 
 
 @jax.custom_vjp
+def memory_update_with_increment(i: jax.Array, f: jax.Array, g: jax.Array,
+                                 c: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """:func:`memory_update` that also returns its increment ``s(i) tanh(g)``.
+
+  For a loss that reads the increment (PredRNN-V2's decoupling term): the
+  gradient keeps the update's residuals and nothing more.
+
+  Returns:
+    ``(C', s(i) tanh(g))``, each ``[..., hidden]``.
+  """
+  return _memory_update_with_increment_fwd(i, f, g, c)[0]
+
+
+def _memory_update_with_increment_fwd(i, f, g, c):
+  si, sf, tg = jax.nn.sigmoid(_wide(i)), jax.nn.sigmoid(_wide(f)), jnp.tanh(_wide(g))
+  increment = si * tg
+  out = (sf * c + increment).astype(jnp.result_type(i, f, g, c))
+  return (out, increment.astype(jnp.result_type(i, g))), (_keep((si, sf, tg), (i, f, g)), c)
+
+
+def _memory_update_with_increment_bwd(res, cotangents):
+  ((si, sf, tg), dtypes), c = _restore(res[0]), res[1]
+  dc_new, d_increment = (_wide(materialize(v)) for v in cotangents)
+  # C' = s(f) C + increment: the increment's own gradient adds to what reaches it through C'.
+  d_total = materialize(dc_new + d_increment)
+  return ((d_total * tg * si * (1.0 - si)).astype(dtypes[0]),
+          (dc_new * c * sf * (1.0 - sf)).astype(dtypes[1]),
+          (d_total * si * (1.0 - tg * tg)).astype(dtypes[2]), (dc_new * sf).astype(c.dtype))
+
+
+memory_update_with_increment.defvjp(_memory_update_with_increment_fwd,
+                                    _memory_update_with_increment_bwd)
+
+
+@jax.custom_vjp
 def gated_tanh(a: jax.Array, b: jax.Array) -> jax.Array:
   """``s(a) tanh(b)``: an output gate applied to a squashed state."""
   return _gated_tanh_fwd(a, b)[0]

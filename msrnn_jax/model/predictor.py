@@ -25,7 +25,6 @@ import jax
 import jax.numpy as jnp
 
 from msrnn_jax import backend
-from msrnn_jax.backend.gates import gated_tanh
 from msrnn_jax.model import pyramid
 from msrnn_jax.model.config import ModelConfig
 from msrnn_jax.model.layers import Conv
@@ -105,7 +104,7 @@ class Step(nn.Module):
       if m is not None:
         m = m.astype(jnp.float32)
       if cfg.spec.decouple:
-        increments.append(tuple(gated_tanh(*extras[k]) for k in ("gates_c", "gates_m")))
+        increments.append(extras["increments"])
 
     y = pyramid.resample(outs[-1], lv[-1], 0)
     y = Conv(cfg.channels, in_features=cfg.hidden, name="head", **conv_kw)(y).astype(jnp.float32)

@@ -12,8 +12,7 @@ A cell is a Flax module called once per time step as::
   else None.
 * ``diag``: MIM's diagonal input H_{t-1}^{l-1} (cells with
   ``uses_diagonal``), else None; zeros for layer 0.
-* ``extras``: a dict of auxiliary outputs (PredRNN-V2's ``gates_c`` and
-  ``gates_m``).
+* ``extras``: a dict of auxiliary outputs (PredRNN-V2's ``increments``).
 
 Every hyper-parameter comes from the one ``ModelConfig`` (``self.config``),
 the cell's own ones declared in ``options``. Equations follow the authors'

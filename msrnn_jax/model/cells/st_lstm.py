@@ -2,7 +2,7 @@
 
 from typing import ClassVar
 
-from msrnn_jax.backend.gates import gated_tanh, memory_update
+from msrnn_jax.backend.gates import gated_tanh, memory_update_with_increment
 from msrnn_jax.model.cells.base import CellBase
 from msrnn_jax.model.layers import fused_conv, split_gates, stack, stacked_conv
 
@@ -14,8 +14,8 @@ class STLSTMCell(CellBase):
   ``[i',f',g'] = conv_xm(X) + conv_mm(M)``, ``M' = s(f') M + s(i') tanh(g')``;
   ``o = s(o + conv_co(C') + conv_mo(M'))``; ``H' = o tanh(conv1x1([C', M']))``.
   State ``(H, C)``; M zig-zags through the stack. ``extras`` holds
-  the gates of the increments ``s(i) tanh(g)`` and ``s(i') tanh(g')`` for
-  PredRNN-V2's decoupling loss.
+  the increments ``s(i) tanh(g)`` and ``s(i') tanh(g')`` for PredRNN-V2's
+  decoupling loss.
   """
 
   zigzag_m: ClassVar[bool] = True
@@ -38,13 +38,12 @@ class STLSTMCell(CellBase):
   def __call__(self, x, state, m, diag=None):
     h, c = state
     i, f, g, o = split_gates(fused_conv([self.conv_x, self.conv_h], [x, h]), 4)
-    c = memory_update(i, f, g, c)
+    c, delta_c = memory_update_with_increment(i, f, g, c)
     im, fm, gm = split_gates(fused_conv([self.conv_xm, self.conv_mm], [x, m]), 3)
-    m = memory_update(im, fm, gm, m)
+    m, delta_m = memory_update_with_increment(im, fm, gm, m)
     # One stack [C', M'] for both convolutions that read it: one copy kept for the backward pass.
     cm = stack([c, m], self.config.compute_dtype)
     h = gated_tanh(o + stacked_conv([self.conv_co, self.conv_mo], cm), self.conv_last(cm))
-    # The increments s(i) tanh(g) of C and M, for PredRNN-V2's decoupling loss
-    # (unread elsewhere).
-    extras = {"gates_c": (i, g), "gates_m": (im, gm)}
+    # For PredRNN-V2's decoupling loss (unread elsewhere).
+    extras = {"increments": (delta_c, delta_m)}
     return h, (h, c), m, extras
