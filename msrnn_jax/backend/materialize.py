@@ -4,9 +4,9 @@ XLA:CPU fuses an elementwise producer into every one of its consumers, so a
 value read by several fusions is computed again in each of them. That is
 cheap for one operation and costly for a chain: in an ST-LSTM step the
 gradient of the memory M sums contributions from every layer above, and
-each of a layer's three gate gradients recomputed that whole sum (a float32
-PredRNN step spent 7% of its time there). An optimisation barrier does not
-help: XLA:CPU removes barriers before fusion.
+each of a layer's three gate gradients recomputed that whole sum (figures in
+``docs/performance.md``). An optimisation barrier does not help: XLA:CPU
+removes barriers before fusion.
 
 :func:`materialize` passes its operand through a custom call whose result
 is aliased to it (``native/materialize.cc``): XLA must write the value to

@@ -37,8 +37,8 @@ def decouple_term(adapter: nn.Module, delta_c: jax.Array, delta_m: jax.Array) ->
   each flattened over space and L2-normalised per channel. The term does
   not feed the recurrence, so it is computed after the time loop, for all
   steps at once: one large 1x1 convolution per layer instead of two small
-  ones per layer and step (which took a tenth of a float32 step). The
-  caller rematerialises it: the backward pass keeps the increments alone.
+  ones per layer and step. The caller rematerialises it: the backward pass
+  keeps the increments alone.
 
   Args:
     adapter: the shared 1x1 convolution.
