@@ -102,9 +102,8 @@ def memory_update(i: jax.Array, f: jax.Array, g: jax.Array, c: jax.Array) -> jax
 
 
 def _memory_update_fwd(i, f, g, c):
-  si, sf, tg = jax.nn.sigmoid(_wide(i)), jax.nn.sigmoid(_wide(f)), jnp.tanh(_wide(g))
-  out = (sf * c + si * tg).astype(jnp.result_type(i, f, g, c))
-  return out, (_keep((si, sf, tg), (i, f, g)), c)
+  (out, _), res = _memory_update_with_increment_fwd(i, f, g, c)
+  return out, res
 
 
 def _memory_update_bwd(res, dc_new):
@@ -141,9 +140,10 @@ def _memory_update_with_increment_fwd(i, f, g, c):
 
 def _memory_update_with_increment_bwd(res, cotangents):
   ((si, sf, tg), dtypes), c = _restore(res[0]), res[1]
-  dc_new, d_increment = (_wide(materialize(v)) for v in cotangents)
+  dc_new, d_increment = cotangents
+  dc_new = _wide(materialize(dc_new))
   # C' = s(f) C + increment: the increment's own gradient adds to what reaches it through C'.
-  d_total = materialize(dc_new + d_increment)
+  d_total = materialize(dc_new + _wide(d_increment))
   return ((d_total * tg * si * (1.0 - si)).astype(dtypes[0]),
           (dc_new * c * sf * (1.0 - sf)).astype(dtypes[1]),
           (d_total * si * (1.0 - tg * tg)).astype(dtypes[2]), (dc_new * sf).astype(c.dtype))
