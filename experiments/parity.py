@@ -156,7 +156,7 @@ def flat_params(params) -> dict[str, np.ndarray]:
 
   Args:
     params: ``variables['params']`` of a ``Predictor`` (``step/embed``,
-      ``step/head``, ``step/layer_<l>/<conv>``, PredRNN-V2's ``adapter``, each with
+      ``step/head``, ``step/adapter``, ``step/layer_<l>/<conv>``, each with
       ``kernel`` HWIO and, but for bias-free convolutions, ``bias``).
 
   Returns:
@@ -174,10 +174,8 @@ def flat_params(params) -> dict[str, np.ndarray]:
     if "bias" in p:
       out[f"{prefix}.bias"] = np.asarray(p["bias"])
 
-  if set(params) - {"adapter"} != {"step"}:
+  if set(params) != {"step"}:
     raise ValueError(f"unexpected top-level parameters {sorted(params)}")
-  if "adapter" in params:
-    conv("adapter", params["adapter"])
   for name, p in params["step"].items():
     if name.startswith("layer_"):
       for cname, cp in p.items():

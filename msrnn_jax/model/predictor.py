@@ -30,29 +30,33 @@ from msrnn_jax.model.config import ModelConfig
 from msrnn_jax.model.layers import Conv
 
 
-def decouple_term(adapter: nn.Module, delta_c: jax.Array, delta_m: jax.Array) -> jax.Array:
-  """PredRNN-V2's decoupling term of one layer at every step, summed over channels.
+def decouple_term(adapter: nn.Module, increments: list[tuple[jax.Array, jax.Array]]) -> jax.Array:
+  """PredRNN-V2's decoupling term of one step, summed over layers and channels.
 
   |cos| between the adapted increments of C and M, ``delta = s(i) tanh(g)``,
-  each flattened over space and L2-normalised per channel. The term does
-  not feed the recurrence, so it is computed after the time loop, for all
-  steps at once: one large 1x1 convolution per layer instead of two small
-  ones per layer and step. The caller rematerialises it: the backward pass
-  keeps the increments alone.
+  each flattened over space and L2-normalised per channel. The layers of a
+  pyramid level share one 1x1 convolution (the adapter is shared, so their
+  increments are one batch). The time loop calls it rematerialised: the
+  backward pass keeps the increments alone and recomputes the rest.
 
   Args:
     adapter: the shared 1x1 convolution.
-    delta_c: increments of the memory C, ``[batch, T, h, w, hidden]``.
-    delta_m: increments of the memory M, the same shape.
+    increments: per layer, the increments of C and of M, each
+      ``[batch, h, w, hidden]`` (h, w: the layer's pyramid level).
 
   Returns:
-    ``[batch, T]``.
+    ``[batch]``.
   """
-  b, t, h, w, c = delta_c.shape
-  both = adapter(jnp.concatenate([delta_c, delta_m]).reshape(2 * b * t, h, w, c))
-  a, m = jnp.split(both.astype(jnp.float32), 2)
-  a, m = (v / jnp.maximum(jnp.linalg.norm(v, axis=(1, 2), keepdims=True), 1e-12) for v in (a, m))
-  return jnp.sum(jnp.abs(jnp.sum(a * m, axis=(1, 2))), axis=-1).reshape(b, t)
+  by_shape: dict[tuple[int, ...], list[jax.Array]] = {}
+  for pair in increments:
+    by_shape.setdefault(pair[0].shape, []).extend(pair)
+  total = 0.0
+  for (b, h, w, c), maps in by_shape.items():
+    adapted = adapter(jnp.concatenate(maps)).astype(jnp.float32)
+    adapted = adapted / jnp.maximum(jnp.linalg.norm(adapted, axis=(1, 2), keepdims=True), 1e-12)
+    a, m = adapted.reshape(-1, 2, b, h, w, c).swapaxes(0, 1)  # [layers, batch, h, w, c] each
+    total = total + jnp.sum(jnp.abs(jnp.sum(a * m, axis=(2, 3))), axis=(0, 2))
+  return total
 
 
 _rematerialised_decouple_term = nn.checkpoint(decouple_term, prevent_cse=False)
@@ -108,7 +112,11 @@ class Step(nn.Module):
 
     y = pyramid.resample(outs[-1], lv[-1], 0)
     y = Conv(cfg.channels, in_features=cfg.hidden, name="head", **conv_kw)(y).astype(jnp.float32)
-    return (tuple(new_states), m, y), (y, tuple(increments))
+    decouple = jnp.zeros(y.shape[:1], jnp.float32)
+    if cfg.spec.decouple:
+      adapter = Conv(cfg.hidden, in_features=cfg.hidden, name="adapter", **conv_kw)
+      decouple = _rematerialised_decouple_term(adapter, increments)
+    return (tuple(new_states), m, y), (y, decouple)
 
 
 # The time loops: ``(predictor, initial carry, per-step inputs) -> (final
@@ -261,16 +269,8 @@ class Predictor(nn.Module):
     b, t, h, w, _ = frames.shape
     mask = self.truth_mask(mask, b, t - 1)
     loop = TIME_LOOPS[cfg.remat, cfg.compute_dtype != jnp.float32]
-    carry, (preds, increments) = loop(self, self.initial_carry(b, h, w),
-                                      (frames[:, :-1], mask))
-    decouple = jnp.zeros((), jnp.float32)
-    if cfg.spec.decouple:
-      adapter = Conv(cfg.hidden, in_features=cfg.hidden, kernel_size=1, name="adapter",
-                     initializer=cfg.initializer, dtype=cfg.compute_dtype,
-                     conv_impl=cfg.conv_impl)
-      decouple = jnp.mean(sum(_rematerialised_decouple_term(adapter, *layer)
-                              for layer in increments))
-    return preds, {"decouple_loss": decouple, "carry": carry}
+    carry, (preds, decouple) = loop(self, self.initial_carry(b, h, w), (frames[:, :-1], mask))
+    return preds, {"decouple_loss": jnp.mean(decouple), "carry": carry}
 
 
 def predict(model: Predictor, variables: Any, context: jax.Array, horizon: int) -> jax.Array:
