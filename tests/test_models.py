@@ -566,3 +566,30 @@ def test_families_declare_their_sampling_scheme_and_state_options():
                                        jax.random.key(0), jnp.zeros((1, 3, 16, 16, 1))))
                 for v in (value, value + 1)]
       assert (shapes[0] != shapes[1]) == (key in fam.cell.state_options), (name, key)
+
+
+def test_decouple_term_equals_a_per_layer_numpy_computation():
+  """PredRNN-V2's term, batched per pyramid level, equals the reference's per-layer maths:
+  sum over layers and channels of |cos| between the adapted increments of C and M."""
+  shapes = [(2, 8, 8, 3), (2, 4, 4, 3), (2, 2, 2, 3), (2, 4, 4, 3), (2, 8, 8, 3)]
+  keys = jax.random.split(jax.random.key(5), 2 * len(shapes))
+  increments = [(jax.random.normal(keys[2 * i], s), jax.random.normal(keys[2 * i + 1], s))
+                for i, s in enumerate(shapes)]
+
+  class Term(nn.Module):
+    @nn.compact
+    def __call__(self, increments):
+      adapter = Conv(3, in_features=3, kernel_size=1, name="adapter", initializer="torch",
+                     dtype=jnp.float32, conv_impl="xla")
+      return predictor.decouple_term(adapter, increments)
+
+  variables = Term().init(jax.random.key(1), increments)
+  got = np.asarray(Term().apply(variables, increments))
+  k = np.asarray(variables["params"]["adapter"]["kernel"])[0, 0]
+  bias = np.asarray(variables["params"]["adapter"]["bias"])
+  want = np.zeros(2)
+  for dc, dm in increments:
+    a, m = (np.asarray(v, np.float64).reshape(2, -1, 3) @ k + bias for v in (dc, dm))
+    a, m = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in (a, m))
+    want += np.abs(np.sum(a * m, axis=1)).sum(axis=1)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
