@@ -65,6 +65,10 @@ _rematerialised_decouple_term = nn.checkpoint(decouple_term, prevent_cse=False)
 class Step(nn.Module):
   """One time step of the whole network.
 
+  Called as ``(carry, (frame, use_truth)) -> (carry, (prediction, decouple))``:
+  the next frame ``[batch, H, W, channels]`` (float32) and PredRNN-V2's
+  decoupling term of this step ``[batch]`` (zeros for the other families).
+
   Attributes:
     config: the model's hyper-parameters.
   """
