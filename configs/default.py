@@ -73,9 +73,12 @@ def get_config() -> ml_collections.ConfigDict:
   # jax.checkpoint_policies name it uses.
   config.model.remat = "auto"
   config.model.remat_policy = "nothing_saveable"
-  # nn.scan unroll factor: 1 = rolled loop (compile time independent of T);
-  # >= T-1 = fully unrolled.
-  config.model.scan_unroll = 1
+  # The time loop's unroll factor: 1 = rolled (compile time independent of T),
+  # >= T-1 = fully unrolled (compile time grows with T); 'auto' = fully unrolled
+  # for the families that gain from it (PredRNN, PredRNN++, PredRNN-V2) without
+  # remat, where one state map (batch x H x W x hidden, float32) takes 1 MiB or
+  # more, as at the paper's shape; else rolled (docs/model.md).
+  config.model.scan_unroll = "auto"
   # Compute dtype ('float32', 'bfloat16', or 'auto': bfloat16 where the model's
   # convolution kernel has native bfloat16 kernels, float32 elsewhere, decided when
   # the model is built; the CPU-sized presets use it, docs/performance.md); params

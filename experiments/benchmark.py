@@ -4,8 +4,9 @@ For each model, the real jitted training step (``msrnn_jax.training.step.make_tr
 forward, loss, backward, Adam; state donated) is compiled ahead of time and
 run on random frames:
 
-* the rolled ``nn.scan`` path (``scan_unroll=1``, the library default) and
-  the fully unrolled loop (``scan_unroll=T-1``): compile time, median step
+* the rolled ``nn.scan`` path (``scan_unroll=1``) and the fully unrolled
+  loop (``scan_unroll=T-1``; ``'auto'``, the default, picks one of the two
+  from the state maps' size): compile time, median step
   time over ``--repeats`` (>= 5) timed steps after ``--warmup`` steps, and
   compiled memory;
 * FLOPs per step from XLA's cost analysis of the unrolled program (a rolled

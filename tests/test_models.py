@@ -312,6 +312,45 @@ def test_bfloat16_compute_keeps_float32_params():
   np.testing.assert_allclose(y16, y32, atol=5e-2)
 
 
+def test_auto_unroll_unrolls_the_time_loop_where_a_state_map_is_large():
+  """scan_unroll='auto' (the default) is fully unrolled from one MiB per
+  float32 state map (the paper's shape) and rolled below (the CPU demo),
+  without remat, for the families that gain from it; explicit factors are
+  clipped to the trip count, and the config files' text form is a number."""
+  paper = models.config_for("ms_predrnn", hidden=64)
+  assert paper.scan_unroll == "auto"
+  assert paper.time_unroll((1, 19, 64, 64, 1)) == 19  # exactly 1 MiB
+  assert paper.time_unroll((1, 19, 64, 32, 1)) == 1
+  assert models.config_for("ms_predrnn", hidden=16).time_unroll((8, 4, 32, 32, 1)) == 1
+  assert models.config_for("ms_predrnn", remat="step").time_unroll((2, 19, 64, 64, 1)) == 1
+  for name in ("ms_trajgru", "ms_convlstm"):
+    assert not models.family(name).unroll_large
+    assert models.config_for(name).time_unroll((2, 19, 64, 64, 1)) == 1
+  assert models.config_for("convlstm", scan_unroll=40).time_unroll((1, 19, 8, 8, 1)) == 19
+  assert models.config_for("convlstm", scan_unroll="3").scan_unroll == 3
+  with pytest.raises(ValueError, match="scan_unroll='fast': must be an integer >= 1 or 'auto'"):
+    models.config_for("convlstm", scan_unroll="fast")
+
+  # The traced loop carries the factor (abstract shapes: nothing runs).
+  model = models.create("ms_predrnn", hidden=64, num_layers=2, in_len=2)
+  frames = jax.ShapeDtypeStruct((1, 4, 64, 64, 1), jnp.float32)
+  params = jax.eval_shape(model.init, jax.random.key(0), frames)["params"]
+  jaxpr = str(jax.make_jaxpr(lambda p, x: model.apply({"params": p}, x))(params, frames))
+  assert re.findall(r"unroll=(\d+)", jaxpr) == ["3"]
+
+
+def test_unrolled_loop_same_loss_and_grads_as_rolled(fast_compiles):
+  x = _frames(b=2, t=5, h=8, w=8)
+  mask = jnp.asarray(RNG.uniform(size=(2, 4)) > 0.5, jnp.float32)
+  rolled = models.create("ms_predrnn_v2", hidden=4, num_layers=3, in_len=2, scan_unroll=1)
+  params = rolled.init(jax.random.key(0), x)["params"]
+  l1, g1 = jax.jit(jax.value_and_grad(_loss_fn(rolled, x, mask)))(params)
+  unrolled = rolled.replace(scan_unroll=4)
+  l4, g4 = jax.jit(jax.value_and_grad(_loss_fn(unrolled, x, mask)))(params)
+  np.testing.assert_allclose(l4, l1, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), g4, g1)
+
+
 def test_bad_inputs_raise_clear_errors():
   with pytest.raises(ValueError, match="name='convlstmm': use one of convlstm, ms_convlstm"):
     models.create("convlstmm")

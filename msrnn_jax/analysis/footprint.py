@@ -329,13 +329,13 @@ def analyze(model_name: str, *, image_size: int | tuple[int, int], batch_per_dev
 
   cfg = model.config
   steps = seq_len - 1
-  unroll = max(1, min(cfg.scan_unroll, steps))
+  b, _, h, w, c = frames_shape
+  unroll = cfg.time_unroll((b, steps, h, w, c))
   flop_count, method, rolled_raw = float("nan"), flops, None
   if flops != "none":
     flop_count, method, rolled_raw = _count_flops(model, compiled, tx, frames_shape, in_len,
                                                   decouple_weight, flops, unroll, steps)
 
-  b, _, h, w, _ = frames_shape
   units = cfg.spec.cell.paper_units(cfg)
   bits = 8 * jnp.dtype(cfg.compute_dtype).itemsize
   est = paper_estimate(cfg.num_layers, False, seq_len, units, b, cfg.hidden, h, w,

@@ -74,6 +74,9 @@ def config_for(name: str, **options: Any) -> ModelConfig:
                            f"{', '.join(model_options())}")
   if options.get("levels") is not None:
     options["levels"] = tuple(int(v) for v in options["levels"])
+  if str(options.get("scan_unroll")).isdigit():
+    # A config file's field holds 'auto' or a number given on the command line as text.
+    options["scan_unroll"] = int(options["scan_unroll"])
   # Options of other families (a shared config file lists them all) are
   # not this model's: they are dropped.
   own = FAMILIES[family_name].options

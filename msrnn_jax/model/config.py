@@ -15,6 +15,14 @@ from msrnn_jax import backend
 from msrnn_jax.model import pyramid
 
 REMAT_MODES = ("none", "step", "cell")
+# scan_unroll='auto' unrolls the time loop fully, for the families that gain
+# from it (``Family.unroll_large``), where one layer's float32 state map
+# (batch x H x W x hidden) takes at least this many bytes (the paper's shape:
+# 1 MiB per example). Unrolled, XLA no longer copies each step's residuals
+# into per-step stacks and back out, but it compiles in time proportional to
+# T (4-5x at T = 20): at the small shapes of tests and quick runs the compile
+# is the larger cost (docs/performance.md).
+AUTO_UNROLL_MIN_STATE_BYTES = 1 << 20
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 INITS = ("torch", "flax")
 
@@ -47,7 +55,9 @@ class ModelConfig:
       (unless reverse scheduled sampling).
     remat: ``'none'``, ``'step'`` (checkpoint each time step) or ``'cell'``.
     remat_policy: a ``jax.checkpoint_policies`` name.
-    scan_unroll: ``nn.scan`` unroll factor (1 = rolled loop).
+    scan_unroll: the time loop's unroll factor (1 = rolled, >= T-1 = fully
+      unrolled), or ``'auto'``: fully unrolled where a state map is large,
+      for the families that gain from it (:meth:`time_unroll`).
     dtype: compute dtype name (``'float32'``, ``'bfloat16'``), or ``'auto'``
       (``backend.fast_dtype``); parameters stay float32.
     conv_impl: the convolution kernel, one of ``backend.CONV_IMPLS``;
@@ -70,7 +80,7 @@ class ModelConfig:
   in_len: int = 10
   remat: str = "none"
   remat_policy: str = "nothing_saveable"
-  scan_unroll: int = 1
+  scan_unroll: int | str = "auto"
   dtype: str = "float32"
   conv_impl: str = "xla"
   warp_impl: str = "xla"
@@ -120,6 +130,26 @@ class ModelConfig:
       return self.skip
     return "unet" if self.multiscale else "none"
 
+  def time_unroll(self, inputs_shape: tuple[int, ...]) -> int:
+    """The unroll factor of the time loop over inputs of ``inputs_shape``.
+
+    Args:
+      inputs_shape: the loop's per-step input frames, ``[batch, steps, H, W,
+        C]`` as traced (the global batch under data parallelism).
+
+    Returns:
+      ``scan_unroll`` clipped to ``[1, steps]``; for ``'auto'``, ``steps``
+      without remat, where the family gains from unrolling
+      (``Family.unroll_large``) and one state map takes
+      ``AUTO_UNROLL_MIN_STATE_BYTES`` or more; else 1.
+    """
+    b, steps, h, w, _ = inputs_shape
+    if self.scan_unroll == "auto":
+      # Rematerialised loops stay rolled: they are chosen for memory.
+      large = b * h * w * self.hidden * 4 >= AUTO_UNROLL_MIN_STATE_BYTES
+      return steps if large and self.spec.unroll_large and self.remat == "none" else 1
+    return max(1, min(self.scan_unroll, steps))
+
   def size_multiple(self) -> int:
     """Frame height and width must be multiples of this."""
     return pyramid.pyramid_factor(self.pyramid_levels(), self.spec.cell.extra_factor)
@@ -140,8 +170,11 @@ class ModelConfig:
         raise ConfigValueError(field, getattr(self, field), f"use one of {valid}")
     for field in ("hidden", "num_layers", "kernel_size", "channels", "in_len", "scan_unroll"):
       value = getattr(self, field)
+      if field == "scan_unroll" and value == "auto":
+        continue
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigValueError(field, value, "must be an integer >= 1")
+        raise ConfigValueError(field, value, "must be an integer >= 1"
+                               + (" or 'auto'" if field == "scan_unroll" else ""))
     own = self.spec.options
     for key, value in self.options:
       if key not in own:

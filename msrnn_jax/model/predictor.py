@@ -130,13 +130,13 @@ class Step(nn.Module):
 def scanned(module: nn.Module, carry: Any, xs: Any, remat_step: bool = False) -> tuple[Any, Any]:
   """:class:`Step` over time with ``nn.scan`` (shared parameters); ``remat_step``: checkpointed."""
   cfg = module.config
-  steps = jax.tree.leaves(xs)[0].shape[1]
+  frames = xs[0]
   step_cls = Step
   if remat_step:
     # prevent_cse=False is safe (and faster) inside a scan.
     step_cls = nn.remat(Step, policy=cfg.checkpoint_policy, prevent_cse=False)
   scan = nn.scan(step_cls, variable_broadcast="params", split_rngs={"params": False},
-                 in_axes=1, out_axes=1, length=steps, unroll=max(1, min(cfg.scan_unroll, steps)))
+                 in_axes=1, out_axes=1, length=frames.shape[1], unroll=cfg.time_unroll(frames.shape))
   # An explicit name keeps the parameter tree identical whatever the loop.
   return scan(config=cfg, name="step")(carry, xs)
 
@@ -149,9 +149,8 @@ def _custom_scan(scan_fn: Callable, module: nn.Module, carry: Any, xs: Any) -> t
   cfg = module.config
   step = lambda params, c, x: Step(cfg).apply({"params": params}, c, x)  # noqa: E731
   swap = functools.partial(jax.tree.map, lambda v: jnp.swapaxes(v, 0, 1))
-  unroll = max(1, min(cfg.scan_unroll, xs[0].shape[1]))
   carry, ys = scan_fn(step, module.variables["params"]["step"], carry, swap(xs),
-                      cfg.compute_dtype, unroll)
+                      cfg.compute_dtype, cfg.time_unroll(xs[0].shape))
   return carry, swap(ys)
 
 

@@ -34,11 +34,18 @@ class Family:
     decouple: compute PredRNN-V2's decoupling loss term.
     reverse_scheduled_sampling: the sampling mask may also replace
       context frames (PredRNN-V2); step 0 is always truth.
+    unroll_large: ``scan_unroll='auto'`` unrolls the time loop fully where
+      the state maps are large (``ModelConfig.time_unroll``). True where
+      that measured faster and leaner: the ST-LSTM families, whose many
+      residuals a rolled loop copies into per-step stacks and back out. Not
+      TrajGRU (unrolled, it needs 2.4x the memory) or MotionRNN (70-95 s
+      to compile), nor ConvLSTM (9% more memory); docs/performance.md.
   """
 
   cell: type[CellBase]
   decouple: bool = False
   reverse_scheduled_sampling: bool = False
+  unroll_large: bool = False
 
   @property
   def options(self) -> dict[str, Any]:
@@ -54,11 +61,12 @@ class Family:
 FAMILIES: dict[str, Family] = {
     "convlstm": Family(ConvLSTMCell),
     "trajgru": Family(TrajGRUCell),
-    "predrnn": Family(STLSTMCell),
-    "predrnn_pp": Family(CausalLSTMCell),
+    "predrnn": Family(STLSTMCell, unroll_large=True),
+    "predrnn_pp": Family(CausalLSTMCell, unroll_large=True),
     "mim": Family(MIMCell),
     "motionrnn": Family(MotionRNNCell),
-    "predrnn_v2": Family(STLSTMCell, decouple=True, reverse_scheduled_sampling=True),
+    "predrnn_v2": Family(STLSTMCell, decouple=True, reverse_scheduled_sampling=True,
+                         unroll_large=True),
     "cms_lstm": Family(CMSLSTMCell),
     "modernn": Family(MoDeRNNCell),
     "preciplstm": Family(PrecipLSTMCell),
