@@ -6,7 +6,7 @@ run on random frames:
 
 * the rolled ``nn.scan`` path (``scan_unroll=1``) and the fully unrolled
   loop (``scan_unroll=T-1``; ``'auto'``, the default, picks one of the two
-  from the state maps' size): compile time, median step
+  from the family and the state maps' size): compile time, median step
   time over ``--repeats`` (>= 5) timed steps after ``--warmup`` steps, and
   compiled memory;
 * FLOPs per step from XLA's cost analysis of the unrolled program (a rolled

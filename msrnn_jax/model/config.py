@@ -20,7 +20,7 @@ REMAT_MODES = ("none", "step", "cell")
 # (batch x H x W x hidden) takes at least this many bytes (the paper's shape:
 # 1 MiB per example). Unrolled, XLA no longer copies each step's residuals
 # into per-step stacks and back out, but it compiles in time proportional to
-# T (4-5x at T = 20): at the small shapes of tests and quick runs the compile
+# T (3.5-7x as long at T = 20): at the small shapes of tests and quick runs the compile
 # is the larger cost (docs/performance.md).
 AUTO_UNROLL_MIN_STATE_BYTES = 1 << 20
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
