@@ -503,7 +503,7 @@ def test_bfloat16_keeps_float32_states_and_checkpoints_them_in_bfloat16(name):
     def loss(p):
       preds, aux = model.apply({"params": p}, x, mask)
       return jnp.mean((preds - x[:, 1:]) ** 2), aux["carry"]
-    return jax.value_and_grad(loss, has_aux=True)(params)
+    return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
 
   (l_none, carry), g_none = loss_and_grad(plain)
   assert {v.dtype for v in jax.tree.leaves(carry)} == {jnp.dtype(jnp.float32)}
