@@ -75,9 +75,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.remat_policy = "nothing_saveable"
   # The time loop's unroll factor: 1 = rolled (compile time independent of T),
   # >= T-1 = fully unrolled (compile time grows with T); 'auto' = fully unrolled
-  # for the families that gain from it (PredRNN, PredRNN++, PredRNN-V2) without
-  # remat, where one state map (batch x H x W x hidden, float32) takes 1 MiB or
-  # more, as at the paper's shape; else rolled (docs/model.md).
+  # for the families that gain from it, without remat, where the state maps are
+  # as large as at the paper's shape; else rolled (docs/model.md).
   config.model.scan_unroll = "auto"
   # Compute dtype ('float32', 'bfloat16', or 'auto': bfloat16 where the model's
   # convolution kernel has native bfloat16 kernels, float32 elsewhere, decided when

@@ -18,10 +18,8 @@ REMAT_MODES = ("none", "step", "cell")
 # scan_unroll='auto' unrolls the time loop fully, for the families that gain
 # from it (``Family.unroll_large``), where one layer's float32 state map
 # (batch x H x W x hidden) takes at least this many bytes (the paper's shape:
-# 1 MiB per example). Unrolled, XLA no longer copies each step's residuals
-# into per-step stacks and back out, but it compiles in time proportional to
-# T (3.5-7x as long at T = 20): at the small shapes of tests and quick runs the compile
-# is the larger cost (docs/performance.md).
+# 1 MiB per example). Below it, as in tests and quick runs, a step is short and
+# the unrolled program's longer compile is the larger cost (docs/performance.md).
 AUTO_UNROLL_MIN_STATE_BYTES = 1 << 20
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 INITS = ("torch", "flax")
@@ -168,13 +166,14 @@ class ModelConfig:
                          ("remat_policy", policies)):
       if getattr(self, field) not in valid:
         raise ConfigValueError(field, getattr(self, field), f"use one of {valid}")
-    for field in ("hidden", "num_layers", "kernel_size", "channels", "in_len", "scan_unroll"):
-      value = getattr(self, field)
-      if field == "scan_unroll" and value == "auto":
-        continue
-      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigValueError(field, value, "must be an integer >= 1"
-                               + (" or 'auto'" if field == "scan_unroll" else ""))
+    def positive_int(value):
+      return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+    for field in ("hidden", "num_layers", "kernel_size", "channels", "in_len"):
+      if not positive_int(getattr(self, field)):
+        raise ConfigValueError(field, getattr(self, field), "must be an integer >= 1")
+    if self.scan_unroll != "auto" and not positive_int(self.scan_unroll):
+      raise ConfigValueError("scan_unroll", self.scan_unroll, "must be an integer >= 1 or 'auto'")
     own = self.spec.options
     for key, value in self.options:
       if key not in own:

@@ -35,11 +35,9 @@ class Family:
     reverse_scheduled_sampling: the sampling mask may also replace
       context frames (PredRNN-V2); step 0 is always truth.
     unroll_large: ``scan_unroll='auto'`` unrolls the time loop fully where
-      the state maps are large (``ModelConfig.time_unroll``). True where
-      that measured faster and leaner: the ST-LSTM families, whose many
-      residuals a rolled loop copies into per-step stacks and back out. Not
-      TrajGRU (unrolled, it needs 2.4x the memory) or MotionRNN (70-95 s
-      to compile), nor ConvLSTM (9% more memory); docs/performance.md.
+      the state maps are large (``ModelConfig.time_unroll``); True where that
+      measured faster and leaner (the measurements: docs/performance.md,
+      "Scan, remat and memory").
   """
 
   cell: type[CellBase]
