@@ -89,6 +89,42 @@ def test_values_and_gradients_match_lax(case):
     _close(dk1, dk0, BF16_RTOL if impl == "matmul_bf16" else 1e-5)
 
 
+@pytest.mark.parametrize("impl,dtype", [("xla", "float32"), ("onednn", "float32"),
+                                         ("onednn", "bfloat16"), ("matmul", "float32")])
+def test_conv_of_parts_equals_conv_of_concatenation_and_keeps_the_parts(impl, dtype):
+  """``conv2d_of_parts``: autodiff's values and gradients of ``conv2d(concatenate(xs))``,
+  for parts of mixed dtypes (a bfloat16 input beside a float32 memory), a 3x3 and a
+  1x1 kernel; its backward pass keeps the parts, never their concatenation."""
+  if impl == "onednn" and not onednn.available():
+    pytest.skip("oneDNN unavailable (test_onednn_is_available_on_linux_x86 says where it must be)")
+  x = _rand(2, 6, 5, 3).astype(dtype)
+  m = _rand(2, 6, 5, 4)  # float32 whatever the compute dtype, as a cell's memory
+  for ks in (3, 1):
+    k = _rand(ks, ks, 7, 5)
+    cot = _rand(2, 6, 5, 5).astype(dtype)
+
+    def loss(f, cot=cot):
+      return lambda x, m, kernel: jnp.sum((f([x, m], kernel) * cot).astype(jnp.float32))
+
+    def ours(xs, k):
+      return backend.conv2d_of_parts(xs, k, dtype=dtype, conv_impl=impl)
+
+    def plain(xs, k):
+      return conv2d(backend.concatenate(xs, dtype), k, dtype=dtype, conv_impl=impl)
+
+    grads = [jax.jit(jax.value_and_grad(loss(f), (0, 1, 2)))(x, m, k) for f in (ours, plain)]
+    (v1, g1), (v0, g0) = grads
+    np.testing.assert_array_equal(v1, v0)
+    for a, b in zip(g1, g0, strict=True):
+      assert a.dtype == b.dtype
+      np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+
+  # What the backward pass keeps: x and m as they are (x packed when bfloat16), no stack.
+  _, vjp = jax.vjp(lambda x, m: ours([x, m], k), x, m)
+  kept = [v.shape[-1] for v in jax.tree.leaves(vjp) if v.shape[:3] == (2, 6, 5)]
+  assert sorted(kept) == [3, 4], kept
+
+
 @pytest.mark.parametrize("bf16", [False, True])
 def test_gradient_helpers_directly(bf16):
   """``input_grad`` / ``kernel_grad`` alone, on a case with every option set."""

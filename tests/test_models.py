@@ -312,18 +312,22 @@ def test_bfloat16_compute_keeps_float32_params():
   np.testing.assert_allclose(y16, y32, atol=5e-2)
 
 
-def test_auto_unroll_unrolls_the_time_loop_where_a_state_map_is_large():
+def test_auto_unroll_unrolls_the_time_loop_where_every_state_map_is_large():
   """scan_unroll='auto' (the default) is fully unrolled from one MiB per
-  float32 state map (the paper's shape) and rolled below (the CPU demo),
+  float32 state map of the coarsest layer (the paper's plain shape) and
+  rolled below (a pyramid's H/4 layers at the paper's batch, the CPU demo),
   without remat, for the families that gain from it; explicit factors are
   clipped to the trip count, and the config files' text form is a number."""
-  paper = models.config_for("ms_predrnn", hidden=64)
+  paper = models.config_for("predrnn", hidden=64)
   assert paper.scan_unroll == "auto"
   assert paper.time_unroll((1, 19, 64, 64, 1)) == 19  # exactly 1 MiB
   assert paper.time_unroll((1, 19, 64, 32, 1)) == 1
+  # MS: the H/4 layers' maps are a sixteenth of the frame's.
+  assert models.config_for("ms_predrnn", hidden=64).time_unroll((4, 19, 64, 64, 1)) == 1
+  assert models.config_for("ms_predrnn", hidden=64).time_unroll((16, 19, 64, 64, 1)) == 19
   assert models.config_for("ms_predrnn", hidden=16).time_unroll((8, 4, 32, 32, 1)) == 1
-  assert models.config_for("ms_predrnn", remat="step").time_unroll((2, 19, 64, 64, 1)) == 1
-  for name in ("ms_trajgru", "ms_convlstm"):
+  assert models.config_for("predrnn", remat="step").time_unroll((2, 19, 64, 64, 1)) == 1
+  for name in ("trajgru", "convlstm"):
     assert not models.family(name).unroll_large
     assert models.config_for(name).time_unroll((2, 19, 64, 64, 1)) == 1
   assert models.config_for("convlstm", scan_unroll=40).time_unroll((1, 19, 8, 8, 1)) == 19
@@ -332,7 +336,7 @@ def test_auto_unroll_unrolls_the_time_loop_where_a_state_map_is_large():
     models.config_for("convlstm", scan_unroll="fast")
 
   # The traced loop carries the factor (abstract shapes: nothing runs).
-  model = models.create("ms_predrnn", hidden=64, num_layers=2, in_len=2)
+  model = models.create("predrnn", hidden=64, num_layers=2, in_len=2)
   frames = jax.ShapeDtypeStruct((1, 4, 64, 64, 1), jnp.float32)
   params = jax.eval_shape(model.init, jax.random.key(0), frames)["params"]
   jaxpr = str(jax.make_jaxpr(lambda p, x: model.apply({"params": p}, x))(params, frames))

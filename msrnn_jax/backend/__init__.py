@@ -39,6 +39,8 @@ concrete name, so models with different kernels or dtypes live side by side.
 dtypes) to ``matmul``.
 """
 
+import functools
+import itertools
 from collections.abc import Sequence
 
 import jax
@@ -51,7 +53,7 @@ from msrnn_jax.backend.packing import concatenate, pack, stash, unpack, unstash
 from msrnn_jax.backend.warp import WARP_IMPLS, flow_warp
 
 __all__ = ["CONV_IMPLS", "FLOP_COUNTABLE", "WARP_IMPLS", "add_bias", "busy_cores_warning",
-           "concatenate", "conv2d", "describe", "fast_dtype", "flow_warp", "pack",
+           "concatenate", "conv2d", "conv2d_of_parts", "describe", "fast_dtype", "flow_warp", "pack",
            "packed_residual_scan", "prepare_host", "release_freed_memory", "resolve",
            "resolve_warp", "split", "stash", "stored_carry_scan", "summary", "unpack", "unstash"]
 
@@ -198,3 +200,54 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
   if impl == "xla":
     return matmul_grads.xla_conv(x, kernel, strides, padding, dil)
   return matmul_grads.conv(x, kernel, strides, padding, dil, impl == "matmul_bf16")
+
+
+def conv2d_of_parts(xs: Sequence[jax.Array], kernel: jax.Array, *, dtype,
+                    conv_impl: str) -> jax.Array:
+  """``conv2d(concatenate(xs, dtype), kernel)`` (stride 1, ``'SAME'``), its gradient keeping ``xs``.
+
+  Autodiff keeps the concatenation for the kernel gradient: a copy of
+  inputs that a step often keeps anyway (a cell's input read by two fused
+  convolutions, a memory whose update keeps it). Here the backward pass
+  keeps the parts themselves, each stored once however many operations
+  read it, and concatenates them again (a transient). Values and gradients
+  are :func:`conv2d`'s.
+
+  Args:
+    xs: the parts ``[batch, height, width, channels_i]``, stacked along
+      channels in this order.
+    kernel: ``[kh, kw, sum(channels_i), out_channels]``.
+    dtype: the compute dtype (the parts are rounded to it, as by
+      :func:`concatenate`).
+    conv_impl: as in :func:`conv2d`.
+
+  Returns:
+    ``[batch, height, width, out_channels]`` of ``dtype``.
+  """
+  return _conv_of_parts(tuple(xs), kernel, jnp.dtype(dtype), conv_impl)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_of_parts(xs, kernel, dtype, conv_impl):
+  return conv2d(concatenate(xs, dtype), kernel, dtype=dtype, conv_impl=conv_impl)
+
+
+def _conv_of_parts_fwd(xs, kernel, dtype, conv_impl):
+  # Each part stashed on its own: a float32 part is the very array other
+  # residuals keep (stored once); a bfloat16 one is packed (``packing``).
+  return _conv_of_parts(xs, kernel, dtype, conv_impl), (tuple(stash((x,)) for x in xs), kernel)
+
+
+def _conv_of_parts_bwd(dtype, conv_impl, res, dy):
+  stashed, kernel = res
+  xs = tuple(unstash(s)[0] for s in stashed)
+  # The forward convolution this vjp also traces has no consumer: XLA drops it.
+  _, vjp = jax.vjp(lambda x, k: conv2d(x, k, dtype=dtype, conv_impl=conv_impl),
+                   concatenate(xs, dtype), kernel)
+  dx, dkernel = vjp(dy)
+  ends = list(itertools.accumulate(x.shape[-1] for x in xs))[:-1]
+  return tuple(d.astype(x.dtype) for d, x in zip(jnp.split(dx, ends, axis=-1), xs,
+                                                  strict=True)), dkernel
+
+
+_conv_of_parts.defvjp(_conv_of_parts_fwd, _conv_of_parts_bwd)

@@ -118,46 +118,35 @@ def fused_conv(convs: Sequence[Conv], xs: Sequence[jax.Array]) -> jax.Array:
     return convs[0](xs[0])
   for c, x in zip(convs, xs, strict=True):
     c.check_input(x)
-  return stacked_conv(convs, backend.concatenate(xs, convs[0].dtype))
+  return conv_of_parts(convs, xs)
 
 
-def stacked_conv(convs: Sequence[Conv], x: jax.Array) -> jax.Array:
-  """:func:`fused_conv` of inputs already stacked along channels (``x``, from ``stack``).
+def conv_of_parts(convs: Sequence[Conv], xs: Sequence[jax.Array]) -> jax.Array:
+  """``convs``, kernels stacked along their input axis, over ``xs`` stacked along channels.
 
-  For a stack that another convolution also reads: the backward pass keeps one copy.
+  The backward pass keeps the parts ``xs``, not their stack: an array that
+  several convolutions (or a gate update) of a step read is stored once.
+
+  Args:
+    convs: stride-1, same-size ``Conv`` modules with equal ``features``,
+      whose ``in_features`` add up to the parts' channels.
+    xs: the parts ``[batch, height, width, channels_i]``.
+
+  Returns:
+    ``[batch, height, width, features]``.
   """
-  if x.shape[-1] != sum(c.in_features for c in convs):
+  channels = sum(x.shape[-1] for x in xs)
+  if channels != sum(c.in_features for c in convs):
     raise ValueError(f"{', '.join(c.name for c in convs)}: expected "
-                     f"{sum(c.in_features for c in convs)} stacked input channels, got array of "
-                     f"shape {x.shape}.")
+                     f"{sum(c.in_features for c in convs)} input channels in all, got parts of "
+                     f"shapes {[x.shape for x in xs]}.")
   c0 = convs[0]
-  dtype = c0.dtype
-  # Concatenated in the parameters' float32; conv2d casts (see its dtype).
+  # Concatenated in the parameters' float32; the convolution casts (see conv2d's dtype).
   kernel = jnp.concatenate([c.kernel for c in convs], axis=2)
-  y = backend.conv2d(x, kernel, dtype=dtype, conv_impl=c0.conv_impl)
+  y = backend.conv2d_of_parts(xs, kernel, dtype=c0.dtype, conv_impl=c0.conv_impl)
   biases = [c.bias for c in convs if c.use_bias]
   return backend.add_bias(y, sum(biases)) if biases else y
 
-
-def conv_on_channels(conv: Conv, x: jax.Array, start: int) -> jax.Array:
-  """``conv(x[..., start:start + conv.in_features])``, as a convolution over all of ``x``.
-
-  The kernel is zero over ``x``'s other channels. For a stack that another
-  convolution reads whole: the backward pass keeps the stack alone, not a
-  copy of the slice as well, for the zero taps' multiply-adds (meant for 1x1
-  convolutions, whose share of a step is small).
-  """
-  after = x.shape[-1] - start - conv.in_features
-  if start < 0 or after < 0:
-    raise ValueError(f"{conv.name}: channels {start}..{start + conv.in_features} are not within "
-                     f"an array of shape {x.shape}.")
-  kernel = jnp.pad(conv.kernel, ((0, 0), (0, 0), (start, after), (0, 0)))
-  y = backend.conv2d(x, kernel, dtype=conv.dtype, conv_impl=conv.conv_impl)
-  return backend.add_bias(y, conv.bias) if conv.use_bias else y
-
-
-# ``xs`` rounded to ``dtype`` and stacked along channels (``backend.concatenate``).
-stack = backend.concatenate
 
 # A convolution's gate chunks: ``split_gates(y, n) = jnp.split(y, n, axis=-1)``.
 split_gates = backend.split

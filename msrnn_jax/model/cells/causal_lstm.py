@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from msrnn_jax.backend.gates import gated_tanh, memory_update
 from msrnn_jax.model.cells.base import CellBase
-from msrnn_jax.model.layers import conv_on_channels, fused_conv, split_gates, stack
+from msrnn_jax.model.layers import conv_of_parts, fused_conv, split_gates
 
 
 class CausalLSTMCell(CellBase):
@@ -58,12 +58,10 @@ class CausalLSTMCell(CellBase):
     else:
       h, c = state
       extra = ()
-    i, f, g = split_gates(self.conv_a(jnp.concatenate([x, h, c], axis=-1)), 3)
+    i, f, g = split_gates(conv_of_parts([self.conv_a], [x, h, c]), 3)
     c = memory_update(i, f, g, c)
-    im, fm, gm = split_gates(self.conv_b(jnp.concatenate([x, c, m], axis=-1)), 3)
+    im, fm, gm = split_gates(conv_of_parts([self.conv_b], [x, c, m]), 3)
     m = gated_tanh(fm, self.conv_m(m)) + gated_tanh(im, gm)
-    # conv_o reads [X, C', M'] and the 1x1 conv_last [C', M']: one stack, kept once.
-    xcm = stack([x, c, m], self.config.compute_dtype)
-    o = jnp.tanh(self.conv_o(xcm))
-    h = o * jnp.tanh(conv_on_channels(self.conv_last, xcm, start=self.hidden))
+    o = jnp.tanh(conv_of_parts([self.conv_o], [x, c, m]))
+    h = o * jnp.tanh(conv_of_parts([self.conv_last], [c, m]))
     return h, (h, c) + extra, m, {}

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from msrnn_jax.backend.gates import gated_tanh, memory_update
 from msrnn_jax.model.cells.st_lstm import STLSTMCell
-from msrnn_jax.model.layers import fused_conv, split_gates, stack, stacked_conv
+from msrnn_jax.model.layers import conv_of_parts, fused_conv, split_gates
 
 
 class MIMCell(STLSTMCell):
@@ -68,9 +68,8 @@ class MIMCell(STLSTMCell):
       c = t + gated_tanh(i, g)
     im, fm, gm = split_gates(fused_conv([self.conv_xm, self.conv_mm], [x, m]), 3)
     m = memory_update(im, fm, gm, m)
-    cm = stack([c, m], self.config.compute_dtype)  # one copy kept for both convolutions
-    o = o + stacked_conv([self.conv_co, self.conv_mo], cm)
-    h = gated_tanh(o, self.conv_last(cm))
+    o = o + fused_conv([self.conv_co, self.conv_mo], [c, m])
+    h = gated_tanh(o, conv_of_parts([self.conv_last], [c, m]))
     # MotionRNN's highway reads the output gate; MIM alone drops it.
     return h, c, n, s, m, nn.sigmoid(o)
 

@@ -2,11 +2,9 @@
 
 from typing import ClassVar
 
-import jax.numpy as jnp
-
 from msrnn_jax.backend.gates import gated_tanh, memory_update
 from msrnn_jax.model.cells.base import CellBase
-from msrnn_jax.model.layers import split_gates, stack, stacked_conv
+from msrnn_jax.model.layers import conv_of_parts, fused_conv, split_gates
 
 
 class MKLSTMCell(CellBase):
@@ -38,11 +36,10 @@ class MKLSTMCell(CellBase):
 
   def __call__(self, x, state, m=None, diag=None):
     h, c3, c5 = state
-    xh = stack([x, h], self.config.compute_dtype)  # one copy kept for both convolutions
-    i3, f3, g3, o3 = split_gates(stacked_conv([self.conv_x3, self.conv_h3], xh), 4)
-    i5, f5, g5, o5 = split_gates(stacked_conv([self.conv_x5, self.conv_h5], xh), 4)
+    i3, f3, g3, o3 = split_gates(fused_conv([self.conv_x3, self.conv_h3], [x, h]), 4)
+    i5, f5, g5, o5 = split_gates(fused_conv([self.conv_x5, self.conv_h5], [x, h]), 4)
     c3 = memory_update(i3, f3, g3, c3)
     c5 = memory_update(i5, f5, g5, c5)
     o = o3 + o5 + self.conv_c3(c3) + self.conv_c5(c5)
-    h = gated_tanh(o, self.conv_last(jnp.concatenate([c3, c5], axis=-1)))
+    h = gated_tanh(o, conv_of_parts([self.conv_last], [c3, c5]))
     return h, (h, c3, c5), m, {}

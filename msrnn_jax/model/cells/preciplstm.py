@@ -5,7 +5,7 @@ from typing import ClassVar
 from msrnn_jax.backend.gates import gated_tanh, memory_update
 from msrnn_jax.model.attention import local_attention
 from msrnn_jax.model.cells.base import CellBase
-from msrnn_jax.model.layers import fused_conv, split_gates, stack, stacked_conv
+from msrnn_jax.model.layers import conv_of_parts, fused_conv, split_gates
 
 
 class PrecipLSTMCell(CellBase):
@@ -69,7 +69,6 @@ class PrecipLSTMCell(CellBase):
     s = memory_update(*split_gates(fused_conv([self.conv_xs, self.conv_ss], [xa, s]), 3), s)
     t = memory_update(*split_gates(fused_conv([self.conv_xt, self.conv_tt], [x - x_prev, t]), 3),
                       t)
-    csm = stack([c, s, t, m], self.config.compute_dtype)  # one copy kept for both convolutions
-    o = o + stacked_conv([self.conv_co, self.conv_so, self.conv_to, self.conv_mo], csm)
-    h = gated_tanh(o, self.conv_last(csm))
+    o = o + fused_conv([self.conv_co, self.conv_so, self.conv_to, self.conv_mo], [c, s, t, m])
+    h = gated_tanh(o, conv_of_parts([self.conv_last], [c, s, t, m]))
     return h, (h, c, s, t, x), m, {}

@@ -4,7 +4,7 @@ from typing import ClassVar
 
 from msrnn_jax.backend.gates import gated_tanh, memory_update_with_increment
 from msrnn_jax.model.cells.base import CellBase
-from msrnn_jax.model.layers import fused_conv, split_gates, stack, stacked_conv
+from msrnn_jax.model.layers import conv_of_parts, fused_conv, split_gates
 
 
 class STLSTMCell(CellBase):
@@ -41,9 +41,8 @@ class STLSTMCell(CellBase):
     c, delta_c = memory_update_with_increment(i, f, g, c)
     im, fm, gm = split_gates(fused_conv([self.conv_xm, self.conv_mm], [x, m]), 3)
     m, delta_m = memory_update_with_increment(im, fm, gm, m)
-    # One stack [C', M'] for both convolutions that read it: one copy kept for the backward pass.
-    cm = stack([c, m], self.config.compute_dtype)
-    h = gated_tanh(o + stacked_conv([self.conv_co, self.conv_mo], cm), self.conv_last(cm))
+    h = gated_tanh(o + fused_conv([self.conv_co, self.conv_mo], [c, m]),
+                   conv_of_parts([self.conv_last], [c, m]))
     # For PredRNN-V2's decoupling loss (unread elsewhere).
     extras = {"increments": (delta_c, delta_m)}
     return h, (h, c), m, extras
