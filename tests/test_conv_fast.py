@@ -46,7 +46,7 @@ CASES = [
     ((1, 6, 5, 2), (1, 1, 2, 3), 1, ((1, 1), (1, 1)), 1),  # padding wider than the kernel
     ((1, 7, 7, 2), (3, 3, 2, 2), 1, ((-1, 0), (0, -1)), 1),  # negative padding (cropping)
     ((1, 4, 5, 3), (3, 3, 3, 2), 3, ((1, 2), (0, 1)), 2),  # stride 3 with input dilation 2
-    ((2, 5, 6, 32), (1, 1, 32, 16), 1, "SAME", 1),  # 1x1: a dot, oneDNN's in bfloat16
+    ((2, 5, 6, 32), (1, 1, 32, 16), 1, "SAME", 1),  # 1x1: oneDNN, a dot elsewhere
     ((2, 4, 3, 1), (1, 1, 1, 8), 1, "VALID", 1),  # 1x1 from one channel (the embedding)
 ]
 
@@ -247,6 +247,22 @@ def test_onednn_falls_back_where_it_does_not_apply(monkeypatch):
   monkeypatch.setattr(onednn, "bf16_supported", lambda: False)
   jaxpr = low_precision_jaxpr(jnp.bfloat16)
   assert "conv_dk_matmul" in jaxpr and "msrnn_onednn" not in jaxpr
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_float32_1x1_convolutions_take_onednn_unless_the_cpu_has_amx(monkeypatch, amx):
+  """A float32 1x1 convolution is oneDNN's without AMX and XLA's dot with it; a bfloat16 one
+  is oneDNN's either way (the ISA is read at run time)."""
+  if not onednn.available():
+    pytest.skip("oneDNN unavailable (test_onednn_is_available_on_linux_x86 says where it must be)")
+  monkeypatch.setattr(onednn, "has_amx", lambda: amx)
+  x, k = _rand(1, 4, 4, 8), _rand(1, 1, 8, 4)
+
+  def jaxpr(dtype):
+    return str(jax.make_jaxpr(lambda k: conv2d(x, k, conv_impl="onednn", dtype=dtype))(k))
+
+  assert ("msrnn_onednn" in jaxpr(jnp.float32)) == (not amx)
+  assert "msrnn_onednn" in jaxpr(jnp.bfloat16) or not onednn.bf16_supported()
 
 
 def test_onednn_under_batch_sharding_equals_reference():
