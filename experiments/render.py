@@ -237,18 +237,23 @@ def vs_torch_bf16_table() -> str:
 
 
 def vs_torch_summary() -> str:
-  """README and docs/performance.md: the speed ratios in one sentence."""
-  f32 = {r["model"]: r for run in _data("vs_torch_families")["runs"] for r in run["rows"]
-         if r["dtype"] == "float32" and r["model"] in ("ConvLSTM", "MS-ConvLSTM")
-         and r["ratio"] is not None}
-  bf16 = {r["model"]: r for r in _data("vs_torch_bf16")["rows"]}
-  fp32_part = " and ".join(f"{m} {r['ratio']:.2f}x" for m, r in f32.items())
-  bf16_part = ", ".join(f"{m} {r['vs_autocast']:.2f}x" for m, r in bf16.items())
-  lo = min(r["vs_fp32"] for r in bf16.values())
-  hi = max(r["vs_fp32"] for r in bf16.values())
-  return (f"float32 (Intel Xeon): {fp32_part} PyTorch's fp32 step time; bfloat16 (AMD EPYC) "
-          f"against PyTorch's autocast step: {bf16_part}, and {lo:.2f}-{hi:.2f}x its fp32 step "
-          "(tables and commands: experiments/README.md).\n")
+  """README and docs/performance.md: every family's ratios against PyTorch in one sentence."""
+  runs = [run for run in _data("vs_torch_families")["runs"]
+          if any(r["ratio"] is not None for r in run["rows"])]
+  rows = [r for run in runs for r in run["rows"] if r["ratio"] is not None]
+  machines = sorted({run["machine"].split(" (")[0] for run in runs})
+  families = sorted({r["model"].removeprefix("MS-") for r in rows})
+
+  def span(dtype: str, key: str) -> str:
+    values = [r[key] for r in rows if r["dtype"] == dtype]
+    return f"{min(values):.2f}-{max(values):.2f}x"
+
+  return (f"{len(families)} families, plain and MS ({', '.join(machines)}): float32 steps take "
+          f"{span('float32', 'ratio')} PyTorch's fp32 step time with "
+          f"{span('float32', 'rss_ratio')} its peak resident memory; bfloat16 steps "
+          f"{span('bfloat16', 'ratio')} PyTorch's autocast step with "
+          f"{span('bfloat16', 'rss_ratio')} its memory (medians of interleaved rounds; table, "
+          "batches and commands: docs/performance.md, \"Every family\").\n")
 
 
 def vs_torch_families_table() -> str:
