@@ -159,14 +159,17 @@ def serve(step, warmup: int, info: dict) -> None:
   """After ``warmup`` steps prints ``ready <info JSON>``; then one timed step per
   ``step`` line on stdin (prints its seconds), peak resident memory in GB per
   ``rss`` line; anything else ends it."""
+  from msrnn_jax import backend
   for _ in range(warmup):
     timing.timed(step)
+    backend.release_if_heap_moved()  # as the training loop does after every step
   print("ready " + json.dumps(info), flush=True)
   for line in sys.stdin:
     if line.strip() == "rss":
       print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, flush=True)
     elif line.strip() == "step":
       print(f"{timing.timed(step)[1]:.6f}", flush=True)
+      backend.release_if_heap_moved()
     else:
       break
 

@@ -53,9 +53,10 @@ from msrnn_jax.backend.packing import concatenate, pack, stash, unpack, unstash
 from msrnn_jax.backend.warp import WARP_IMPLS, flow_warp
 
 __all__ = ["CONV_IMPLS", "FLOP_COUNTABLE", "WARP_IMPLS", "add_bias", "busy_cores_warning",
-           "concatenate", "conv2d", "conv2d_of_parts", "describe", "fast_dtype", "flow_warp", "pack",
-           "packed_residual_scan", "prepare_host", "release_freed_memory", "resolve",
-           "resolve_warp", "split", "stash", "stored_carry_scan", "summary", "unpack", "unstash"]
+           "concatenate", "conv2d", "conv2d_of_parts", "describe", "fast_dtype", "flow_warp",
+           "pack", "packed_residual_scan", "prepare_host", "release_freed_memory",
+           "release_if_heap_moved", "resolve", "resolve_warp", "split", "stash",
+           "stored_carry_scan", "summary", "unpack", "unstash"]
 
 CONV_IMPLS = ("auto", "xla", "matmul", "matmul_bf16", "onednn")
 # Kernels whose convolutions XLA's cost analysis can count (custom calls are
@@ -144,6 +145,7 @@ def prepare_host(keep_freed_memory: bool = True) -> bool:
 
 
 release_freed_memory = allocator.release_freed_memory
+release_if_heap_moved = allocator.release_if_heap_moved
 
 
 def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,

@@ -14,8 +14,7 @@ kernel (``M_TRIM_THRESHOLD=-1``), so a step's temporaries land in pages
 the previous steps already faulted in.
 
 A heap that never shrinks holds its high-water mark, so two more settings
-keep that mark near one step's temporaries (two where small allocations on
-XLA's threads move the heap's layout once more):
+keep the resident part near one step's temporaries:
 
 * Single-device executions run inline (``jax_cpu_enable_async_dispatch``
   off): a step has freed its temporaries when the call returns. With
@@ -23,12 +22,14 @@ XLA's threads move the heap's layout once more):
   temporaries are freed, the next step allocates its own beside them, and
   the heap grows by a step's worth every few steps.
 * :func:`release_freed_memory` (``malloc_trim``) hands the pages of free
-  blocks back to the kernel. The first step's block ends up a little too
-  small for the next step's (small allocations settle into it), so the
-  heap moves once; the training loop releases after its first step, and
-  after evaluations and checkpoints (other programs' temporaries), so the
-  abandoned block stops counting. Each release costs one step's page
-  faults, once.
+  blocks back to the kernel. A step's block can end up a little too small
+  for the next step's (small allocations settle into it), so the heap
+  moves, and once those allocations are freed a later step can go back to
+  the old block. The training loop releases after its first step, after
+  any step that grew the heap (:func:`release_if_heap_moved`), and after
+  evaluations and checkpoints (other programs' temporaries), so a block no
+  step is using stops counting. Each release costs one step's page faults,
+  once.
 
 The compiled-memory figures of ``msrnn_jax.analysis.footprint`` (what a
 GPU needs) are unchanged. Off: ``config.backend.keep_freed_memory = False``.
@@ -57,7 +58,7 @@ _SETTINGS = ((-8, "glibc.malloc.arena_max", 1),
 GLIBC_TUNABLES = ":".join(f"{name}={value if value >= 0 else 2**62}"
                           for _, name, value in _SETTINGS)
 
-_state = {"applied": False}
+_state = {"applied": False, "heap_mark": 0}
 
 
 def _libc():
@@ -117,6 +118,14 @@ def keep_freed_memory() -> bool:
   return ok
 
 
+def _program_break() -> int:
+  """The top of glibc's main heap (``sbrk(0)``): where it grows when no free block fits."""
+  sbrk = _libc().sbrk
+  sbrk.argtypes = (ctypes.c_ssize_t,)
+  sbrk.restype = ctypes.c_void_p
+  return sbrk(0) or 0
+
+
 def release_freed_memory() -> None:
   """Returns the pages of free heap blocks to the kernel (``malloc_trim``).
 
@@ -124,7 +133,27 @@ def release_freed_memory() -> None:
   itself. The next step faults its temporaries in again, once.
   """
   if _state["applied"]:
+    _state["heap_mark"] = max(_state["heap_mark"], _program_break())
     _libc().malloc_trim(0)
+
+
+def release_if_heap_moved() -> bool:
+  """:func:`release_freed_memory` if the heap grew past its mark at the last release.
+
+  Call it after every step. A heap that grew has moved a step's temporaries
+  to a new block and left the old one free. Were both kept resident, a later
+  step that returns to the old block (once the allocations that made it too
+  small are freed, it fits again) would fault it in beside the new one, and
+  the process would hold two steps' worth of temporaries from then on.
+  Released, each costs its page faults once.
+
+  Returns:
+    Whether it released.
+  """
+  if not _state["applied"] or _program_break() <= _state["heap_mark"]:
+    return False
+  release_freed_memory()
+  return True
 
 
 def applied() -> bool:

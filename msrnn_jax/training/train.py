@@ -203,6 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if step == first_step + 1:
           # Leaves the block the first step abandons unresident (backend/allocator.py).
           backend.release_freed_memory()
+        else:
+          backend.release_if_heap_moved()
         if not np.isfinite(loss):
           raise _nonfinite(f"non-finite training loss ({loss})", step, last_saved, resumed,
                            ckpt.directory)

@@ -24,17 +24,20 @@
 // Python side which, so it can route bfloat16 elsewhere on CPUs without
 // native bfloat16 arithmetic.
 //
-// Primitives are created once per shape and data types and cached;
-// scratchpads and streams belong to the calling thread. Calls run one at a
-// time (see Guarded): each already spreads over every core with OpenMP.
+// Primitives are created once per shape and data types and cached; streams
+// belong to the calling thread. Calls run one at a time (see Guarded): each
+// already spreads over every core with OpenMP.
 
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <string>
 #include <unordered_map>
+
+#include <sys/mman.h>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -56,20 +59,31 @@ dnnl::stream& Stream() {
   return s;
 }
 
-// A growable 64-byte aligned buffer owned by the calling thread: scratchpads
-// and blocked kernels reuse it across calls (no allocation per call).
+// A growable buffer for scratchpads, blocked kernels and kernel gradients,
+// reused across calls (no allocation per call). One per use and handler,
+// shared by all threads: calls run one at a time (Guarded). It is mapped
+// outside malloc's heap. A training step's temporaries reuse one freed heap
+// block step after step (backend/allocator.py); a buffer first allocated or
+// grown in a later step (a call landing on a thread, or a shape, it had not
+// met before) could be carved out of that block, and the next step's
+// temporaries would then take a new one: the process would hold a second
+// step's worth of memory from then on.
 struct Scratch {
   void* ptr = nullptr;
   size_t size = 0;
   void* get(size_t n) {
     if (n > size) {
-      std::free(ptr);
-      size = (n + 4095) / 4096 * 4096;
-      ptr = std::aligned_alloc(64, size);
+      if (ptr != nullptr) munmap(ptr, size);
+      ptr = nullptr;
+      size = 0;
+      size_t want = (n + 4095) / 4096 * 4096;
+      void* p = mmap(nullptr, want, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      if (p == MAP_FAILED) throw std::bad_alloc();
+      ptr = p;
+      size = want;
     }
     return ptr;
   }
-  ~Scratch() { std::free(ptr); }
 };
 
 struct Shape {
@@ -236,6 +250,8 @@ ffi::Error Guarded(F&& f) {
     f();
   } catch (const dnnl::error& e) {
     return ffi::Error::Internal(std::string("oneDNN: ") + e.what());
+  } catch (const std::bad_alloc&) {
+    return ffi::Error::Internal("onednn conv: out of memory for a scratch buffer");
   }
   return ffi::Error::Success();
 }
@@ -265,7 +281,7 @@ ffi::Error ConvFwdImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyB
   if (auto err = ParseShape(x, w, strides, padding, &s); err.failure()) return err;
   if (auto err = CheckType(y->element_type(), x.element_type(), "y"); err.failure()) return err;
   return Guarded([&] {
-    thread_local Scratch wbuf, sbuf;
+    static Scratch wbuf, sbuf;
     const Entry& e = Lookup(s, 'f');
     memory wm = KernelFor(e, s, w.untyped_data(), wbuf);
     RunWithScratch(e.conv, e.scratch, sbuf,
@@ -287,7 +303,7 @@ ffi::Error ConvBwdImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer dy,
   if (auto err = CheckType(dw->element_type(), ffi::DataType::F32, "dw"); err.failure())
     return err;
   return Guarded([&] {
-    thread_local Scratch wbuf, dwbuf, sbuf;
+    static Scratch wbuf, dwbuf, sbuf;
     const Entry& e = Lookup(s, 'b');
     memory src(s.src(), Engine(), x.untyped_data());
     memory ddst(s.dst(), Engine(), dy.untyped_data());
