@@ -42,6 +42,7 @@ it first thing; library users call it before their first JAX computation.
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 import jax
@@ -61,6 +62,7 @@ GLIBC_TUNABLES = ":".join(f"{name}={value if value >= 0 else 2**62}"
 _state = {"applied": False, "heap_mark": 0}
 
 
+@functools.cache  # find_library runs ldconfig: once, not at every step
 def _libc():
   return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
@@ -118,12 +120,17 @@ def keep_freed_memory() -> bool:
   return ok
 
 
-def _program_break() -> int:
-  """The top of glibc's main heap (``sbrk(0)``): where it grows when no free block fits."""
+@functools.cache
+def _sbrk():
   sbrk = _libc().sbrk
   sbrk.argtypes = (ctypes.c_ssize_t,)
   sbrk.restype = ctypes.c_void_p
-  return sbrk(0) or 0
+  return sbrk
+
+
+def _program_break() -> int:
+  """The top of glibc's main heap (``sbrk(0)``): where it grows when no free block fits."""
+  return _sbrk()(0) or 0
 
 
 def release_freed_memory() -> None:
