@@ -117,6 +117,38 @@ def test_packed_residual_scan_gradients_are_autodiffs_and_its_stacks_are_packed(
   assert "f32[7,12,6]" not in program
 
 
+def _rounding_step(rounds):
+  """A step whose float32 carry feeds two bfloat16 products, rounded ``rounds`` times."""
+  def step(p, c, x):
+    hs = [c["h"].astype(jnp.bfloat16) for _ in range(rounds)] * (3 - rounds)
+    a = hs[0] @ p["w"].astype(jnp.bfloat16)
+    b = hs[1] @ p["w"][::-1].astype(jnp.bfloat16)
+    h = jnp.tanh(a.astype(jnp.float32) * b.astype(jnp.float32) + x)
+    return {"h": h, "n": c["n"] + jnp.sum(h)}, h
+  return step
+
+
+def test_packed_residual_scan_stores_a_value_rounded_twice_once():
+  """Two roundings of one carry (two operations that each keep it in bfloat16) are one
+  stack, as one rounding read twice is; gradients stay autodiff's."""
+  p, c0, xs = _scan_inputs()
+  stacks = {}
+  for rounds in (1, 2):
+    step = _rounding_step(rounds)
+    ours = _scan_loss(lambda p, c, xs, step=step: backend.packed_residual_scan(
+        step, p, c, xs, jnp.bfloat16))
+    plain = _scan_loss(lambda p, c, xs, step=step: jax.lax.scan(
+        lambda c, x: step(p, c, x), c, xs))
+    (value, grads), (value_ref, grads_ref) = jax.jit(ours)(p, c0, xs), jax.jit(plain)(p, c0, xs)
+    np.testing.assert_allclose(value, value_ref, rtol=1e-6)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref), strict=True):
+      np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(r))))
+    forward = jax.make_jaxpr(lambda p, c, xs, step=step: jax.vjp(
+        lambda p: backend.packed_residual_scan(step, p, c, xs, jnp.bfloat16), p))(p, c0, xs)
+    stacks[rounds] = str(forward).count("f16[7,3,6]")
+  assert stacks[2] == stacks[1], stacks
+
+
 def test_packed_residual_scan_is_autodiffs_scan_when_nothing_needs_packing():
   p, c0, xs = _scan_inputs()
   for step, dtype in ((_toy_step, jnp.bfloat16), (_bf16_step, jnp.float32)):

@@ -636,3 +636,36 @@ def test_decouple_term_equals_a_per_layer_numpy_computation():
     a, m = (v / np.linalg.norm(v, axis=1, keepdims=True) for v in (a, m))
     want += np.abs(np.sum(a * m, axis=1)).sum(axis=1)
   np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_conv_of_parts_keeps_parts_as_the_convolution_reads_them(dtype):
+  """A float32 part is stored for the kernel gradient rounded to the compute dtype, unless
+  it is listed as kept (another operation keeps it unrounded anyway); values and gradients
+  are the same either way, bit for bit."""
+  from msrnn_jax.model.layers import conv_of_parts
+
+  class TwoParts(nn.Module):
+    kept_memory: bool
+
+    @nn.compact
+    def __call__(self, x, m):
+      conv = Conv(5, in_features=7, dtype=jnp.dtype(dtype), conv_impl="xla")
+      return conv_of_parts([conv], [x, m], kept=[m] if self.kept_memory else [])
+
+  x = jax.random.normal(jax.random.key(1), (2, 6, 5, 3)).astype(dtype)
+  m = jax.random.normal(jax.random.key(2), (2, 6, 5, 4))  # float32, as a cell's memory
+  cot = jax.random.normal(jax.random.key(3), (2, 6, 5, 5))
+  results, stored = [], []
+  for kept in (True, False):
+    module = TwoParts(kept)
+    params = module.init(jax.random.key(0), x, m)
+    f = lambda p, x, m, module=module: module.apply(p, x, m)  # noqa: E731
+    y, vjp = jax.vjp(f, params, x, m)
+    results.append((y, vjp(cot.astype(y.dtype))))
+    stored.append(sorted(str(v.dtype) for v in jax.tree.leaves(vjp) if v.shape == m.shape))
+  for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+  assert stored[0] == ["float32"]
+  assert stored[1] == [dtype]

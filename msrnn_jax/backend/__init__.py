@@ -237,14 +237,13 @@ def _conv_of_parts(xs, kernel, dtype, conv_impl):
 
 
 def _conv_of_parts_fwd(xs, kernel, dtype, conv_impl):
-  # Each part stashed on its own: a float32 part is the very array other
-  # residuals keep (stored once); a bfloat16 one is packed (``packing``).
-  return _conv_of_parts(xs, kernel, dtype, conv_impl), (tuple(stash((x,)) for x in xs), kernel)
+  # The parts themselves: the very arrays other residuals of the step keep
+  # (stored once; a scan packs the bfloat16 ones, ``packed_residual_scan``).
+  return _conv_of_parts(xs, kernel, dtype, conv_impl), (xs, kernel)
 
 
 def _conv_of_parts_bwd(dtype, conv_impl, res, dy):
-  stashed, kernel = res
-  xs = tuple(unstash(s)[0] for s in stashed)
+  xs, kernel = res
   # The forward convolution this vjp also traces has no consumer: XLA drops it.
   _, vjp = jax.vjp(lambda x, k: conv2d(x, k, dtype=dtype, conv_impl=conv_impl),
                    concatenate(xs, dtype), kernel)

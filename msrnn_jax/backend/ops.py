@@ -117,22 +117,34 @@ def stored_carry_scan(step: Callable, params: Any, carry: Any, xs: Any, dtype: A
   return loop(params, carry, xs)
 
 
-def _varying_outputs(fn: Callable, invariant: Any, *varying: Any) -> tuple[list[bool], Any]:
-  """Which output leaves of ``fn(invariant, *varying)`` depend on ``varying``, and its shapes.
+def _residual_layout(fn: Callable, invariant: Any, *varying: Any) -> tuple[list[bool], list[int], Any]:
+  """How to store the output leaves of ``fn(invariant, *varying)``, read from its program.
 
-  Read from the traced program: an equation's outputs depend on ``varying``
-  when any of its inputs does (nested programs count as a whole).
+  * Which depend on ``varying`` (an equation's outputs do when any of its
+    inputs does; nested programs count as a whole).
+  * Which repeat another: the same value, or the same conversion of the
+    same value (several convolutions of a step each round a float32 input
+    they share to the compute dtype: one rounding is kept).
 
   Returns:
-    ``(per leaf: whether it depends on varying, the outputs' shape tree)``.
+    ``(per leaf: whether it depends on varying, per leaf: the index of the
+    first leaf it equals, the outputs' shape tree)``.
   """
   closed, shapes = jax.make_jaxpr(fn, return_shape=True)(invariant, *varying)
   jaxpr = closed.jaxpr
   depends = set(jaxpr.invars[len(jax.tree.leaves(invariant)):])
+  converts = {}
   for eqn in jaxpr.eqns:
     if any(isinstance(v, jex_core.Var) and v in depends for v in eqn.invars):
       depends.update(eqn.outvars)
-  return [isinstance(v, jex_core.Var) and v in depends for v in jaxpr.outvars], shapes
+    if eqn.primitive.name == "convert_element_type" and isinstance(eqn.invars[0], jex_core.Var):
+      converts[eqn.outvars[0]] = (eqn.invars[0], eqn.outvars[0].aval.dtype)
+  first, same_as = {}, []
+  for i, v in enumerate(jaxpr.outvars):
+    key = converts.get(v, v) if isinstance(v, jex_core.Var) else i
+    same_as.append(first.setdefault(key, i))
+  per_step = [isinstance(v, jex_core.Var) and v in depends for v in jaxpr.outvars]
+  return per_step, same_as, shapes
 
 
 def packed_residual_scan(step: Callable, params: Any, carry: Any, xs: Any, dtype: Any,
@@ -145,8 +157,8 @@ def packed_residual_scan(step: Callable, params: Any, carry: Any, xs: Any, dtype
   because of the conversions around the write, rewrites the whole stack at
   every step instead of one slice (time quadratic in the sequence length).
   Here the forward pass takes each step's ``jax.vjp`` and stacks its
-  residuals itself, the ``dtype`` ones :func:`pack`ed (written in place);
-  the backward pass runs the same VJPs in reverse. Residuals that depend on
+  residuals itself, the ``dtype`` ones :func:`pack`ed (written in place),
+  each distinct value once; the backward pass runs the same VJPs in reverse. Residuals that depend on
   the parameters alone (a fused convolution's kernel) are computed once,
   outside the loop, as autodiff's scan does. Same values, same gradients.
   A step without a residual to pack (all kept by ``custom_vjp``s that pack
@@ -162,20 +174,23 @@ def packed_residual_scan(step: Callable, params: Any, carry: Any, xs: Any, dtype
     return jax.lax.scan(lambda c, x: step(p, c, x), c, x_seq, unroll=unroll)
 
   x0 = jax.tree.map(lambda v: v[0], xs)
-  # Per residual leaf: stacked per step, or computed once from the parameters.
-  per_step, shapes = _varying_outputs(residuals, params, carry, x0)
+  # Per residual leaf: stacked per step (once per distinct value), or
+  # computed once from the parameters.
+  per_step, same_as, shapes = _residual_layout(residuals, params, carry, x0)
   treedef = jax.tree.structure(shapes)
   if not (packs(dtype) and any(s and v.size and v.dtype == jnp.bfloat16
                                for v, s in zip(jax.tree.leaves(shapes), per_step, strict=True))):
     return plain(params, carry, xs)  # nothing to pack: autodiff's scan is as good
+  stored = [i for i, s in enumerate(per_step) if s and same_as[i] == i]
 
   def split(leaves):
-    return ([v for v, s in zip(leaves, per_step, strict=True) if s],
+    return ([leaves[i] for i in stored],
             [v for v, s in zip(leaves, per_step, strict=True) if not s])
 
   def merge(stepwise, fixed):
-    stepwise, fixed = iter(stepwise), iter(fixed)
-    return jax.tree.unflatten(treedef, [next(stepwise if s else fixed) for s in per_step])
+    by_index, fixed = dict(zip(stored, stepwise, strict=True)), iter(fixed)
+    return jax.tree.unflatten(treedef, [by_index[same_as[i]] if s else next(fixed)
+                                        for i, s in enumerate(per_step)])
 
   loop = jax.custom_vjp(plain)
 

@@ -101,7 +101,8 @@ class Conv(nn.Module):
     return y
 
 
-def fused_conv(convs: Sequence[Conv], xs: Sequence[jax.Array]) -> jax.Array:
+def fused_conv(convs: Sequence[Conv], xs: Sequence[jax.Array],
+               kept: Sequence[jax.Array] = ()) -> jax.Array:
   """Computes ``sum_i convs[i](xs[i])`` as one convolution.
 
   Stacking the inputs along channels and the kernels along their input axis
@@ -110,6 +111,7 @@ def fused_conv(convs: Sequence[Conv], xs: Sequence[jax.Array]) -> jax.Array:
   Args:
     convs: stride-1, same-size ``Conv`` modules with equal ``features``.
     xs: their inputs ``[batch, height, width, convs[i].in_features]``.
+    kept: inputs that the step keeps as they are anyway (see :func:`conv_of_parts`).
 
   Returns:
     ``[batch, height, width, features]``.
@@ -118,19 +120,27 @@ def fused_conv(convs: Sequence[Conv], xs: Sequence[jax.Array]) -> jax.Array:
     return convs[0](xs[0])
   for c, x in zip(convs, xs, strict=True):
     c.check_input(x)
-  return conv_of_parts(convs, xs)
+  return conv_of_parts(convs, xs, kept)
 
 
-def conv_of_parts(convs: Sequence[Conv], xs: Sequence[jax.Array]) -> jax.Array:
+def conv_of_parts(convs: Sequence[Conv], xs: Sequence[jax.Array],
+                  kept: Sequence[jax.Array] = ()) -> jax.Array:
   """``convs``, kernels stacked along their input axis, over ``xs`` stacked along channels.
 
   The backward pass keeps the parts ``xs``, not their stack: an array that
   several convolutions (or a gate update) of a step read is stored once.
+  A part is kept as the convolution reads it, rounded to the compute dtype
+  (the kernel gradient needs nothing more), unless it is one of ``kept``:
+  an array that another operation of the step keeps unrounded for its own
+  gradient (a memory its update reads), which is then shared, not copied.
+  In bfloat16 that halves the stored float32 carries that only
+  convolutions read; in float32 nothing changes.
 
   Args:
     convs: stride-1, same-size ``Conv`` modules with equal ``features``,
       whose ``in_features`` add up to the parts' channels.
     xs: the parts ``[batch, height, width, channels_i]``.
+    kept: parts (the same array objects as in ``xs``) stored as they are.
 
   Returns:
     ``[batch, height, width, features]``.
@@ -141,6 +151,9 @@ def conv_of_parts(convs: Sequence[Conv], xs: Sequence[jax.Array]) -> jax.Array:
                      f"{sum(c.in_features for c in convs)} input channels in all, got parts of "
                      f"shapes {[x.shape for x in xs]}.")
   c0 = convs[0]
+  narrow = jnp.dtype(c0.dtype)
+  xs = [x if any(x is k for k in kept) or x.dtype.itemsize <= narrow.itemsize
+        else x.astype(narrow) for x in xs]
   # Concatenated in the parameters' float32; the convolution casts (see conv2d's dtype).
   kernel = jnp.concatenate([c.kernel for c in convs], axis=2)
   y = backend.conv2d_of_parts(xs, kernel, dtype=c0.dtype, conv_impl=c0.conv_impl)

@@ -50,7 +50,7 @@ class CausalLSTMCell(CellBase):
   def __call__(self, x, state, m, diag=None):
     if self.has_ghu(self.layer, self.num_layers):
       h, c, z = state
-      p, s = split_gates(fused_conv([self.ghu_x, self.ghu_z], [x, z]), 2)
+      p, s = split_gates(fused_conv([self.ghu_x, self.ghu_z], [x, z], kept=[z]), 2)
       s = nn.sigmoid(s)
       z = s * jnp.tanh(p) + (1.0 - s) * z
       x = z
@@ -58,7 +58,7 @@ class CausalLSTMCell(CellBase):
     else:
       h, c = state
       extra = ()
-    i, f, g = split_gates(conv_of_parts([self.conv_a], [x, h, c]), 3)
+    i, f, g = split_gates(conv_of_parts([self.conv_a], [x, h, c], kept=[c]), 3)
     c = memory_update(i, f, g, c)
     im, fm, gm = split_gates(conv_of_parts([self.conv_b], [x, c, m]), 3)
     m = gated_tanh(fm, self.conv_m(m)) + gated_tanh(im, gm)

@@ -55,7 +55,7 @@ class MIMCell(STLSTMCell):
     t = None
     if self.layer > 0 or self.is_initializing():
       xd = x - diag
-      i_n, f_n, g_n = split_gates(fused_conv([self.n_x, self.n_h], [xd, n]), 3)
+      i_n, f_n, g_n = split_gates(fused_conv([self.n_x, self.n_h], [xd, n], kept=[n]), 3)
       n = memory_update(i_n, f_n, g_n, n)
       dif = gated_tanh(fused_conv([self.n_ox, self.n_on], [xd, n]), n)
       i_s, f_s, g_s, o_s = split_gates(fused_conv([self.s_x, self.s_c], [dif, c]), 4)
@@ -66,7 +66,7 @@ class MIMCell(STLSTMCell):
       c = memory_update(i, f, g, c)
     else:
       c = t + gated_tanh(i, g)
-    im, fm, gm = split_gates(fused_conv([self.conv_xm, self.conv_mm], [x, m]), 3)
+    im, fm, gm = split_gates(fused_conv([self.conv_xm, self.conv_mm], [x, m], kept=[m]), 3)
     m = memory_update(im, fm, gm, m)
     o = o + fused_conv([self.conv_co, self.conv_mo], [c, m])
     h = gated_tanh(o, conv_of_parts([self.conv_last], [c, m]))

@@ -39,7 +39,7 @@ class STLSTMCell(CellBase):
     h, c = state
     i, f, g, o = split_gates(fused_conv([self.conv_x, self.conv_h], [x, h]), 4)
     c, delta_c = memory_update_with_increment(i, f, g, c)
-    im, fm, gm = split_gates(fused_conv([self.conv_xm, self.conv_mm], [x, m]), 3)
+    im, fm, gm = split_gates(fused_conv([self.conv_xm, self.conv_mm], [x, m], kept=[m]), 3)
     m, delta_m = memory_update_with_increment(im, fm, gm, m)
     h = gated_tanh(o + fused_conv([self.conv_co, self.conv_mo], [c, m]),
                    conv_of_parts([self.conv_last], [c, m]))

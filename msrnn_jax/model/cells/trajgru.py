@@ -68,6 +68,6 @@ class TrajGRUCell(CellBase):
 
   def __call__(self, x, state, m=None, diag=None):
     (h,) = state
-    u = leaky_relu(fused_conv([self.conv_x2f, self.conv_h2f], [x, h]))
+    u = leaky_relu(fused_conv([self.conv_x2f, self.conv_h2f], [x, h], kept=[h]))
     h = gru_update(self.conv_x2h(x), self.project_warped(h, self.conv_flow(u)), h)
     return h, (h,), m, {}
