@@ -364,6 +364,14 @@ def warp_memory_table() -> str:
                  "bf16, `remat='step'`"], rows) + "\n" + _source(d)
 
 
+def bf16_inputs_memory_table() -> str:
+  """docs/performance.md: bfloat16 compiled temporaries before and after rounded, shared inputs."""
+  d = _data("bf16_inputs_memory")
+  rows = [[r["model"], str(r["batch"]), f"{r['before_gb']:.2f} -> {r['after_gb']:.2f}",
+           f"{r['after_gb'] / r['before_gb']:.2f}"] for r in d["rows"]]
+  return _table(["model", "batch", "GB, before -> after", "after / before"], rows) + "\n" + _source(d)
+
+
 def mixed_precision_memory() -> str:
   """docs/performance.md: MS-ConvLSTM with remat='step', float32 xla against bfloat16 onednn."""
   d = _data("memory_vs_resolution")
@@ -395,6 +403,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "mixed-precision-memory": mixed_precision_memory,
     "quality-bf16": quality_bf16,
     "warp-memory": warp_memory_table,
+    "bf16-inputs-memory": bf16_inputs_memory_table,
 }
 PLOTS = {REPO / "docs/figures/ms_vs_plain.png": lambda p: reproduce_plot(REPRODUCE, p)}
 

@@ -10,7 +10,7 @@ kernel library. The lowest layer: it imports JAX and its own modules only.
   convolutions) as XLA FFI custom calls, built from ``native/`` on first
   use; x86-64 Linux with the ``msrnn_jax[cpu]`` extra installed.
 * ``allocator``: glibc settings that let CPU steps reuse freed memory.
-* ``packing``: :func:`pack` / :func:`unpack` (:func:`stash` / :func:`unstash`
+* ``packing``: :func:`pack` / :func:`unpack` (``packing.stash`` / ``unstash``
   for custom-gradient residuals), bfloat16 values (checkpointed
   carries, gate activations, stacked convolution inputs) in float16
   containers on CPU, where XLA would keep or move them as float32.
@@ -49,14 +49,14 @@ import jax.numpy as jnp
 from msrnn_jax.backend import allocator, matmul_grads, onednn, warp
 from msrnn_jax.backend.native import busy_cores_warning
 from msrnn_jax.backend.ops import add_bias, packed_residual_scan, split, stored_carry_scan
-from msrnn_jax.backend.packing import concatenate, pack, stash, unpack, unstash
+from msrnn_jax.backend.packing import concatenate, pack, unpack
 from msrnn_jax.backend.warp import WARP_IMPLS, flow_warp
 
 __all__ = ["CONV_IMPLS", "FLOP_COUNTABLE", "WARP_IMPLS", "add_bias", "busy_cores_warning",
            "concatenate", "conv2d", "conv2d_of_parts", "describe", "fast_dtype", "flow_warp",
            "pack", "packed_residual_scan", "prepare_host", "release_freed_memory",
-           "release_if_heap_moved", "resolve", "resolve_warp", "split", "stash",
-           "stored_carry_scan", "summary", "unpack", "unstash"]
+           "release_if_heap_moved", "resolve", "resolve_warp", "split",
+           "stored_carry_scan", "summary", "unpack"]
 
 CONV_IMPLS = ("auto", "xla", "matmul", "matmul_bf16", "onednn")
 # Kernels whose convolutions XLA's cost analysis can count (custom calls are
