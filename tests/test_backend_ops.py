@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from msrnn_jax import backend
+from msrnn_jax.backend import packing
 
 RNG = np.random.default_rng(7)
 
@@ -128,13 +129,45 @@ def _rounding_step(rounds):
   return step
 
 
+@jax.custom_vjp
+def _products(v, ws):
+  """``[v @ w for w in ws]`` for a bfloat16 ``v``, which the gradient keeps packed."""
+  return [v @ w for w in ws]
+
+
+def _products_fwd(v, ws):
+  return _products(v, ws), (packing.stash((v,)), ws)
+
+
+def _products_bwd(res, dys):
+  (v,), ws = packing.unstash(res[0]), res[1]
+  return sum(dy @ w.T for dy, w in zip(dys, ws, strict=True)), [v.T @ dy for dy in dys]
+
+
+_products.defvjp(_products_fwd, _products_bwd)
+
+
+def _packing_step(calls):
+  """A step whose rounded carry two products keep packed, in ``calls`` custom_vjp calls."""
+  def step(p, c, x):
+    h16 = c["h"].astype(jnp.bfloat16)
+    ws = [p["w"].astype(jnp.bfloat16), p["w"][::-1].astype(jnp.bfloat16)]
+    a, b = _products(h16, ws) if calls == 1 else (_products(h16, ws[:1])[0],
+                                                  _products(h16, ws[1:])[0])
+    h = jnp.tanh(a.astype(jnp.float32) * b.astype(jnp.float32) + x)
+    return {"h": h, "n": c["n"] + jnp.sum(h)}, h
+  return step
+
+
 def test_packed_residual_scan_stores_a_value_rounded_twice_once():
   """Two roundings of one carry (two operations that each keep it in bfloat16) are one
-  stack, as one rounding read twice is; gradients stay autodiff's."""
+  stack, as one rounding read twice is; so are two packings of one value; gradients stay
+  autodiff's."""
   p, c0, xs = _scan_inputs()
   stacks = {}
-  for rounds in (1, 2):
-    step = _rounding_step(rounds)
+  steps = {"rounded once": _rounding_step(1), "rounded twice": _rounding_step(2),
+           "packed once": _packing_step(1), "packed twice": _packing_step(2)}
+  for rounds, step in steps.items():
     ours = _scan_loss(lambda p, c, xs, step=step: backend.packed_residual_scan(
         step, p, c, xs, jnp.bfloat16))
     plain = _scan_loss(lambda p, c, xs, step=step: jax.lax.scan(
@@ -146,7 +179,8 @@ def test_packed_residual_scan_stores_a_value_rounded_twice_once():
     forward = jax.make_jaxpr(lambda p, c, xs, step=step: jax.vjp(
         lambda p: backend.packed_residual_scan(step, p, c, xs, jnp.bfloat16), p))(p, c0, xs)
     stacks[rounds] = str(forward).count("f16[7,3,6]")
-  assert stacks[2] == stacks[1], stacks
+  assert stacks["rounded twice"] == stacks["rounded once"], stacks
+  assert stacks["packed twice"] == stacks["packed once"], stacks
 
 
 def test_packed_residual_scan_is_autodiffs_scan_when_nothing_needs_packing():

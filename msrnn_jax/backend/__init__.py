@@ -49,7 +49,7 @@ import jax.numpy as jnp
 from msrnn_jax.backend import allocator, matmul_grads, onednn, warp
 from msrnn_jax.backend.native import busy_cores_warning
 from msrnn_jax.backend.ops import add_bias, packed_residual_scan, split, stored_carry_scan
-from msrnn_jax.backend.packing import concatenate, pack, unpack
+from msrnn_jax.backend.packing import concatenate, pack, stash, unpack, unstash
 from msrnn_jax.backend.warp import WARP_IMPLS, flow_warp
 
 __all__ = ["CONV_IMPLS", "FLOP_COUNTABLE", "WARP_IMPLS", "add_bias", "busy_cores_warning",
@@ -237,13 +237,16 @@ def _conv_of_parts(xs, kernel, dtype, conv_impl):
 
 
 def _conv_of_parts_fwd(xs, kernel, dtype, conv_impl):
-  # The parts themselves: the very arrays other residuals of the step keep
-  # (stored once; a scan packs the bfloat16 ones, ``packed_residual_scan``).
-  return _conv_of_parts(xs, kernel, dtype, conv_impl), (xs, kernel)
+  # Each part stashed on its own: a float32 part is the very array other
+  # residuals keep (stored once); a bfloat16 one is packed (``packing``),
+  # which a scan stores once however many convolutions pack it
+  # (``packed_residual_scan``).
+  return _conv_of_parts(xs, kernel, dtype, conv_impl), (tuple(stash((x,)) for x in xs), kernel)
 
 
 def _conv_of_parts_bwd(dtype, conv_impl, res, dy):
-  xs, kernel = res
+  stashed, kernel = res
+  xs = tuple(unstash(s)[0] for s in stashed)
   # The forward convolution this vjp also traces has no consumer: XLA drops it.
   _, vjp = jax.vjp(lambda x, k: conv2d(x, k, dtype=dtype, conv_impl=conv_impl),
                    concatenate(xs, dtype), kernel)

@@ -122,9 +122,9 @@ def _residual_layout(fn: Callable, invariant: Any, *varying: Any) -> tuple[list[
 
   * Which depend on ``varying`` (an equation's outputs do when any of its
     inputs does; nested programs count as a whole).
-  * Which repeat another: the same value, or the same conversion of the
-    same value (several convolutions of a step each round a float32 input
-    they share to the compute dtype: one rounding is kept).
+  * Which repeat another: the same value, or the same conversion or
+    :func:`pack` of the same value (several convolutions of a step each
+    round, and pack, an input they share: one copy is kept).
 
   Returns:
     ``(per leaf: whether it depends on varying, per leaf: the index of the
@@ -137,8 +137,12 @@ def _residual_layout(fn: Callable, invariant: Any, *varying: Any) -> tuple[list[
   for eqn in jaxpr.eqns:
     if any(isinstance(v, jex_core.Var) and v in depends for v in eqn.invars):
       depends.update(eqn.outvars)
-    if eqn.primitive.name == "convert_element_type" and isinstance(eqn.invars[0], jex_core.Var):
-      converts[eqn.outvars[0]] = (eqn.invars[0], eqn.outvars[0].aval.dtype)
+    if len(eqn.invars) == 1 and len(eqn.outvars) == 1 and isinstance(eqn.invars[0], jex_core.Var):
+      if eqn.primitive.name == "convert_element_type":
+        converts[eqn.outvars[0]] = (eqn.invars[0], eqn.outvars[0].aval.dtype)
+      elif eqn.primitive.name == "custom_vjp_call":  # e.g. pack: the same function, same input
+        bwd = getattr(eqn.params["bwd"], "f", eqn.params["bwd"])
+        converts[eqn.outvars[0]] = (eqn.invars[0], id(bwd), str(eqn.params["call_jaxpr"]))
   first, same_as = {}, []
   for i, v in enumerate(jaxpr.outvars):
     key = converts.get(v, v) if isinstance(v, jex_core.Var) else i
@@ -161,8 +165,9 @@ def packed_residual_scan(step: Callable, params: Any, carry: Any, xs: Any, dtype
   each distinct value once; the backward pass runs the same VJPs in reverse. Residuals that depend on
   the parameters alone (a fused convolution's kernel) are computed once,
   outside the loop, as autodiff's scan does. Same values, same gradients.
-  A step without a residual to pack (all kept by ``custom_vjp``s that pack
-  their own) takes autodiff's scan, which is then as lean.
+  A step without a residual to pack or to share (all kept once, by
+  ``custom_vjp``s that pack their own) takes autodiff's scan, which is then
+  as lean, and at small shapes faster.
 
   ``step(params, carry, x) -> (carry, y)``; ``xs`` and the returned ``ys``
   have time on axis 0.
@@ -178,10 +183,11 @@ def packed_residual_scan(step: Callable, params: Any, carry: Any, xs: Any, dtype
   # computed once from the parameters.
   per_step, same_as, shapes = _residual_layout(residuals, params, carry, x0)
   treedef = jax.tree.structure(shapes)
-  if not (packs(dtype) and any(s and v.size and v.dtype == jnp.bfloat16
-                               for v, s in zip(jax.tree.leaves(shapes), per_step, strict=True))):
-    return plain(params, carry, xs)  # nothing to pack: autodiff's scan is as good
   stored = [i for i, s in enumerate(per_step) if s and same_as[i] == i]
+  to_pack = any(s and v.size and v.dtype == jnp.bfloat16
+                for v, s in zip(jax.tree.leaves(shapes), per_step, strict=True))
+  if not (packs(dtype) and (to_pack or len(stored) < sum(per_step))):
+    return plain(params, carry, xs)  # nothing to pack or share: autodiff's scan is as good
 
   def split(leaves):
     return ([leaves[i] for i in stored],
