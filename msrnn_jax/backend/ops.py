@@ -117,7 +117,8 @@ def stored_carry_scan(step: Callable, params: Any, carry: Any, xs: Any, dtype: A
   return loop(params, carry, xs)
 
 
-def _residual_layout(fn: Callable, invariant: Any, *varying: Any) -> tuple[list[bool], list[int], Any]:
+def _residual_layout(fn: Callable, invariant: Any,
+                     *varying: Any) -> tuple[list[bool], list[int], Any]:
   """How to store the output leaves of ``fn(invariant, *varying)``, read from its program.
 
   * Which depend on ``varying`` (an equation's outputs do when any of its
@@ -162,9 +163,11 @@ def packed_residual_scan(step: Callable, params: Any, carry: Any, xs: Any, dtype
   every step instead of one slice (time quadratic in the sequence length).
   Here the forward pass takes each step's ``jax.vjp`` and stacks its
   residuals itself, the ``dtype`` ones :func:`pack`ed (written in place),
-  each distinct value once; the backward pass runs the same VJPs in reverse. Residuals that depend on
-  the parameters alone (a fused convolution's kernel) are computed once,
-  outside the loop, as autodiff's scan does. Same values, same gradients.
+  each distinct value once; the backward pass runs the same VJPs in
+  reverse. Residuals that depend on the parameters alone (a fused
+  convolution's kernel) are computed once, outside the loop, as autodiff's
+  scan does. Same values, same gradients (to float32 rounding: the loop
+  sums the parameter gradients in its own order).
   A step without a residual to pack or to share (all kept once, by
   ``custom_vjp``s that pack their own) takes autodiff's scan, which is then
   as lean, and at small shapes faster.

@@ -65,10 +65,13 @@ class PrecipLSTMCell(CellBase):
     xa = x + self.conv_att(att)
     i, f, g, o = split_gates(fused_conv([self.conv_x, self.conv_h], [xa, h]), 4)
     c = memory_update(i, f, g, c)
-    m = memory_update(*split_gates(fused_conv([self.conv_xm, self.conv_mm], [xa, m], kept=[m]), 3), m)
-    s = memory_update(*split_gates(fused_conv([self.conv_xs, self.conv_ss], [xa, s], kept=[s]), 3), s)
-    t = memory_update(*split_gates(fused_conv([self.conv_xt, self.conv_tt], [x - x_prev, t], kept=[t]), 3),
-                      t)
+    # M, S and T are kept by their own updates: the convolutions share them.
+    m = memory_update(
+        *split_gates(fused_conv([self.conv_xm, self.conv_mm], [xa, m], kept=[m]), 3), m)
+    s = memory_update(
+        *split_gates(fused_conv([self.conv_xs, self.conv_ss], [xa, s], kept=[s]), 3), s)
+    t = memory_update(
+        *split_gates(fused_conv([self.conv_xt, self.conv_tt], [x - x_prev, t], kept=[t]), 3), t)
     o = o + fused_conv([self.conv_co, self.conv_so, self.conv_to, self.conv_mo], [c, s, t, m])
     h = gated_tanh(o, conv_of_parts([self.conv_last], [c, s, t, m]))
     return h, (h, c, s, t, x), m, {}
