@@ -134,19 +134,19 @@ def _residual_layout(fn: Callable, invariant: Any,
   closed, shapes = jax.make_jaxpr(fn, return_shape=True)(invariant, *varying)
   jaxpr = closed.jaxpr
   depends = set(jaxpr.invars[len(jax.tree.leaves(invariant)):])
-  converts = {}
+  repeat_keys = {}
   for eqn in jaxpr.eqns:
     if any(isinstance(v, jex_core.Var) and v in depends for v in eqn.invars):
       depends.update(eqn.outvars)
     if len(eqn.invars) == 1 and len(eqn.outvars) == 1 and isinstance(eqn.invars[0], jex_core.Var):
       if eqn.primitive.name == "convert_element_type":
-        converts[eqn.outvars[0]] = (eqn.invars[0], eqn.outvars[0].aval.dtype)
+        repeat_keys[eqn.outvars[0]] = (eqn.invars[0], eqn.outvars[0].aval.dtype)
       elif eqn.primitive.name == "custom_vjp_call":  # e.g. pack: the same function, same input
         bwd = getattr(eqn.params["bwd"], "f", eqn.params["bwd"])
-        converts[eqn.outvars[0]] = (eqn.invars[0], id(bwd), str(eqn.params["call_jaxpr"]))
+        repeat_keys[eqn.outvars[0]] = (eqn.invars[0], id(bwd), str(eqn.params["call_jaxpr"]))
   first, same_as = {}, []
   for i, v in enumerate(jaxpr.outvars):
-    key = converts.get(v, v) if isinstance(v, jex_core.Var) else i
+    key = repeat_keys.get(v, v) if isinstance(v, jex_core.Var) else i
     same_as.append(first.setdefault(key, i))
   per_step = [isinstance(v, jex_core.Var) and v in depends for v in jaxpr.outvars]
   return per_step, same_as, shapes
