@@ -15,14 +15,20 @@ CPU recipe (embedded Moving MNIST, experiments/README.md):
 
 Rerunning skips every run with a receipt and resumes an interrupted one from its
 checkpoints (kept under ``--runs``), so a long list fills in across sittings.
+``--workers=N`` trains N runs at a time, each on its share of the cores; a run is
+claimed by a lock in ``--runs`` while it trains, so processes never train the same run.
 Any config key is overridden as on the main command line (``--config.<key>=<value>``).
 """
 
+import contextlib
 import datetime
+import fcntl
+import itertools
 import json
 import os
 import pathlib
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -49,6 +55,8 @@ def define_flags() -> None:
                       "Receipts folder (committed data).")
   flags.DEFINE_string("runs", str(REPO / "experiments/results/reproduce_cpu"),
                       "Work directories of the runs (checkpoints, logs, pictures; not committed).")
+  flags.DEFINE_integer("workers", 1, "Runs trained at a time, each pinned to its share of the "
+                       "cores (at the CPU recipe's size one run keeps two cores only partly busy).")
 
 
 def run_config(base, model: str, seed: int):
@@ -81,6 +89,82 @@ def commit() -> str:
                           check=False).stdout.strip()
   sha = git("rev-parse", "HEAD") or "unknown"
   return sha + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+@contextlib.contextmanager
+def claimed(runs: str, model: str, seed: int):
+  """Yields True while this process holds the run's lock, False if another process does.
+
+  The lock (``flock`` on ``<runs>/<model>_seed<seed>.lock``) ends with the process
+  that holds it, so a killed worker leaves nothing to clean up.
+  """
+  os.makedirs(runs, exist_ok=True)
+  with open(os.path.join(runs, f"{model}_seed{seed}.lock"), "a") as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      yield False
+      return
+    yield True
+
+
+def core_shares(cores: list[int], workers: int) -> list[list[int]]:
+  """``cores`` split into ``workers`` contiguous shares, as equal as they divide."""
+  if not 1 <= workers <= len(cores):
+    sys.exit(f"reproduce.py: --workers={workers}, but this process may use {len(cores)} "
+             f"cores; give --workers between 1 and {len(cores)}.")
+  size, extra = divmod(len(cores), workers)
+  starts = [i * size + min(i, extra) for i in range(workers + 1)]
+  return [cores[a:b] for a, b in itertools.pairwise(starts)]
+
+
+def without_workers_flag(argv: list[str]) -> list[str]:
+  """``argv`` without ``--workers=N`` / ``--workers N`` (a worker trains one run at a time)."""
+  kept, skip = [], False
+  for arg in argv:
+    if skip:
+      skip = False
+    elif arg == "--workers":
+      skip = True
+    elif not arg.startswith("--workers="):
+      kept.append(arg)
+  return kept
+
+
+def spawn_workers(workers: int) -> int:
+  """Runs this command as ``workers`` processes, each pinned to its share of the cores.
+
+  Returns the first non-zero exit status of a worker, else 0. Each worker's OpenMP
+  teams and XLA's thread pool are as wide as its share (both size themselves from the
+  process's CPU affinity; OMP_NUM_THREADS says it as well).
+  """
+  if not hasattr(os, "sched_setaffinity"):
+    sys.exit("reproduce.py: --workers needs Linux's CPU affinity (each worker is pinned to "
+             "its cores); run with --workers=1 here.")
+  procs = []
+  def forward(signum, frame):
+    del frame
+    for p in procs:
+      p.send_signal(signum)
+  # The workers have sessions of their own, so a Ctrl-C reaches them once, from here.
+  previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+  cores = sorted(os.sched_getaffinity(0))
+  try:
+    for share in core_shares(cores, workers):
+      env = {**os.environ, "OMP_NUM_THREADS": str(len(share))}
+      # A child inherits the affinity of the thread that starts it (a preexec_fn would
+      # make Python fork, which JAX's threads, where loaded, warn against).
+      os.sched_setaffinity(0, share)
+      try:
+        procs.append(subprocess.Popen([sys.executable, *without_workers_flag(sys.argv)],
+                                      env=env, start_new_session=True))
+      finally:
+        os.sched_setaffinity(0, cores)
+    codes = [p.wait() for p in procs]
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)
+  return next((c if c > 0 else 128 - c for c in codes if c), 0)
 
 
 def _now() -> str:
@@ -160,12 +244,17 @@ def _write(path: str, value) -> None:
 
 def main(argv):
   del argv
+  if FLAGS.workers != 1:
+    sys.exit(spawn_workers(FLAGS.workers))
   from msrnn_jax import backend
   backend.prepare_host(FLAGS.config.get("backend", {}).get("keep_freed_memory", True))
-  seeds = [int(s) for s in FLAGS.seeds]
-  for seed in seeds:
+  for seed in [int(s) for s in FLAGS.seeds]:
     for model in FLAGS.models:
-      run_one(FLAGS.config, model, seed, FLAGS.out, FLAGS.runs)
+      with claimed(FLAGS.runs, model, seed) as mine:
+        if mine:
+          run_one(FLAGS.config, model, seed, FLAGS.out, FLAGS.runs)
+        else:
+          logging.info("skipping %s seed %d: another process is training it", model, seed)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@ and experiments/render.py's tables and plot from those receipts."""
 
 import importlib.util
 import json
+import os
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -76,3 +78,41 @@ def test_receipts_skip_and_render(reproduce, render, tmp_path, monkeypatch, fast
   assert "MS-ConvLSTM" in render.reproduce_headline(out)
   render.reproduce_plot(out, tmp_path / "plot.png")
   assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_claimed_run_is_not_claimed_again_until_released(reproduce, tmp_path):
+  with reproduce.claimed(str(tmp_path), "convlstm", 0) as first:
+    with reproduce.claimed(str(tmp_path), "convlstm", 0) as second:
+      assert first and not second
+    with reproduce.claimed(str(tmp_path), "convlstm", 1) as other_seed:
+      assert other_seed
+  with reproduce.claimed(str(tmp_path), "convlstm", 0) as after:
+    assert after
+
+
+def test_workers_share_the_cores_and_drop_the_flag(reproduce):
+  assert reproduce.core_shares([0, 1, 2, 3, 4], 2) == [[0, 1, 2], [3, 4]]
+  assert reproduce.core_shares([4, 7], 2) == [[4], [7]]
+  with pytest.raises(SystemExit, match="between 1 and 2"):
+    reproduce.core_shares([0, 1], 3)
+  assert reproduce.without_workers_flag(
+      ["r.py", "--workers=2", "--seeds=0", "--workers", "3", "--models=a"]) == [
+          "r.py", "--seeds=0", "--models=a"]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_each_worker_runs_on_its_own_core(reproduce, tmp_path, monkeypatch):
+  """The workers are this command again, pinned to one core each, with OMP_NUM_THREADS=1."""
+  script = tmp_path / "worker.py"
+  script.write_text("import os, sys\n"
+                    "with open(os.path.join(sys.argv[1], str(os.getpid())), 'w') as f:\n"
+                    "  f.write(f\"{sorted(os.sched_getaffinity(0))} {os.environ['OMP_NUM_THREADS']}"
+                    " {sys.argv[2:]}\")\n")
+  monkeypatch.setattr(sys, "argv", [str(script), str(tmp_path), "--workers=2", "--seeds=0"])
+  cores = sorted(os.sched_getaffinity(0))
+  assert reproduce.spawn_workers(2) == 0
+  assert sorted(os.sched_getaffinity(0)) == cores  # this process is unpinned again
+  seen = sorted(p.read_text() for p in tmp_path.iterdir() if p.name != "worker.py")
+  half = (len(cores) + 1) // 2
+  assert seen == sorted([f"{cores[:half]} {half} ['--seeds=0']",
+                         f"{cores[half:]} {len(cores) - half} ['--seeds=0']"])
