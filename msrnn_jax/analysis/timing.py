@@ -68,6 +68,7 @@ def cpu_model() -> str:
 
 
 def machine() -> dict[str, Any]:
-  """What a measurement ran on: CPU, cores, JAX version and platform."""
-  return {"cpu": cpu_model(), "cores": os.cpu_count(), "jax": jax.__version__,
+  """What a measurement ran on: CPU, the cores this process may use, JAX version, platform."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return {"cpu": cpu_model(), "cores": cores, "jax": jax.__version__,
           "platform": jax.default_backend()}
