@@ -57,7 +57,8 @@ def summarize(receipts: list[dict]) -> dict:
     where a model's entry holds ``seeds``, per-seed future MSE and the mean and
     standard deviation of each metric, and a family's entry the MS/plain ratio of
     the means, the per-seed ratios (paired by seed) and whether MS is lower in
-    every seed the two share.
+    every seed the two share. Every family of ``FAMILY_ORDER`` has an entry; one
+    without both models measured has no ratio.
   """
   by_model: dict[str, dict[int, dict]] = {}
   for r in receipts:
@@ -80,9 +81,10 @@ def summarize(receipts: list[dict]) -> dict:
     entry["wall_partial"] = any(seg.get("end") is None for s in seeds
                                 for seg in seeds[s]["receipt"]["segments"])
     models[name] = entry
+  # Every family of the library has a row, so the table says which are still missing.
+  measured = {m.removeprefix("ms_") for m in models if "_noskip" not in m}
   families = []
-  for family in sorted({m.removeprefix("ms_") for m in models if "_noskip" not in m},
-                       key=lambda f: (FAMILY_ORDER + (f,)).index(f)):
+  for family in FAMILY_ORDER + tuple(sorted(measured - set(FAMILY_ORDER))):
     plain, ms = by_model.get(family), by_model.get(f"ms_{family}")
     if not plain or not ms:
       families.append({"family": family, "complete": False})

@@ -72,6 +72,7 @@ def test_receipts_skip_and_render(reproduce, render, tmp_path, monkeypatch, fast
   assert f"| {ms.mean() / plain.mean():.2f} |" in family
   assert " / ".join(f"{v:.2f}" for v in ms / plain) in family
   assert ("yes" if (ms < plain).all() else "**no**") in family and "(2 of 3 seeds)" in family
+  assert "| MIM | not yet measured | - | - |" in table  # the families still missing say so
   blank = np.mean([json.loads(p.read_text())["baselines"]["blank"]["future"]["mse"]
                    for p in out.glob("*.json")])
   assert "| blank | - |" in table and f"{blank:.2f}" in table
