@@ -146,7 +146,8 @@ def spawn_workers(workers: int) -> int:
     del frame
     for p in procs:
       p.send_signal(signum)
-  # The workers have sessions of their own, so a Ctrl-C reaches them once, from here.
+  # Workers start in sessions of their own: a terminal's Ctrl-C reaches only this process,
+  # which passes each signal on once (a second one would interrupt their checkpoint save).
   previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
   cores = sorted(os.sched_getaffinity(0))
   try:
