@@ -146,8 +146,8 @@ def spawn_workers(workers: int) -> int:
     del frame
     for p in procs:
       p.send_signal(signum)
-  # Workers start in sessions of their own: a terminal's Ctrl-C reaches only this process,
-  # which passes each signal on once (a second one would interrupt their checkpoint save).
+  # Workers start in sessions of their own, so every stop request, from a terminal or sent
+  # to this process alone (a scheduler's SIGTERM), reaches them one way: passed on from here.
   previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
   cores = sorted(os.sched_getaffinity(0))
   try:
