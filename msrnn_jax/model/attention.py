@@ -155,36 +155,45 @@ def _unblocks(x: jax.Array, shape: tuple[int, ...], scale: int) -> jax.Array:
   return x.reshape(shape)
 
 
-def _chunking(tokens: int, key_chunk: int) -> tuple[int, int]:
-  """``(chunks, size)``: the fewest chunks of at most ``key_chunk`` keys, as even as possible."""
+def _chunk_size(tokens: int, key_chunk: int) -> int:
+  """Keys per chunk: the fewest chunks of at most ``key_chunk`` keys, as even as possible."""
   chunks = -(-tokens // key_chunk)
-  return chunks, -(-tokens // chunks)
+  return -(-tokens // chunks)
 
 
-def _key_chunks(x: jax.Array, chunks: int, size: int) -> jax.Array:
-  """``[b, g, tokens, c]`` -> ``[chunks, b, g, size, c]``, zero-padded at the end."""
+def _key_chunks(x: jax.Array, size: int) -> tuple[jax.Array, jax.Array | None]:
+  """``[b, g, tokens, c]`` -> ``[chunks, b, g, size, c]`` whole chunks and the rest ``[b, g, r, c]``.
+
+  The rest (``tokens % size`` keys; None if none) is a chunk of its own rather
+  than padding: masking padded keys would put a ``tokens x size`` mask in each
+  step, which XLA hoists out of the loop for all chunks at once (``tokens**2``).
+  """
   b, g, t, c = x.shape
-  x = jnp.pad(x, ((0, 0), (0, 0), (0, chunks * size - t), (0, 0)))
-  return x.reshape(b, g, chunks, size, c).transpose(2, 0, 1, 3, 4)
+  whole = t // size
+  chunks = x[:, :, :whole * size].reshape(b, g, whole, size, c).transpose(2, 0, 1, 3, 4)
+  return chunks, (x[:, :, whole * size:] if t % size else None)
 
 
-def _from_key_chunks(x: jax.Array, tokens: int) -> jax.Array:
-  """Inverse of :func:`_key_chunks`: ``[b, g, tokens, c]``, padding dropped."""
-  chunks, b, g, size, c = x.shape
-  return x.transpose(1, 2, 0, 3, 4).reshape(b, g, chunks * size, c)[:, :, :tokens]
+def _from_key_chunks(chunks: jax.Array, rest: jax.Array | None) -> jax.Array:
+  """Inverse of :func:`_key_chunks`: ``[b, g, tokens, c]``."""
+  n, b, g, size, c = chunks.shape
+  x = chunks.transpose(1, 2, 0, 3, 4).reshape(b, g, n * size, c)
+  return x if rest is None else jnp.concatenate([x, rest], axis=2)
 
 
-def _chunked_keys(k: jax.Array, v: jax.Array, key_chunk: int):
-  """Blocked keys and values cut into chunks, and which of each chunk's slots are real keys."""
-  tokens = k.shape[2]
-  chunks, size = _chunking(tokens, key_chunk)
-  real = (jnp.arange(chunks * size) < tokens).reshape(chunks, size)
-  return _key_chunks(k, chunks, size), _key_chunks(v, chunks, size), real
+def _over_chunks(body, carry, k: jax.Array, v: jax.Array, key_chunk: int):
+  """Runs ``body(carry, (k_chunk, v_chunk)) -> (carry, out)`` over the key chunks of blocked ``k``, ``v``.
 
-
-def _chunk_scores(q: jax.Array, k: jax.Array, real: jax.Array) -> jax.Array:
-  """``[b, g, tokens, size]`` scores of one key chunk; padding slots score -inf (weight 0)."""
-  return jnp.where(real, jnp.einsum("bgic,bgjc->bgij", q, k), -jnp.inf)
+  Returns the last carry and the outputs as :func:`_key_chunks` splits
+  (``(stacked whole chunks, rest or None)``, per output).
+  """
+  size = _chunk_size(k.shape[2], key_chunk)
+  (ks, k_rest), (vs, v_rest) = _key_chunks(k, size), _key_chunks(v, size)
+  carry, outs = jax.lax.scan(body, carry, (ks, vs))
+  rest_outs = None
+  if k_rest is not None:
+    carry, rest_outs = body(carry, (k_rest, v_rest))
+  return carry, outs, rest_outs
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -210,7 +219,7 @@ def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: int,
     v: values, same shape.
     scale: blocks per side; divides height and width.
     key_chunk: most keys per step of the online softmax (any positive
-      number; a last, shorter chunk is padded and masked).
+      number; a last, shorter chunk is a step of its own).
 
   Returns:
     ``[batch, maps, height, width, channels]``.
@@ -220,12 +229,11 @@ def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: int,
 
 def _block_forward(q, k, v, scale, key_chunk):
   qb = _blocks(_wide(q), scale)
-  ks, vs, real = _chunked_keys(_blocks(_wide(k), scale), _blocks(_wide(v), scale), key_chunk)
 
   def body(carry, chunk):
     m, l, acc = carry
-    k_chunk, v_chunk, real_chunk = chunk
-    s = _chunk_scores(qb, k_chunk, real_chunk)
+    k_chunk, v_chunk = chunk
+    s = jnp.einsum("bgic,bgjc->bgij", qb, k_chunk)
     m_new = jnp.maximum(m, jnp.max(s, axis=-1))
     rescale = jnp.exp(m - m_new)
     p = jnp.exp(s - m_new[..., None])
@@ -233,10 +241,10 @@ def _block_forward(q, k, v, scale, key_chunk):
     acc = acc * rescale[..., None] + jnp.einsum("bgij,bgjc->bgic", p, v_chunk)
     return (m_new, l, acc), None
 
-  # The first chunk always holds a real key, so m is finite after it.
   init = (jnp.full(qb.shape[:-1], -jnp.inf, qb.dtype), jnp.zeros(qb.shape[:-1], qb.dtype),
           jnp.zeros_like(qb))
-  (m, l, acc), _ = jax.lax.scan(body, init, (ks, vs, real))
+  (m, l, acc), _, _ = _over_chunks(body, init, _blocks(_wide(k), scale), _blocks(_wide(v), scale),
+                                   key_chunk)
   out = acc / l[..., None]
   return _unblocks(out, q.shape, scale).astype(q.dtype), out, m + jnp.log(l)
 
@@ -249,20 +257,20 @@ def _block_attention_fwd(q, k, v, scale, key_chunk):
 def _block_attention_bwd(scale, key_chunk, res, dout):
   q, k, v, out, lse = res
   qb, dout = _blocks(_wide(q), scale), _blocks(_wide(dout), scale)
-  ks, vs, real = _chunked_keys(_blocks(_wide(k), scale), _blocks(_wide(v), scale), key_chunk)
   # sum_j P_ij dP_ij = dout_i . out_i: the softmax gradient's correction term.
   delta = jnp.sum(dout * out, axis=-1)
 
   def body(dq, chunk):
-    k_chunk, v_chunk, real_chunk = chunk
-    p = jnp.exp(_chunk_scores(qb, k_chunk, real_chunk) - lse[..., None])
+    k_chunk, v_chunk = chunk
+    p = jnp.exp(jnp.einsum("bgic,bgjc->bgij", qb, k_chunk) - lse[..., None])
     ds = p * (jnp.einsum("bgic,bgjc->bgij", dout, v_chunk) - delta[..., None])
     dq = dq + jnp.einsum("bgij,bgjc->bgic", ds, k_chunk)
     return dq, (jnp.einsum("bgij,bgic->bgjc", ds, qb), jnp.einsum("bgij,bgic->bgjc", p, dout))
 
-  dq, (dks, dvs) = jax.lax.scan(body, jnp.zeros_like(qb), (ks, vs, real))
-  tokens = qb.shape[2]
-  dk, dv = _from_key_chunks(dks, tokens), _from_key_chunks(dvs, tokens)
+  dq, (dks, dvs), rest = _over_chunks(body, jnp.zeros_like(qb), _blocks(_wide(k), scale),
+                                      _blocks(_wide(v), scale), key_chunk)
+  dk_rest, dv_rest = rest if rest is not None else (None, None)
+  dk, dv = _from_key_chunks(dks, dk_rest), _from_key_chunks(dvs, dv_rest)
   return tuple(_unblocks(d, x.shape, scale).astype(x.dtype)
                for d, x in ((dq, q), (dk, k), (dv, v)))
 
