@@ -45,8 +45,9 @@ def load_receipts(folder: pathlib.Path) -> list[dict]:
   return sorted(receipts, key=lambda r: (r["model"], r["seed"]))
 
 
-def _stats(values: list[float]) -> tuple[float, float]:
-  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+def _stats(values: list[float]) -> tuple[float, float | None]:
+  """Mean and sample standard deviation (None for one value: there is no spread to give)."""
+  return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
 def summarize(receipts: list[dict]) -> dict:
@@ -99,8 +100,9 @@ def summarize(receipts: list[dict]) -> dict:
   return {"models": models, "families": families, "baselines": baselines}
 
 
-def _pm(stat: tuple[float, float], digits: int = 2) -> str:
-  return f"{stat[0]:.{digits}f} ± {stat[1]:.{digits}f}"
+def _pm(stat: tuple[float, float | None], digits: int = 2) -> str:
+  mean, std = stat
+  return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def reproduce_table(folder: pathlib.Path) -> str:
@@ -147,9 +149,11 @@ def reproduce_headline(folder: pathlib.Path) -> str:
     if "ratio" not in f:
       continue
     name = PRETTY.get(f["family"], f["family"])
-    seeds = "every seed" if f["ms_lower_every_seed"] else "not every seed"
-    if not f["complete"]:
-      seeds += f", {len(f['seeds'])} of 3 seeds so far"
+    if f["complete"]:
+      seeds = "every seed" if f["ms_lower_every_seed"] else "not every seed"
+    else:
+      seeds = f"{len(f['seeds'])} of 3 seeds so far" + (
+          "" if f["ms_lower_every_seed"] else ", not lower in every one")
     parts.append(f"MS-{name} {f['ratio']:.2f}x {name} ({seeds})")
   return ("; ".join(parts) if parts else "no family has both models measured yet") + ".\n"
 

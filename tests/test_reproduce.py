@@ -76,7 +76,8 @@ def test_receipts_skip_and_render(reproduce, render, tmp_path, monkeypatch, fast
   blank = np.mean([json.loads(p.read_text())["baselines"]["blank"]["future"]["mse"]
                    for p in out.glob("*.json")])
   assert "| blank | - |" in table and f"{blank:.2f}" in table
-  assert "MS-ConvLSTM" in render.reproduce_headline(out)
+  headline = render.reproduce_headline(out)
+  assert f"MS-ConvLSTM {ms.mean() / plain.mean():.2f}x ConvLSTM (2 of 3 seeds so far" in headline
   render.reproduce_plot(out, tmp_path / "plot.png")
   assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
 
