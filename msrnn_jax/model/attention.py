@@ -158,14 +158,14 @@ def _unblocks(x: jax.Array, shape: tuple[int, ...], scale: int) -> jax.Array:
 def _chunk_size(tokens: int, key_chunk: int) -> int:
   """Keys per chunk, at most ``key_chunk``.
 
-  A divisor of ``tokens`` above ``key_chunk / 2`` where there is one (a frame
-  side's factors usually give one), so that every chunk is a step of the
-  same loop; else the fewest chunks, as even as possible, and a shorter last
-  one (whose step needs its own buffers).
+  The largest divisor of ``tokens`` above ``key_chunk / 4`` where there is one
+  (a frame side's factors usually give one), so that every chunk is a step of
+  the same loop; else the fewest chunks, as even as possible, and a shorter
+  last one (whose step needs buffers of its own).
   """
   if tokens <= key_chunk:
     return tokens
-  for size in range(key_chunk, key_chunk // 2, -1):
+  for size in range(key_chunk, key_chunk // 4, -1):
     if tokens % size == 0:
       return size
   chunks = -(-tokens // key_chunk)
