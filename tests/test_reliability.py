@@ -643,6 +643,26 @@ _LIMITED = ("import resource, runpy, signal, sys; signal.signal(signal.SIGXFSZ, 
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE as a full disk")
+def test_results_that_cannot_be_written_end_in_one_line_naming_the_way_out(trained, tmp_path):
+  """--mode=eval where the result pictures cannot be written (a 20 kB file size limit; the
+  per-frame plot is larger): one error line naming the workdir and how to write them later."""
+  workdir = tmp_path / "w"
+  shutil.copytree(trained, workdir)
+  for old in workdir.glob("test*"):
+    old.unlink()
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  proc = subprocess.run(
+      [sys.executable, "-c", _LIMITED, "--config=configs/test.py", f"--workdir={workdir}",
+       "--mode=eval"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+  assert len(errors) == 1, proc.stderr[-3000:]
+  assert re.search(rf"cannot write the test results in {workdir}: File too large .*write them "
+                   r"again with --mode=eval and this workdir", errors[0]), errors[0]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE as a full disk")
 def test_a_full_disk_ends_in_one_line_and_leaves_no_temporary_checkpoint(tmp_path):
   """A checkpoint file that cannot be written (a 20 kB file size limit fails a save the way a
   full disk does): one error line, no traceback, no half-written temporary folder."""

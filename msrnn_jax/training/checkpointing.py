@@ -246,13 +246,16 @@ class Checkpointer:
       multihost_utils.sync_global_devices("msrnn_jax: damaged checkpoints moved")
     self._manager.reload()
 
+  def wait(self) -> None:
+    """Waits for pending saves; raises ``CheckpointWriteError`` if one failed."""
+    with self._writing():
+      self._manager.wait_until_finished()
+
   def close(self) -> None:
     """Waits for pending saves; raises ``CheckpointWriteError`` if one failed."""
-    failed = self._failed
     try:
-      if not failed:
-        with self._writing():
-          self._manager.wait_until_finished()
+      if not self._failed:
+        self.wait()
     finally:
       with contextlib.suppress(Exception):  # after a failed save, closing reports it again
         self._manager.close()

@@ -8,6 +8,7 @@ writes the results JSON/CSV, the per-frame plot and the prediction grid;
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -111,14 +112,21 @@ def write_evaluation(evaluation: dict[str, Any], workdir: str, split: str) -> di
         "model has not learned to predict; check train.learning_rate and the training loss.",
         split, evaluation["result"]["future"]["mse"], listed)
   result = {**evaluation["result"], "worse_than_baselines": worse}
-  paths = metrics.write_results(result, workdir, split, evaluation["baselines"])
-  for name, result in evaluation["baselines"].items():
-    metrics.write_results(result, workdir, f"{split}_{name}")
-  paths["plot"] = os.path.join(workdir, f"{split}_per_frame.png")
-  visualize.plot_per_frame(evaluation["result"], paths["plot"])
-  paths["grid"] = os.path.join(workdir, f"{split}_predictions.png")
-  paths["gif"] = os.path.join(workdir, f"{split}_predictions.gif")
-  visualize.prediction_grid(*evaluation["samples"], paths["grid"], paths["gif"])
+  try:
+    paths = metrics.write_results(result, workdir, split, evaluation["baselines"])
+    for name, result in evaluation["baselines"].items():
+      metrics.write_results(result, workdir, f"{split}_{name}")
+    paths["plot"] = os.path.join(workdir, f"{split}_per_frame.png")
+    visualize.plot_per_frame(evaluation["result"], paths["plot"])
+    paths["grid"] = os.path.join(workdir, f"{split}_predictions.png")
+    paths["gif"] = os.path.join(workdir, f"{split}_predictions.gif")
+    visualize.prediction_grid(*evaluation["samples"], paths["grid"], paths["gif"])
+  except OSError as e:  # a full disk or quota: the checkpoint is intact, the files can be redone
+    free = shutil.disk_usage(workdir).free / 2**20
+    raise OSError(
+        f"cannot write the {split} results in {workdir}: {e.strerror or e} ({free:.0f} MiB free "
+        f"there). Free space (or raise the quota or file size limit), then write them again "
+        f"with --mode=eval and this workdir.") from e
   return paths
 
 

@@ -232,6 +232,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           raise run.Preempted(step, ckpt.directory)
       if last_saved != step:
         save(step, *schedule(mode, step, total_steps, steps_per_epoch))
+      # The run is over once its last checkpoint is on disk: a failed save is reported as
+      # such, before the evaluation's files meet the same full disk.
+      ckpt.wait()
 
       def stop_on_signal() -> None:
         if stop.agreed():
