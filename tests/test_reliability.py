@@ -663,6 +663,31 @@ def test_results_that_cannot_be_written_end_in_one_line_naming_the_way_out(train
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE as a full disk")
+def test_predictions_that_cannot_be_written_change_no_file(trained, tmp_path):
+  """--mode=predict under a 1 kB file size limit (the .npy is larger): one error line, the
+  earlier prediction's files as they were, no temporary file left."""
+  np.save(tmp_path / "ctx.npy", np.zeros((2, 16, 16), np.uint8))
+  earlier = {tmp_path / name: f"earlier {name}".encode()
+             for name in ("pred.npy", "pred.png", "pred.gif")}
+  for path, content in earlier.items():
+    path.write_bytes(content)
+  limited = _LIMITED.replace("20000, 20000", "1000, 1000")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  proc = subprocess.run(
+      [sys.executable, "-c", limited, "--config=configs/test.py", f"--workdir={trained}",
+       "--mode=predict", f"--input={tmp_path / 'ctx.npy'}", f"--output={tmp_path / 'pred.npy'}"],
+      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  errors = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+  assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+  assert re.search(rf"cannot write the predictions {tmp_path}/pred.npy and their pictures: File "
+                   r"too large .*no file was changed", errors[0]), errors[0]
+  assert {p: p.read_bytes() for p in earlier} == earlier
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["ctx.npy", "pred.gif", "pred.npy",
+                                                         "pred.png"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE as a full disk")
 def test_a_full_disk_ends_in_one_line_and_leaves_no_temporary_checkpoint(tmp_path):
   """A checkpoint file that cannot be written (a 20 kB file size limit fails a save the way a
   full disk does): one error line, no traceback, no half-written temporary folder."""

@@ -10,7 +10,10 @@ Values are in the data's original range where the data set was scaled to [0, 1]
 floats in [0, 1]. The predictions are written in the same range.
 """
 
+import contextlib
+import io
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -153,8 +156,47 @@ def predict_file(config: ml_collections.ConfigDict, workdir: str, input_path: st
   values = pred if scaling is None else scaling.from_unit(pred)
   values = values if batched else values[0]
   if jax.process_index() == 0:
-    np.save(output_path, values)
-    _, png, gif = output_paths(output_path)
     rows = np.concatenate([context, pred], axis=1)[:MAX_PICTURE_ROWS]
-    visualize.save_sequences(rows, png, gif, context_len=context.shape[1])
+    write_outputs(output_path, values, rows, context.shape[1])
   return values
+
+
+def write_outputs(output_path: str, values: np.ndarray, rows: np.ndarray,
+                  context_len: int) -> None:
+  """Writes the predictions and their pictures (:func:`output_paths`), all or none.
+
+  Each file is written under a temporary name beside it and renamed over its
+  path once all three are complete, so a full disk leaves the previous files
+  (say, of an earlier prediction) as they were.
+
+  Args:
+    output_path: the ``.npy`` path.
+    values: what the ``.npy`` holds.
+    rows: ``[N, T, H, W, C]`` in [0, 1], context then predictions, for the pictures.
+    context_len: frames of each row that were given.
+
+  Raises:
+    OSError: a file could not be written; one line naming the output and the free space.
+  """
+  paths = output_paths(output_path)
+  temps = [os.path.join(os.path.dirname(p), f".{os.path.basename(p)}.partial{os.path.splitext(p)[1]}")
+           for p in paths]
+  try:
+    # Serialised first: np.save into a file writes through C stdio and drops an error of
+    # the final flush (a full disk would leave a truncated .npy and no error).
+    encoded = io.BytesIO()
+    np.save(encoded, values)
+    with open(temps[0], "wb") as f:
+      f.write(encoded.getbuffer())
+    visualize.save_sequences(rows, temps[1], temps[2], context_len=context_len)
+    for temp, path in zip(temps, paths, strict=True):
+      os.replace(temp, path)
+  except OSError as e:
+    for temp in temps:
+      with contextlib.suppress(FileNotFoundError):
+        os.remove(temp)
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(output_path))).free / 2**20
+    raise OSError(
+        f"cannot write the predictions {output_path} and their pictures: {e.strerror or e} "
+        f"({free:.0f} MiB free there); no file was changed. Free space (or raise the quota or "
+        "file size limit), then rerun the same command.") from e
