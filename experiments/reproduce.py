@@ -247,15 +247,21 @@ def main(argv):
   del argv
   if FLAGS.workers != 1:
     sys.exit(spawn_workers(FLAGS.workers))
-  from msrnn_jax import backend
+  from msrnn_jax import backend, commands
+  from msrnn_jax.training import run
   backend.prepare_host(FLAGS.config.get("backend", {}).get("keep_freed_memory", True))
-  for seed in [int(s) for s in FLAGS.seeds]:
-    for model in FLAGS.models:
-      with claimed(FLAGS.runs, model, seed) as mine:
-        if mine:
-          run_one(FLAGS.config, model, seed, FLAGS.out, FLAGS.runs)
-        else:
-          logging.info("skipping %s seed %d: another process is training it", model, seed)
+  try:
+    for seed in [int(s) for s in FLAGS.seeds]:
+      for model in FLAGS.models:
+        with claimed(FLAGS.runs, model, seed) as mine:
+          if mine:
+            run_one(FLAGS.config, model, seed, FLAGS.out, FLAGS.runs)
+          else:
+            logging.info("skipping %s seed %d: another process is training it", model, seed)
+  except run.Preempted as e:  # SIGTERM or SIGINT: the run's checkpoint is saved
+    print(f"stopped: {commands.one_line(e)}; rerun the same command to continue (exit status "
+          f"{commands.EXIT_PREEMPTED})", file=sys.stderr, flush=True)
+    sys.exit(commands.EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

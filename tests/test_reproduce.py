@@ -5,7 +5,10 @@ import importlib.util
 import json
 import os
 import pathlib
+import signal
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -118,3 +121,27 @@ def test_each_worker_runs_on_its_own_core(reproduce, tmp_path, monkeypatch):
   half = (len(cores) + 1) // 2
   assert seen == sorted([f"{cores[:half]} {half} ['--seeds=0']",
                          f"{cores[half:]} {len(cores) - half} ['--seeds=0']"])
+
+
+def test_a_stopped_run_ends_in_one_line_with_75_and_resumes_from_its_checkpoint(tmp_path):
+  """SIGTERM during a run: its checkpoint is saved and the script says so in one line, exit 75
+  (the CLI's status for 'rerun to continue'), without a traceback."""
+  runs = tmp_path / "runs"
+  proc = subprocess.Popen(
+      [sys.executable, "experiments/reproduce.py", "--config=configs/test.py", "--models=convlstm",
+       "--seeds=0", f"--out={tmp_path / 'out'}", f"--runs={runs}",
+       "--config.train.num_steps=100000", "--config.train.checkpoint_every_steps=100000"],
+      cwd=REPO, env=dict(os.environ, JAX_PLATFORMS="cpu"), stderr=subprocess.PIPE, text=True)
+  metrics = runs / "convlstm_seed0" / "metrics.jsonl"
+  deadline = time.time() + 240
+  while not (metrics.exists() and metrics.read_text().strip()) and proc.poll() is None:
+    assert time.time() < deadline, "training did not start"
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 75, err[-3000:]
+  assert "Traceback" not in err, err[-3000:]
+  stopped = [line for line in err.splitlines() if line.startswith("stopped:")]
+  assert len(stopped) == 1 and "rerun the same command to continue" in stopped[0], err[-3000:]
+  assert os.listdir(runs / "convlstm_seed0" / "checkpoints")  # the step it stopped at
+  assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")  # no receipt
