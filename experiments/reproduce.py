@@ -146,8 +146,9 @@ def spawn_workers(workers: int) -> int:
     del frame
     for p in procs:
       p.send_signal(signum)
-  # Workers start in sessions of their own, so every stop request, from a terminal or sent
-  # to this process alone (a scheduler's SIGTERM), reaches them one way: passed on from here.
+  # Workers are detached from this process's terminal (start_new_session), so a stop request
+  # reaches them one way, whether typed at a terminal or sent to this process alone (a
+  # scheduler's SIGTERM): passed on from here.
   previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
   cores = sorted(os.sched_getaffinity(0))
   try:
