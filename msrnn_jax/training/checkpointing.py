@@ -37,6 +37,7 @@ from absl import logging
 from etils import epath
 
 from msrnn_jax.training import distributed, integrity
+from msrnn_jax.training import workdir as workdir_lib
 
 # Sub-directories of the workdir: checkpoints, and where training moves
 # damaged ones so that it can save their steps again.
@@ -149,11 +150,10 @@ class Checkpointer:
       reason = os.strerror(int(code.group(1))) if code else _reason(e)
       steps = checkpoint_steps(self.directory)
       resume = f"resume from step {steps[-1]}" if steps else "start from step 0"
-      free = shutil.disk_usage(self.directory).free / 2**20
       self._failed = CheckpointWriteError(
-          f"cannot write a checkpoint in {self.directory}: {reason} ({free:.0f} MiB free "
-          f"there); its temporary folder was removed. Free space (or raise the quota or "
-          f"file size limit), then rerun with this workdir to {resume}.")
+          f"cannot write a checkpoint in {self.directory}: {reason} "
+          f"({workdir_lib.free_there(self.directory)}); its temporary folder was removed. "
+          f"{workdir_lib.FULL_DISK_FIX}, then rerun with this workdir to {resume}.")
       raise self._failed from None
 
   def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:

@@ -8,7 +8,6 @@ writes the results JSON/CSV, the per-frame plot and the prediction grid;
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from typing import Any
@@ -122,11 +121,10 @@ def write_evaluation(evaluation: dict[str, Any], workdir: str, split: str) -> di
     paths["gif"] = os.path.join(workdir, f"{split}_predictions.gif")
     visualize.prediction_grid(*evaluation["samples"], paths["grid"], paths["gif"])
   except OSError as e:  # a full disk or quota: the checkpoint is intact, the files can be redone
-    free = shutil.disk_usage(workdir).free / 2**20
     raise OSError(
-        f"cannot write the {split} results in {workdir}: {e.strerror or e} ({free:.0f} MiB free "
-        f"there). Free space (or raise the quota or file size limit), then write them again "
-        f"with --mode=eval and this workdir.") from e
+        f"cannot write the {split} results in {workdir}: {e.strerror or e} "
+        f"({workdir_lib.free_there(workdir)}). {workdir_lib.FULL_DISK_FIX}, then write them "
+        "again with --mode=eval and this workdir.") from e
   return paths
 
 

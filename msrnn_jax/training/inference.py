@@ -13,7 +13,6 @@ floats in [0, 1]. The predictions are written in the same range.
 import contextlib
 import io
 import os
-import shutil
 from typing import Any
 
 import jax
@@ -25,6 +24,7 @@ from msrnn_jax import data
 from msrnn_jax import model as model_lib
 from msrnn_jax.evaluation import visualize
 from msrnn_jax.training import config_checks, sharding
+from msrnn_jax.training import workdir as workdir_lib
 from msrnn_jax.training.context_files import load_context
 from msrnn_jax.training.run import check_checkpoints, restore_params, start_jax
 from msrnn_jax.training.step import create_model, model_config
@@ -195,8 +195,8 @@ def write_outputs(output_path: str, values: np.ndarray, rows: np.ndarray,
     for temp in temps:
       with contextlib.suppress(FileNotFoundError):
         os.remove(temp)
-    free = shutil.disk_usage(os.path.dirname(os.path.abspath(output_path))).free / 2**20
+    folder = os.path.dirname(os.path.abspath(output_path))
     raise OSError(
         f"cannot write the predictions {output_path} and their pictures: {e.strerror or e} "
-        f"({free:.0f} MiB free there); no file was changed. Free space (or raise the quota or "
-        "file size limit), then rerun the same command.") from e
+        f"({workdir_lib.free_there(folder)}); no file was changed. {workdir_lib.FULL_DISK_FIX}, then "
+        "rerun the same command.") from e

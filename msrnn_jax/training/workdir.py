@@ -11,12 +11,21 @@ never blocks a new run.
 import errno
 import fcntl
 import os
+import shutil
 
 LOCK_FILE = ".lock"
 
 
 class WorkdirError(OSError):
   """A workdir that cannot be used; the message is one line."""
+
+
+FULL_DISK_FIX = "Free space (or raise the quota or file size limit)"
+
+
+def free_there(path: str) -> str:
+  """``'N MiB free there'`` for the file system holding ``path``: a failed write's context."""
+  return f"{shutil.disk_usage(path).free / 2**20:.0f} MiB free there"
 
 
 def check_workdir(workdir: str, *, must_exist: bool = False) -> str:
