@@ -253,7 +253,8 @@ def table(results: dict, markdown: bool = False) -> str:
 def main(argv=None) -> None:
   args = parse_args(argv)
   # Before JAX starts its backend, as msrnn_jax.main does (docs/performance.md).
-  malloc_tuned = backend.prepare_host(keep_freed_memory=args.keep_freed_memory)
+  malloc_tuned = backend.prepare_host(keep_freed_memory=args.keep_freed_memory,
+                                      restart_program=True)
   sh = SHAPES[args.shape]
   names = args.models.split(",") if args.models else list(sh["models"])
   settings = {k: v for k, v in sh.items() if k != "models"}

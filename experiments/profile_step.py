@@ -104,7 +104,7 @@ def summarise(events: list[dict], table: dict[str, dict], top: int) -> dict:
 def main(argv=None) -> int:
   args = parse_args(argv)
   from msrnn_jax import backend
-  backend.prepare_host(keep_freed_memory=True)
+  backend.prepare_host(keep_freed_memory=True, restart_program=True)  # as msrnn_jax.main
   import jax
   from vs_torch import QUICK_SHAPE, SHAPE, jax_step
 

@@ -250,7 +250,8 @@ def main(argv):
     sys.exit(spawn_workers(FLAGS.workers))
   from msrnn_jax import backend, commands
   from msrnn_jax.training import run
-  backend.prepare_host(FLAGS.config.get("backend", {}).get("keep_freed_memory", True))
+  backend.prepare_host(FLAGS.config.get("backend", {}).get("keep_freed_memory", True),
+                       restart_program=True)
   try:
     for seed in [int(s) for s in FLAGS.seeds]:
       for model in FLAGS.models:

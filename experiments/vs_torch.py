@@ -179,7 +179,7 @@ def serve_jax(argv: list[str]) -> int:
   name, conv_impl, dtype, remat, warmup, keep, shape = argv
   from msrnn_jax import backend
 
-  kept = backend.prepare_host(keep_freed_memory=keep == "keep")
+  kept = backend.prepare_host(keep_freed_memory=keep == "keep", restart_program=True)
   try:
     info = backend.describe(conv_impl)
     step, remat, _ = jax_step(name, json.loads(shape), conv_impl, dtype, remat)

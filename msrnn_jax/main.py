@@ -166,5 +166,13 @@ def main(argv):
                                FLAGS.output, FLAGS.horizon))
 
 
+def _program(argv):
+  """``python -m msrnn_jax.main``: :func:`main` in a process with glibc's start-up settings."""
+  if FLAGS.config.get("backend", {}).get("keep_freed_memory", True):
+    from msrnn_jax.backend import allocator
+    allocator.restart_with_glibc_tunables()  # runs this command again, once (docs/performance.md)
+  main(argv)
+
+
 if __name__ == "__main__":
-  app.run(main, flags_parser=parse_flags)
+  app.run(_program, flags_parser=parse_flags)

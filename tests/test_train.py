@@ -400,8 +400,10 @@ def test_main_train_eval_predict(tmp_path):
   workdir = tmp_path / "cli"
   proc = _main("--config=configs/test.py", f"--workdir={workdir}")
   assert (workdir / "test.json").is_file()
-  # main applies config.backend.keep_freed_memory before JAX starts (backend/allocator.py).
+  # main applies config.backend.keep_freed_memory before JAX starts, in a process it restarted
+  # with glibc's per-thread cache off (backend/allocator.py).
   assert "keep_freed_memory: on" in proc.stderr
+  assert "per-thread cache is on" not in proc.stderr
   (workdir / "test.json").unlink()
   _main("--config=configs/test.py", f"--workdir={workdir}", "--mode=eval")
   assert json.loads((workdir / "test_checkpoint.json").read_text())["step"] == 4

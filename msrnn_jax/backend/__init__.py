@@ -132,16 +132,31 @@ def summary(conv_impl: str = "auto", warp_impl: str = "auto") -> str:
   if info["platform"] == "cpu" and not allocator.applied():
     line += (" (to stop per-step page faults, call msrnn_jax.backend.prepare_host() before the "
              "first JAX computation; msrnn_jax.main does)")
+  elif info["platform"] == "cpu" and not allocator.started_with_glibc_tunables():
+    line += (" (glibc's per-thread cache is on, so steps can alternate between two blocks of "
+             "host memory: call msrnn_jax.backend.prepare_host(restart_program=True) first "
+             "thing; msrnn_jax.main does)")
   return line
 
 
-def prepare_host(keep_freed_memory: bool = True) -> bool:
+def prepare_host(keep_freed_memory: bool = True, *, restart_program: bool = False) -> bool:
   """Process set-up to run before the first JAX computation (see ``allocator``).
+
+  Args:
+    keep_freed_memory: make glibc keep freed memory for the next steps.
+    restart_program: with ``keep_freed_memory``, first run the program again,
+      once, with glibc's start-up settings
+      (:func:`allocator.restart_with_glibc_tunables`); for a program's entry
+      point, before it writes anything.
 
   Returns:
     Whether freed host memory is kept for reuse.
   """
-  return allocator.keep_freed_memory() if keep_freed_memory else False
+  if not keep_freed_memory:
+    return False
+  if restart_program:
+    allocator.restart_with_glibc_tunables()
+  return allocator.keep_freed_memory()
 
 
 release_freed_memory = allocator.release_freed_memory

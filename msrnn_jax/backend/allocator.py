@@ -13,7 +13,7 @@ whose tensors are small enough for glibc's heap (``docs/performance.md``).
 kernel (``M_TRIM_THRESHOLD=-1``), so a step's temporaries land in pages
 the previous steps already faulted in.
 
-A heap that never shrinks holds its high-water mark, so two more settings
+A heap that never shrinks holds its high-water mark, so three more settings
 keep the resident part near one step's temporaries:
 
 * Single-device executions run inline (``jax_cpu_enable_async_dispatch``
@@ -21,15 +21,24 @@ keep the resident part near one step's temporaries:
   asynchronous dispatch, the outputs are ready a moment before the
   temporaries are freed, the next step allocates its own beside them, and
   the heap grows by a step's worth every few steps.
+* glibc's per-thread cache of small free chunks is off
+  (``glibc.malloc.tcache_count=0``, read only when a process starts:
+  :func:`restart_with_glibc_tunables`, which ``msrnn_jax.main`` calls
+  first). XLA allocates its buffers aligned; glibc cuts an aligned block out
+  of a free one with room to spare and puts the few bytes it trims off into
+  that cache, where nothing merges with them (glibc bug 30723, changed in
+  2.39). Cached beside a step's freed block, they keep it from merging with
+  the free space beyond, it stays a few bytes short of what the next
+  step's aligned request needs, and that step takes a new block: in about
+  one run in ten, steps then alternated between two blocks, both resident.
 * :func:`release_freed_memory` (``malloc_trim``) hands the pages of free
-  blocks back to the kernel. A step's block can end up a little too small
-  for the next step's (small allocations settle into it), so the heap
-  moves, and once those allocations are freed a later step can go back to
-  the old block. The training loop releases after its first step, after
-  any step that grew the heap (:func:`release_if_heap_moved`), and after
-  evaluations and checkpoints (other programs' temporaries), so a block no
-  step is using stops counting. Each release costs one step's page faults,
-  once.
+  blocks back to the kernel. If a long-lived allocation still lands beside
+  a step's block, the heap moves, and once it is freed a later step can go
+  back to the old block. The training loop releases after its first step,
+  after any step that grew the heap (:func:`release_if_heap_moved`), and
+  after evaluations and checkpoints (other programs' temporaries), so a
+  block no step is using stops counting. Each release costs one step's
+  page faults, once.
 
 The compiled-memory figures of ``msrnn_jax.analysis.footprint`` (what a
 GPU needs) are unchanged. Off: ``config.backend.keep_freed_memory = False``.
@@ -43,6 +52,7 @@ it first thing; library users call it before their first JAX computation.
 import ctypes
 import ctypes.util
 import functools
+import os
 import sys
 
 import jax
@@ -54,10 +64,17 @@ _SETTINGS = ((-8, "glibc.malloc.arena_max", 1),
              (-4, "glibc.malloc.mmap_max", 0),
              (-1, "glibc.malloc.trim_threshold", -1))
 
-# The same settings for a process started with them in its environment
+# Read only at start-up (GLIBC_TUNABLES): see the module docstring.
+_START_SETTINGS = (("glibc.malloc.tcache_count", 0),)
+
+# All the settings for a process started with them in its environment
 # (e.g. a PyTorch process to compare with): GLIBC_TUNABLES=<this>.
-GLIBC_TUNABLES = ":".join(f"{name}={value if value >= 0 else 2**62}"
-                          for _, name, value in _SETTINGS)
+GLIBC_TUNABLES = ":".join([f"{name}={value if value >= 0 else 2**62}"
+                           for _, name, value in _SETTINGS]
+                          + [f"{name}={value}" for name, value in _START_SETTINGS])
+
+# As this process started (a later change of the environment does not apply).
+_STARTED_WITH = os.environ.get("GLIBC_TUNABLES", "")
 
 _state = {"applied": False, "heap_mark": 0}
 
@@ -81,6 +98,43 @@ def _mallopt():
   mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
   mallopt.restype = ctypes.c_int
   return mallopt
+
+
+def _missing_start_settings(tunables: str) -> list[str]:
+  names = {item.split("=", 1)[0] for item in tunables.split(":")}
+  return [f"{name}={value}" for name, value in _START_SETTINGS if name not in names]
+
+
+def started_with_glibc_tunables() -> bool:
+  """Whether this process started with the start-up settings (or needs none: not glibc)."""
+  return _mallopt() is None or not _missing_start_settings(_STARTED_WITH)
+
+
+def restart_with_glibc_tunables() -> None:
+  """Runs this program again, in this process, with the glibc settings read at start-up.
+
+  Call it first thing in a program's entry point, before it writes or
+  changes anything: the whole program starts over (``os.execv``: same
+  process id, interpreter options and arguments; ``GLIBC_TUNABLES`` gains
+  ``glibc.malloc.tcache_count=0``). Returns at once where the settings are
+  already in the environment or the C library is not glibc; if the
+  restart fails, logs a warning and returns.
+  """
+  if _mallopt() is None:
+    return
+  current = os.environ.get("GLIBC_TUNABLES", "")
+  missing = _missing_start_settings(current)
+  if not missing:  # also when glibc ignored them: never a second restart
+    return
+  os.environ["GLIBC_TUNABLES"] = ":".join(filter(None, [current, *missing]))
+  sys.stdout.flush()
+  sys.stderr.flush()
+  try:
+    os.execv(sys.executable, [sys.executable, *sys.orig_argv[1:]])
+  except OSError as e:
+    os.environ["GLIBC_TUNABLES"] = current
+    logging.warning("could not restart with GLIBC_TUNABLES=%s (%s): training steps may "
+                    "alternate between two blocks of host memory.", ":".join(missing), e)
 
 
 def _backend_started() -> bool:
