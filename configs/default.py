@@ -49,8 +49,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.backend.warp_impl = "auto"
   # Keep freed host memory for reuse (glibc; msrnn_jax/backend/allocator.py):
   # CPU steps stop page-faulting their temporaries in every step (ConvLSTM at
-  # the paper's shape: ~0.9x the step time) at the price of ~2x their size
-  # in resident memory. Applied by msrnn_jax.main before JAX starts.
+  # the paper's shape: ~0.9x the step time); one step's temporaries stay
+  # resident between steps. Applied by msrnn_jax.main before JAX starts, in
+  # a process it restarts once with glibc's per-thread cache off.
   config.backend.keep_freed_memory = True
 
   config.model = ml_collections.ConfigDict()
