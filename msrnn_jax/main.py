@@ -167,10 +167,11 @@ def main(argv):
 
 
 def _program(argv):
-  """``python -m msrnn_jax.main``: :func:`main` in a process with glibc's start-up settings."""
-  if FLAGS.config.get("backend", {}).get("keep_freed_memory", True):
-    from msrnn_jax.backend import allocator
-    allocator.restart_with_glibc_tunables()  # runs this command again, once (docs/performance.md)
+  """``python -m msrnn_jax.main``: :func:`main`, the host set up as for a program's entry point
+  (which may run this command again, once, in the same process: docs/performance.md)."""
+  from msrnn_jax import backend
+  backend.prepare_host(FLAGS.config.get("backend", {}).get("keep_freed_memory", True),
+                       restart_program=True)
   main(argv)
 
 
