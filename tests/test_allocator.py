@@ -235,3 +235,14 @@ def test_runnable_threads_are_read_from_linux():
   if not os.path.exists("/proc/loadavg"):
     pytest.skip("needs Linux /proc")
   assert native._runnable_elsewhere() >= 0
+
+
+def test_prepare_host_restarts_only_when_asked_to_and_keeping_freed_memory(monkeypatch):
+  from msrnn_jax import backend
+  calls = []
+  monkeypatch.setattr(allocator, "restart_with_glibc_tunables", lambda: calls.append("restart"))
+  monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append("keep") or True)
+  assert backend.prepare_host(False, restart_program=True) is False and calls == []
+  assert backend.prepare_host(True) and calls == ["keep"]
+  calls.clear()
+  assert backend.prepare_host(True, restart_program=True) and calls == ["restart", "keep"]
