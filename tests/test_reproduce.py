@@ -142,6 +142,7 @@ def test_a_stopped_run_ends_in_one_line_with_75_and_resumes_from_its_checkpoint(
   assert proc.returncode == 75, err[-3000:]
   assert "Traceback" not in err, err[-3000:]
   stopped = [line for line in err.splitlines() if line.startswith("stopped:")]
-  assert len(stopped) == 1 and "rerun the same command to continue" in stopped[0], err[-3000:]
+  assert len(stopped) == 1 and stopped[0].count("rerun the same command to continue") == 1, err[-3000:]
+  assert stopped[0].endswith("(exit status 75)"), stopped
   assert os.listdir(runs / "convlstm_seed0" / "checkpoints")  # the step it stopped at
   assert not (tmp_path / "out").exists() or not os.listdir(tmp_path / "out")  # no receipt
