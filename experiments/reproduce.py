@@ -261,10 +261,7 @@ def main(argv):
           else:
             logging.info("skipping %s seed %d: another process is training it", model, seed)
   except run.Preempted as e:  # SIGTERM or SIGINT: the run's checkpoint is saved
-    # As msrnn_jax.main words it; the message says how to continue.
-    print(f"stopped: {commands.one_line(e)} (exit status {commands.EXIT_PREEMPTED})",
-          file=sys.stderr, flush=True)
-    sys.exit(commands.EXIT_PREEMPTED)
+    sys.exit(commands.report("stopped", e, commands.EXIT_PREEMPTED))  # as msrnn_jax.main
 
 
 if __name__ == "__main__":

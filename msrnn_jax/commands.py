@@ -69,13 +69,13 @@ def run(config: Any, workdir: str, mode: str = "train", input_path: str | None =
     else:
       raise ValueError(f"--mode={mode} is unknown; use train, eval or predict.")
   except run.Preempted as e:
-    return _report("stopped", e, EXIT_PREEMPTED)
+    return report("stopped", e, EXIT_PREEMPTED)
   except distributed.PeerLost as e:
-    return _report("error", e, EXIT_PEER_LOST)
+    return report("error", e, EXIT_PEER_LOST)
   except (ValueError, OSError, FloatingPointError, RuntimeError) as e:
     if (lost := distributed.peer_failure(e)) is not None:
       logging.debug("error details", exc_info=True)
-      return _report("error", lost, EXIT_PEER_LOST)
+      return report("error", lost, EXIT_PEER_LOST)
     if not isinstance(e, ValueError | OSError | FloatingPointError):
       raise
     # Bad input: one line saying what to do. The traceback is for developers
@@ -86,7 +86,7 @@ def run(config: Any, workdir: str, mode: str = "train", input_path: str | None =
   return EXIT_OK
 
 
-def _report(what: str, error: BaseException, status: int) -> int:
+def report(what: str, error: BaseException, status: int) -> int:
   """Prints ``what: <error in one line> (exit status <status>)``; returns ``status``."""
   print(f"{what}: {one_line(error)} (exit status {status})", file=sys.stderr, flush=True)
   return status
