@@ -55,7 +55,6 @@ import functools
 import os
 import sys
 
-import jax
 from absl import logging
 
 # (mallopt parameter number from glibc's malloc.h, GLIBC_TUNABLES name, value).
@@ -169,6 +168,7 @@ def keep_freed_memory() -> bool:
     return False
   ok = all(mallopt(param, value) == 1 for param, _, value in _SETTINGS)
   if ok:
+    import jax  # here: the module loads before JAX (restart_with_glibc_tunables)
     jax.config.update("jax_cpu_enable_async_dispatch", False)
   _state["applied"] = ok
   return ok

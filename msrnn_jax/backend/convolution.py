@@ -1,0 +1,167 @@
+"""Convolutions on a named kernel: which kernels exist, ``auto`` resolved, and ``conv2d``.
+
+A model names its kernel, one of :data:`CONV_IMPLS` (the table in
+``docs/performance.md``); :func:`resolve` turns ``auto`` (``onednn`` on CPU
+where it is available, else ``matmul``; ``xla`` on GPU and TPU) into a
+concrete kernel once, when the model is built, and :func:`conv2d` takes the
+concrete name, so models with different kernels or dtypes live side by side.
+``onednn`` sends the convolutions it does not cover (input dilation, other
+dtypes) to ``matmul``.
+"""
+
+import functools
+import itertools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from msrnn_jax.backend import matmul_grads, onednn
+from msrnn_jax.backend.packing import concatenate, stash, unstash
+
+CONV_IMPLS = ("auto", "xla", "matmul", "matmul_bf16", "onednn")
+# Kernels whose convolutions XLA's cost analysis can count (custom calls are
+# opaque to ``compiled.cost_analysis()``; ``matmul`` has the same FLOPs).
+FLOP_COUNTABLE = ("xla", "matmul", "matmul_bf16")
+
+
+def resolve(conv_impl: str) -> str:
+  """The kernel ``conv_impl`` stands for on this platform (``auto`` resolved).
+
+  Raises:
+    ValueError: unknown name. RuntimeError: ``onednn`` asked for where it
+      cannot run (with the reason and the install line).
+  """
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(f"Unknown conv_impl {conv_impl!r}; valid: {', '.join(CONV_IMPLS)}.")
+  if conv_impl == "auto":
+    if jax.default_backend() != "cpu":
+      return "xla"
+    return "onednn" if onednn.available() else "matmul"
+  if conv_impl == "onednn":
+    onednn.require()
+  return conv_impl
+
+
+def fast_dtype(conv_impl: str) -> str:
+  """The compute dtype that trains fastest with a kernel: what ``model.dtype='auto'`` resolves to.
+
+  ``'bfloat16'`` on GPU and TPU (XLA's bfloat16 convolutions) and on CPUs
+  whose oneDNN convolutions have native bfloat16 kernels (AMX, AVX-512
+  BF16); ``'float32'`` on other CPUs, where bfloat16 convolutions take the
+  portable path and are slower than float32.
+  """
+  if jax.default_backend() != "cpu":
+    return "bfloat16"
+  return "bfloat16" if resolve(conv_impl) == "onednn" and onednn.bf16_supported() else "float32"
+
+
+def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
+           padding: str | Sequence[tuple[int, int]] = "SAME",
+           lhs_dilation: int = 1, dtype=None, conv_impl: str = "xla") -> jax.Array:
+  """2-D convolution, NHWC x HWIO -> NHWC, no bias, on a named kernel.
+
+  Args:
+    x: input ``[batch, height, width, in_channels]``.
+    kernel: ``[kh, kw, in_channels, out_channels]``.
+    stride: spatial stride (both axes).
+    padding: ``'SAME'``/``'VALID'`` or explicit ``((lo, hi), (lo, hi))``.
+    lhs_dilation: input dilation (used for transposed convolutions).
+    dtype: compute dtype (default: the common type of ``x`` and
+      ``kernel``). Both are cast to it; the kernel's gradient comes back in
+      the kernel's own dtype. With float32 master weights and bfloat16
+      compute, ``onednn`` accumulates that gradient in float32 and returns
+      it unrounded; the other kernels round it to bfloat16 first.
+    conv_impl: the kernel, one of ``CONV_IMPLS`` but ``auto`` (a model
+      resolves ``auto`` when it is built, :func:`resolve`).
+
+  Returns:
+    ``[batch, out_height, out_width, out_channels]`` of ``dtype``.
+  """
+  if conv_impl not in CONV_IMPLS[1:]:
+    raise ValueError(f"conv2d needs a concrete conv_impl, one of {CONV_IMPLS[1:]}; got "
+                     f"{conv_impl!r} (backend.resolve turns 'auto' into one).")
+  impl = conv_impl
+  if impl == "onednn":
+    onednn.require()
+  dtype = jnp.result_type(x.dtype, kernel.dtype) if dtype is None else jnp.dtype(dtype)
+  x = x.astype(dtype)
+  strides = (stride, stride)
+  dil = (lhs_dilation, lhs_dilation)
+  if isinstance(padding, str):
+    if dil != (1, 1):
+      raise ValueError("Dilated convolutions need explicit padding.")
+    padding = jax.lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
+  padding = tuple(tuple(int(v) for v in p) for p in padding)
+  if impl == "onednn":
+    covered = (onednn.supports(x.shape, kernel.shape, dtype, strides, padding, dil)
+               and kernel.dtype in (jnp.float32, jnp.bfloat16))
+    impl = "onednn" if covered else "matmul"
+  pointwise = (kernel.shape[:2] == (1, 1) and strides == (1, 1) and dil == (1, 1)
+               and padding == ((0, 0), (0, 0)))
+  if pointwise and not (impl == "onednn" and (dtype == jnp.bfloat16 or
+                                               not onednn.has_amx())):
+    # A 1x1 convolution is a product over channels, which XLA runs on its
+    # matrix kernels. oneDNN's 1x1 kernels are faster in bfloat16 (XLA:CPU
+    # widens both operands to float32 first) and, without AMX, in float32
+    # too; with AMX, XLA's float32 dot is as fast (docs/performance.md).
+    return jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0].astype(dtype))
+  if impl == "onednn":
+    return onednn.conv(x, kernel, strides, padding)
+  kernel = kernel.astype(dtype)
+  if impl == "xla":
+    return matmul_grads.xla_conv(x, kernel, strides, padding, dil)
+  return matmul_grads.conv(x, kernel, strides, padding, dil, impl == "matmul_bf16")
+
+
+def conv2d_of_parts(xs: Sequence[jax.Array], kernel: jax.Array, *, dtype,
+                    conv_impl: str) -> jax.Array:
+  """``conv2d(concatenate(xs, dtype), kernel)`` (stride 1, ``'SAME'``), its gradient keeping ``xs``.
+
+  Autodiff keeps the concatenation for the kernel gradient: a copy of
+  inputs that a step often keeps anyway (a cell's input read by two fused
+  convolutions, a memory whose update keeps it). Here the backward pass
+  keeps the parts themselves, each stored once however many operations
+  read it, and concatenates them again (a transient). Values and gradients
+  are :func:`conv2d`'s.
+
+  Args:
+    xs: the parts ``[batch, height, width, channels_i]``, stacked along
+      channels in this order.
+    kernel: ``[kh, kw, sum(channels_i), out_channels]``.
+    dtype: the compute dtype (the parts are rounded to it, as by
+      :func:`concatenate`).
+    conv_impl: as in :func:`conv2d`.
+
+  Returns:
+    ``[batch, height, width, out_channels]`` of ``dtype``.
+  """
+  return _conv_of_parts(tuple(xs), kernel, jnp.dtype(dtype), conv_impl)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_of_parts(xs, kernel, dtype, conv_impl):
+  return conv2d(concatenate(xs, dtype), kernel, dtype=dtype, conv_impl=conv_impl)
+
+
+def _conv_of_parts_fwd(xs, kernel, dtype, conv_impl):
+  # Each part stashed on its own: a float32 part is the very array other
+  # residuals keep (stored once); a bfloat16 one is packed (``packing``),
+  # which a scan stores once however many convolutions pack it
+  # (``packed_residual_scan``).
+  return _conv_of_parts(xs, kernel, dtype, conv_impl), (tuple(stash((x,)) for x in xs), kernel)
+
+
+def _conv_of_parts_bwd(dtype, conv_impl, res, dy):
+  stashed, kernel = res
+  xs = tuple(unstash(s)[0] for s in stashed)
+  # The forward convolution this vjp also traces has no consumer: XLA drops it.
+  _, vjp = jax.vjp(lambda x, k: conv2d(x, k, dtype=dtype, conv_impl=conv_impl),
+                   concatenate(xs, dtype), kernel)
+  dx, dkernel = vjp(dy)
+  ends = list(itertools.accumulate(x.shape[-1] for x in xs))[:-1]
+  return tuple(d.astype(x.dtype) for d, x in zip(jnp.split(dx, ends, axis=-1), xs,
+                                                  strict=True)), dkernel
+
+
+_conv_of_parts.defvjp(_conv_of_parts_fwd, _conv_of_parts_bwd)
