@@ -4,6 +4,8 @@ import ast
 import pathlib
 import re
 
+import pytest
+
 PKG = pathlib.Path(__file__).resolve().parents[1] / "msrnn_jax"
 
 # What each subpackage may import from msrnn_jax (besides itself).
@@ -56,3 +58,12 @@ def test_platform_machinery_stays_in_backend():
   offenders = [str(p.relative_to(PKG)) for p in PKG.rglob("*.py")
                if "backend" not in p.parts and pattern.search(p.read_text())]
   assert not offenders, offenders
+
+
+def test_backend_public_names_and_modules_load_on_first_use():
+  from msrnn_jax import backend
+  assert [name for name in backend.__all__ if not hasattr(backend, name)] == []
+  assert backend.onednn.__name__ == "msrnn_jax.backend.onednn"
+  assert {"conv2d", "gates", "warp"} <= set(dir(backend))
+  with pytest.raises(AttributeError, match="no attribute .no_such_name."):
+    backend.no_such_name  # noqa: B018

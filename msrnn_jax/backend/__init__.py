@@ -40,6 +40,7 @@ is loaded, so the restart costs a fraction of a second.
 """
 
 import importlib
+import pkgutil
 
 from msrnn_jax.backend import allocator
 
@@ -68,9 +69,6 @@ _EXPORTS = {
     "release_freed_memory": ("allocator", "release_freed_memory"),
     "release_if_heap_moved": ("allocator", "release_if_heap_moved"),
 }
-_SUBMODULES = ("allocator", "convolution", "gates", "host", "materialize", "matmul_grads",
-               "native", "onednn", "ops", "packing", "warp")
-
 __all__ = sorted([*_EXPORTS, "prepare_host"])
 
 
@@ -78,16 +76,19 @@ def __getattr__(name: str):
   if name in _EXPORTS:
     module, attr = _EXPORTS[name]
     value = getattr(importlib.import_module(f"{__name__}.{module}"), attr)
-  elif name in _SUBMODULES:
-    value = importlib.import_module(f"{__name__}.{name}")
-  else:
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  else:  # a module of the package, e.g. ``backend.onednn``
+    try:
+      value = importlib.import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as e:
+      if e.name != f"{__name__}.{name}":
+        raise
+      raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
   globals()[name] = value
   return value
 
 
 def __dir__() -> list[str]:
-  return sorted({*globals(), *_EXPORTS, *_SUBMODULES})
+  return sorted({*globals(), *_EXPORTS, *(m.name for m in pkgutil.iter_modules(__path__))})
 
 
 def prepare_host(keep_freed_memory: bool = True, *, restart_program: bool = False) -> bool:
