@@ -1,7 +1,7 @@
 """Where one training step's time goes, operation by operation (``jax.profiler``).
 
-Compiles the real training step at the paper's shape as ``vs_torch.py`` does
-(``vs_torch.jax_step``), runs two warm-up steps, traces a third with ``jax.profiler`` and joins
+Compiles the real training step at the paper's shape (or the one ``--hidden``, ``--size`` and
+``--seq-len`` give) as ``vs_torch.py`` does (``vs_torch.jax_step``), runs two warm-up steps, traces a third with ``jax.profiler`` and joins
 each traced operation with the compiled program's instruction of the same name: its kind (a custom call's
 target such as ``msrnn_onednn_conv_bwd``, an XLA fusion, a concatenate, ...), its shape and the
 model code it came from. Prints the time per kind and the slowest operations, and writes JSON.
@@ -9,6 +9,7 @@ model code it came from. Prints the time per kind and the slowest operations, an
     python experiments/profile_step.py --model predrnn --dtype float32 --batch 2
     python experiments/profile_step.py --model predrnn_pp --dtype bfloat16 --top 30
     python experiments/profile_step.py --quick   # tiny shape (6 x 4, 16x16, T = 4), seconds
+    python experiments/profile_step.py --model cms_lstm --batch 8 --hidden 16 --size 32 --seq-len 10
 
 The times are the operations' wall times. XLA:CPU runs independent operations side by side,
 so their sum can exceed the step, and an operation's time includes waiting for cores that
@@ -41,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--model", default="predrnn")
   p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--batch", type=int, default=2)
+  p.add_argument("--hidden", type=int, default=None, help="channels (default: the paper's 64)")
+  p.add_argument("--size", type=int, default=None, help="frame side (default: the paper's 64)")
+  p.add_argument("--seq-len", type=int, default=None, help="frames (default: the paper's 20)")
   p.add_argument("--remat", default="none",
                  help="the model's remat (default none; auto: as the training loop decides)")
   p.add_argument("--top", type=int, default=20, help="slowest operations to list")
@@ -109,6 +113,8 @@ def main(argv=None) -> int:
   from vs_torch import QUICK_SHAPE, SHAPE, jax_step
 
   shape = dict(QUICK_SHAPE if args.quick else SHAPE, batch=args.batch)
+  shape.update({k: v for k, v in (("hidden", args.hidden), ("size", args.size),
+                                  ("seq_len", args.seq_len)) if v is not None})
   step, args.remat, compiled = jax_step(args.model, shape, "auto", args.dtype, args.remat)
   table = instructions(compiled.as_text())
   for _ in range(2):
@@ -120,7 +126,7 @@ def main(argv=None) -> int:
     step_s = time.perf_counter() - start
     summary = summarise(trace_events(trace_dir), table, args.top)
 
-  print(f"{args.model}, {args.dtype}, batch {args.batch}, remat {args.remat}: traced step "
+  print(f"{args.model}, {args.dtype}, {shape}, remat {args.remat}: traced step "
         f"{step_s:.2f} s, operations {summary['total_s']:.2f} s\n")
   print("| kind | s | share |\n|---|---|---|")
   for row in summary["by_kind"][:12]:

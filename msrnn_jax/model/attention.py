@@ -137,8 +137,10 @@ local_attention.defvjp(_local_attention_fwd, _local_attention_bwd)
 
 
 # Keys per step of block attention's online softmax: a block's transient scores are
-# ``tokens x KEY_CHUNK`` floats (32 MB at 8,192 tokens) instead of ``tokens**2``.
-KEY_CHUNK = 512
+# ``tokens x KEY_CHUNK`` floats (4 MB at 8,192 tokens) instead of ``tokens**2``. On CPU
+# they then stay in cache: CMS-LSTM's step took 0.83x its time with 512 keys and 0.92x its
+# time with 64 (docs/performance.md, "Block attention").
+KEY_CHUNK = 128
 
 
 def _blocks(x: jax.Array, scale: int) -> jax.Array:
