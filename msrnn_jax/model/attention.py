@@ -156,7 +156,7 @@ local_attention.defvjp(_local_attention_fwd, _local_attention_bwd)
 # Keys per step of block attention's online softmax: a block's transient scores are
 # ``tokens x KEY_CHUNK`` floats (4 MB at 8,192 tokens) instead of ``tokens**2``. On CPU
 # they then stay in cache: CMS-LSTM's step took 0.83x its time with 512 keys and 0.92x its
-# time with 64 (docs/performance.md, "Block attention").
+# time with 64 (docs/performance.md, "Attention").
 KEY_CHUNK = 128
 
 
