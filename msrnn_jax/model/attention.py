@@ -53,9 +53,9 @@ def _add_slab(padded: jax.Array, slab: jax.Array, dy: jax.Array) -> jax.Array:
   return jax.lax.dynamic_update_slice_in_dim(padded, _slab(padded, dy, h) + slab, dy, axis=1)
 
 
-# A row's ``window`` column offsets are static slices of its slab, so each helper below is
-# one fusion over a slab that stays in cache. Gathering the row as a ``[b, h, w, window, c]``
-# array for batched products took 1.4-1.5x as long (docs/performance.md, "Attention").
+# A row's ``window`` column offsets are static slices of its slab: the helpers below read
+# the slab (in cache) where a gathered ``[b, h, w, window, c]`` copy of the row, multiplied
+# in per-pixel batched products, took 1.4-1.5x as long (docs/performance.md, "Attention").
 def _row_scores(x: jax.Array, slab: jax.Array, window: int) -> jax.Array:
   """``[b, h, w, window]``: ``x[p] . slab[p + dx]`` for each column offset ``dx``."""
   w = x.shape[2]
