@@ -1,10 +1,11 @@
 """Where one training step's time goes, operation by operation (``jax.profiler``).
 
 Compiles the real training step at the paper's shape (or the one ``--hidden``, ``--size`` and
-``--seq-len`` give) as ``vs_torch.py`` does (``vs_torch.jax_step``), runs two warm-up steps, traces a third with ``jax.profiler`` and joins
-each traced operation with the compiled program's instruction of the same name: its kind (a custom call's
-target such as ``msrnn_onednn_conv_bwd``, an XLA fusion, a concatenate, ...), its shape and the
-model code it came from. Prints the time per kind and the slowest operations, and writes JSON.
+``--seq-len`` give) as ``vs_torch.py`` does (``vs_torch.jax_step``), runs two warm-up steps,
+traces a third with ``jax.profiler`` and joins each traced operation with the compiled
+program's instruction of the same name: its kind (a custom call's target such as
+``msrnn_onednn_conv_bwd``, an XLA fusion, a concatenate, ...), its shape and the model code it
+came from. Prints the time per kind and the slowest operations, and writes JSON.
 
     python experiments/profile_step.py --model predrnn --dtype float32 --batch 2
     python experiments/profile_step.py --model predrnn_pp --dtype bfloat16 --top 30
@@ -113,8 +114,7 @@ def main(argv=None) -> int:
   from vs_torch import QUICK_SHAPE, SHAPE, jax_step
 
   shape = dict(QUICK_SHAPE if args.quick else SHAPE, batch=args.batch)
-  shape.update({k: v for k, v in (("hidden", args.hidden), ("size", args.size),
-                                  ("seq_len", args.seq_len)) if v is not None})
+  shape.update({k: v for k in ("hidden", "size", "seq_len") if (v := getattr(args, k)) is not None})
   step, args.remat, compiled = jax_step(args.model, shape, "auto", args.dtype, args.remat)
   table = instructions(compiled.as_text())
   for _ in range(2):
