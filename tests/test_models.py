@@ -312,24 +312,30 @@ def test_bfloat16_compute_keeps_float32_params():
   np.testing.assert_allclose(y16, y32, atol=5e-2)
 
 
-def test_auto_unroll_unrolls_the_time_loop_where_every_state_map_is_large():
+def test_auto_unroll_unrolls_the_time_loop_of_listed_variants_at_large_frames():
   """scan_unroll='auto' (the default) is fully unrolled from one MiB per
-  float32 state map of the coarsest layer (the paper's plain shape) and
-  rolled below (a pyramid's H/4 layers at the paper's batch, the CPU demo),
-  without remat, for the families that gain from it; explicit factors are
-  clipped to the trip count, and the config files' text form is a number."""
+  frame-sized float32 state map (the paper's shape) and rolled below (the CPU
+  demo), without remat, for the variants (pyramid or not, compute dtype) that
+  the family lists; explicit factors are clipped to the trip count, and the
+  config files' text form is a number."""
   paper = models.config_for("predrnn", hidden=64)
   assert paper.scan_unroll == "auto"
   assert paper.time_unroll((1, 19, 64, 64, 1)) == 19  # exactly 1 MiB
   assert paper.time_unroll((1, 19, 64, 32, 1)) == 1
-  # MS: the H/4 layers' maps are a sixteenth of the frame's.
-  assert models.config_for("ms_predrnn", hidden=64).time_unroll((4, 19, 64, 64, 1)) == 1
-  assert models.config_for("ms_predrnn", hidden=64).time_unroll((16, 19, 64, 64, 1)) == 19
-  assert models.config_for("ms_predrnn", hidden=16).time_unroll((8, 4, 32, 32, 1)) == 1
   assert models.config_for("predrnn", remat="step").time_unroll((2, 19, 64, 64, 1)) == 1
-  for name in ("trajgru", "convlstm"):
-    assert not models.family(name).unroll_large
-    assert models.config_for(name).time_unroll((2, 19, 64, 64, 1)) == 1
+  # The variant key: 'ms_' for a pyramid, then the compute dtype.
+  for name, dtype, unrolled in (("predrnn", "bfloat16", True), ("ms_predrnn", "float32", False),
+                                ("ms_predrnn", "bfloat16", False),
+                                ("ms_predrnn_v2", "bfloat16", True),
+                                ("convlstm", "float32", False), ("convlstm", "bfloat16", True),
+                                ("ms_convlstm", "bfloat16", True), ("ms_mim", "bfloat16", True),
+                                ("trajgru", "bfloat16", False), ("ms_motionrnn", "bfloat16", False)):
+    cfg = models.config_for(name, hidden=64, dtype=dtype)
+    assert (f"{'ms_' if name.startswith('ms_') else ''}{dtype}" in cfg.spec.unroll) == unrolled
+    assert cfg.time_unroll((2, 19, 64, 64, 1)) == (19 if unrolled else 1), (name, dtype)
+  # The CPU demo's shape (8 x 32x32 x 16 channels) stays rolled.
+  assert models.config_for("ms_convlstm", hidden=16, dtype="bfloat16").time_unroll(
+      (8, 4, 32, 32, 1)) == 1
   assert models.config_for("convlstm", scan_unroll=40).time_unroll((1, 19, 8, 8, 1)) == 19
   assert models.config_for("convlstm", scan_unroll="3").scan_unroll == 3
   with pytest.raises(ValueError, match="scan_unroll='fast': must be an integer >= 1 or 'auto'"):

@@ -15,13 +15,11 @@ from msrnn_jax import backend
 from msrnn_jax.model import pyramid
 
 REMAT_MODES = ("none", "step", "cell")
-# scan_unroll='auto' unrolls the time loop fully, for the families that gain
-# from it (``Family.unroll_large``), where every layer's float32 state map
-# (batch x H x W x hidden at the layer's resolution) takes at least this many
-# bytes (the paper's plain stacks: 1 MiB per example). Below it, as in tests and
-# quick runs, a step is short and the unrolled program's longer compile is the
-# larger cost; a pyramid's coarse layers gain little from unrolling while the
-# unrolled program keeps more memory (docs/performance.md).
+# scan_unroll='auto' unrolls the time loop fully, for the model variants that
+# gain from it (``Family.unroll``), where the frame-sized float32 state map
+# (batch x H x W x hidden) takes at least this many bytes (the paper's shape:
+# 1 MiB per example). Below it, as in tests and quick runs, a step is short and
+# the unrolled program's longer compile is the larger cost (docs/performance.md).
 AUTO_UNROLL_MIN_STATE_BYTES = 1 << 20
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 INITS = ("torch", "flax")
@@ -56,8 +54,8 @@ class ModelConfig:
     remat: ``'none'``, ``'step'`` (checkpoint each time step) or ``'cell'``.
     remat_policy: a ``jax.checkpoint_policies`` name.
     scan_unroll: the time loop's unroll factor (1 = rolled, >= T-1 = fully
-      unrolled), or ``'auto'``: fully unrolled where every layer's state
-      map is large, for the families that gain from it (:meth:`time_unroll`).
+      unrolled), or ``'auto'``: fully unrolled at large frames, for the
+      model variants that gain from it (:meth:`time_unroll`).
     dtype: compute dtype name (``'float32'``, ``'bfloat16'``), or ``'auto'``
       (``backend.fast_dtype``); parameters stay float32.
     conv_impl: the convolution kernel, one of ``backend.CONV_IMPLS``;
@@ -139,16 +137,17 @@ class ModelConfig:
 
     Returns:
       ``scan_unroll`` clipped to ``[1, steps]``; for ``'auto'``, ``steps``
-      without remat, where the family gains from unrolling
-      (``Family.unroll_large``) and the state map of the coarsest layer
-      takes ``AUTO_UNROLL_MIN_STATE_BYTES`` or more; else 1.
+      without remat, where the family lists this variant (``'ms_'`` for a
+      pyramid, then the compute dtype) in ``Family.unroll`` and the
+      frame-sized state map takes ``AUTO_UNROLL_MIN_STATE_BYTES`` or more;
+      else 1.
     """
     b, steps, h, w, _ = inputs_shape
     if self.scan_unroll == "auto":
+      variant = ("ms_" if max(self.pyramid_levels()) else "") + self.dtype
+      large = b * h * w * self.hidden * 4 >= AUTO_UNROLL_MIN_STATE_BYTES
       # Rematerialised loops stay rolled: they are chosen for memory.
-      coarsest = b * h * w * self.hidden * 4 // 4 ** max(self.pyramid_levels())
-      large = coarsest >= AUTO_UNROLL_MIN_STATE_BYTES
-      return steps if large and self.spec.unroll_large and self.remat == "none" else 1
+      return steps if large and variant in self.spec.unroll and self.remat == "none" else 1
     return max(1, min(self.scan_unroll, steps))
 
   def size_multiple(self) -> int:

@@ -34,16 +34,18 @@ class Family:
     decouple: compute PredRNN-V2's decoupling loss term.
     reverse_scheduled_sampling: the sampling mask may also replace
       context frames (PredRNN-V2); step 0 is always truth.
-    unroll_large: ``scan_unroll='auto'`` unrolls the time loop fully where
-      the state maps are large (``ModelConfig.time_unroll``); True where that
-      measured faster and leaner (the measurements: docs/performance.md,
-      "Scan, remat and memory").
+    unroll: the model variants whose time loop ``scan_unroll='auto'``
+      unrolls fully at large frames (``ModelConfig.time_unroll``): the
+      compute dtype's name for the plain stack (``'float32'``), with
+      ``'ms_'`` in front for the pyramid (``'ms_bfloat16'``); listed where
+      unrolling measured faster with the training process still below
+      PyTorch's peak memory (docs/performance.md, "Scan, remat and memory").
   """
 
   cell: type[CellBase]
   decouple: bool = False
   reverse_scheduled_sampling: bool = False
-  unroll_large: bool = False
+  unroll: tuple[str, ...] = ()
 
   @property
   def options(self) -> dict[str, Any]:
@@ -57,14 +59,14 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "convlstm": Family(ConvLSTMCell),
+    "convlstm": Family(ConvLSTMCell, unroll=("bfloat16", "ms_bfloat16")),
     "trajgru": Family(TrajGRUCell),
-    "predrnn": Family(STLSTMCell, unroll_large=True),
-    "predrnn_pp": Family(CausalLSTMCell, unroll_large=True),
-    "mim": Family(MIMCell),
+    "predrnn": Family(STLSTMCell, unroll=("float32", "bfloat16")),
+    "predrnn_pp": Family(CausalLSTMCell, unroll=("float32", "bfloat16")),
+    "mim": Family(MIMCell, unroll=("bfloat16", "ms_bfloat16")),
     "motionrnn": Family(MotionRNNCell),
     "predrnn_v2": Family(STLSTMCell, decouple=True, reverse_scheduled_sampling=True,
-                         unroll_large=True),
+                         unroll=("float32", "bfloat16", "ms_bfloat16")),
     "cms_lstm": Family(CMSLSTMCell),
     "modernn": Family(MoDeRNNCell),
     "preciplstm": Family(PrecipLSTMCell),
