@@ -14,8 +14,9 @@ came from. Prints the time per kind and the slowest operations, and writes JSON.
 
 The times are the operations' wall times. XLA:CPU runs independent operations side by side,
 so their sum can exceed the step, and an operation's time includes waiting for cores that
-another one holds: read the kinds' shares, and time a suspect on its own before acting on it.
-Run it on a quiet machine.
+another one holds (a oneDNN convolution dispatched beside another waits for it): read the
+kinds' shares and their ``wall s`` (the time in which any operation of the kind ran), and time
+a suspect on its own before acting on it. Run it on a quiet machine.
 """
 
 import argparse
@@ -81,24 +82,44 @@ def trace_events(trace_dir: str) -> list[dict]:
   return [e for e in events if e.get("ph") == "X"]
 
 
+def covered_s(intervals: list[tuple[float, float]]) -> float:
+  """Seconds covered by the union of ``(start_us, end_us)`` intervals."""
+  total, end = 0.0, float("-inf")
+  for start, stop in sorted(intervals):
+    if stop > end:
+      total += stop - max(start, end)
+      end = stop
+  return total / 1e6
+
+
 def summarise(events: list[dict], table: dict[str, dict], top: int) -> dict:
   """Seconds per kind of operation and the slowest operations, from the trace."""
   seconds, calls = collections.Counter(), collections.Counter()
+  spans = collections.defaultdict(list)
   for e in events:
     if not _RUNTIME.search(e["name"]):
       seconds[e["name"]] += e.get("dur", 0) / 1e6
       calls[e["name"]] += 1
+      spans[e["name"]].append((e["ts"], e["ts"] + e.get("dur", 0)))
   kinds = collections.Counter()
   for name, s in seconds.items():
     kinds[table.get(name, {"kind": "other"})["kind"]] += s
   total = sum(seconds.values())
   # Fusions grouped by their kind name (e.g. every dynamic-update-slice fusion together).
   groups = collections.Counter()
-  for kind, s in kinds.items():
-    groups["fusion" if kind.startswith("fusion: ") else kind] += s
+  group_spans = collections.defaultdict(list)
+  for name, s in seconds.items():
+    kind = table.get(name, {"kind": "other"})["kind"]
+    group = "fusion" if kind.startswith("fusion: ") else kind
+    groups[group] += s
+    group_spans[group] += spans[name]
   return {
       "total_s": total,
-      "by_kind": [{"kind": k, "s": s, "share": s / total} for k, s in groups.most_common()],
+      # wall_s: the time in which at least one operation of the kind ran. Summed durations
+      # (s) count twice what overlaps, and a convolution waiting for another one's cores
+      # (backend/native/onednn_conv.cc runs them one at a time) counts that one's time too.
+      "by_kind": [{"kind": k, "s": s, "share": s / total, "wall_s": covered_s(group_spans[k])}
+                  for k, s in groups.most_common()],
       "fusions": [{"kind": k.removeprefix("fusion: "), "s": s, "share": s / total}
                   for k, s in kinds.most_common() if k.startswith("fusion: ")][:top],
       "slowest": [{"name": n, "s": s, "calls": calls[n], **table.get(n, {})}
@@ -128,9 +149,9 @@ def main(argv=None) -> int:
 
   print(f"{args.model}, {args.dtype}, {shape}, remat {args.remat}: traced step "
         f"{step_s:.2f} s, operations {summary['total_s']:.2f} s\n")
-  print("| kind | s | share |\n|---|---|---|")
+  print("| kind | s | share | wall s |\n|---|---|---|---|")
   for row in summary["by_kind"][:12]:
-    print(f"| {row['kind']} | {row['s']:.3f} | {row['share']:.1%} |")
+    print(f"| {row['kind']} | {row['s']:.3f} | {row['share']:.1%} | {row['wall_s']:.3f} |")
   print("\n| fusion | s | share |\n|---|---|---|")
   for row in summary["fusions"][:12]:
     print(f"| {row['kind']} | {row['s']:.3f} | {row['share']:.1%} |")

@@ -112,3 +112,13 @@ def test_profile_step_quick(tmp_path):
   assert abs(sum(kinds.values()) - 1) < 1e-6 and data["total_s"] > 0
   assert "fusion" in kinds and kinds.get("other", 0) < 0.5, kinds
   assert any(row.get("kind") and "Predictor" in row.get("op_name", "") for row in data["slowest"])
+  # A kind's wall time is at most its summed durations (overlaps counted once).
+  assert all(0 < row["wall_s"] <= row["s"] + 1e-9 for row in data["by_kind"] if row["s"] > 0)
+
+
+def test_covered_seconds_count_overlapping_intervals_once():
+  sys.path.insert(0, os.path.join(REPO, "experiments"))
+  import profile_step
+  assert profile_step.covered_s([]) == 0
+  # [0, 4] and [2, 6] overlap in [2, 4]; [10, 11] is apart; [3, 5] lies inside the union.
+  assert profile_step.covered_s([(2e6, 6e6), (0, 4e6), (10e6, 11e6), (3e6, 5e6)]) == 7.0
