@@ -41,6 +41,41 @@ def test_auto_keeps_the_fast_step_when_it_fits_and_remats_when_not():
   # (That the remat modes compute the same update: test_models.)
 
 
+def test_auto_tries_the_rolled_time_loop_before_remat():
+  """Where the time loop is unrolled, the same step rolled is tried next; the
+  first that fits is used, remat last. Stand-in steps whose compiled memory is
+  their output: n x n float32."""
+  import jax
+
+  def stand_in(n):
+    return jax.jit(lambda x: jnp.zeros((n, n)) + x.sum())
+
+  built = []
+
+  def build(remat):
+    built.append(remat)
+    return stand_in({"none": 300, "step": 100}[remat])
+
+  def rolled():
+    built.append("rolled")
+    return stand_in(200)
+
+  args = (jnp.ones(8),)
+  need = {n: memory_fit.compiled_bytes(stand_in(n).lower(*args).compile()) for n in (300, 200, 100)}
+  for budget_need, want, want_built in ((need[300], 300, ["none"]),
+                                        (need[200], 200, ["none", "rolled"]),
+                                        (need[100], 100, ["none", "rolled", "step"])):
+    built.clear()
+    remat, step = memory_fit.fitted_train_step(
+        "auto", build, args, budget=budget_need / memory_fit.FRACTION * 1.01, rolled=rolled)
+    assert remat == ("step" if want == 100 else "none") and built == want_built
+    assert step(*args).shape == (want, want)
+  # Without a rolled fallback (a rolled loop already), remat follows at once.
+  built.clear()
+  assert memory_fit.fitted_train_step("auto", build, args, budget=need[200])[0] == "step"
+  assert built == ["none", "step"]
+
+
 @pytest.mark.parametrize("remat", ["none", "step", "cell"])
 def test_an_explicit_remat_is_kept_without_compiling(remat):
   build, args, built = _build_and_args()

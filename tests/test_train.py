@@ -20,6 +20,7 @@ from msrnn_jax.training import (
   context_files,
   inference,
   losses,
+  memory_fit,
   run,
   sampling,
   sharding,
@@ -266,6 +267,33 @@ def test_run_compiles_each_step_once(tmp_path):
   assert [x["step"] for x in lines if "test/mse_all" in x] == [8]
   assert sum("train_step" in name for name in compiled) == 1, compiled
   assert sum("eval_step" in name for name in compiled) == 1, compiled
+
+
+def test_auto_remat_offers_the_rolled_loop_where_auto_unrolls(tmp_path, monkeypatch):
+  """Training hands memory_fit the rolled time loop as a fallback exactly where
+  scan_unroll='auto' unrolls it (here at any frame size), and none otherwise."""
+  from msrnn_jax.model import config as model_config
+  real = memory_fit.fitted_train_step
+  seen = []
+
+  def spy(remat, build, example_args, budget=None, rolled=None):
+    seen.append(rolled)
+    if rolled is not None:  # a different program: the loop rolled keeps other buffers
+      unrolled_need = memory_fit.compiled_bytes(build("none").lower(*example_args).compile())
+      rolled_need = memory_fit.compiled_bytes(rolled().lower(*example_args).compile())
+      assert rolled_need != unrolled_need
+    return real(remat, build, example_args, budget, rolled)
+
+  def config():
+    c = _config(num_steps=1, checkpoint_every_steps=100)
+    c.model.name = "predrnn"  # a family that unrolls in float32 (its registry entry)
+    return c
+
+  monkeypatch.setattr(memory_fit, "fitted_train_step", spy)
+  train.train_and_evaluate(config(), str(tmp_path / "a"))
+  monkeypatch.setattr(model_config, "AUTO_UNROLL_MIN_STATE_BYTES", 0)
+  train.train_and_evaluate(config(), str(tmp_path / "b"))
+  assert seen[0] is None and seen[1] is not None
 
 
 def test_sigterm_saves_and_stops(tmp_path, monkeypatch, capsys):

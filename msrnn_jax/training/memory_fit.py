@@ -5,9 +5,12 @@ training step; recomputing them in the backward pass (``remat='step'``)
 costs about a third more time and cuts the step's memory several-fold
 (docs/performance.md). ``'auto'`` compiles the step without remat and keeps
 it when XLA's memory figure for it (temporaries, arguments and outputs, per
-device) is within ``FRACTION`` of the memory budget; otherwise it builds the
-step with ``remat='step'``. The check costs no extra compile when the step
-fits: ``jax.jit`` reuses the executable compiled for the check.
+device) is within ``FRACTION`` of the memory budget. Otherwise, where the
+model's time loop is unrolled (``scan_unroll='auto'`` at large frames), it
+tries the same step with the loop rolled, which keeps less and is still
+faster than remat; then it builds the step with ``remat='step'``. The check
+costs no extra compile when the step fits: ``jax.jit`` reuses the executable
+compiled for the check.
 
 The budget is the device's memory limit where the runtime reports one (GPU,
 TPU); on CPU, the host memory available when the run starts (``MemAvailable``,
@@ -72,7 +75,8 @@ def fits(need: float, budget: float | None = None) -> bool:
 
 
 def fitted_train_step(remat: str, build: Callable[[str], Callable], example_args: tuple,
-                      budget: float | None = None) -> tuple[str, Callable]:
+                      budget: float | None = None,
+                      rolled: Callable[[], Callable] | None = None) -> tuple[str, Callable]:
   """The remat mode a run trains with, and its jitted train step.
 
   Args:
@@ -81,27 +85,39 @@ def fitted_train_step(remat: str, build: Callable[[str], Callable], example_args
     example_args: the step's arguments (real or ``jax.ShapeDtypeStruct``,
       with the shardings of the real ones), to compile it for.
     budget: bytes; None reads :func:`budget_bytes`.
+    rolled: where ``build('none')``'s time loop is unrolled, ``() -> jitted
+      train step`` without remat and with the loop rolled: the fallback
+      tried before ``remat='step'``.
 
   Returns:
     ``(remat, train_step)``; ``'auto'`` becomes ``'none'`` or ``'step'``. The
     step is compiled for ``example_args``, so the caller can hand the
     compiler's freed memory back before the first step.
   """
-  def compiled(mode):
-    step = build(mode)
+  def compiled(step):
     return step, step.lower(*example_args).compile()
 
   if remat != "auto":
-    return remat, compiled(remat)[0]
+    return remat, compiled(build(remat))[0]
   budget = budget_bytes() if budget is None else budget
-  step, executable = compiled("none")
-  need = compiled_bytes(executable)
-  choice = "none" if fits(need, budget) else "step"
-  if jax.process_count() > 1:
-    choice = ("none", "step")[int(multihost_utils.broadcast_one_to_all(
-        np.int32(choice == "step")))]
-  logging.info("model.remat='auto': a training step without remat needs %.2f GB per device "
-               "of a %.2f GB budget; training with remat=%r.", need / 1e9, budget / 1e9, choice)
-  if choice != "none":
-    step = compiled(choice)[0]
-  return choice, step
+  # (remat, what the log calls it, builder), cheapest in time first.
+  candidates = [("none", "remat='none'", lambda: build("none"))]
+  if rolled is not None:
+    candidates.append(("none", "remat='none' with the time loop rolled", rolled))
+  candidates.append(("step", "remat='step'", lambda: build("step")))
+  needs = []
+  for _, name, make in candidates[:-1]:
+    step, executable = compiled(make())
+    need = compiled_bytes(executable)
+    needs.append(f"{need / 1e9:.2f} GB with {name}")
+    if fits(need, budget):
+      break
+  choice = len(needs) - 1 if fits(need, budget) else len(candidates) - 1
+  if jax.process_count() > 1:  # process 0's choice, so that every process compiles one program
+    choice = int(multihost_utils.broadcast_one_to_all(np.int32(choice)))
+  mode, name, make = candidates[choice]
+  logging.info("model.remat='auto': a training step needs %s per device, of a %.2f GB budget; "
+               "training with %s.", ", ".join(needs), budget / 1e9, name)
+  if choice != len(needs) - 1:
+    step = compiled(make())[0]
+  return mode, step

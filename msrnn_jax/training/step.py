@@ -38,27 +38,29 @@ class TrainState:
   rng: jax.Array
 
 
-def model_config(config: ml_collections.ConfigDict,
-                 remat: str | None = None) -> model_lib.ModelConfig:
+def model_config(config: ml_collections.ConfigDict, remat: str | None = None,
+                 scan_unroll: int | None = None) -> model_lib.ModelConfig:
   """The validated ``ModelConfig`` of ``config`` (pure Python: the checks run it before JAX starts).
 
   ``remat`` overrides ``config.model.remat``; its ``'auto'`` is settled by
   training (``memory_fit``) and means ``'none'`` here: without gradients,
-  remat changes nothing.
+  remat changes nothing. ``scan_unroll`` overrides ``config.model.scan_unroll``.
   """
   options = {k: v for k, v in config.model.items() if k != "name"}
   if remat is not None or options.get("remat") == "auto":
     options["remat"] = remat or "none"
+  if scan_unroll is not None:
+    options["scan_unroll"] = scan_unroll
   return model_lib.config_for(config.model.name, channels=config.data.channels,
                               in_len=config.data.in_len,
                               conv_impl=config.backend.conv_impl,
                               warp_impl=config.backend.warp_impl, **options)
 
 
-def create_model(config: ml_collections.ConfigDict,
-                 remat: str | None = None) -> model_lib.Predictor:
+def create_model(config: ml_collections.ConfigDict, remat: str | None = None,
+                 scan_unroll: int | None = None) -> model_lib.Predictor:
   """The model of ``config.model`` for the frames of ``config.data``, on ``config.backend``'s kernel."""
-  return model_lib.Predictor(model_config(config, remat).resolved())
+  return model_lib.Predictor(model_config(config, remat, scan_unroll).resolved())
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
