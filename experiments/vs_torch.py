@@ -145,10 +145,19 @@ def jax_step(name: str, shape: dict, conv_impl: str, dtype: str, remat: str):
   t = shape["seq_len"]
   frames_shape = (shape["batch"], t, shape["size"], shape["size"], 1)
   tx = optax.adam(3e-4)
-  for mode in ("none", "step") if remat == "auto" else (remat,):
-    model = model_lib.create(name, hidden=shape["hidden"], num_layers=shape["num_layers"],
-                             channels=1, in_len=t // 2, dtype=dtype, remat=mode,
-                             conv_impl=conv_impl)
+  def build(mode, scan_unroll="auto"):
+    return model_lib.create(name, hidden=shape["hidden"], num_layers=shape["num_layers"],
+                            channels=1, in_len=t // 2, dtype=dtype, remat=mode,
+                            conv_impl=conv_impl, scan_unroll=scan_unroll)
+
+  # As training tries them (memory_fit): no remat, then the rolled loop where 'auto'
+  # unrolled it, then remat='step'.
+  candidates = [("none", "auto"), ("none", 1), ("step", "auto")] if remat == "auto" else [
+      (remat, "auto")]
+  if remat == "auto" and build("none").config.time_unroll(frames_shape) == 1:
+    candidates.remove(("none", 1))
+  for mode, unroll in candidates:
+    model = build(mode, unroll)
     _, compiled, _, _ = footprint.compile_train_step(model, tx, frames_shape, t // 2, 0.01)
     if remat != "auto" or memory_fit.fits(memory_fit.compiled_bytes(compiled)):
       break
