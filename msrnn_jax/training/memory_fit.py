@@ -7,8 +7,8 @@ costs about a third more time and cuts the step's memory several-fold
 it when XLA's memory figure for it (temporaries, arguments and outputs, per
 device) is within ``FRACTION`` of the memory budget. Otherwise, where the
 model's time loop is unrolled (``scan_unroll='auto'`` at large frames), it
-tries the same step with the loop rolled, which keeps less and is still
-faster than remat; then it builds the step with ``remat='step'``. The check
+tries the same step with the loop rolled (at such frames it keeps less, and
+it is faster than remat); then it builds the step with ``remat='step'``. The check
 costs no extra compile when the step fits: ``jax.jit`` reuses the executable
 compiled for the check.
 
