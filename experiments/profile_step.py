@@ -136,8 +136,8 @@ def main(argv=None) -> int:
 
   shape = dict(QUICK_SHAPE if args.quick else SHAPE, batch=args.batch)
   shape.update({k: v for k in ("hidden", "size", "seq_len") if (v := getattr(args, k)) is not None})
-  step, args.remat, compiled = jax_step(args.model, shape, "auto", args.dtype, args.remat)
-  table = instructions(compiled.as_text())
+  step, args.remat, compile_step = jax_step(args.model, shape, "auto", args.dtype, args.remat)
+  table = instructions(compile_step().as_text())
   for _ in range(2):
     jax.block_until_ready(step())
   with tempfile.TemporaryDirectory() as trace_dir:

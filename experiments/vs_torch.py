@@ -131,37 +131,42 @@ def jax_step(name: str, shape: dict, conv_impl: str, dtype: str, remat: str):
       (``msrnn_jax.training.memory_fit``).
 
   Returns:
-    ``(step, remat, compiled)``: a function that runs one step (forward,
+    ``(step, remat, compile)``: a function that runs one step (forward,
     loss, backward, Adam on donated state) and returns the new state and
-    the step's metrics; the remat it was compiled with; the compiled step.
+    the step's metrics; the remat it was compiled with; a function that
+    compiles the step again and returns the executable (for its program).
   """
+  import jax
+  import jax.numpy as jnp
   import optax
   from benchmark import step_call
 
   from msrnn_jax import model as model_lib
-  from msrnn_jax.analysis import footprint
   from msrnn_jax.training import memory_fit
+  from msrnn_jax.training import step as train_step
 
   t = shape["seq_len"]
   frames_shape = (shape["batch"], t, shape["size"], shape["size"], 1)
   tx = optax.adam(3e-4)
-  def build(mode, scan_unroll="auto"):
+
+  def model(mode, scan_unroll="auto"):
     return model_lib.create(name, hidden=shape["hidden"], num_layers=shape["num_layers"],
                             channels=1, in_len=t // 2, dtype=dtype, remat=mode,
                             conv_impl=conv_impl, scan_unroll=scan_unroll)
 
-  # As training tries them (memory_fit): no remat, then the rolled loop where 'auto'
-  # unrolled it, then remat='step'.
-  candidates = [("none", "auto"), ("none", 1), ("step", "auto")] if remat == "auto" else [
-      (remat, "auto")]
-  if remat == "auto" and build("none").config.time_unroll(frames_shape) == 1:
-    candidates.remove(("none", 1))
-  for mode, unroll in candidates:
-    model = build(mode, unroll)
-    _, compiled, _, _ = footprint.compile_train_step(model, tx, frames_shape, t // 2, 0.01)
-    if remat != "auto" or memory_fit.fits(memory_fit.compiled_bytes(compiled)):
-      break
-  return step_call(compiled, model, tx, frames_shape), mode, compiled
+  def build(mode, scan_unroll="auto"):
+    return train_step.make_train_step(model(mode, scan_unroll), tx, t // 2, 0.01)
+
+  # Abstract arguments: the state's tree is the same whatever the remat and loop.
+  base = model("none")
+  state = jax.eval_shape(lambda: train_step.create_train_state(base, tx, frames_shape, 0))
+  scalar = jax.ShapeDtypeStruct((), jnp.float32)
+  args = (state, jax.ShapeDtypeStruct(frames_shape, jnp.float32), scalar, scalar)
+  mode, step = memory_fit.fitted_train_step(
+      remat, build, args,
+      rolled=(lambda: build("none", 1)) if base.config.auto_unrolls(frames_shape) else None)
+  # Called on real arrays, the jitted step runs the executable compiled for the check.
+  return step_call(step, base, tx, frames_shape), mode, lambda: step.lower(*args).compile()
 
 
 def serve(step, warmup: int, info: dict) -> None:

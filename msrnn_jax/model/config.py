@@ -150,6 +150,10 @@ class ModelConfig:
       return steps if large and variant in self.spec.unroll and self.remat == "none" else 1
     return max(1, min(self.scan_unroll, steps))
 
+  def auto_unrolls(self, inputs_shape: tuple[int, ...]) -> bool:
+    """Whether ``scan_unroll='auto'`` unrolls the time loop over ``inputs_shape``."""
+    return self.scan_unroll == "auto" and self.time_unroll(inputs_shape) > 1
+
   def size_multiple(self) -> int:
     """Frame height and width must be multiples of this."""
     return pyramid.pyramid_factor(self.pyramid_levels(), self.spec.cell.extra_factor)

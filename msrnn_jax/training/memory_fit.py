@@ -105,19 +105,20 @@ def fitted_train_step(remat: str, build: Callable[[str], Callable], example_args
   if rolled is not None:
     candidates.append(("none", "remat='none' with the time loop rolled", rolled))
   candidates.append(("step", "remat='step'", lambda: build("step")))
-  needs = []
-  for _, name, make in candidates[:-1]:
+  needs, fitted = [], None
+  for i, (_, name, make) in enumerate(candidates[:-1]):
     step, executable = compiled(make())
     need = compiled_bytes(executable)
     needs.append(f"{need / 1e9:.2f} GB with {name}")
     if fits(need, budget):
+      fitted = i
       break
-  choice = len(needs) - 1 if fits(need, budget) else len(candidates) - 1
+  choice = len(candidates) - 1 if fitted is None else fitted
   if jax.process_count() > 1:  # process 0's choice, so that every process compiles one program
     choice = int(multihost_utils.broadcast_one_to_all(np.int32(choice)))
   mode, name, make = candidates[choice]
   logging.info("model.remat='auto': a training step needs %s per device, of a %.2f GB budget; "
                "training with %s.", ", ".join(needs), budget / 1e9, name)
-  if choice != len(needs) - 1:
+  if choice != fitted:
     step = compiled(make())[0]
   return mode, step

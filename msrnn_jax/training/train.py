@@ -142,11 +142,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
                            config.train.decouple_weight)
 
   # Where scan_unroll='auto' unrolls the time loop, the rolled loop is a fallback that can keep less.
-  unrolled = model.config.scan_unroll == "auto" and model.config.time_unroll(global_shape) > 1
   _, train_step = memory_fit.fitted_train_step(
       config.model.remat, build,
       (state, example["frames"], jnp.float32(0), jnp.float32(0), example["rows"]),
-      rolled=(lambda: build("none", 1)) if unrolled else None)
+      rolled=(lambda: build("none", 1)) if model.config.auto_unrolls(global_shape) else None)
   # The compiler's freed memory is not resident when the first step's temporaries arrive.
   backend.release_freed_memory()
   eval_step = make_eval_step(model, data.radar_metrics(config.data))
