@@ -125,8 +125,10 @@ def test_conv_of_parts_equals_conv_of_concatenation_and_keeps_the_parts(impl, dt
   assert sorted(kept) == [3, 4], kept
   if impl == "onednn":
     # The backward pass re-traces the forward convolution for its vjp; XLA drops it.
+    # bfloat16 goes to oneDNN only where it has native kernels (else conv2d routes it away).
     hlo = jax.jit(jax.value_and_grad(loss(ours), (0, 1, 2))).lower(x, m, k).compile().as_text()
-    assert hlo.count('custom_call_target="msrnn_onednn_conv_fwd"') == 1
+    on_onednn = dtype == "float32" or onednn.bf16_supported()
+    assert hlo.count('custom_call_target="msrnn_onednn_conv_fwd"') == int(on_onednn)
 
 
 @pytest.mark.parametrize("bf16", [False, True])
