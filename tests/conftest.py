@@ -1,7 +1,10 @@
-"""Test-wide setup: four simulated CPU devices, set before JAX initialises."""
+"""Test-wide setup: four simulated CPU devices and a shared compilation cache, set before
+JAX initialises."""
 
 import contextlib
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -9,6 +12,23 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
+
+# Many tests compile the same small programs (a tiny model's step, in several files and in
+# the subprocesses of the CLI tests): JAX's persistent cache, one folder for this run, lets
+# every process after the first load them. The first process to import this file (the
+# xdist controller, or pytest alone) makes the folder; the workers and subprocesses
+# inherit it through the environment, and the maker deletes it at the end.
+_CACHE_MADE_HERE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _CACHE_MADE_HERE = tempfile.mkdtemp(prefix="msrnn_jax_tests_xla_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE_MADE_HERE
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+
+def pytest_unconfigure(config):
+  if _CACHE_MADE_HERE:
+    shutil.rmtree(_CACHE_MADE_HERE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
