@@ -1,7 +1,6 @@
-"""Test-wide setup: four simulated CPU devices and a shared compilation cache, set before
-JAX initialises."""
+"""Test-wide setup: four simulated CPU devices, quicker compiles and a shared compilation
+cache, set before JAX initialises."""
 
-import contextlib
 import os
 import shutil
 import tempfile
@@ -12,6 +11,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
   os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
+
+# Compiling is most of the suite's time, and XLA's heavier optimisation passes take about
+# half of it: they are off in every test process (the CLI tests' subprocesses inherit it),
+# whose tests check values, gradients and plumbing. Files about the compiled program itself
+# (its kernels, its memory) turn them back on with the ``full_compiles_module`` fixture.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 # Many tests compile the same small programs (a tiny model's step, in several files and in
 # the subprocesses of the CLI tests): JAX's persistent cache, one folder for this run, lets
@@ -44,27 +49,14 @@ def trained(tmp_path_factory):
   return workdir
 
 
-@contextlib.contextmanager
-def _without_heavy_passes():
+@pytest.fixture(scope="module")
+def full_compiles_module():
+  """XLA's full optimisation pipeline for a whole test file (``pytest.mark.usefixtures``):
+  for tests of the compiled program itself, as users compile it."""
   import jax
   old = jax.config.values["jax_disable_most_optimizations"]
-  jax.config.update("jax_disable_most_optimizations", True)
+  jax.config.update("jax_disable_most_optimizations", False)
   try:
     yield
   finally:
     jax.config.update("jax_disable_most_optimizations", old)
-
-
-@pytest.fixture
-def fast_compiles():
-  """XLA's heavier optimisation passes off while a test runs: for tests that compare programs
-  with tolerances or check plumbing, not speed (compiles take about half as long)."""
-  with _without_heavy_passes():
-    yield
-
-
-@pytest.fixture(scope="module")
-def fast_compiles_module():
-  """``fast_compiles`` for a whole test file (``pytest.mark.usefixtures``)."""
-  with _without_heavy_passes():
-    yield

@@ -23,6 +23,9 @@ from msrnn_jax.backend.matmul_grads import input_grad, kernel_grad
 from msrnn_jax.training import sharding
 from msrnn_jax.training import step as train_step
 
+# Kernel choices and compiled programs as users get them (conftest turns XLA's heavy passes off).
+pytestmark = pytest.mark.usefixtures("full_compiles_module")
+
 RNG = np.random.default_rng(5)
 _DN = ("NHWC", "HWIO", "NHWC")
 # Relative tolerance of the bfloat16 kernel gradient (8-bit mantissa

@@ -12,7 +12,6 @@ from msrnn_jax import model as model_lib
 from msrnn_jax.analysis import footprint
 
 TINY = dict(hidden=4, num_layers=3, seq_len=4)
-pytestmark = pytest.mark.usefixtures("fast_compiles_module")
 
 
 def _allocator_stats():

@@ -7,6 +7,9 @@ from configs import test as test_config
 from msrnn_jax.training import memory_fit
 from msrnn_jax.training import step as step_lib
 
+# Kernel choices and compiled programs as users get them (conftest turns XLA's heavy passes off).
+pytestmark = pytest.mark.usefixtures("full_compiles_module")
+
 
 def _build_and_args():
   config = test_config.get_config()

@@ -194,7 +194,7 @@ def _loss_fn(model, x, mask):
   return loss
 
 
-def test_remat_modes_same_loss_grads_and_tree(fast_compiles):
+def test_remat_modes_same_loss_grads_and_tree():
   x = _frames(b=2, t=4, h=8, w=8)
   mask = jnp.asarray(RNG.uniform(size=(2, 3)) > 0.5, jnp.float32)
   results = {}
@@ -211,7 +211,7 @@ def test_remat_modes_same_loss_grads_and_tree(fast_compiles):
 
 
 @pytest.mark.parametrize("base", ["cms_lstm", "modernn", "preciplstm", "mk_lstm"])
-def test_later_families_in_bfloat16_with_stored_carries(base, fast_compiles):
+def test_later_families_in_bfloat16_with_stored_carries(base):
   """The authors' later cells in the pyramid, bfloat16 compute with remat='step' (the
   low-precision loop that stores each step's carry rounded): loss and gradients within
   bfloat16's rounding of float32 without remat. (The remat modes themselves are
@@ -241,7 +241,7 @@ def _unused(base, path, num_layers):
 
 
 @pytest.mark.parametrize("base", BASES)
-def test_every_parameter_gets_gradient(base, fast_compiles):
+def test_every_parameter_gets_gradient(base):
   n = 3
   model = models.create(f"ms_{base}", hidden=4, num_layers=n, in_len=2, **SMALL)
   x = _frames(b=2, t=4, h=8, w=8)
@@ -349,7 +349,7 @@ def test_auto_unroll_unrolls_the_time_loop_of_listed_variants_at_large_frames():
   assert re.findall(r"unroll=(\d+)", jaxpr) == ["3"]
 
 
-def test_unrolled_loop_same_loss_and_grads_as_rolled(fast_compiles):
+def test_unrolled_loop_same_loss_and_grads_as_rolled():
   x = _frames(b=2, t=5, h=8, w=8)
   mask = jnp.asarray(RNG.uniform(size=(2, 4)) > 0.5, jnp.float32)
   rolled = models.create("ms_predrnn_v2", hidden=4, num_layers=3, in_len=2, scan_unroll=1)
@@ -387,7 +387,7 @@ def test_bad_inputs_raise_clear_errors():
 
 
 @pytest.mark.parametrize("base", BASES)
-def test_plain_stack_is_sequential_composition_of_cells(base, fast_compiles):
+def test_plain_stack_is_sequential_composition_of_cells(base):
   """A plain model is the reference's plain stack: each layer reads only the layer below.
 
   Rebuilt here step by step from the cell modules on the model's own parameters, with

@@ -36,7 +36,7 @@ def render():
   return _load("render")
 
 
-def test_receipts_skip_and_render(reproduce, render, tmp_path, monkeypatch, fast_compiles):
+def test_receipts_skip_and_render(reproduce, render, tmp_path, monkeypatch):
   """Six short runs check the receipts' plumbing, not numbers (fast compiles)."""
   base = test_config.get_config()
   base.train.num_steps = base.train.checkpoint_every_steps = 2
