@@ -262,10 +262,11 @@ def vs_torch_summary() -> str:
           "batches and commands: docs/performance.md, \"Every family\").\n")
 
 
-def vs_torch_families_table() -> str:
+def vs_torch_families_table(name: str = "vs_torch_families") -> str:
   """Every family's training step against PyTorch's, one row per model and run: step time and
-  each process's peak resident memory, measured side by side (``vs_torch.py``)."""
-  d = _data("vs_torch_families")
+  each process's peak resident memory, measured side by side (``vs_torch.py``); one data file
+  per CPU."""
+  d = _data(name)
   order = [PRETTY[f] for f in FAMILY_ORDER]
   measured, sources = [], []
   for i, run in enumerate(d["runs"], 1):
@@ -401,6 +402,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "vs-torch-bf16": vs_torch_bf16_table,
     "vs-torch-summary": vs_torch_summary,
     "vs-torch-families": vs_torch_families_table,
+    "vs-torch-avx2": lambda: vs_torch_families_table("vs_torch_avx2"),
     "benchmark-table": benchmark_table,
     "conv-bench-table": conv_bench_table,
     "conv-bench-bf16": conv_bench_bf16,
