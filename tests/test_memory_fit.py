@@ -7,7 +7,7 @@ from configs import test as test_config
 from msrnn_jax.training import memory_fit
 from msrnn_jax.training import step as step_lib
 
-# Kernel choices and compiled programs as users get them (conftest turns XLA's heavy passes off).
+# Compiled memory as users get it (conftest turns XLA's heavy passes off).
 pytestmark = pytest.mark.usefixtures("full_compiles_module")
 
 
