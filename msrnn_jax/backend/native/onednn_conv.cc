@@ -5,8 +5,14 @@
 // to materialise patch matrices (docs/performance.md). oneDNN, the library
 // behind PyTorch's CPU convolutions, computes forward, input gradient and
 // kernel gradient directly from NHWC activations at close to the matmul
-// rate. These handlers read and write XLA's buffers in place; only the
-// (small) kernels are reordered into the blocked layout oneDNN prefers.
+// rate. These handlers read and write XLA's buffers in place; the (small)
+// kernels are reordered into the blocked layout oneDNN prefers, and so are
+// the activations of the kernel gradient where oneDNN asks for it: its
+// kernel-gradient primitive picks their layout itself (format `any`). On
+// CPUs whose fastest kernel gradient reads NHWC (brgemm, AVX-512 and up)
+// that is NHWC and nothing is copied; on AVX2 it is oneDNN's 8-channel
+// blocked layout, which its AVX2 kernel reads at 2.2x the rate it reads
+// NHWC at 64x64 (docs/performance.md), for copies costing ~1% of the call.
 //
 // Handlers (attributes: strides = [sh, sw], padding = [top, bottom, left, right]):
 //   msrnn_onednn_conv_fwd(x[N,H,W,C], w[KH,KW,C,O]) -> y[N,OH,OW,O]
@@ -107,6 +113,9 @@ struct Shape {
   // The kernel gradient: float32 always (see the file comment).
   memory::desc dwei_user() const { return {{o, c, kh, kw}, dt::f32, tag::hwio}; }
   memory::desc dwei_any() const { return {{o, c, kh, kw}, dt::f32, tag::any}; }
+  // Activations in the layout of the kernel gradient's choice.
+  memory::desc src_any() const { return {{n, c, h, w}, act, tag::any}; }
+  memory::desc dst_any() const { return {{n, o, oh, ow}, act, tag::any}; }
   memory::dims strides() const { return {sh, sw}; }
   memory::dims pad_l() const { return {pt, pl}; }
   memory::dims pad_r() const { return {pb, pr}; }
@@ -134,7 +143,7 @@ dnnl::convolution_backward_data::primitive_desc BwdDataPd(
 dnnl::convolution_backward_weights::primitive_desc BwdWeightsPd(
     const Shape& s, const dnnl::convolution_forward::primitive_desc& hint) {
   return dnnl::convolution_backward_weights::primitive_desc(
-      Engine(), dnnl::algorithm::convolution_direct, s.src(), s.dwei_any(), s.dst(),
+      Engine(), dnnl::algorithm::convolution_direct, s.src_any(), s.dwei_any(), s.dst_any(),
       s.strides(), s.pad_l(), s.pad_r(), hint, UserScratchpad());
 }
 
@@ -144,8 +153,10 @@ struct Entry {
   dnnl::primitive conv_w;          // backward weights (backward entries only)
   dnnl::reorder w_to_blocked;      // user HWIO kernel -> the layout/type `conv` wants
   dnnl::reorder dw_to_user;        // kernel gradient layout -> float32 HWIO
-  memory::desc w_blocked, dw_blocked;
-  bool reorder_w = false, reorder_dw = false;
+  dnnl::reorder x_to_blocked;      // NHWC x -> the layout `conv_w` reads
+  dnnl::reorder dy_to_blocked;     // NHWC dy -> the layout `conv_w` reads
+  memory::desc w_blocked, dw_blocked, x_blocked, dy_blocked;
+  bool reorder_w = false, reorder_dw = false, reorder_x = false, reorder_dy = false;
   size_t scratch = 0, scratch_w = 0;
 };
 
@@ -179,6 +190,14 @@ Entry MakeBwd(const Shape& s) {
   e.reorder_dw = e.dw_blocked != s.dwei_user();
   if (e.reorder_dw) e.dw_to_user = dnnl::reorder(dnnl::reorder::primitive_desc(
       Engine(), e.dw_blocked, Engine(), s.dwei_user()));
+  e.x_blocked = wpd.src_desc();
+  e.reorder_x = e.x_blocked != s.src();
+  if (e.reorder_x) e.x_to_blocked = dnnl::reorder(dnnl::reorder::primitive_desc(
+      Engine(), s.src(), Engine(), e.x_blocked));
+  e.dy_blocked = wpd.diff_dst_desc();
+  e.reorder_dy = e.dy_blocked != s.dst();
+  if (e.reorder_dy) e.dy_to_blocked = dnnl::reorder(dnnl::reorder::primitive_desc(
+      Engine(), s.dst(), Engine(), e.dy_blocked));
   e.scratch = dpd.scratchpad_desc().get_size();
   e.scratch_w = wpd.scratchpad_desc().get_size();
   return e;
@@ -265,14 +284,20 @@ void RunWithScratch(const dnnl::primitive& p, size_t scratch, Scratch& buf,
   p.execute(Stream(), args);
 }
 
-// The kernel in the layout `e.conv` reads: the user buffer itself, or a
-// reordered (and possibly converted) copy in this thread's buffer.
+// `user` as a primitive reads it: itself, or a copy made by `to` in the
+// layout (and type) `blocked`, in `buf`.
+memory Reordered(memory user, bool reorder, const dnnl::reorder& to,
+                 const memory::desc& blocked, Scratch& buf) {
+  if (!reorder) return user;
+  memory copy(blocked, Engine(), buf.get(blocked.get_size()));
+  to.execute(Stream(), user, copy);
+  return copy;
+}
+
+// The kernel in the layout `e.conv` reads.
 memory KernelFor(const Entry& e, const Shape& s, void* w, Scratch& buf) {
-  memory user(s.wei_user(), Engine(), w);
-  if (!e.reorder_w) return user;
-  memory blocked(e.w_blocked, Engine(), buf.get(e.w_blocked.get_size()));
-  e.w_to_blocked.execute(Stream(), user, blocked);
-  return blocked;
+  return Reordered(memory(s.wei_user(), Engine(), w), e.reorder_w, e.w_to_blocked,
+                   e.w_blocked, buf);
 }
 
 ffi::Error ConvFwdImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> y,
@@ -303,7 +328,7 @@ ffi::Error ConvBwdImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer dy,
   if (auto err = CheckType(dw->element_type(), ffi::DataType::F32, "dw"); err.failure())
     return err;
   return Guarded([&] {
-    static Scratch wbuf, dwbuf, sbuf;
+    static Scratch wbuf, dwbuf, sbuf, xbuf, dybuf;
     const Entry& e = Lookup(s, 'b');
     memory src(s.src(), Engine(), x.untyped_data());
     memory ddst(s.dst(), Engine(), dy.untyped_data());
@@ -322,7 +347,9 @@ ffi::Error ConvBwdImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer dy,
     memory dw_out = e.reorder_dw
         ? memory(e.dw_blocked, Engine(), dwbuf.get(e.dw_blocked.get_size())) : dw_user;
     RunWithScratch(e.conv_w, e.scratch_w, sbuf,
-                   {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst},
+                   {{DNNL_ARG_SRC, Reordered(src, e.reorder_x, e.x_to_blocked, e.x_blocked, xbuf)},
+                    {DNNL_ARG_DIFF_DST,
+                     Reordered(ddst, e.reorder_dy, e.dy_to_blocked, e.dy_blocked, dybuf)},
                     {DNNL_ARG_DIFF_WEIGHTS, dw_out}});
     if (e.reorder_dw) e.dw_to_user.execute(Stream(), dw_out, dw_user);
     Stream().wait();
