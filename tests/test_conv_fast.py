@@ -9,6 +9,8 @@ batch-sharded mesh (four simulated devices, conftest.py) and in bfloat16.
 import importlib
 import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -272,6 +274,39 @@ def test_float32_1x1_convolutions_take_onednn_unless_the_cpu_has_amx(monkeypatch
 
   assert ("msrnn_onednn" in jaxpr(jnp.float32)) == (not amx)
   assert "msrnn_onednn" in jaxpr(jnp.bfloat16) or not onednn.bf16_supported()
+
+
+# Gradients of oneDNN convolutions against lax's, in a process whose oneDNN is limited to AVX2:
+# there the kernel gradient reads X and dY in 8-channel blocks, copied from NHWC (channel
+# counts that fill no whole block, a stride, a 1x1), whatever this machine's own ISA is.
+_AVX2_GRADS = """
+import jax, jax.numpy as jnp, numpy as np
+from msrnn_jax.backend import conv2d, onednn
+print(onednn.cpu_isa())
+rng = np.random.default_rng(0)
+for xs, ks, stride in [((2, 9, 7, 12), (3, 3, 12, 20), 1), ((1, 8, 8, 16), (3, 3, 16, 8), 2),
+                       ((2, 5, 6, 32), (1, 1, 32, 16), 1)]:
+  x, k = (jnp.asarray(rng.normal(size=s), jnp.float32) for s in (xs, ks))
+  def loss(impl):
+    return lambda x, k: jnp.sum(jnp.sin(conv2d(x, k, stride=stride, conv_impl=impl)))
+  got = jax.jit(jax.grad(loss("onednn"), (0, 1)))(x, k)
+  with jax.default_matmul_precision("highest"):
+    want = jax.jit(jax.grad(loss("xla"), (0, 1)))(x, k)
+  print(max(float(jnp.max(jnp.abs(g - w)) / jnp.max(jnp.abs(w))) for g, w in zip(got, want)))
+"""
+
+
+def test_onednn_gradients_with_avx2_blocked_layouts():
+  if not onednn.available():
+    pytest.skip("oneDNN unavailable (test_onednn_is_available_on_linux_x86 says where it must be)")
+  if onednn.cpu_isa() in ("sse41", "avx"):
+    pytest.skip("this CPU has no AVX2")
+  env = dict(os.environ, ONEDNN_MAX_CPU_ISA="AVX2")
+  out = subprocess.run([sys.executable, "-c", _AVX2_GRADS], env=env, check=True,
+                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(
+                           os.path.abspath(__file__)))).stdout.split()
+  assert out[0] == "avx2"
+  assert [float(e) for e in out[1:]] == pytest.approx([0.0] * 3, abs=1e-5)
 
 
 def test_onednn_under_batch_sharding_equals_reference():
