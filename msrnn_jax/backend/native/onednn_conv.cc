@@ -261,10 +261,16 @@ ffi::Error CheckType(ffi::DataType t, ffi::DataType want, const char* what) {
 // threads, so overlapping calls take longer than the same calls in turn
 // (in a bfloat16 PredRNN step, forward calls took 1.8x their standalone
 // time).
+// One lock for every handler (a static inside the template would be one per
+// handler body, letting a forward and a backward call overlap).
+std::mutex& Cores() {
+  static std::mutex* cores = new std::mutex();
+  return *cores;
+}
+
 template <typename F>
 ffi::Error Guarded(F&& f) {
-  static std::mutex cores;
-  std::lock_guard<std::mutex> lock(cores);
+  std::lock_guard<std::mutex> lock(Cores());
   try {
     f();
   } catch (const dnnl::error& e) {
