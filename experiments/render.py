@@ -242,24 +242,33 @@ def vs_torch_bf16_table() -> str:
                  "/ PyTorch fp32", "`remat='step'`: / autocast, / fp32"], rows) + "\n" + _source(d)
 
 
+def _compared_rows(name: str) -> tuple[list[dict], list[str]]:
+  """The rows of a vs_torch data file measured beside PyTorch, and its CPUs as the runs name
+  them (e.g. 'AMD EPYC with AVX2, no AVX-512')."""
+  runs = [run for run in _data(name)["runs"] if any(r["ratio"] is not None for r in run["rows"])]
+  cpus = sorted({" with ".join(run["machine"].split("; ")[0].split(" (")) for run in runs})
+  return [r for run in runs for r in run["rows"] if r["ratio"] is not None], cpus
+
+
+def _span(rows: list[dict], dtype: str, key: str) -> str:
+  values = [r[key] for r in rows if r["dtype"] == dtype]
+  return f"{min(values):.2f}-{max(values):.2f}x"
+
+
 def vs_torch_summary() -> str:
-  """README and docs/performance.md: every family's ratios against PyTorch in one sentence."""
-  runs = [run for run in _data("vs_torch_families")["runs"]
-          if any(r["ratio"] is not None for r in run["rows"])]
-  rows = [r for run in runs for r in run["rows"] if r["ratio"] is not None]
-  machines = sorted({run["machine"].split(" (")[0] for run in runs})
+  """README and docs/performance.md: every family's ratios against PyTorch, per CPU."""
+  rows, cpus = _compared_rows("vs_torch_families")
+  avx2, avx2_cpus = _compared_rows("vs_torch_avx2")
   families = sorted({r["model"].removeprefix("MS-") for r in rows})
-
-  def span(dtype: str, key: str) -> str:
-    values = [r[key] for r in rows if r["dtype"] == dtype]
-    return f"{min(values):.2f}-{max(values):.2f}x"
-
-  return (f"{len(families)} families, plain and MS ({', '.join(machines)}): float32 steps take "
-          f"{span('float32', 'ratio')} PyTorch's fp32 step time with "
-          f"{span('float32', 'rss_ratio')} its peak resident memory; bfloat16 steps "
-          f"{span('bfloat16', 'ratio')} PyTorch's autocast step with "
-          f"{span('bfloat16', 'rss_ratio')} its memory (medians of interleaved rounds; table, "
-          "batches and commands: docs/performance.md, \"Every family\").\n")
+  return (f"{len(families)} families, plain and MS ({', '.join(cpus)}): float32 steps take "
+          f"{_span(rows, 'float32', 'ratio')} PyTorch's fp32 step time with "
+          f"{_span(rows, 'float32', 'rss_ratio')} its peak resident memory; bfloat16 steps "
+          f"{_span(rows, 'bfloat16', 'ratio')} PyTorch's autocast step with "
+          f"{_span(rows, 'bfloat16', 'rss_ratio')} its memory (medians of interleaved rounds; "
+          "table, batches and commands: docs/performance.md, \"Every family\"). On an "
+          f"{', '.join(avx2_cpus)}: float32 {_span(avx2, 'float32', 'ratio')} PyTorch's step "
+          f"with {_span(avx2, 'float32', 'rss_ratio')} its memory (docs/performance.md, \"On a "
+          "CPU without bfloat16 instructions\").\n")
 
 
 def vs_torch_families_table(name: str = "vs_torch_families") -> str:
