@@ -244,6 +244,46 @@ def test_prepare_cli_bad_override_is_one_line():
   assert len(lines) == 1 and lines[0].startswith("error: a --config.* override names no key")
 
 
+def test_preparations_of_the_same_data_take_turns(tmp_path, monkeypatch):
+  """Two callers that find the data missing at the same moment: one prepares, the other waits
+  on the lock and then uses the result (without it, both generated a copy and one failed
+  to rename its copy into place)."""
+  import threading
+  import time
+
+  from msrnn_jax.data import pipeline
+
+  cfg = _synthetic(tmp_path)
+  real, started = pipeline.make_builder, []
+
+  def slow_builder(data_cfg):
+    builder = real(data_cfg)
+    prepare = builder.download_and_prepare
+
+    def slow_prepare(**kwargs):
+      started.append(time.monotonic())
+      time.sleep(1.0)  # the other caller checks for the data meanwhile
+      prepare(**kwargs)
+    builder.download_and_prepare = slow_prepare
+    return builder
+
+  monkeypatch.setattr(pipeline, "make_builder", slow_builder)
+  counts, errors = [], []
+
+  def get():
+    try:
+      counts.append(pipeline.get_builder(cfg).info.splits["train"].num_examples)
+    except Exception as e:  # reported by the assertion below
+      errors.append(repr(e))
+
+  threads = [threading.Thread(target=get) for _ in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(timeout=120)
+  assert not errors and counts == [10, 10] and len(started) == 1
+
+
 def test_evaluation_specifics_come_from_the_registry(monkeypatch):
   """Radar metrics and a validation split of its own are HKO-7's entry's fields; synthetic
   data take the radar metrics of the data set they imitate; a new entry needs no code."""

@@ -11,6 +11,7 @@ whatever the number of processes.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
 import os
@@ -53,15 +54,36 @@ def get_builder(data_cfg: Any) -> tfds.core.DatasetBuilder:
   """The tfds builder of the named data set, prepared (generated on first use).
 
   Generation writes into a temporary folder that tfds renames on success, so a
-  failure leaves no partial data set behind.
+  failure leaves no partial data set behind. Processes that need the same data
+  at once (``experiments/reproduce.py``'s workers) take turns on a lock on the
+  local ``data_dir``: the first prepares the data, the others then find them
+  (each generating its own copy, all but one would fail to rename theirs into
+  place).
   """
   builder = make_builder(data_cfg)
-  if not builder.data_path.exists():
-    logging.info("Preparing %s/%s in %s", builder.name, builder.builder_config.name,
-                 builder.data_dir)
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(manual_dir=config_lib.manual_dir(data_cfg)),
-        file_format="array_record")
+  if builder.data_path.exists():
+    return builder
+  data_dir = os.path.expanduser(data_cfg.data_dir)
+  if "://" in data_dir:  # a remote store (gs://...): no local lock to share
+    return _prepare(builder, data_cfg)
+  os.makedirs(data_dir, exist_ok=True)
+  # The lock is data_dir itself (no lock file to leave behind), so preparations of different
+  # data sets in one data_dir also take turns.
+  lock = os.open(data_dir, os.O_RDONLY)
+  try:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    builder = make_builder(data_cfg)  # another process may have prepared the data meanwhile
+    return builder if builder.data_path.exists() else _prepare(builder, data_cfg)
+  finally:
+    os.close(lock)  # releases the lock
+
+
+def _prepare(builder: tfds.core.DatasetBuilder, data_cfg: Any) -> tfds.core.DatasetBuilder:
+  logging.info("Preparing %s/%s in %s", builder.name, builder.builder_config.name,
+               builder.data_dir)
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=config_lib.manual_dir(data_cfg)),
+      file_format="array_record")
   return builder
 
 
