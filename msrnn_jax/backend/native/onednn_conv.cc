@@ -160,6 +160,13 @@ struct Entry {
   size_t scratch = 0, scratch_w = 0;
 };
 
+// Whether a `from` buffer must be copied into layout `to`; if so, sets the reorder.
+bool ReorderIfNeeded(const memory::desc& from, const memory::desc& to, dnnl::reorder* r) {
+  if (from == to) return false;
+  *r = dnnl::reorder(dnnl::reorder::primitive_desc(Engine(), from, Engine(), to));
+  return true;
+}
+
 // Records the kernel layout `e->conv` reads and, if it is not the user's
 // buffer as it is (layout and type), the reorder that produces it.
 void SetKernelLayout(const Shape& s, const memory::desc& wanted, Entry* e) {
@@ -191,13 +198,9 @@ Entry MakeBwd(const Shape& s) {
   if (e.reorder_dw) e.dw_to_user = dnnl::reorder(dnnl::reorder::primitive_desc(
       Engine(), e.dw_blocked, Engine(), s.dwei_user()));
   e.x_blocked = wpd.src_desc();
-  e.reorder_x = e.x_blocked != s.src();
-  if (e.reorder_x) e.x_to_blocked = dnnl::reorder(dnnl::reorder::primitive_desc(
-      Engine(), s.src(), Engine(), e.x_blocked));
+  e.reorder_x = ReorderIfNeeded(s.src(), e.x_blocked, &e.x_to_blocked);
   e.dy_blocked = wpd.diff_dst_desc();
-  e.reorder_dy = e.dy_blocked != s.dst();
-  if (e.reorder_dy) e.dy_to_blocked = dnnl::reorder(dnnl::reorder::primitive_desc(
-      Engine(), s.dst(), Engine(), e.dy_blocked));
+  e.reorder_dy = ReorderIfNeeded(s.dst(), e.dy_blocked, &e.dy_to_blocked);
   e.scratch = dpd.scratchpad_desc().get_size();
   e.scratch_w = wpd.scratchpad_desc().get_size();
   return e;
