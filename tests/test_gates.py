@@ -31,6 +31,10 @@ def _gated_plain(a, b):
   return _sig(a) * jnp.tanh(b)
 
 
+def _highway_plain(p, s, z):
+  return _sig(s) * jnp.tanh(p) + (1.0 - _sig(s)) * z
+
+
 def _memory_increment_plain(i, f, g, c):
   increment = _sig(i) * jnp.tanh(g)
   return _sig(f) * c + increment, increment
@@ -41,8 +45,9 @@ CASES = [
     (gates.memory_update, _memory_plain, [(2, 3, 5, 6)] * 4),
     (gates.gated_tanh, _gated_plain, [(2, 3, 5, 6)] * 2),
     (gates.memory_update_with_increment, _memory_increment_plain, [(2, 3, 5, 6)] * 4),
+    (gates.highway_update, _highway_plain, [(2, 3, 5, 6)] * 3),
 ]
-IDS = ["lstm", "memory", "gated", "memory_increment"]
+IDS = ["lstm", "memory", "gated", "memory_increment", "highway"]
 
 
 def _inputs(shapes, scale=2.0):

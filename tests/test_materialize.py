@@ -76,6 +76,38 @@ def test_gate_gradients_read_the_shared_gradient_once(monkeypatch):
   assert _arithmetic(compiled()) > 3 * _arithmetic(ours)
 
 
+def test_the_highway_gradient_is_not_recomputed_back_through_time(monkeypatch):
+  """PredRNN++'s GHU gradient flows to Z through ``1 - s(s)`` at every step of an unrolled loop.
+
+  Unmaterialized, XLA:CPU fused the whole chain back to the last step into
+  each step's gradient (at the paper's shape half a second of a 40 s step,
+  growing with the square of the sequence length); written once per step,
+  the widest fusion is the kernel gradients' sum over the steps.
+  """
+  import optax
+
+  from msrnn_jax import model as model_lib
+  from msrnn_jax.training import step as train_step
+
+  steps = 12
+
+  def widest_fusion() -> int:
+    jax.clear_caches()
+    model = model_lib.create("predrnn_pp", hidden=4, num_layers=2, channels=1, in_len=steps // 2,
+                             remat="none", conv_impl="auto", scan_unroll=steps)
+    tx, frames = optax.adam(1e-3), jax.ShapeDtypeStruct((1, steps, 8, 8, 1), jnp.float32)
+    state = jax.eval_shape(lambda: train_step.create_train_state(model, tx, frames.shape, 0))
+    scalar = jax.ShapeDtypeStruct((), jnp.float32)
+    hlo = jax.jit(train_step.make_train_step(model, tx, steps // 2, 0.01)).lower(
+        state, frames, scalar, scalar).compile().as_text()
+    return max(len(re.findall(r"%[\w.-]+", line.split(" fusion(")[1].split("kind=")[0]))
+               for line in hlo.splitlines() if " fusion(" in line)
+
+  assert widest_fusion() <= steps + 2
+  monkeypatch.setattr(gates, "materialize", lambda x: x)
+  assert widest_fusion() > 2 * steps
+
+
 def test_splits_the_batch_over_devices():
   """Batch-sharded in, batch-sharded out, with no gathering collective."""
   mesh = jax.make_mesh((4,), ("data",))

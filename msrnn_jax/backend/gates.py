@@ -174,6 +174,36 @@ gated_tanh.defvjp(_gated_tanh_fwd, _gated_tanh_bwd)
 
 
 @jax.custom_vjp
+def highway_update(p: jax.Array, s: jax.Array, z: jax.Array) -> jax.Array:
+  """PredRNN++'s gradient highway ``s(s) tanh(p) + (1 - s(s)) Z`` (all ``[..., hidden]``).
+
+  Besides the kept activations, the hand-written gradient writes the
+  gradient reaching ``Z'`` once (``materialize``): that gradient flows on to
+  ``Z`` through ``1 - s(s)``, step after step, and autodiff's version let
+  XLA fuse the whole chain back through time into each step's gradient,
+  recomputing it at every step (quadratic in the sequence length).
+  """
+  return _highway_update_fwd(p, s, z)[0]
+
+
+def _highway_update_fwd(p, s, z):
+  ss, tp = jax.nn.sigmoid(_wide(s)), jnp.tanh(_wide(p))
+  out = (ss * tp + (1.0 - ss) * z).astype(jnp.result_type(p, s, z))
+  return out, (_keep((tp, ss), (p, s)), z)
+
+
+def _highway_update_bwd(res, dz_new):
+  ((tp, ss), dtypes), z = _restore(res[0]), res[1]
+  dz_new = _wide(materialize(dz_new))
+  return ((dz_new * ss * (1.0 - tp * tp)).astype(dtypes[0]),
+          (dz_new * (tp - z) * ss * (1.0 - ss)).astype(dtypes[1]),
+          (dz_new * (1.0 - ss)).astype(z.dtype))
+
+
+highway_update.defvjp(_highway_update_fwd, _highway_update_bwd)
+
+
+@jax.custom_vjp
 def gru_update(x_gates: jax.Array, h_gates: jax.Array, h: jax.Array) -> jax.Array:
   """TrajGRU's state update from its input and recurrent gate terms.
 

@@ -2,10 +2,9 @@
 
 from typing import ClassVar
 
-import flax.linen as nn
 import jax.numpy as jnp
 
-from msrnn_jax.backend.gates import gated_tanh, memory_update
+from msrnn_jax.backend.gates import gated_tanh, highway_update, memory_update
 from msrnn_jax.model.cells.base import CellBase
 from msrnn_jax.model.layers import conv_of_parts, fused_conv, split_gates
 
@@ -51,8 +50,7 @@ class CausalLSTMCell(CellBase):
     if self.has_ghu(self.layer, self.num_layers):
       h, c, z = state
       p, s = split_gates(fused_conv([self.ghu_x, self.ghu_z], [x, z], kept=[z]), 2)
-      s = nn.sigmoid(s)
-      z = s * jnp.tanh(p) + (1.0 - s) * z
+      z = highway_update(p, s, z)
       x = z
       extra = (z,)
     else:
