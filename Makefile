@@ -23,9 +23,9 @@ demo: venv
 	mkdir -p $(dir $(WORKDIR))
 	$(BIN)/python -m msrnn_jax.main --config=configs/mmnist.py:cpu --workdir=$(WORKDIR)
 
-# Two workers; an idle worker takes tests queued for the other (the suite ends together).
+# Two workers, each test file in one of them (module fixtures are shared within a file).
 test: venv
-	$(BIN)/python -m pytest -n 2 --dist worksteal tests
+	$(BIN)/python -m pytest -n 2 --dist loadfile tests
 
 lint: venv
 	$(BIN)/ruff check msrnn_jax configs experiments tests
