@@ -53,26 +53,43 @@ def _add_slab(padded: jax.Array, slab: jax.Array, dy: jax.Array) -> jax.Array:
   return jax.lax.dynamic_update_slice_in_dim(padded, _slab(padded, dy, h) + slab, dy, axis=1)
 
 
-# A row's ``window`` column offsets are static slices of its slab: the helpers below read
-# the slab (in cache) where a gathered ``[b, h, w, window, c]`` copy of the row, multiplied
-# in per-pixel batched products, took 1.4-1.5x as long (docs/performance.md, "Attention").
+# A row of offsets is computed as dense products of each image row with the whole slab row
+# (``[w, c] x [c, w + window - 1]``: about twice the multiplications the band needs), whose
+# band is then cut out or spread back by reshapes. XLA runs these as batched matrix products;
+# reading the window's column offsets as ``window`` static slices of the slab instead took
+# 2.6-2.7x as long (docs/performance.md, "Attention").
+def _band(full: jax.Array, window: int) -> jax.Array:
+  """``[..., w, w + window - 1]`` -> ``[..., w, window]``: entry ``(x, dx)`` is ``full[x, x + dx]``.
+
+  Flattened, entry ``(x, x + dx)`` sits at ``x * (w + window) + dx``: the rows of
+  the flat array padded to ``w * (w + window)`` and read ``w + window`` at a time.
+  """
+  *lead, w, z = full.shape
+  flat = jnp.pad(full.reshape(*lead, w * z), [(0, 0)] * len(lead) + [(0, w)])
+  return flat.reshape(*lead, w, z + 1)[..., :window]
+
+
+def _unband(band: jax.Array) -> jax.Array:
+  """Transpose of :func:`_band`: ``[..., w, window]`` -> ``[..., w, w + window - 1]``, zero off the band."""
+  *lead, w, window = band.shape
+  z = w + window - 1
+  padded = jnp.pad(band, [(0, 0)] * len(lead) + [(0, 0), (0, z + 1 - window)])
+  return padded.reshape(*lead, w * (z + 1))[..., :w * z].reshape(*lead, w, z)
+
+
 def _row_scores(x: jax.Array, slab: jax.Array, window: int) -> jax.Array:
   """``[b, h, w, window]``: ``x[p] . slab[p + dx]`` for each column offset ``dx``."""
-  w = x.shape[2]
-  return jnp.stack([jnp.sum(x * slab[:, :, dx:dx + w], axis=-1) for dx in range(window)], axis=-1)
+  return _band(jnp.einsum("bhxc,bhzc->bhxz", x, slab), window)
 
 
 def _row_mix(weights: jax.Array, slab: jax.Array) -> jax.Array:
   """``[b, h, w, c]``: ``sum_dx weights[p, dx] slab[p + dx]``."""
-  w, window = weights.shape[2], weights.shape[3]
-  return sum(weights[..., dx, None] * slab[:, :, dx:dx + w] for dx in range(window))
+  return jnp.einsum("bhxz,bhzc->bhxc", _unband(weights), slab)
 
 
 def _row_spread(weights: jax.Array, x: jax.Array) -> jax.Array:
   """Transpose of :func:`_row_mix`: a slab ``[b, h, w + window - 1, c]``, ``weights[p, dx] x[p]`` at ``p + dx``."""
-  window = weights.shape[3]
-  return sum(jnp.pad(weights[..., dx, None] * x, ((0, 0), (0, 0), (dx, window - 1 - dx), (0, 0)))
-             for dx in range(window))
+  return jnp.einsum("bhxz,bhxc->bhzc", _unband(weights), x)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
