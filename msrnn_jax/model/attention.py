@@ -54,42 +54,22 @@ def _add_slab(padded: jax.Array, slab: jax.Array, dy: jax.Array) -> jax.Array:
 
 
 # A row of offsets is computed as dense products of each image row with the whole slab row
-# (``[w, c] x [c, w + window - 1]``: about twice the multiplications the band needs), whose
-# band is then cut out or spread back by reshapes. XLA runs these as batched matrix products;
-# reading the window's column offsets as ``window`` static slices of the slab instead took
-# 2.6-2.7x as long (docs/performance.md, "Attention").
-def _band(full: jax.Array, window: int) -> jax.Array:
-  """``[..., w, w + window - 1]`` -> ``[..., w, window]``: entry ``(x, dx)`` is ``full[x, x + dx]``.
-
-  Flattened, entry ``(x, x + dx)`` sits at ``x * (w + window) + dx``: the rows of
-  the flat array padded to ``w * (w + window)`` and read ``w + window`` at a time.
-  """
-  *lead, w, z = full.shape
-  flat = jnp.pad(full.reshape(*lead, w * z), [(0, 0)] * len(lead) + [(0, w)])
-  return flat.reshape(*lead, w, z + 1)[..., :window]
-
-
-def _unband(band: jax.Array) -> jax.Array:
-  """Transpose of :func:`_band`: ``[..., w, window]`` -> ``[..., w, w + window - 1]``, zero off the band."""
-  *lead, w, window = band.shape
-  z = w + window - 1
-  padded = jnp.pad(band, [(0, 0)] * len(lead) + [(0, 0), (0, z + 1 - window)])
-  return padded.reshape(*lead, w * (z + 1))[..., :w * z].reshape(*lead, w, z)
+# (``[w, c] x [c, w + window - 1]``: about twice the multiplications the band needs), with the
+# columns outside each pixel's window masked out of the softmax. XLA runs these as batched
+# matrix products; reading the window's column offsets as ``window`` static slices of the slab
+# took 2.6x as long, and cutting the band out of the products by reshapes 1.4x
+# (docs/performance.md, "Attention").
+def _window_columns(width: int, window: int) -> jax.Array:
+  """``[w, w + window - 1]``: True where slab column ``z`` is pixel ``x``'s offset ``z - x`` in ``[0, window)``."""
+  x = jnp.arange(width)[:, None]
+  z = jnp.arange(width + window - 1)[None, :]
+  return (z >= x) & (z < x + window)
 
 
 def _row_scores(x: jax.Array, slab: jax.Array, window: int) -> jax.Array:
-  """``[b, h, w, window]``: ``x[p] . slab[p + dx]`` for each column offset ``dx``."""
-  return _band(jnp.einsum("bhxc,bhzc->bhxz", x, slab), window)
-
-
-def _row_mix(weights: jax.Array, slab: jax.Array) -> jax.Array:
-  """``[b, h, w, c]``: ``sum_dx weights[p, dx] slab[p + dx]``."""
-  return jnp.einsum("bhxz,bhzc->bhxc", _unband(weights), slab)
-
-
-def _row_spread(weights: jax.Array, x: jax.Array) -> jax.Array:
-  """Transpose of :func:`_row_mix`: a slab ``[b, h, w + window - 1, c]``, ``weights[p, dx] x[p]`` at ``p + dx``."""
-  return jnp.einsum("bhxz,bhxc->bhzc", _unband(weights), x)
+  """``[b, h, w, w + window - 1]``: ``x[p] . slab[z]``, and -inf where ``z`` is outside ``p``'s window."""
+  scores = jnp.einsum("bhxc,bhzc->bhxz", x, slab)
+  return jnp.where(_window_columns(x.shape[2], window), scores, -jnp.inf)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -125,9 +105,9 @@ def _forward(q, k, v, window):
     s = _row_scores(qf, _slab(kp, dy, h), window)
     m_new = jnp.maximum(m, jnp.max(s, axis=-1))
     rescale = jnp.exp(m - m_new)
-    p = jnp.exp(s - m_new[..., None])
+    p = jnp.exp(s - m_new[..., None])  # zero outside the window
     l = l * rescale + jnp.sum(p, axis=-1)
-    acc = acc * rescale[..., None] + _row_mix(p, _slab(vp, dy, h))
+    acc = acc * rescale[..., None] + jnp.einsum("bhxz,bhzc->bhxc", p, _slab(vp, dy, h))
     return (m_new, l, acc), None
 
   init = (jnp.full((b, h, w), -jnp.inf, qf.dtype), jnp.zeros((b, h, w), qf.dtype),
@@ -153,11 +133,11 @@ def _local_attention_bwd(window, res, dout):
   def body(carry, dy):
     dq, dkp, dvp = carry
     k_slab, v_slab = _slab(kp, dy, h), _slab(vp, dy, h)
-    p = jnp.exp(_row_scores(qf, k_slab, window) - lse[..., None])
-    ds = p * (_row_scores(dout, v_slab, window) - delta[..., None])
-    dq = dq + _row_mix(ds, k_slab)
-    dkp = _add_slab(dkp, _row_spread(ds, qf), dy)
-    dvp = _add_slab(dvp, _row_spread(p, dout), dy)
+    p = jnp.exp(_row_scores(qf, k_slab, window) - lse[..., None])  # zero outside the window
+    ds = p * (jnp.einsum("bhxc,bhzc->bhxz", dout, v_slab) - delta[..., None])
+    dq = dq + jnp.einsum("bhxz,bhzc->bhxc", ds, k_slab)
+    dkp = _add_slab(dkp, jnp.einsum("bhxz,bhxc->bhzc", ds, qf), dy)
+    dvp = _add_slab(dvp, jnp.einsum("bhxz,bhxc->bhzc", p, dout), dy)
     return (dq, dkp, dvp), None
 
   init = (jnp.zeros_like(qf), jnp.zeros_like(kp), jnp.zeros_like(vp))
