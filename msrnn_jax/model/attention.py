@@ -56,9 +56,9 @@ def _add_slab(padded: jax.Array, slab: jax.Array, dy: jax.Array) -> jax.Array:
 # A row of offsets is computed as dense products of each image row with the whole slab row
 # (``[w, c] x [c, w + window - 1]``: about twice the multiplications the band needs), with the
 # columns outside each pixel's window masked out of the softmax. XLA runs these as batched
-# matrix products; reading the window's column offsets as ``window`` static slices of the slab
-# took 2.6x as long, and cutting the band out of the products by reshapes 1.4x
-# (docs/performance.md, "Attention").
+# matrix products. Cutting each pixel's columns out of the products by reshapes took 1.4x as
+# long (the copies cost as much as the products), and reading them as ``window`` static slices
+# of the slab 2.6x as long again (docs/performance.md, "Attention").
 def _window_columns(width: int, window: int) -> jax.Array:
   """``[w, w + window - 1]``: True where slab column ``z`` is pixel ``x``'s offset ``z - x`` in ``[0, window)``."""
   x = jnp.arange(width)[:, None]
