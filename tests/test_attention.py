@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from msrnn_jax.model import attention
 from msrnn_jax.model.attention import block_attention, local_attention
 
 
@@ -48,9 +49,11 @@ def _jnp_unfolded(q, k, v, window):
 
 
 # An even window (as the reference's 30: offsets -15..14) and an odd one wider than
-# the image.
+# the image; each row of offsets as dense products (cost limit inf) and as slices (0).
+@pytest.mark.parametrize("rows_cost", [float("inf"), 0.0])
 @pytest.mark.parametrize("window,shape", [(4, (2, 6, 5, 3)), (9, (1, 4, 7, 2))])
-def test_local_attention_values_and_gradients(window, shape):
+def test_local_attention_values_and_gradients(window, shape, rows_cost, monkeypatch):
+  monkeypatch.setattr(attention, "DENSE_ROW_MAX_COST", rows_cost)
   keys = jax.random.split(jax.random.key(window), 4)
   q, k, v, dout = (jax.random.normal(kk, shape) for kk in keys)
   out = jax.jit(local_attention, static_argnums=3)(q, k, v, window)

@@ -24,6 +24,8 @@ log-sum-exp.
 """
 
 import functools
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,12 +55,28 @@ def _add_slab(padded: jax.Array, slab: jax.Array, dy: jax.Array) -> jax.Array:
   return jax.lax.dynamic_update_slice_in_dim(padded, _slab(padded, dy, h) + slab, dy, axis=1)
 
 
-# A row of offsets is computed as dense products of each image row with the whole slab row
-# (``[w, c] x [c, w + window - 1]``: about twice the multiplications the band needs), with the
-# columns outside each pixel's window masked out of the softmax. XLA runs these as batched
-# matrix products. Cutting each pixel's columns out of the products by reshapes took 1.4x as
-# long (the copies cost as much as the products), and reading them as ``window`` static slices
-# of the slab 2.6x as long again (docs/performance.md, "Attention").
+# A row of offsets is computed one of two ways, chosen by the row's width.
+#
+# Dense: products of each image row with the whole slab row (``[w, c] x [c, w + window - 1]``),
+# the columns outside each pixel's window masked out of the softmax. XLA runs them as batched
+# matrix products; they cost ``(w + window - 1) / window`` times the multiplications the window
+# needs, which grows with the width. At window 30 they took 0.26-0.36x the slices' time from 8
+# to 256 columns (up to 9.5 times the multiplications) and 0.82x at 512 (18 times)
+# (docs/performance.md, "Attention").
+#
+# Slices: each of the ``window`` column offsets is a static slice of the slab, with elementwise
+# products and sums over the channels: the window's multiplications only, for wider rows.
+DENSE_ROW_MAX_COST = 16.0  # most multiplications per needed one for the dense products
+
+
+class _Rows(NamedTuple):
+  """One row of offsets' operations, for an image row ``x`` and a slab row ``slab``."""
+  scores: Callable  # (x, slab) -> scores, -inf (or absent) outside each pixel's window
+  products: Callable  # (x, slab) -> the same scores, finite everywhere
+  mix: Callable  # (weights, slab) -> [b, h, w, c]: sum over the window of weights * slab
+  spread: Callable  # (weights, x) -> [b, h, w + window - 1, c]: mix's transpose, into a slab
+
+
 def _window_columns(width: int, window: int) -> jax.Array:
   """``[w, w + window - 1]``: True where slab column ``z`` is pixel ``x``'s offset ``z - x`` in ``[0, window)``."""
   x = jnp.arange(width)[:, None]
@@ -66,10 +84,37 @@ def _window_columns(width: int, window: int) -> jax.Array:
   return (z >= x) & (z < x + window)
 
 
-def _row_scores(x: jax.Array, slab: jax.Array, window: int) -> jax.Array:
-  """``[b, h, w, w + window - 1]``: ``x[p] . slab[z]``, and -inf where ``z`` is outside ``p``'s window."""
-  scores = jnp.einsum("bhxc,bhzc->bhxz", x, slab)
-  return jnp.where(_window_columns(x.shape[2], window), scores, -jnp.inf)
+def _dense_rows(width: int, window: int) -> _Rows:
+  """Scores ``[b, h, w, w + window - 1]`` over the whole slab row."""
+  def products(x, slab):
+    return jnp.einsum("bhxc,bhzc->bhxz", x, slab)
+
+  def scores(x, slab):
+    return jnp.where(_window_columns(width, window), products(x, slab), -jnp.inf)
+
+  return _Rows(scores, products, lambda p, slab: jnp.einsum("bhxz,bhzc->bhxc", p, slab),
+               lambda p, x: jnp.einsum("bhxz,bhxc->bhzc", p, x))
+
+
+def _sliced_rows(width: int, window: int) -> _Rows:
+  """Scores ``[b, h, w, window]``: column offset ``dx`` of pixel ``x`` is slab column ``x + dx``."""
+  def scores(x, slab):
+    return jnp.stack([jnp.sum(x * slab[:, :, dx:dx + width], axis=-1) for dx in range(window)],
+                     axis=-1)
+
+  def mix(p, slab):
+    return sum(p[..., dx, None] * slab[:, :, dx:dx + width] for dx in range(window))
+
+  def spread(p, x):
+    return sum(jnp.pad(p[..., dx, None] * x, ((0, 0), (0, 0), (dx, window - 1 - dx), (0, 0)))
+               for dx in range(window))
+
+  return _Rows(scores, scores, mix, spread)
+
+
+def _rows(width: int, window: int) -> _Rows:
+  dense = (width + window - 1) / window <= DENSE_ROW_MAX_COST
+  return (_dense_rows if dense else _sliced_rows)(width, window)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -99,15 +144,16 @@ def _forward(q, k, v, window):
   b, h, w, c = q.shape
   qf = _wide(q)
   kp, vp = _pad(_wide(k), window), _pad(_wide(v), window)
+  rows = _rows(w, window)
 
   def body(carry, dy):
     m, l, acc = carry
-    s = _row_scores(qf, _slab(kp, dy, h), window)
+    s = rows.scores(qf, _slab(kp, dy, h))
     m_new = jnp.maximum(m, jnp.max(s, axis=-1))
     rescale = jnp.exp(m - m_new)
     p = jnp.exp(s - m_new[..., None])  # zero outside the window
     l = l * rescale + jnp.sum(p, axis=-1)
-    acc = acc * rescale[..., None] + jnp.einsum("bhxz,bhzc->bhxc", p, _slab(vp, dy, h))
+    acc = acc * rescale[..., None] + rows.mix(p, _slab(vp, dy, h))
     return (m_new, l, acc), None
 
   init = (jnp.full((b, h, w), -jnp.inf, qf.dtype), jnp.zeros((b, h, w), qf.dtype),
@@ -129,15 +175,16 @@ def _local_attention_bwd(window, res, dout):
   kp, vp = _pad(_wide(k), window), _pad(_wide(v), window)
   # sum_d P_d dP_d = dout . out: the softmax gradient's correction term.
   delta = jnp.sum(dout * out, axis=-1)
+  rows = _rows(w, window)
 
   def body(carry, dy):
     dq, dkp, dvp = carry
     k_slab, v_slab = _slab(kp, dy, h), _slab(vp, dy, h)
-    p = jnp.exp(_row_scores(qf, k_slab, window) - lse[..., None])  # zero outside the window
-    ds = p * (jnp.einsum("bhxc,bhzc->bhxz", dout, v_slab) - delta[..., None])
-    dq = dq + jnp.einsum("bhxz,bhzc->bhxc", ds, k_slab)
-    dkp = _add_slab(dkp, jnp.einsum("bhxz,bhxc->bhzc", ds, qf), dy)
-    dvp = _add_slab(dvp, jnp.einsum("bhxz,bhxc->bhzc", p, dout), dy)
+    p = jnp.exp(rows.scores(qf, k_slab) - lse[..., None])  # zero outside the window
+    ds = p * (rows.products(dout, v_slab) - delta[..., None])
+    dq = dq + rows.mix(ds, k_slab)
+    dkp = _add_slab(dkp, rows.spread(ds, qf), dy)
+    dvp = _add_slab(dvp, rows.spread(p, dout), dy)
     return (dq, dkp, dvp), None
 
   init = (jnp.zeros_like(qf), jnp.zeros_like(kp), jnp.zeros_like(vp))
