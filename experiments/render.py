@@ -57,9 +57,9 @@ def summarize(receipts: list[dict]) -> dict:
     ``{"models": {name: {...}}, "families": [{...}], "baselines": {name: {...}}}``
     where a model's entry holds ``seeds``, per-seed future MSE and the mean and
     standard deviation of each metric, and a family's entry the MS/plain ratio of
-    the means, the per-seed ratios (paired by seed) and whether MS is lower in
-    every seed the two share. Every family of ``FAMILY_ORDER`` has an entry; one
-    without both models measured has no ratio.
+    the means over the seeds both models have, the per-seed ratios and whether MS
+    is lower in every one of those seeds. Every family of ``FAMILY_ORDER`` has an
+    entry; one without a seed measured for both models has no ratio.
   """
   by_model: dict[str, dict[int, dict]] = {}
   for r in receipts:
@@ -90,11 +90,16 @@ def summarize(receipts: list[dict]) -> dict:
     if not plain or not ms:
       families.append({"family": family, "complete": False})
       continue
+    # Seeds only one of the two models has would make the ratio compare different draws.
     shared = sorted(set(plain) & set(ms))
+    if not shared:
+      families.append({"family": family, "complete": False})
+      continue
     per_seed = {s: ms[s]["future"]["mse"] / plain[s]["future"]["mse"] for s in shared}
     families.append({
         "family": family, "complete": len(shared) >= 3, "seeds": shared,
-        "ratio": models[f"ms_{family}"]["mse_future"][0] / models[family]["mse_future"][0],
+        "ratio": (statistics.fmean(ms[s]["future"]["mse"] for s in shared)
+                  / statistics.fmean(plain[s]["future"]["mse"] for s in shared)),
         "per_seed": per_seed, "ms_lower_every_seed": all(v < 1 for v in per_seed.values()),
     })
   return {"models": models, "families": families, "baselines": baselines}
@@ -127,7 +132,7 @@ def reproduce_table(folder: pathlib.Path) -> str:
   if any(e["wall_partial"] for e in s["models"].values()):
     lines += ["", "+: a sitting of the run was killed before it recorded its time, which is "
               "left out."]
-  lines += ["", "| family | MS / plain (future MSE) | per seed | MS lower in every seed |",
+  lines += ["", "| family | MS / plain (future MSE, seeds both have) | per seed | MS lower in every seed |",
             "|---|---|---|---|"]
   for f in s["families"]:
     if "ratio" not in f:

@@ -84,6 +84,13 @@ def test_receipts_skip_and_render(reproduce, render, tmp_path, monkeypatch):
   render.reproduce_plot(out, tmp_path / "plot.png")
   assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
 
+  # A seed only the MS model has stays out of the family's ratio.
+  (out / "convlstm_seed1.json").unlink()
+  family = next(line for line in render.reproduce_table(out).splitlines()
+                if line.startswith("| ConvLSTM |"))
+  assert f"| {ms[0] / plain[0]:.2f} | {ms[0] / plain[0]:.2f} |" in family
+  assert "(1 of 3 seeds)" in family
+
 
 def test_a_claimed_run_is_not_claimed_again_until_released(reproduce, tmp_path):
   with reproduce.claimed(str(tmp_path), "convlstm", 0) as first:
