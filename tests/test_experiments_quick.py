@@ -122,3 +122,36 @@ def test_covered_seconds_count_overlapping_intervals_once():
   assert profile_step.covered_s([]) == 0
   # [0, 4] and [2, 6] overlap in [2, 4]; [10, 11] is apart; [3, 5] lies inside the union.
   assert profile_step.covered_s([(2e6, 6e6), (0, 4e6), (10e6, 11e6), (3e6, 5e6)]) == 7.0
+
+
+def test_onednn_calls_quick(tmp_path):
+  """Our step's oneDNN calls: the warm-up step left out, the rest counted per step."""
+  out = tmp_path / "calls.json"
+  proc = _quick("onednn_calls.py", "--model", "convlstm", "--batch", "1", "--rounds", "2",
+                f"--out={out}")
+  ours = json.loads(out.read_text())["ours"]
+  kinds = {key.split(" | ")[0] for key in ours["calls"]}
+  assert {"convolution forward", "convolution backward_data",
+          "convolution backward_weights"} <= kinds, kinds
+  assert sum(c["calls"] for c in ours["calls"].values()) == ours["calls_per_step"]
+  assert abs(sum(c["ms"] for c in ours["calls"].values()) - ours["onednn_ms_per_step"]) < 1e-6
+  assert len(ours["step_s"]) == 2 and "oneDNN calls per step" in proc.stdout
+
+
+def test_onednn_calls_reads_both_verbose_formats():
+  """oneDNN 3.2's lines (ours) and the later ``v1,primitive`` ones (PyTorch's) parse alike."""
+  sys.path.insert(0, os.path.join(REPO, "experiments"))
+  import onednn_calls
+  problem = "mb2_ic192oc192_ih64oh64kh3sh1dh0ph1_iw64ow64kw3sw1dw0pw1"
+  log = "\n".join([
+      "onednn_verbose,info,prim_template:operation,engine,primitive,implementation,...",
+      f"onednn_verbose,exec,cpu,convolution,brgconv:avx2,forward_training,src_f32::blocked:acdb::f0,"
+      f"attr-scratchpad:user ,alg:convolution_direct,{problem},30.5",
+      "onednn_verbose,create:cache_miss,cpu,reorder,jit:uni,undef,src dst,,,2x64,0.1",
+      f"onednn_verbose,v1,primitive,exec,cpu,convolution,jit:avx2,backward_weights,src:f32::blocked:"
+      f"abcd::f0,attr-scratchpad:user,alg:convolution_direct,{problem},44.25",
+      "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src dst,,,192x192x3x3,0.12",
+      "some other output"])
+  assert onednn_calls.executions(log) == [
+      ("convolution forward", problem, 30.5), ("convolution backward_weights", problem, 44.25),
+      ("reorder", "192x192x3x3", 0.12)]
