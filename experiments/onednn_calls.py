@@ -44,6 +44,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--child", choices=("jax", "torch"), help=argparse.SUPPRESS)
   p.add_argument("--shape", help=argparse.SUPPRESS)  # the child's, as JSON
   args = p.parse_args(argv)
+  sys.path[:0] = [HERE, ROOT]
+  from parity import MODELS  # numpy only: the torch child imports it too
+  if args.model not in MODELS:
+    p.error(f"unknown model {args.model!r}; valid: {', '.join(MODELS)}")
   if args.rounds < 1 or args.batch < 1:
     p.error("--rounds and --batch must be >= 1")
   args.out = args.out or os.path.join(HERE, "results", f"onednn_calls_{args.model}.json")
@@ -52,7 +56,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def child(args: argparse.Namespace) -> None:
   """Runs a step per ``step`` line on stdin; prints its seconds to stderr as ``step S``."""
-  sys.path[:0] = [HERE, ROOT]
   shape = json.loads(args.shape)
   if args.child == "jax":
     from msrnn_jax import backend
@@ -109,7 +112,6 @@ class Side:
   """A step process whose oneDNN log goes to a file; ``step()`` runs one step."""
 
   def __init__(self, args: argparse.Namespace, side: str, python: str, folder: str):
-    sys.path[:0] = [HERE, ROOT]
     from vs_torch import QUICK_SHAPE, SHAPE  # the torch child has no JAX to import them with
     shape = dict(QUICK_SHAPE if args.quick else SHAPE, batch=args.batch)
     self.name, self.log = side, os.path.join(folder, f"{side}.log")

@@ -155,3 +155,10 @@ def test_onednn_calls_reads_both_verbose_formats():
   assert onednn_calls.executions(log) == [
       ("convolution forward", problem, 30.5), ("convolution backward_weights", problem, 44.25),
       ("reorder", "192x192x3x3", 0.12)]
+
+
+def test_onednn_calls_bad_model_is_one_line():
+  proc = subprocess.run([sys.executable, "experiments/onednn_calls.py", "--model", "lstm"],
+                        cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and "unknown model 'lstm'" in proc.stderr
+  assert "Traceback" not in proc.stderr
