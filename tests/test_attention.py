@@ -48,12 +48,29 @@ def _jnp_unfolded(q, k, v, window):
   return jnp.einsum("bhwk,bhwkc->bhwc", p, vs)
 
 
-# An even window (as the reference's 30: offsets -15..14) and an odd one wider than
-# the image; each row of offsets as dense products (cost limit inf) and as slices (0).
-@pytest.mark.parametrize("rows_cost", [float("inf"), 0.0])
-@pytest.mark.parametrize("window,shape", [(4, (2, 6, 5, 3)), (9, (1, 4, 7, 2))])
-def test_local_attention_values_and_gradients(window, shape, rows_cost, monkeypatch):
+# The whole frame with a masked window (in chunks of at most 8 keys; 13 tokens leave a
+# shorter last chunk) and the window's rows of offsets as dense products and as slices.
+_PATHS = {"frame": (float("inf"), float("inf")), "dense rows": (0.0, float("inf")),
+          "sliced rows": (0.0, 0.0)}
+
+
+def _use_path(monkeypatch, path):
+  frame_cost, rows_cost = _PATHS[path]
+  monkeypatch.setattr(attention, "FRAME_MAX_COST", frame_cost)
   monkeypatch.setattr(attention, "DENSE_ROW_MAX_COST", rows_cost)
+  monkeypatch.setattr(attention, "FRAME_KEY_CHUNK", 8)
+  # Traces are cached by function and argument shapes, not by these module settings.
+  jax.clear_caches()
+
+
+# An even window (as the reference's 30: offsets -15..14), an odd one wider than the image,
+# and one whose middle pixels' windows are inside the frame (no zero keys) while a chunk of
+# keys is outside them.
+@pytest.mark.parametrize("path", list(_PATHS))
+@pytest.mark.parametrize("window,shape", [(4, (2, 6, 5, 3)), (9, (1, 4, 7, 2)), (4, (1, 1, 13, 2)),
+                                          (3, (1, 5, 9, 2))])
+def test_local_attention_values_and_gradients(window, shape, path, monkeypatch):
+  _use_path(monkeypatch, path)
   keys = jax.random.split(jax.random.key(window), 4)
   q, k, v, dout = (jax.random.normal(kk, shape) for kk in keys)
   out = jax.jit(local_attention, static_argnums=3)(q, k, v, window)
@@ -68,9 +85,22 @@ def test_local_attention_values_and_gradients(window, shape, rows_cost, monkeypa
     np.testing.assert_allclose(ours, direct, rtol=1e-4, atol=1e-5 * float(jnp.max(jnp.abs(direct))))
 
 
-def test_local_attention_gradient_keeps_no_unfolded_neighbourhood():
+def test_local_attention_takes_the_frame_only_where_it_costs_fewer_products():
+  calls = []
+  for size in (8, 32, 48, 64):
+    q = jnp.zeros((1, size, size, 2))
+    jaxpr = str(jax.make_jaxpr(local_attention, static_argnums=3)(q, q, q, 30))
+    calls.append("_flash" in jaxpr)
+  # Products per pixel, frame against dense rows: 64 / 1110, 1024 / 1830, 2304 / 2310,
+  # 4096 / 2790.
+  assert calls == [True, True, True, False]
+
+
+@pytest.mark.parametrize("path", ["frame", "dense rows"])
+def test_local_attention_gradient_keeps_no_unfolded_neighbourhood(path, monkeypatch):
   """Compiled memory of value-and-gradient: the unfolded version holds window**2 copies of
-  the keys and values; ours holds less than one (a few rows of the window)."""
+  the keys and values; ours holds less than one (a chunk of keys or a row of the window)."""
+  _use_path(monkeypatch, path)
   shape, window = (1, 12, 12, 8), 12
   q, k, v = (jax.random.normal(kk, shape) for kk in jax.random.split(jax.random.key(0), 3))
 

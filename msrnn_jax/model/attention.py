@@ -5,22 +5,20 @@ authors' ``img_local_att`` CUDA extension, a 30x30 window around every
 pixel). Written as an unfold (every pixel's 900 keys and values gathered,
 as the extension's pure-PyTorch fallback does) it holds ``window**2`` copies
 of the keys and of the values, and autodiff would keep them for the
-backward pass at every layer and time step. Here the window is walked one
-row of offsets at a time with an online softmax (as flash attention walks
-key blocks), and a custom gradient recomputes each row's scores from the
-queries, keys and values and the per-pixel log-sum-exp: the forward pass
-keeps one row (``window`` offsets) alive at a time and training memory
+backward pass at every layer and time step. Here no pass gathers them. A
+frame not much larger than the window is attended as a whole: every pixel's
+scores with a chunk of the flattened frame's keys at a time, the keys
+outside its window masked out, with an online softmax (flash attention).
+A wider frame is walked one row of window offsets at a time, with the same
+online softmax. Either way a custom gradient recomputes the scores from the
+queries, keys and values and the per-pixel log-sum-exp, so training memory
 holds only the inputs, the output and one map of statistics.
 
 :func:`block_attention` is CMS-LSTM's self-attention inside the blocks of a
 ``scale x scale`` grid. At scale 1 a block is the whole frame, so its
 ``tokens x tokens`` attention matrix grows with the square of the pixel
-count. It is computed the same way: the keys are walked a chunk at a time
-with an online softmax, and the custom gradient recomputes each chunk's
-probabilities from the queries, keys and the per-token log-sum-exp (the
-flash-attention backward pass). Memory then grows as ``tokens x chunk`` in
-both passes, and training keeps only the inputs, the output and the
-log-sum-exp.
+count. It is computed by the same flash attention as a whole frame above,
+without a window: memory grows as ``tokens x chunk`` in both passes.
 """
 
 import functools
@@ -67,6 +65,18 @@ def _add_slab(padded: jax.Array, slab: jax.Array, dy: jax.Array) -> jax.Array:
 # Slices: each of the ``window`` column offsets is a static slice of the slab, with elementwise
 # products and sums over the channels: the window's multiplications only, for wider rows.
 DENSE_ROW_MAX_COST = 16.0  # most multiplications per needed one for the dense products
+
+# A frame no larger than the window's reach is attended as a whole instead: every pixel's
+# scores with every key of the flattened frame, a chunk of keys at a time (as block
+# attention), the keys outside the pixel's window masked out. That is ``h * w`` products per
+# pixel against the dense rows' ``window * (w + window - 1)``, as large batched products.
+# At window 30 and 16 channels (jitted value and gradient, AMD EPYC, AVX2) the frame took 0.44x
+# the dense rows' time at 32x32 (0.56 times their products), 0.79x at 48x48 (1.0 times) and
+# 1.31x at 64x64 (1.47 times).
+FRAME_MAX_COST = 1.0  # most products per pixel, relative to the dense rows', for the frame
+# Keys per step over a frame: 64 took 0.9x the time of 128 and of 256 at 32x32 (the scores of
+# a step then stay in cache; 32 was no faster).
+FRAME_KEY_CHUNK = 64
 
 
 class _Rows(NamedTuple):
@@ -117,7 +127,6 @@ def _rows(width: int, window: int) -> _Rows:
   return (_dense_rows if dense else _sliced_rows)(width, window)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, window: int) -> jax.Array:
   """Softmax attention of every pixel over its ``window x window`` neighbourhood.
 
@@ -137,6 +146,16 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, window: int) -> ja
   Returns:
     ``[batch, height, width, channels]``.
   """
+  b, h, w, c = q.shape
+  if h * w <= FRAME_MAX_COST * window * (w + window - 1):
+    flat = [x.reshape(b, 1, h * w, c) for x in (q, k, v)]
+    return _flash(*flat, FRAME_KEY_CHUNK, _Window(h, w, window)).reshape(q.shape)
+  return _offset_rows_attention(q, k, v, window)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _offset_rows_attention(q, k, v, window):
+  """:func:`local_attention`, one row of window offsets per step (for frames much wider than the window)."""
   return _forward(q, k, v, window)[0]
 
 
@@ -194,14 +213,42 @@ def _local_attention_bwd(window, res, dout):
   return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
 
 
-local_attention.defvjp(_local_attention_fwd, _local_attention_bwd)
+_offset_rows_attention.defvjp(_local_attention_fwd, _local_attention_bwd)
 
 
-# Keys per step of block attention's online softmax: a block's transient scores are
-# ``tokens x KEY_CHUNK`` floats (4 MB at 8,192 tokens) instead of ``tokens**2``. On CPU
-# they then stay in cache: CMS-LSTM's step took 0.83x its time with 512 keys and 0.92x its
-# time with 64 (docs/performance.md, "Attention").
+# Keys per step of the online softmax over a flattened frame or block: the transient
+# scores are ``tokens x KEY_CHUNK`` floats (4 MB at 8,192 tokens) instead of ``tokens**2``.
+# On CPU they then stay in cache: CMS-LSTM's step took 0.83x its time with 512 keys and
+# 0.92x its time with 64 (docs/performance.md, "Attention").
 KEY_CHUNK = 128
+
+
+class _Window(NamedTuple):
+  """The tokens of a flattened ``height x width`` frame, each seeing a ``window x window`` neighbourhood."""
+  height: int
+  width: int
+  window: int
+
+  def _reach(self, offset: jax.Array) -> jax.Array:
+    r = self.window // 2
+    return (offset >= -r) & (offset < self.window - r)
+
+  def sees(self, start: jax.Array, size: int) -> jax.Array:
+    """``[tokens, size]``: True where key ``start + j`` is in token ``i``'s window."""
+    i = jnp.arange(self.height * self.width)[:, None]
+    j = start + jnp.arange(size)[None, :]
+    return (self._reach(j // self.width - i // self.width)
+            & self._reach(j % self.width - i % self.width))
+
+  def outside(self) -> jax.Array:
+    """``[tokens]``: each token's window positions beyond the frame's border (zero keys)."""
+    def inside(extent, pos):
+      r = self.window // 2
+      return jnp.minimum(pos + self.window - r, extent) - jnp.maximum(pos - r, 0)
+
+    i = jnp.arange(self.height * self.width)
+    return (self.window ** 2 - inside(self.height, i // self.width)
+            * inside(self.width, i % self.width)).astype(jnp.float32)
 
 
 def _blocks(x: jax.Array, scale: int) -> jax.Array:
@@ -256,21 +303,101 @@ def _from_key_chunks(chunks: jax.Array, rest: jax.Array | None) -> jax.Array:
 
 
 def _over_chunks(body, carry, k: jax.Array, v: jax.Array, key_chunk: int):
-  """Runs ``body(carry, (k_chunk, v_chunk)) -> (carry, out)`` over the key chunks of blocked ``k``, ``v``.
+  """Runs ``body(carry, (k_chunk, v_chunk, start)) -> (carry, out)`` over the key chunks of ``k``, ``v``.
 
-  Returns the last carry and the outputs as :func:`_key_chunks` splits
-  (``(stacked whole chunks, rest or None)``, per output).
+  ``start`` is the chunk's first key. Returns the last carry and the outputs
+  as :func:`_key_chunks` splits (``(stacked whole chunks, rest or None)``, per
+  output).
   """
   size = _chunk_size(k.shape[2], key_chunk)
   (ks, k_rest), (vs, v_rest) = _key_chunks(k, size), _key_chunks(v, size)
-  carry, outs = jax.lax.scan(body, carry, (ks, vs))
+  carry, outs = jax.lax.scan(body, carry, (ks, vs, size * jnp.arange(ks.shape[0])))
   rest_outs = None
   if k_rest is not None:
-    carry, rest_outs = body(carry, (k_rest, v_rest))
+    carry, rest_outs = body(carry, (k_rest, v_rest, jnp.asarray(size * ks.shape[0])))
   return carry, outs, rest_outs
 
 
+def _scores(q: jax.Array, k_chunk: jax.Array, start: jax.Array,
+            window: _Window | None) -> jax.Array:
+  """``[b, g, tokens, chunk]`` products, -inf where a key is outside the query's window."""
+  s = jnp.einsum("bgic,bgjc->bgij", q, k_chunk)
+  return s if window is None else jnp.where(window.sees(start, k_chunk.shape[2]), s, -jnp.inf)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _flash(q: jax.Array, k: jax.Array, v: jax.Array, key_chunk: int,
+           window: _Window | None) -> jax.Array:
+  """Softmax attention of each token over the tokens of its group, ``[b, g, tokens, c]``.
+
+  The keys are walked ``key_chunk`` at a time with an online softmax and the
+  custom gradient recomputes each chunk's probabilities from the queries,
+  keys and the per-token log-sum-exp (flash attention), so no pass holds a
+  ``tokens x tokens`` matrix. With a ``window`` (one group: a flattened
+  frame) each token sees only its neighbourhood, and the neighbourhood's
+  positions beyond the frame's border count as keys and values of zero
+  (score 0, in the softmax's denominator).
+  """
+  return _flash_forward(q, k, v, key_chunk, window)[0]
+
+
+def _flash_forward(q, k, v, key_chunk, window):
+  qw = _wide(q)
+
+  def body(carry, chunk):
+    m, l, acc = carry
+    k_chunk, v_chunk, start = chunk
+    s = _scores(qw, k_chunk, start, window)
+    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+    # A query that has seen no key yet (all -inf so far) rescales from 0.
+    m_ref = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+    rescale = jnp.exp(m - m_ref)
+    p = jnp.exp(s - m_ref[..., None])
+    l = l * rescale + jnp.sum(p, axis=-1)
+    acc = acc * rescale[..., None] + jnp.einsum("bgij,bgjc->bgic", p, v_chunk)
+    return (m_new, l, acc), None
+
+  if window is None:
+    m, l = jnp.full(qw.shape[:-1], -jnp.inf, qw.dtype), jnp.zeros(qw.shape[:-1], qw.dtype)
+  else:
+    # The zero keys beyond the border: score 0, so a running maximum of 0 and that many ones.
+    zeros = window.outside().astype(qw.dtype)
+    l = jnp.broadcast_to(zeros, qw.shape[:-1])
+    m = jnp.where(l > 0, 0.0, -jnp.inf).astype(qw.dtype)
+  (m, l, acc), _, _ = _over_chunks(body, (m, l, jnp.zeros_like(qw)), _wide(k), _wide(v),
+                                   key_chunk)
+  out = acc / l[..., None]
+  return out.astype(q.dtype), out, m + jnp.log(l)
+
+
+def _flash_fwd(q, k, v, key_chunk, window):
+  out, out_wide, lse = _flash_forward(q, k, v, key_chunk, window)
+  return out, (q, k, v, out_wide, lse)
+
+
+def _flash_bwd(key_chunk, window, res, dout):
+  q, k, v, out, lse = res
+  qw, dout = _wide(q), _wide(dout)
+  # sum_j P_ij dP_ij = dout_i . out_i: the softmax gradient's correction term (the zero
+  # keys beyond a frame's border have zero values, so add nothing to it).
+  delta = jnp.sum(dout * out, axis=-1)
+
+  def body(dq, chunk):
+    k_chunk, v_chunk, start = chunk
+    p = jnp.exp(_scores(qw, k_chunk, start, window) - lse[..., None])
+    ds = p * (jnp.einsum("bgic,bgjc->bgij", dout, v_chunk) - delta[..., None])
+    dq = dq + jnp.einsum("bgij,bgjc->bgic", ds, k_chunk)
+    return dq, (jnp.einsum("bgij,bgic->bgjc", ds, qw), jnp.einsum("bgij,bgic->bgjc", p, dout))
+
+  dq, (dks, dvs), rest = _over_chunks(body, jnp.zeros_like(qw), _wide(k), _wide(v), key_chunk)
+  dk_rest, dv_rest = rest if rest is not None else (None, None)
+  dk, dv = _from_key_chunks(dks, dk_rest), _from_key_chunks(dvs, dv_rest)
+  return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype)
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
 def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: int,
                     key_chunk: int = KEY_CHUNK) -> jax.Array:
   """Softmax self-attention among the tokens of each block of a ``scale x scale`` grid.
@@ -298,55 +425,5 @@ def block_attention(q: jax.Array, k: jax.Array, v: jax.Array, scale: int,
   Returns:
     ``[batch, maps, height, width, channels]``.
   """
-  return _block_forward(q, k, v, scale, key_chunk)[0]
-
-
-def _block_forward(q, k, v, scale, key_chunk):
-  qb = _blocks(_wide(q), scale)
-
-  def body(carry, chunk):
-    m, l, acc = carry
-    k_chunk, v_chunk = chunk
-    s = jnp.einsum("bgic,bgjc->bgij", qb, k_chunk)
-    m_new = jnp.maximum(m, jnp.max(s, axis=-1))
-    rescale = jnp.exp(m - m_new)
-    p = jnp.exp(s - m_new[..., None])
-    l = l * rescale + jnp.sum(p, axis=-1)
-    acc = acc * rescale[..., None] + jnp.einsum("bgij,bgjc->bgic", p, v_chunk)
-    return (m_new, l, acc), None
-
-  init = (jnp.full(qb.shape[:-1], -jnp.inf, qb.dtype), jnp.zeros(qb.shape[:-1], qb.dtype),
-          jnp.zeros_like(qb))
-  (m, l, acc), _, _ = _over_chunks(body, init, _blocks(_wide(k), scale), _blocks(_wide(v), scale),
-                                   key_chunk)
-  out = acc / l[..., None]
-  return _unblocks(out, q.shape, scale).astype(q.dtype), out, m + jnp.log(l)
-
-
-def _block_attention_fwd(q, k, v, scale, key_chunk):
-  out, out_blocked, lse = _block_forward(q, k, v, scale, key_chunk)
-  return out, (q, k, v, out_blocked, lse)
-
-
-def _block_attention_bwd(scale, key_chunk, res, dout):
-  q, k, v, out, lse = res
-  qb, dout = _blocks(_wide(q), scale), _blocks(_wide(dout), scale)
-  # sum_j P_ij dP_ij = dout_i . out_i: the softmax gradient's correction term.
-  delta = jnp.sum(dout * out, axis=-1)
-
-  def body(dq, chunk):
-    k_chunk, v_chunk = chunk
-    p = jnp.exp(jnp.einsum("bgic,bgjc->bgij", qb, k_chunk) - lse[..., None])
-    ds = p * (jnp.einsum("bgic,bgjc->bgij", dout, v_chunk) - delta[..., None])
-    dq = dq + jnp.einsum("bgij,bgjc->bgic", ds, k_chunk)
-    return dq, (jnp.einsum("bgij,bgic->bgjc", ds, qb), jnp.einsum("bgij,bgic->bgjc", p, dout))
-
-  dq, (dks, dvs), rest = _over_chunks(body, jnp.zeros_like(qb), _blocks(_wide(k), scale),
-                                      _blocks(_wide(v), scale), key_chunk)
-  dk_rest, dv_rest = rest if rest is not None else (None, None)
-  dk, dv = _from_key_chunks(dks, dk_rest), _from_key_chunks(dvs, dv_rest)
-  return tuple(_unblocks(d, x.shape, scale).astype(x.dtype)
-               for d, x in ((dq, q), (dk, k), (dv, v)))
-
-
-block_attention.defvjp(_block_attention_fwd, _block_attention_bwd)
+  out = _flash(_blocks(q, scale), _blocks(k, scale), _blocks(v, scale), key_chunk, None)
+  return _unblocks(out, q.shape, scale)
