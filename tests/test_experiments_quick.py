@@ -57,6 +57,17 @@ def test_conv_bench_quick(tmp_path):
       assert cases[f"{impl}/{part}"]["calls"] == 1 and cases[f"{impl}/{part}"]["gflops"] > 0
 
 
+def test_attention_bench_quick(tmp_path):
+  out = tmp_path / "attention.json"
+  _quick("attention_bench.py", f"--out={out}")
+  r = json.loads(out.read_text())["results"]["8"]
+  # 8x8, window 5: 64 products per pixel over the frame against 5 x 12 in offset rows.
+  assert r["products_per_pixel"] == {"frame": 64, "rows": 60} and r["local_attention_takes"] == "rows"
+  assert set(r["cases"]) == {"rows", "frame/8", "frame/16"}
+  assert r["cases"]["rows"]["ratio_median"] == 1.0
+  assert all(c["step_s"] > 0 and len(c["ratios"]) == 1 for c in r["cases"].values())
+
+
 def test_benchmark_quick(tmp_path):
   out = tmp_path / "bench.json"
   _quick("benchmark.py", "--no-unrolled", "--no-compile-t40", f"--out={out}")

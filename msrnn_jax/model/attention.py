@@ -69,13 +69,11 @@ DENSE_ROW_MAX_COST = 16.0  # most multiplications per needed one for the dense p
 # A frame no larger than the window's reach is attended as a whole instead: every pixel's
 # scores with every key of the flattened frame, a chunk of keys at a time (as block
 # attention), the keys outside the pixel's window masked out. That is ``h * w`` products per
-# pixel against the dense rows' ``window * (w + window - 1)``, as large batched products.
-# At window 30 and 16 channels (jitted value and gradient, AMD EPYC, AVX2) the frame took 0.44x
-# the dense rows' time at 32x32 (0.56 times their products), 0.79x at 48x48 (1.0 times) and
-# 1.31x at 64x64 (1.47 times).
+# pixel against the dense rows' ``window * (w + window - 1)``, as larger batched products: it
+# was faster up to the frame where the two counts are equal and slower beyond, and 64 keys per
+# step were faster than 32 and 128 (experiments/attention_bench.py; docs/performance.md,
+# "Attention").
 FRAME_MAX_COST = 1.0  # most products per pixel, relative to the dense rows', for the frame
-# Keys per step over a frame: 64 took 0.9x the time of 128 and of 256 at 32x32 (the scores of
-# a step then stay in cache; 32 was no faster).
 FRAME_KEY_CHUNK = 64
 
 
@@ -146,11 +144,17 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, window: int) -> ja
   Returns:
     ``[batch, height, width, channels]``.
   """
-  b, h, w, c = q.shape
+  _, h, w, _ = q.shape
   if h * w <= FRAME_MAX_COST * window * (w + window - 1):
-    flat = [x.reshape(b, 1, h * w, c) for x in (q, k, v)]
-    return _flash(*flat, FRAME_KEY_CHUNK, _Window(h, w, window)).reshape(q.shape)
+    return _frame_attention(q, k, v, window, FRAME_KEY_CHUNK)
   return _offset_rows_attention(q, k, v, window)
+
+
+def _frame_attention(q, k, v, window, key_chunk):
+  """:func:`local_attention` over the whole flattened frame, ``key_chunk`` keys per step."""
+  b, h, w, c = q.shape
+  flat = [x.reshape(b, 1, h * w, c) for x in (q, k, v)]
+  return _flash(*flat, key_chunk, _Window(h, w, window)).reshape(q.shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
