@@ -58,7 +58,7 @@ def _use_path(monkeypatch, path):
   frame_cost, rows_cost = _PATHS[path]
   monkeypatch.setattr(attention, "FRAME_MAX_COST", frame_cost)
   monkeypatch.setattr(attention, "DENSE_ROW_MAX_COST", rows_cost)
-  monkeypatch.setattr(attention, "FRAME_KEY_CHUNK", 8)
+  monkeypatch.setattr(attention, "KEY_CHUNK", 8)
   # Traces are cached by function and argument shapes, not by these module settings.
   jax.clear_caches()
 

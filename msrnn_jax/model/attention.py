@@ -69,12 +69,10 @@ DENSE_ROW_MAX_COST = 16.0  # most multiplications per needed one for the dense p
 # A frame no larger than the window's reach is attended as a whole instead: every pixel's
 # scores with every key of the flattened frame, a chunk of keys at a time (as block
 # attention), the keys outside the pixel's window masked out. That is ``h * w`` products per
-# pixel against the dense rows' ``window * (w + window - 1)``, as larger batched products: it
-# was faster up to the frame where the two counts are equal and slower beyond, and 64 keys per
-# step were faster than 32 and 128 (experiments/attention_bench.py; docs/performance.md,
-# "Attention").
+# pixel against the dense rows' ``window * (w + window - 1)``, as larger batched products: with
+# ``KEY_CHUNK`` keys per step it was faster up to the frame where the two counts are equal and
+# slower beyond (experiments/attention_bench.py; docs/performance.md, "Attention").
 FRAME_MAX_COST = 1.0  # most products per pixel, relative to the dense rows', for the frame
-FRAME_KEY_CHUNK = 64
 
 
 class _Rows(NamedTuple):
@@ -146,7 +144,7 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, window: int) -> ja
   """
   _, h, w, _ = q.shape
   if h * w <= FRAME_MAX_COST * window * (w + window - 1):
-    return _frame_attention(q, k, v, window, FRAME_KEY_CHUNK)
+    return _frame_attention(q, k, v, window, KEY_CHUNK)
   return _offset_rows_attention(q, k, v, window)
 
 
@@ -223,7 +221,8 @@ _offset_rows_attention.defvjp(_local_attention_fwd, _local_attention_bwd)
 # Keys per step of the online softmax over a flattened frame or block: the transient
 # scores are ``tokens x KEY_CHUNK`` floats (4 MB at 8,192 tokens) instead of ``tokens**2``.
 # On CPU they then stay in cache: CMS-LSTM's step took 0.83x its time with 512 keys and
-# 0.92x its time with 64 (docs/performance.md, "Attention").
+# 0.92x its time with 64, PrecipLSTM's attention over a 32x32 frame 0.8x its time with 64
+# (docs/performance.md, "Attention").
 KEY_CHUNK = 128
 
 
