@@ -99,7 +99,7 @@ def _dense_rows(width: int, window: int) -> _Rows:
     return jnp.where(_window_columns(width, window), products(x, slab), -jnp.inf)
 
   return _Rows(scores, products, lambda p, slab: jnp.einsum("bhxz,bhzc->bhxc", p, slab),
-               lambda p, x: jnp.einsum("bhxz,bhxc->bhzc", p, x))
+               _transposed_product)
 
 
 def _sliced_rows(width: int, window: int) -> _Rows:
@@ -321,6 +321,16 @@ def _over_chunks(body, carry, k: jax.Array, v: jax.Array, key_chunk: int):
   return carry, outs, rest_outs
 
 
+def _transposed_product(a: jax.Array, x: jax.Array) -> jax.Array:
+  """``a^T x`` per leading index: ``[..., i, j]``, ``[..., i, c]`` -> ``[..., j, c]``.
+
+  Computed as ``(x^T a)^T``: XLA:CPU runs the product contracting the minor axis of ``x``'s
+  transpose at about twice the rate of the one contracting ``a``'s rows directly
+  (``[8, 2048, 128]`` by ``[8, 2048, 16]``: 0.5x the time), and the transposed result is small.
+  """
+  return jnp.swapaxes(jnp.einsum("...ic,...ij->...cj", x, a), -1, -2)
+
+
 def _scores(q: jax.Array, k_chunk: jax.Array, start: jax.Array,
             window: _Window | None) -> jax.Array:
   """``[b, g, tokens, chunk]`` products, -inf where a key is outside the query's window."""
@@ -390,7 +400,7 @@ def _flash_bwd(key_chunk, window, res, dout):
     p = jnp.exp(_scores(qw, k_chunk, start, window) - lse[..., None])
     ds = p * (jnp.einsum("bgic,bgjc->bgij", dout, v_chunk) - delta[..., None])
     dq = dq + jnp.einsum("bgij,bgjc->bgic", ds, k_chunk)
-    return dq, (jnp.einsum("bgij,bgic->bgjc", ds, qw), jnp.einsum("bgij,bgic->bgjc", p, dout))
+    return dq, (_transposed_product(ds, qw), _transposed_product(p, dout))
 
   dq, (dks, dvs), rest = _over_chunks(body, jnp.zeros_like(qw), _wide(k), _wide(v), key_chunk)
   dk_rest, dv_rest = rest if rest is not None else (None, None)
