@@ -526,6 +526,35 @@ def test_multi_process_failures_end_every_process_with_one_line(tmp_path):
   assert commands.EXIT_PEER_LOST == distributed.EXIT_PEER_LOST == 76
 
 
+# Known gap: JAX's client answers a peer's missed heartbeats by aborting from a thread of its
+# own, and the handler it takes instead (``missed_heartbeat_callback`` of
+# ``_jax.get_distributed_runtime_client``) cannot be a Python function in jaxlib 0.10.2 (the
+# status argument has no Python conversion: std::bad_cast). Strict: a fix makes it fail.
+@pytest.mark.xfail(strict=True, reason="JAX aborts on a peer's missed heartbeats (C++ stack trace, "
+                   "status -6)")
+def test_a_stopped_peer_ends_the_other_process_with_one_line(tmp_path):
+  """A peer that stops without closing its connections (SIGSTOP) is found only by the
+  coordination service's missed heartbeats: the surviving process should end with one line
+  and status 76, within its heartbeat (3 x timeout_s) and timeout_s more."""
+  (survivor, stopped), logs = _launch(tmp_path, "stopped", _free_port(), [0, 1], num_steps=400)
+  ckpt = tmp_path / "stopped" / "checkpoints" / "2"
+  deadline = time.time() + 240
+  while not ckpt.is_dir() and time.time() < deadline and survivor.poll() is None:
+    time.sleep(0.2)
+  assert ckpt.is_dir()
+  stopped.send_signal(signal.SIGSTOP)
+  stopped_at = time.time()
+  try:
+    (rc, errors, text), = _ended([survivor], logs[:1], timeout=120)
+  finally:
+    stopped.kill()
+    stopped.wait()
+  assert rc == 76 and len(errors) == 1, text[-3000:]
+  assert "another process of this run failed or cannot be reached" in errors[0]
+  assert "Traceback" not in text and "stack trace" not in text
+  assert time.time() - stopped_at < 60
+
+
 def test_a_checkpoint_changed_in_place_fails_its_checksum(tmp_path, caplog):
   """16 bytes flipped in the largest file of the newest checkpoint (same size, still readable):
   the SHA-256 recorded at saving no longer matches, so it is skipped like a damaged one."""
