@@ -70,12 +70,11 @@ def main(argv=None) -> dict:
   results = {}
   for size in (int(s) for s in args.sizes.split(",")):
     wall, _ = timing.interleaved(cases(size, args), args.rounds)
-    frame_products = size * size
-    rows_products = args.window * (size + args.window - 1)
+    frame_products, rows_products = attention._products_per_pixel(size, size, args.window)
     results[str(size)] = {
         "products_per_pixel": {"frame": frame_products, "rows": rows_products},
-        "local_attention_takes": ("frame" if frame_products
-                                  <= attention.FRAME_MAX_COST * rows_products else "rows"),
+        "local_attention_takes": ("frame" if attention._takes_frame(size, size, args.window)
+                                  else "rows"),
         "cases": {name: timing.ratio(ts, wall["rows"]) for name, ts in wall.items()}}
   report = {"settings": vars(args), "machine": timing.machine(), "results": results}
   out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",

@@ -143,9 +143,20 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, window: int) -> ja
     ``[batch, height, width, channels]``.
   """
   _, h, w, _ = q.shape
-  if h * w <= FRAME_MAX_COST * window * (w + window - 1):
+  if _takes_frame(h, w, window):
     return _frame_attention(q, k, v, window, KEY_CHUNK)
   return _offset_rows_attention(q, k, v, window)
+
+
+def _products_per_pixel(height: int, width: int, window: int) -> tuple[int, int]:
+  """Score products per pixel over the whole frame and by dense offset rows."""
+  return height * width, window * (width + window - 1)
+
+
+def _takes_frame(height: int, width: int, window: int) -> bool:
+  """Whether :func:`local_attention` attends a frame of this size as a whole."""
+  frame, rows = _products_per_pixel(height, width, window)
+  return frame <= FRAME_MAX_COST * rows
 
 
 def _frame_attention(q, k, v, window, key_chunk):
