@@ -526,33 +526,149 @@ def test_multi_process_failures_end_every_process_with_one_line(tmp_path):
   assert commands.EXIT_PEER_LOST == distributed.EXIT_PEER_LOST == 76
 
 
-# Known gap: JAX's client answers a peer's missed heartbeats by aborting from a thread of its
-# own, and the handler it takes instead (``missed_heartbeat_callback`` of
-# ``_jax.get_distributed_runtime_client``) cannot be a Python function in jaxlib 0.10.2 (the
-# status argument has no Python conversion: std::bad_cast). Strict: a fix makes it fail.
-@pytest.mark.xfail(strict=True, reason="JAX aborts on a peer's missed heartbeats (C++ stack trace, "
-                   "status -6)")
 def test_a_stopped_peer_ends_the_other_process_with_one_line(tmp_path):
-  """A peer that stops without closing its connections (SIGSTOP) is found only by the
-  coordination service's missed heartbeats: the surviving process should end with one line
-  and status 76, within its heartbeat (3 x timeout_s) and timeout_s more."""
-  (survivor, stopped), logs = _launch(tmp_path, "stopped", _free_port(), [0, 1], num_steps=400)
-  ckpt = tmp_path / "stopped" / "checkpoints" / "2"
-  deadline = time.time() + 240
-  while not ckpt.is_dir() and time.time() < deadline and survivor.poll() is None:
-    time.sleep(0.2)
-  assert ckpt.is_dir()
-  stopped.send_signal(signal.SIGSTOP)
-  stopped_at = time.time()
+  """A peer that stops without closing its connections (SIGSTOP), process 1 in one run and
+  process 0 (the coordination service's host) in another: the survivor ends with one line
+  and status 76 within about timeout_s (5 s), long before JAX's heartbeat (10 x timeout_s)
+  would abort it with a C++ stack trace."""
+  # Steps enough that neither run ends before its process is stopped.
+  runs = {victim: _launch(tmp_path, f"stopped{victim}", _free_port(), [0, 1], num_steps=10**6)
+          for victim in (1, 0)}
+  stopped_at = {}
   try:
-    (rc, errors, text), = _ended([survivor], logs[:1], timeout=120)
+    for victim, (procs, _) in runs.items():
+      # Training has begun once a checkpoint is saved.
+      checkpoints = tmp_path / f"stopped{victim}" / "checkpoints"
+      deadline = time.time() + 240
+      while (not any(checkpoints.glob("[0-9]*")) and time.time() < deadline
+             and procs[1 - victim].poll() is None):
+        time.sleep(0.2)
+      assert any(checkpoints.glob("[0-9]*"))
+      procs[victim].send_signal(signal.SIGSTOP)
+      stopped_at[victim] = time.time()
+    for victim, (procs, logs) in runs.items():
+      (rc, errors, text), = _ended([procs[1 - victim]], [logs[1 - victim]], timeout=60)
+      assert rc == 76 and len(errors) == 1, text[-3000:]
+      assert "another process of this run failed or cannot be reached" in errors[0]
+      assert "Traceback" not in text and "stack trace" not in text
+      # The survivor's exit came within timeout_s, a beat and its linger of the stop.
+      assert time.time() - stopped_at[victim] < 5 * 3, (victim, errors[0])
   finally:
-    stopped.kill()
-    stopped.wait()
+    for procs, _ in runs.values():
+      for p in procs:
+        p.kill()
+        p.wait()
+
+
+class _Store:
+  """A coordination service's key-value store, as the liveness watch calls it: answering,
+  failing, or hanging for ``hang_s``."""
+
+  def __init__(self, fail=False, hang_s=0.0):
+    self.values, self.fail, self.hang_s = {}, fail, hang_s
+
+  def key_value_increment(self, key, by):
+    import jax
+    if self.fail:
+      raise jax.errors.JaxRuntimeError("UNAVAILABLE: connection refused")
+    time.sleep(self.hang_s)
+    self.values[key] = str(int(self.values.get(key, 0)) + by)
+
+  def key_value_dir_get(self, prefix):
+    return [(k, v) for k, v in self.values.items() if k.startswith(prefix)]
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    self.values[key] = value
+
+
+@pytest.mark.parametrize("peer,found,recorded", [
+    ("silent", "process 1 has not answered within distributed.timeout_s=0.5 s", True),
+    ("lost", "found by process 1: its reason", False),
+    ("unreachable", "process 0's coordination service failed: UNAVAILABLE", False),
+    ("hung", "process 0's coordination service did not answer within", False),
+    ("beating", None, False),
+])
+def test_the_liveness_watch_gives_up_only_on_a_silent_or_lost_peer(monkeypatch, capsys, peer,
+                                                                    found, recorded):
+  """Process 0's watch (timeout 0.5 s) against a peer whose count stands still, that recorded
+  a loss, a store that fails or hangs, or a peer that keeps beating: all but the last end
+  the process with one line and status 76, and a silent peer's finding is recorded for the
+  others."""
+  import threading
+
+  from jax._src import distributed as jax_distributed
+
+  from msrnn_jax.training import distributed
+  store = _Store(fail=peer == "unreachable", hang_s=2.0 if peer == "hung" else 0.0)
+  monkeypatch.setattr(jax_distributed.global_state, "client", store)
+  monkeypatch.setattr(distributed, "_ending", threading.Lock())
+  ended = []
+  monkeypatch.setattr(distributed, "exit_now", lambda status, linger_s=0: ended.append(status))
+  if peer == "lost":
+    store.values["msrnn_jax/liveness/lost/1"] = "its reason"
+  watch = distributed._LivenessWatch(store, 0, 2, limit_s=0.5)
+  started = time.time()
+  watch.start()
+  while not ended and time.time() - started < 2.5:
+    if peer == "beating":
+      store.key_value_increment("msrnn_jax/liveness/alive/1", 1)
+    time.sleep(0.05)
+  watch.leave()
+  # jax.distributed.shutdown() ends the watch.
+  monkeypatch.setattr(jax_distributed.global_state, "client", None)
+  watch._thread.join(timeout=5)
+  assert not watch._thread.is_alive()
+  errors = [x for x in capsys.readouterr().err.splitlines() if x.startswith("error:")]
+  if found is None:
+    assert ended == [] and errors == []
+    assert int(store.values["msrnn_jax/liveness/alive/0"]) >= 10  # about 5 beats per 0.5 s
+  else:
+    assert ended == [76] and len(errors) == 1 and found in errors[0], errors
+    assert "rerun the same command on every process" in errors[0]
+  assert ("msrnn_jax/liveness/lost/0" in store.values) == recorded
+
+
+def test_a_peer_that_dies_in_a_barrier_and_one_that_ends_first(tmp_path):
+  """Two 2-process runs (timeout_s=3) of a bare ``distributed.initialize``. In one, process 1
+  dies without a word while process 0 waits in a barrier of the coordination service (as
+  in a checkpoint's completion): process 0 ends with one line and status 76 within
+  seconds, not at the barrier's 10-minute limit. In the other, process 1 ends normally
+  three timeouts before process 0: both end with status 0."""
+  script = """if True:
+    import os, sys, time
+    from msrnn_jax.training import distributed
+    port, pid, case = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    distributed.initialize({"enabled": True, "coordinator_address": f"127.0.0.1:{port}",
+                            "num_processes": 2, "process_id": pid, "timeout_s": 3})
+    from jax._src import distributed as jax_distributed
+    if case == "dies" and pid == 1:
+      os._exit(0)
+    if case == "dies":
+      jax_distributed.global_state.client.wait_at_barrier("never", 600_000)
+    if pid == 0:
+      time.sleep(9)
+    """
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  runs = {}
+  for case in ("dies", "ends_first"):
+    port = _free_port()
+    runs[case] = []
+    for pid in (0, 1):
+      log = tmp_path / f"{case}_{pid}.log"
+      with open(log, "w") as f:
+        runs[case].append((subprocess.Popen(
+            [sys.executable, "-c", script, str(port), str(pid), case], cwd=REPO, env=env,
+            stdout=subprocess.DEVNULL, stderr=f), log))
+  started = time.time()
+  results = {case: [(p.wait(timeout=120), log.read_text()) for p, log in procs]
+             for case, procs in runs.items()}
+  (rc, text), _ = results["dies"]
+  errors = [x for x in text.splitlines() if x.startswith("error:")]
   assert rc == 76 and len(errors) == 1, text[-3000:]
-  assert "another process of this run failed or cannot be reached" in errors[0]
-  assert "Traceback" not in text and "stack trace" not in text
-  assert time.time() - stopped_at < 60
+  assert "process 1 has not answered within distributed.timeout_s=3 s" in errors[0]
+  assert time.time() - started < 60
+  for rc, text in results["ends_first"]:
+    assert rc == 0 and "error:" not in text and "Check failure" not in text, text[-3000:]
 
 
 def test_a_checkpoint_changed_in_place_fails_its_checksum(tmp_path, caplog):

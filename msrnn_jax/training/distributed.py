@@ -14,11 +14,20 @@ Every wait between processes is bounded by ``config.distributed.timeout_s``:
 * ``peer_failure`` recognises the runtime errors of a collective whose peer
   vanished (gloo's "connection closed", a coordination-service deadline), so
   that the command line turns them into ``PeerLost``.
+* A liveness watch (a thread started by ``initialize``) finds a peer that
+  stops answering without closing its connections (a stopped or hung host, or
+  one that dies while the others wait in a barrier of the coordination
+  service): each process counts up its own key in the key-value store several
+  times per ``timeout_s`` and reads everyone's; a count that stands still for
+  ``timeout_s``, or a store that does not answer, ends the process with
+  ``PeerLost``'s line. JAX's own heartbeat, which would abort with a C++ stack
+  trace, is set ten times longer.
 
 A process that ends with an error skips JAX's shutdown barrier (``exit_now``),
 which would otherwise wait for the lost peer.
 """
 
+import atexit
 import contextlib
 import errno
 import json
@@ -37,13 +46,24 @@ from flax import traverse_util
 # The exit status of a lost or unreachable peer (sysexits.h EX_PROTOCOL: a
 # remote error). A rerun can succeed: requeue on it.
 EXIT_PEER_LOST = 76
-# JAX's heartbeat timeout, in multiples of ``timeout_s``: long compilations
-# send no collective, and a missed heartbeat aborts the process.
-HEARTBEAT_FACTOR = 3
+# JAX's own heartbeat and shutdown-barrier timeouts, in multiples of
+# ``timeout_s``. Both abort with a C++ stack trace, so they are fallbacks well
+# beyond the liveness watch's finding (at most 1.2 x ``timeout_s``) and process
+# 0's linger after it (with 3 x, JAX's heartbeat aborted process 0 in 1 of 7
+# tests while it lingered). The shutdown barrier is also how long a process that
+# ended normally waits for a slower one (its watch still runs meanwhile).
+JAX_TIMEOUT_FACTOR = 10
+# How often each process proves that it is alive, per ``timeout_s``.
+BEATS_PER_TIMEOUT = 5
 # How long process 0 outlives a failure (``exit_now``).
 _LINGER_S = 2.0
 # This process's index once every process has connected.
 _started: dict[str, int | None] = {"process_id": None}
+# Key-value store directory of the liveness watch: ``alive/<process>`` (a count),
+# ``lost/<process>`` (why it gave up).
+_LIVENESS = "msrnn_jax/liveness/"
+# Held by the thread that ends the process, so that a second finding prints no second line.
+_ending = threading.Lock()
 
 # Signatures of a collective or coordination call whose peer is gone.
 _PEER_FAILURES = ("gloo", "connection closed", "connection reset", "deadline_exceeded",
@@ -62,18 +82,19 @@ def _timeout(group: Any) -> int:
   return int(group.get("timeout_s") or 60)
 
 
-def exit_now(status: int) -> None:
+def exit_now(status: int, linger_s: float = _LINGER_S) -> None:
   """Ends the process at once with ``status`` (flushing output), skipping JAX's shutdown
   barrier, which waits for every peer.
 
-  Process 0 hosts the coordination service; it lingers a moment so that the others,
+  Process 0 hosts the coordination service; it lingers ``linger_s`` so that the others,
   ending for the same reason, print their own line rather than JAX's abort on losing it.
   """
+  _ending.acquire(blocking=False)
   sys.stdout.flush()
   sys.stderr.flush()
   # Not jax.process_index(): from the watchdog's thread it would start JAX's backend.
   if _started["process_id"] == 0:
-    time.sleep(_LINGER_S)
+    time.sleep(linger_s)
   os._exit(status)
 
 
@@ -82,8 +103,9 @@ def deadline(seconds: float, message: str) -> Iterator[None]:
   """Ends the process with ``error: {message}`` and ``EXIT_PEER_LOST`` if the block runs
   longer than ``seconds``: for waits on other processes that JAX cannot interrupt."""
   def expire():
-    print(f"error: {message}", file=sys.stderr, flush=True)
-    exit_now(EXIT_PEER_LOST)
+    if _ending.acquire(blocking=False):
+      print(f"error: {message}", file=sys.stderr, flush=True)
+      exit_now(EXIT_PEER_LOST)
 
   timer = threading.Timer(seconds, expire)
   timer.daemon = True
@@ -172,11 +194,11 @@ def initialize(group: Any) -> bool:
     # JAX's own limits are longer, so that a line of ours ends the wait: JAX
     # aborts with a C++ stack trace. A peer that dies mid-run closes its gloo
     # connections, which fails the next collective at once (``peer_failure``);
-    # the heartbeat is the fallback for a peer that stops without closing them.
+    # the liveness watch finds one that stops without closing them.
     with deadline(timeout, lost):
       jax.distributed.initialize(**kwargs, initialization_timeout=timeout + 30,
-                                 heartbeat_timeout_seconds=HEARTBEAT_FACTOR * timeout,
-                                 shutdown_timeout_seconds=timeout)
+                                 heartbeat_timeout_seconds=JAX_TIMEOUT_FACTOR * timeout,
+                                 shutdown_timeout_seconds=JAX_TIMEOUT_FACTOR * timeout)
   except (RuntimeError, ValueError) as e:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     args = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
@@ -187,7 +209,105 @@ def initialize(group: Any) -> bool:
   # JAX's CPU backend exchanges the device topology with every process: also a wait.
   with deadline(timeout, lost):
     _started["process_id"] = jax.process_index()
+  if jax.process_count() > 1:
+    # The client of jax.distributed (as in ``check_same_config``).
+    from jax._src import distributed as jax_distributed
+    _LivenessWatch(jax_distributed.global_state.client, jax.process_index(),
+                   jax.process_count(), timeout).start()
   return True
+
+
+class _LivenessWatch:
+  """Ends this process with one line and ``EXIT_PEER_LOST`` when another process stops
+  answering: its count in the key-value store stands still for ``limit_s``, or the store
+  (process 0) does not answer within ``limit_s``.
+
+  Each process counts up its own key ``BEATS_PER_TIMEOUT`` times per ``limit_s`` from a
+  thread of its own (compiling and running steps leave it free to run) and reads all
+  counts in the same call, so every survivor finds the lost peer by itself. The first to
+  find it also records why, which ends the others at their next beat. The watch goes on
+  through JAX's shutdown barrier at exit, where a process that ended first waits for the
+  others, so it still beats there; from then on (``leave``) it no longer gives up on the
+  store, which ends with the run.
+  """
+
+  def __init__(self, client: Any, process_id: int, num_processes: int, limit_s: float):
+    self._client = client
+    self._limit = float(limit_s)
+    self._me = process_id
+    self._count = num_processes
+    self._leaving = threading.Event()
+    self._thread = threading.Thread(target=self._watch, name="msrnn_jax-liveness", daemon=True)
+
+  def start(self) -> None:
+    self._thread.start()
+    # Before JAX's own exit handler (registered earlier, so run later), which waits for
+    # every process at its shutdown barrier.
+    atexit.register(self.leave)
+
+  def leave(self) -> None:
+    """This process ends normally: the store going away is no longer a failure."""
+    self._leaving.set()
+
+  def _give_up(self, reason: str, record: bool = True) -> None:
+    """Prints why, records it for the others (``record``), and ends the process (unless
+    another thread is already ending it)."""
+    if not _ending.acquire(blocking=False):
+      return
+    if record:
+      with contextlib.suppress(jax.errors.JaxRuntimeError):
+        self._client.key_value_set(f"{_LIVENESS}lost/{self._me}", reason, allow_overwrite=True)
+    print(f"error: {_lost_peer_message(reason)}", file=sys.stderr, flush=True)
+    # Process 0 keeps the store up until the others have read the reason at their beat.
+    exit_now(EXIT_PEER_LOST, linger_s=2 * self._limit / BEATS_PER_TIMEOUT + _LINGER_S)
+
+  def _store_failed(self, reason: str) -> None:
+    if not self._leaving.is_set():
+      self._give_up(f"process 0's coordination service {reason}", record=False)
+
+  def _beat(self) -> dict[str, str]:
+    """Counts up this process's key; returns the liveness directory."""
+    timer = threading.Timer(self._limit, self._store_failed, args=(
+        f"did not answer within distributed.timeout_s={self._limit:g} s: process 0 stopped, "
+        "hung or cannot be reached",))
+    timer.daemon = True
+    timer.start()
+    try:
+      self._client.key_value_increment(f"{_LIVENESS}alive/{self._me}", 1)
+      return dict(self._client.key_value_dir_get(_LIVENESS))
+    finally:
+      timer.cancel()
+
+  def _watch(self) -> None:
+    from jax._src import distributed as jax_distributed
+    changed: dict[int, tuple[str | None, float]] = {}  # process -> (count, when it changed)
+    while True:
+      time.sleep(self._limit / BEATS_PER_TIMEOUT)
+      # Until jax.distributed.shutdown() (at exit, or called by the program).
+      if jax_distributed.global_state.client is not self._client:
+        return
+      try:
+        keys = self._beat()
+      except jax.errors.JaxRuntimeError as e:
+        time.sleep(0.5)
+        if jax_distributed.global_state.client is self._client:
+          self._store_failed(f"failed: {_first(e)}")
+        return
+      now = time.monotonic()
+      for key, reason in keys.items():
+        if key.startswith(f"{_LIVENESS}lost/"):
+          self._give_up(f"found by process {key.rpartition('/')[2]}: {reason}", record=False)
+          return
+      for other in range(self._count):
+        if other == self._me:
+          continue
+        count = keys.get(f"{_LIVENESS}alive/{other}")
+        if other not in changed or changed[other][0] != count:
+          changed[other] = (count, now)
+        elif now - changed[other][1] > self._limit:
+          self._give_up(f"process {other} has not answered within distributed.timeout_s="
+                        f"{self._limit:g} s: it stopped, hung or died")
+          return
 
 
 def _flat(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -252,6 +372,10 @@ def peer_failure(error: BaseException) -> PeerLost | None:
   text = str(error).lower()
   if not any(s in text for s in _PEER_FAILURES):
     return None
-  return PeerLost(f"another process of this run failed or cannot be reached ({_first(error)}); "
-                  "see its log, then rerun the same command on every process to resume from "
-                  "the last checkpoint.")
+  return PeerLost(_lost_peer_message(_first(error)))
+
+
+def _lost_peer_message(reason: str) -> str:
+  """The one line that ends a process whose peer is lost, with ``reason`` in brackets."""
+  return (f"another process of this run failed or cannot be reached ({reason}); see its log, "
+          "then rerun the same command on every process to resume from the last checkpoint.")
