@@ -628,44 +628,53 @@ def test_the_liveness_watch_gives_up_only_on_a_silent_or_lost_peer(monkeypatch, 
   assert ("msrnn_jax/liveness/lost/0" in store.values) == recorded
 
 
-def test_a_peer_that_dies_in_a_barrier_and_one_that_ends_first(tmp_path):
-  """Two 2-process runs (timeout_s=3) of a bare ``distributed.initialize``. In one, process 1
-  dies without a word while process 0 waits in a barrier of the coordination service (as
-  in a checkpoint's completion): process 0 ends with one line and status 76 within
-  seconds, not at the barrier's 10-minute limit. In the other, process 1 ends normally
-  three timeouts before process 0: both end with status 0."""
+def test_a_peer_that_dies_or_stops_in_a_barrier_and_one_that_ends_first(tmp_path):
+  """Runs (timeout_s=3) of a bare ``distributed.initialize``. In the first, process 1 dies
+  without a word while process 0 waits in a barrier of the coordination service (as in a
+  checkpoint's completion): process 0 ends with one line and status 76 within seconds, not at
+  the barrier's 10-minute limit. In the second, of three processes, process 2 stops itself
+  (SIGSTOP): processes 0 and 1 each end so. In the third, process 1 ends normally three
+  timeouts before process 0: both end with status 0."""
   script = """if True:
-    import os, sys, time
+    import os, signal, sys, time
     from msrnn_jax.training import distributed
-    port, pid, case = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    port, pid, count, case = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     distributed.initialize({"enabled": True, "coordinator_address": f"127.0.0.1:{port}",
-                            "num_processes": 2, "process_id": pid, "timeout_s": 3})
+                            "num_processes": count, "process_id": pid, "timeout_s": 3})
     from jax._src import distributed as jax_distributed
     if case == "dies" and pid == 1:
       os._exit(0)
-    if case == "dies":
+    if case == "stops" and pid == 2:
+      os.kill(os.getpid(), signal.SIGSTOP)
+    if case in ("dies", "stops"):
       jax_distributed.global_state.client.wait_at_barrier("never", 600_000)
     if pid == 0:
       time.sleep(9)
     """
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   runs = {}
-  for case in ("dies", "ends_first"):
+  for case, count in (("dies", 2), ("stops", 3), ("ends_first", 2)):
     port = _free_port()
     runs[case] = []
-    for pid in (0, 1):
+    for pid in range(count):
       log = tmp_path / f"{case}_{pid}.log"
       with open(log, "w") as f:
         runs[case].append((subprocess.Popen(
-            [sys.executable, "-c", script, str(port), str(pid), case], cwd=REPO, env=env,
-            stdout=subprocess.DEVNULL, stderr=f), log))
+            [sys.executable, "-c", script, str(port), str(pid), str(count), case], cwd=REPO,
+            env=env, stdout=subprocess.DEVNULL, stderr=f), log))
   started = time.time()
-  results = {case: [(p.wait(timeout=120), log.read_text()) for p, log in procs]
-             for case, procs in runs.items()}
-  (rc, text), _ = results["dies"]
-  errors = [x for x in text.splitlines() if x.startswith("error:")]
-  assert rc == 76 and len(errors) == 1, text[-3000:]
-  assert "process 1 has not answered within distributed.timeout_s=3 s" in errors[0]
+  stopped, _ = runs["stops"].pop()
+  try:
+    results = {case: [(p.wait(timeout=120), log.read_text()) for p, log in procs]
+               for case, procs in runs.items()}
+  finally:
+    stopped.kill()
+    stopped.wait()
+  for case, silent in (("dies", 1), ("stops", 2)):
+    for rc, text in results[case][:silent]:  # the processes before the silent one
+      errors = [x for x in text.splitlines() if x.startswith("error:")]
+      assert rc == 76 and len(errors) == 1, text[-3000:]
+      assert f"process {silent} has not answered within distributed.timeout_s=3 s" in errors[0]
   assert time.time() - started < 60
   for rc, text in results["ends_first"]:
     assert rc == 0 and "error:" not in text and "Check failure" not in text, text[-3000:]
