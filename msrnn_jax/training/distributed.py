@@ -30,6 +30,7 @@ which would otherwise wait for the lost peer.
 import atexit
 import contextlib
 import errno
+import functools
 import json
 import os
 import socket
@@ -107,6 +108,13 @@ def deadline(seconds: float, message: str) -> Iterator[None]:
       print(f"error: {message}", file=sys.stderr, flush=True)
       exit_now(EXIT_PEER_LOST)
 
+  with _unless_done_within(seconds, expire):
+    yield
+
+
+@contextlib.contextmanager
+def _unless_done_within(seconds: float, expire: Callable[[], None]) -> Iterator[None]:
+  """Calls ``expire`` from another thread if the block runs longer than ``seconds``."""
   timer = threading.Timer(seconds, expire)
   timer.daemon = True
   timer.start()
@@ -114,6 +122,13 @@ def deadline(seconds: float, message: str) -> Iterator[None]:
     yield
   finally:
     timer.cancel()
+
+
+def _client() -> Any:
+  """The coordination service client of jax.distributed (also what
+  jax.experimental.multihost_utils uses); None before it starts and after it shuts down."""
+  from jax._src import distributed as jax_distributed
+  return jax_distributed.global_state.client
 
 
 def finish_within_timeout(error: BaseException | None, group: Any,
@@ -210,10 +225,7 @@ def initialize(group: Any) -> bool:
   with deadline(timeout, lost):
     _started["process_id"] = jax.process_index()
   if jax.process_count() > 1:
-    # The client of jax.distributed (as in ``check_same_config``).
-    from jax._src import distributed as jax_distributed
-    _LivenessWatch(jax_distributed.global_state.client, jax.process_index(),
-                   jax.process_count(), timeout).start()
+    _LivenessWatch(_client(), jax.process_index(), jax.process_count(), timeout).start()
   return True
 
 
@@ -267,30 +279,25 @@ class _LivenessWatch:
 
   def _beat(self) -> dict[str, str]:
     """Counts up this process's key; returns the liveness directory."""
-    timer = threading.Timer(self._limit, self._store_failed, args=(
-        f"did not answer within distributed.timeout_s={self._limit:g} s: process 0 stopped, "
-        "hung or cannot be reached",))
-    timer.daemon = True
-    timer.start()
-    try:
+    unanswered = functools.partial(
+        self._store_failed, f"did not answer within distributed.timeout_s={self._limit:g} s: "
+        "process 0 stopped, hung or cannot be reached")
+    with _unless_done_within(self._limit, unanswered):
       self._client.key_value_increment(f"{_LIVENESS}alive/{self._me}", 1)
       return dict(self._client.key_value_dir_get(_LIVENESS))
-    finally:
-      timer.cancel()
 
   def _watch(self) -> None:
-    from jax._src import distributed as jax_distributed
     changed: dict[int, tuple[str | None, float]] = {}  # process -> (count, when it changed)
     while True:
       time.sleep(self._limit / BEATS_PER_TIMEOUT)
       # Until jax.distributed.shutdown() (at exit, or called by the program).
-      if jax_distributed.global_state.client is not self._client:
+      if _client() is not self._client:
         return
       try:
         keys = self._beat()
       except jax.errors.JaxRuntimeError as e:
         time.sleep(0.5)
-        if jax_distributed.global_state.client is self._client:
+        if _client() is self._client:
           self._store_failed(f"failed: {_first(e)}")
         return
       now = time.monotonic()
@@ -326,10 +333,7 @@ def check_same_config(config: ml_collections.ConfigDict) -> None:
   """
   if jax.process_count() == 1:
     return
-  # The coordination service client of jax.distributed (also what
-  # jax.experimental.multihost_utils uses).
-  from jax._src import distributed as jax_distributed
-  client = jax_distributed.global_state.client
+  client = _client()
   timeout_ms = _timeout(config.distributed) * 1000
   mine = _flat(config)
   me = jax.process_index()
