@@ -51,6 +51,13 @@ CASES = [
     ((1, 6, 5, 2), (1, 1, 2, 3), 1, ((1, 1), (1, 1)), 1),  # padding wider than the kernel
     ((1, 7, 7, 2), (3, 3, 2, 2), 1, ((-1, 0), (0, -1)), 1),  # negative padding (cropping)
     ((1, 4, 5, 3), (3, 3, 3, 2), 3, ((1, 2), (0, 1)), 2),  # stride 3 with input dilation 2
+    # Input dilation, which oneDNN computes phase by phase: a phase whose input is cropped
+    # (no padding), one without taps (1x1, dilation 2), uneven phases (dilation 3), negative
+    # and asymmetric padding.
+    ((2, 4, 5, 3), (4, 4, 3, 2), 1, ((0, 0), (0, 0)), 2),
+    ((1, 3, 4, 2), (1, 1, 2, 3), 1, ((0, 0), (0, 1)), 2),
+    ((1, 4, 3, 2), (4, 2, 2, 3), 1, ((2, 1), (1, 0)), 3),
+    ((1, 5, 4, 2), (3, 3, 2, 2), 1, ((-1, 2), (1, -1)), 2),
     ((2, 5, 6, 32), (1, 1, 32, 16), 1, "SAME", 1),  # 1x1: oneDNN, a dot elsewhere
     ((2, 4, 3, 1), (1, 1, 1, 8), 1, "VALID", 1),  # 1x1 from one channel (the embedding)
 ]
@@ -241,13 +248,22 @@ def test_onednn_unavailable_error_names_the_fix(monkeypatch):
 
 
 def test_onednn_falls_back_where_it_does_not_apply(monkeypatch):
-  """Input dilation (transposed convolutions), float16, and bfloat16 on a CPU without
-  native bfloat16 kernels take the matmul path."""
+  """Strided input dilation, float16, and bfloat16 on a CPU without native bfloat16
+  kernels take the matmul path; a stride-1 input dilation (a transposed convolution) is
+  oneDNN's, one convolution per output phase."""
   x, k = _rand(1, 5, 4, 3), _rand(3, 3, 3, 2)
   pad = ((2, 2), (2, 2))
-  jaxpr = str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(
-      conv2d(x, k, padding=pad, lhs_dilation=2, conv_impl="onednn") ** 2)))(k))
+
+  def dilated_jaxpr(stride):
+    return str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(conv2d(
+        x, k, stride=stride, padding=pad, lhs_dilation=2, conv_impl="onednn") ** 2)))(k))
+
+  jaxpr = dilated_jaxpr(2)
   assert "conv_dk_matmul" in jaxpr and "msrnn_onednn" not in jaxpr
+  if onednn.available():
+    jaxpr = dilated_jaxpr(1)
+    assert "conv_dk_matmul" not in jaxpr and "conv_general_dilated" not in jaxpr
+    assert jaxpr.count("msrnn_onednn_conv_fwd") == 4, jaxpr
 
   def low_precision_jaxpr(dtype):
     return str(jax.make_jaxpr(jax.grad(lambda k: jnp.sum(conv2d(

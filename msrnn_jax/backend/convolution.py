@@ -5,8 +5,9 @@ A model names its kernel, one of :data:`CONV_IMPLS` (the table in
 where it is available, else ``matmul``; ``xla`` on GPU and TPU) into a
 concrete kernel once, when the model is built, and :func:`conv2d` takes the
 concrete name, so models with different kernels or dtypes live side by side.
-``onednn`` sends the convolutions it does not cover (input dilation, other
-dtypes) to ``matmul``.
+``onednn`` computes an input-dilated (transposed) convolution as one
+stride-1 convolution per output phase and sends the convolutions it does not
+cover (strided input dilation, other dtypes) to ``matmul``.
 """
 
 import functools
@@ -93,6 +94,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
       raise ValueError("Dilated convolutions need explicit padding.")
     padding = jax.lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
   padding = tuple(tuple(int(v) for v in p) for p in padding)
+  if impl == "onednn" and dil != (1, 1) and strides == (1, 1):
+    # oneDNN has no input dilation; its stride-1 convolutions compute each phase.
+    return _by_output_phase(x, kernel, padding, dil, dtype, impl)
   if impl == "onednn":
     covered = (onednn.supports(x.shape, kernel.shape, dtype, strides, padding, dil)
                and kernel.dtype in (jnp.float32, jnp.bfloat16))
@@ -112,6 +116,62 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
   if impl == "xla":
     return matmul_grads.xla_conv(x, kernel, strides, padding, dil)
   return matmul_grads.conv(x, kernel, strides, padding, dil, impl == "matmul_bf16")
+
+
+def _phase_plan(n: int, k: int, s: int, lo: int, hi: int):
+  """One axis of an input-dilated convolution, split by output phase.
+
+  Output ``s i + a`` reads the dilated input at ``s i + a + u - lo``, which is
+  an input sample only for the taps ``u = (lo - a) mod s + s t``: input
+  ``i + d + t`` with ``d = (a + (lo - a) mod s - lo) / s``. So phase ``a`` is
+  a stride-1 convolution of the undilated input with those taps and padding
+  ``(-d, ...)``.
+
+  Returns:
+    ``(out, m, plans)``: the output length, the outputs per phase (the last
+    ones past ``out`` are cropped) and per phase ``(taps, crop_lo, pad_lo,
+    crop_hi, pad_hi)``, ``taps`` a slice of the kernel axis, the input
+    cropped or padded by the other four.
+  """
+  out = (n - 1) * s + 1 + lo + hi - k + 1
+  m = -(-out // s)
+  plans = []
+  for a in range(s):
+    u0 = (lo - a) % s
+    taps = len(range(u0, k, s))
+    d = (a + u0 - lo) // s
+    before, after = -d, m + d + taps - 1 - n
+    plans.append((slice(u0, k, s), max(-before, 0), max(before, 0),
+                  max(-after, 0), max(after, 0)))
+  return out, m, plans
+
+
+def _by_output_phase(x, kernel, padding, dil, dtype, conv_impl):
+  """A stride-1 convolution of the input dilated by ``dil`` (a transposed
+  convolution) as ``dil_h * dil_w`` undilated ones, one per output phase, interleaved.
+
+  The dilated input is mostly the zeros it inserts: per phase only every
+  ``dil``-th tap meets a sample, so the phases together do the convolution's
+  work once, on kernels that need no input dilation.
+  """
+  b, n_h, n_w, _ = x.shape
+  k_h, k_w, _, c = kernel.shape
+  out_h, m_h, plans_h = _phase_plan(n_h, k_h, dil[0], *padding[0])
+  out_w, m_w, plans_w = _phase_plan(n_w, k_w, dil[1], *padding[1])
+  rows = []
+  for taps_h, crop_t, pad_t, crop_b, pad_b in plans_h:
+    row = []
+    for taps_w, crop_l, pad_l, crop_r, pad_r in plans_w:
+      k = kernel[taps_h, taps_w]
+      if 0 in k.shape[:2]:  # no tap of this phase meets an input sample
+        row.append(jnp.zeros((b, m_h, m_w, c), dtype))
+        continue
+      xp = x[:, crop_t:n_h - crop_b, crop_l:n_w - crop_r]
+      row.append(conv2d(xp, k, padding=((pad_t, pad_b), (pad_l, pad_r)), dtype=dtype,
+                        conv_impl=conv_impl))
+    rows.append(jnp.stack(row, axis=3))  # [b, m_h, m_w, dil_w, c]
+  y = jnp.stack(rows, axis=2)  # [b, m_h, dil_h, m_w, dil_w, c]
+  return y.reshape(b, m_h * dil[0], m_w * dil[1], c)[:, :out_h, :out_w]
 
 
 def conv2d_of_parts(xs: Sequence[jax.Array], kernel: jax.Array, *, dtype,
