@@ -276,20 +276,19 @@ def test_onednn_falls_back_where_it_does_not_apply(monkeypatch):
   assert "conv_dk_matmul" in jaxpr and "msrnn_onednn" not in jaxpr
 
 
-@pytest.mark.parametrize("amx", [False, True])
-def test_float32_1x1_convolutions_take_onednn_unless_the_cpu_has_amx(monkeypatch, amx):
-  """A float32 1x1 convolution is oneDNN's without AMX and XLA's dot with it; a bfloat16 one
-  is oneDNN's either way (the ISA is read at run time)."""
+def test_1x1_convolutions_take_onednn_in_both_dtypes():
+  """A 1x1 convolution is oneDNN's on ``onednn`` (bfloat16 where oneDNN has native bfloat16
+  kernels) and a dot on the portable path."""
   if not onednn.available():
     pytest.skip("oneDNN unavailable (test_onednn_is_available_on_linux_x86 says where it must be)")
-  monkeypatch.setattr(onednn, "has_amx", lambda: amx)
   x, k = _rand(1, 4, 4, 8), _rand(1, 1, 8, 4)
 
-  def jaxpr(dtype):
-    return str(jax.make_jaxpr(lambda k: conv2d(x, k, conv_impl="onednn", dtype=dtype))(k))
+  def jaxpr(dtype, impl="onednn"):
+    return str(jax.make_jaxpr(lambda k: conv2d(x, k, conv_impl=impl, dtype=dtype))(k))
 
-  assert ("msrnn_onednn" in jaxpr(jnp.float32)) == (not amx)
+  assert "msrnn_onednn" in jaxpr(jnp.float32)
   assert "msrnn_onednn" in jaxpr(jnp.bfloat16) or not onednn.bf16_supported()
+  assert "dot_general" in jaxpr(jnp.float32, "matmul")
 
 
 # Gradients of oneDNN convolutions against lax's, in a process whose oneDNN is limited to AVX2:

@@ -103,12 +103,9 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
     impl = "onednn" if covered else "matmul"
   pointwise = (kernel.shape[:2] == (1, 1) and strides == (1, 1) and dil == (1, 1)
                and padding == ((0, 0), (0, 0)))
-  if pointwise and not (impl == "onednn" and (dtype == jnp.bfloat16 or
-                                               not onednn.has_amx())):
-    # A 1x1 convolution is a product over channels, which XLA runs on its
-    # matrix kernels. oneDNN's 1x1 kernels are faster in bfloat16 (XLA:CPU
-    # widens both operands to float32 first) and, without AMX, in float32
-    # too; with AMX, XLA's float32 dot is as fast (docs/performance.md).
+  if pointwise and impl != "onednn":
+    # A 1x1 convolution is a product over channels: XLA's matrix kernels.
+    # (oneDNN's own 1x1 kernels are faster on CPU, in both dtypes.)
     return jnp.einsum("nhwc,cd->nhwd", x, kernel[0, 0].astype(dtype))
   if impl == "onednn":
     return onednn.conv(x, kernel, strides, padding)

@@ -135,11 +135,6 @@ def cpu_isa() -> str | None:
   return _library.get().get("isa")
 
 
-def has_amx() -> bool:
-  """Whether oneDNN dispatches to AMX tiles here (Intel Xeon since Sapphire Rapids)."""
-  return "amx" in (cpu_isa() or "")
-
-
 # ISAs with bfloat16 instructions (AVX-512 BF16 dot products, AMX tiles, or
 # AVX2's VNNI-2 conversions). On older CPUs oneDNN converts bfloat16 in
 # software or takes reference kernels; the matmul path is the safer bet there.
