@@ -257,20 +257,28 @@ def _span(rows: list[dict], dtype: str, key: str) -> str:
   return f"{min(values):.2f}-{max(values):.2f}x"
 
 
+def _other_cpu(name: str, section: str) -> str:
+  """One sentence of the summary for a CPU with its own table."""
+  rows, cpus = _compared_rows(name)
+  dtypes = [d for d in ("float32", "bfloat16") if any(r["dtype"] == d for r in rows)]
+  spans = "; ".join(f"{d} {_span(rows, d, 'ratio')} PyTorch's "
+                    f"{'autocast ' if d == 'bfloat16' else ''}step with "
+                    f"{_span(rows, d, 'rss_ratio')} its memory" for d in dtypes)
+  return f" On an {', '.join(cpus)}: {spans} (docs/performance.md, \"{section}\")."
+
+
 def vs_torch_summary() -> str:
   """README and docs/performance.md: every family's ratios against PyTorch, per CPU."""
   rows, cpus = _compared_rows("vs_torch_families")
-  avx2, avx2_cpus = _compared_rows("vs_torch_avx2")
   families = sorted({r["model"].removeprefix("MS-") for r in rows})
   return (f"{len(families)} families, plain and MS ({', '.join(cpus)}): float32 steps take "
           f"{_span(rows, 'float32', 'ratio')} PyTorch's fp32 step time with "
           f"{_span(rows, 'float32', 'rss_ratio')} its peak resident memory; bfloat16 steps "
           f"{_span(rows, 'bfloat16', 'ratio')} PyTorch's autocast step with "
           f"{_span(rows, 'bfloat16', 'rss_ratio')} its memory (medians of interleaved rounds; "
-          "table, batches and commands: docs/performance.md, \"Every family\"). On an "
-          f"{', '.join(avx2_cpus)}: float32 {_span(avx2, 'float32', 'ratio')} PyTorch's step "
-          f"with {_span(avx2, 'float32', 'rss_ratio')} its memory (docs/performance.md, \"On a "
-          "CPU without bfloat16 instructions\").\n")
+          "table, batches and commands: docs/performance.md, \"Every family\")."
+          + _other_cpu("vs_torch_amx", "On an Intel Xeon with AMX")
+          + _other_cpu("vs_torch_avx2", "On a CPU without bfloat16 instructions") + "\n")
 
 
 def vs_torch_families_table(name: str = "vs_torch_families") -> str:
@@ -413,6 +421,7 @@ BLOCKS: dict[str, Callable[[], str]] = {
     "vs-torch-bf16": vs_torch_bf16_table,
     "vs-torch-summary": vs_torch_summary,
     "vs-torch-families": vs_torch_families_table,
+    "vs-torch-amx": lambda: vs_torch_families_table("vs_torch_amx"),
     "vs-torch-avx2": lambda: vs_torch_families_table("vs_torch_avx2"),
     "benchmark-table": benchmark_table,
     "conv-bench-table": conv_bench_table,
