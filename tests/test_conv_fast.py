@@ -274,6 +274,10 @@ def test_onednn_falls_back_where_it_does_not_apply(monkeypatch):
   monkeypatch.setattr(onednn, "bf16_supported", lambda: False)
   jaxpr = low_precision_jaxpr(jnp.bfloat16)
   assert "conv_dk_matmul" in jaxpr and "msrnn_onednn" not in jaxpr
+  # Nor does a transposed one split into phases that oneDNN would not take.
+  jaxpr = str(jax.make_jaxpr(lambda k: conv2d(x, k, padding=pad, lhs_dilation=2, dtype=jnp.bfloat16,
+                                              conv_impl="onednn"))(k))
+  assert "lhs_dilation=(2, 2)" in jaxpr and "msrnn_onednn" not in jaxpr
 
 
 def test_1x1_convolutions_take_onednn_in_both_dtypes():

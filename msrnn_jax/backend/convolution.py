@@ -94,13 +94,14 @@ def conv2d(x: jax.Array, kernel: jax.Array, *, stride: int = 1,
       raise ValueError("Dilated convolutions need explicit padding.")
     padding = jax.lax.padtype_to_pads(x.shape[1:3], kernel.shape[:2], strides, padding)
   padding = tuple(tuple(int(v) for v in p) for p in padding)
-  if impl == "onednn" and dil != (1, 1) and strides == (1, 1):
-    # oneDNN has no input dilation; its stride-1 convolutions compute each phase.
-    return _by_output_phase(x, kernel, padding, dil, dtype, impl)
   if impl == "onednn":
-    covered = (onednn.supports(x.shape, kernel.shape, dtype, strides, padding, dil)
-               and kernel.dtype in (jnp.float32, jnp.bfloat16))
-    impl = "onednn" if covered else "matmul"
+    def covered(padding, dil):
+      return (onednn.supports(x.shape, kernel.shape, dtype, strides, padding, dil)
+              and kernel.dtype in (jnp.float32, jnp.bfloat16))
+    if dil != (1, 1) and strides == (1, 1) and covered(((0, 0), (0, 0)), (1, 1)):
+      # oneDNN has no input dilation; its stride-1 convolutions compute each phase.
+      return _by_output_phase(x, kernel, padding, dil, dtype, impl)
+    impl = "onednn" if covered(padding, dil) else "matmul"
   pointwise = (kernel.shape[:2] == (1, 1) and strides == (1, 1) and dil == (1, 1)
                and padding == ((0, 0), (0, 0)))
   if pointwise and impl != "onednn":
