@@ -141,6 +141,11 @@ def test_conv_of_parts_equals_conv_of_concatenation_and_keeps_the_parts(impl, dt
     hlo = jax.jit(jax.value_and_grad(loss(ours), (0, 1, 2))).lower(x, m, k).compile().as_text()
     on_onednn = dtype == "float32" or onednn.bf16_supported()
     assert hlo.count('custom_call_target="msrnn_onednn_conv_fwd"') == int(on_onednn)
+  # Stacks of the parts: the forward pass's, and in bfloat16 the backward pass's (one
+  # call); in float32 each part takes its block of the kernel instead.
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss(ours), (0, 1, 2)))(x, m, k))
+  stacks = len(re.findall(r"\[2,6,5,7\] = concatenate", jaxpr))
+  assert stacks == (1 if dtype == "float32" else 2), jaxpr
 
 
 @pytest.mark.parametrize("bf16", [False, True])

@@ -330,12 +330,14 @@ def test_auto_unroll_unrolls_the_time_loop_of_listed_variants_at_large_frames():
   assert paper.time_unroll((1, 19, 64, 32, 1)) == 1
   assert models.config_for("predrnn", remat="step").time_unroll((2, 19, 64, 64, 1)) == 1
   # The variant key: 'ms_' for a pyramid, then the compute dtype.
-  for name, dtype, unrolled in (("predrnn", "bfloat16", True), ("ms_predrnn", "float32", False),
+  for name, dtype, unrolled in (("predrnn", "bfloat16", True), ("ms_predrnn", "float32", True),
                                 ("ms_predrnn", "bfloat16", False),
                                 ("ms_predrnn_v2", "bfloat16", True),
-                                ("convlstm", "float32", False), ("convlstm", "bfloat16", True),
+                                ("convlstm", "float32", True), ("convlstm", "bfloat16", True),
                                 ("ms_convlstm", "bfloat16", True), ("ms_mim", "bfloat16", True),
-                                ("trajgru", "bfloat16", False), ("ms_motionrnn", "bfloat16", False)):
+                                ("trajgru", "float32", False), ("trajgru", "bfloat16", False),
+                                ("ms_motionrnn", "float32", False),
+                                ("ms_motionrnn", "bfloat16", False)):
     cfg = models.config_for(name, hidden=64, dtype=dtype)
     assert (f"{'ms_' if name.startswith('ms_') else ''}{dtype}" in cfg.spec.unroll) == unrolled
     assert cfg.time_unroll((2, 19, 64, 64, 1)) == (19 if unrolled else 1), (name, dtype)

@@ -180,8 +180,9 @@ def conv2d_of_parts(xs: Sequence[jax.Array], kernel: jax.Array, *, dtype,
   inputs that a step often keeps anyway (a cell's input read by two fused
   convolutions, a memory whose update keeps it). Here the backward pass
   keeps the parts themselves, each stored once however many operations
-  read it, and concatenates them again (a transient). Values and gradients
-  are :func:`conv2d`'s.
+  read it. In float32 it takes each part's gradients with that part's block
+  of the kernel; in bfloat16 it concatenates the parts again (a transient)
+  for one call. Values and gradients are :func:`conv2d`'s.
 
   Args:
     xs: the parts ``[batch, height, width, channels_i]``, stacked along
@@ -213,11 +214,21 @@ def _conv_of_parts_fwd(xs, kernel, dtype, conv_impl):
 def _conv_of_parts_bwd(dtype, conv_impl, res, dy):
   stashed, kernel = res
   xs = tuple(unstash(s)[0] for s in stashed)
-  # The forward convolution this vjp also traces has no consumer: XLA drops it.
-  _, vjp = jax.vjp(lambda x, k: conv2d(x, k, dtype=dtype, conv_impl=conv_impl),
-                   concatenate(xs, dtype), kernel)
-  dx, dkernel = vjp(dy)
   ends = list(itertools.accumulate(x.shape[-1] for x in xs))[:-1]
+
+  def grads(x, k):
+    # The forward convolution this vjp also traces has no consumer: XLA drops it.
+    return jax.vjp(lambda x, k: conv2d(x, k, dtype=dtype, conv_impl=conv_impl), x, k)[1](dy)
+
+  if dtype == jnp.float32:
+    # Each part with its block of the kernel: nothing stacks the parts again. In an unrolled
+    # time loop XLA schedules such stacks early and holds them through the forward pass.
+    dxs, dks = zip(*(grads(x, k) for x, k in zip(xs, jnp.split(kernel, ends, axis=2),
+                                                  strict=True)), strict=True)
+    return dxs, jnp.concatenate(dks, axis=2)
+  # A bfloat16 convolution is quick enough that a call's fixed cost shows: one call, on the
+  # parts stacked again.
+  dx, dkernel = grads(concatenate(xs, dtype), kernel)
   return tuple(d.astype(x.dtype) for d, x in zip(jnp.split(dx, ends, axis=-1), xs,
                                                   strict=True)), dkernel
 

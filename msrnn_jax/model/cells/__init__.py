@@ -59,14 +59,14 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {
-    "convlstm": Family(ConvLSTMCell, unroll=("bfloat16", "ms_bfloat16")),
+    "convlstm": Family(ConvLSTMCell, unroll=("float32", "ms_float32", "bfloat16", "ms_bfloat16")),
     "trajgru": Family(TrajGRUCell),
-    "predrnn": Family(STLSTMCell, unroll=("float32", "bfloat16")),
-    "predrnn_pp": Family(CausalLSTMCell, unroll=("float32", "bfloat16")),
-    "mim": Family(MIMCell, unroll=("bfloat16", "ms_bfloat16")),
+    "predrnn": Family(STLSTMCell, unroll=("float32", "ms_float32", "bfloat16")),
+    "predrnn_pp": Family(CausalLSTMCell, unroll=("float32", "ms_float32", "bfloat16")),
+    "mim": Family(MIMCell, unroll=("float32", "ms_float32", "bfloat16", "ms_bfloat16")),
     "motionrnn": Family(MotionRNNCell),
     "predrnn_v2": Family(STLSTMCell, decouple=True, reverse_scheduled_sampling=True,
-                         unroll=("float32", "bfloat16", "ms_bfloat16")),
+                         unroll=("float32", "ms_float32", "bfloat16", "ms_bfloat16")),
     "cms_lstm": Family(CMSLSTMCell),
     "modernn": Family(MoDeRNNCell),
     "preciplstm": Family(PrecipLSTMCell),
