@@ -34,10 +34,12 @@ def decouple_term(adapter: nn.Module, increments: list[tuple[jax.Array, jax.Arra
   """PredRNN-V2's decoupling term of one step, summed over layers and channels.
 
   |cos| between the adapted increments of C and M, ``delta = s(i) tanh(g)``,
-  each flattened over space and L2-normalised per channel. The layers of a
-  pyramid level share one 1x1 convolution (the adapter is shared, so their
-  increments are one batch). The time loop calls it rematerialised: the
-  backward pass keeps the increments alone and recomputes the rest.
+  each flattened over space and L2-normalised per channel; one shared 1x1
+  convolution adapts both. One call per layer: a call on a whole pyramid
+  level's increments holds all their adapted maps at once, which at large
+  frames outweighs the calls saved (docs/performance.md). The time loop calls
+  it rematerialised: the backward pass keeps the increments alone and
+  recomputes the rest.
 
   Args:
     adapter: the shared 1x1 convolution.
@@ -47,15 +49,12 @@ def decouple_term(adapter: nn.Module, increments: list[tuple[jax.Array, jax.Arra
   Returns:
     ``[batch]``.
   """
-  by_shape: dict[tuple[int, ...], list[jax.Array]] = {}
-  for pair in increments:
-    by_shape.setdefault(pair[0].shape, []).extend(pair)
   total = 0.0
-  for (b, h, w, c), maps in by_shape.items():
-    adapted = adapter(jnp.concatenate(maps)).astype(jnp.float32)
+  for c_increment, m_increment in increments:
+    adapted = adapter(jnp.concatenate([c_increment, m_increment])).astype(jnp.float32)
     adapted = adapted / jnp.maximum(jnp.linalg.norm(adapted, axis=(1, 2), keepdims=True), 1e-12)
-    a, m = adapted.reshape(-1, 2, b, h, w, c).swapaxes(0, 1)  # [layers, batch, h, w, c] each
-    total = total + jnp.sum(jnp.abs(jnp.sum(a * m, axis=(2, 3))), axis=(0, 2))
+    a, m = jnp.split(adapted, 2)
+    total = total + jnp.sum(jnp.abs(jnp.sum(a * m, axis=(1, 2))), axis=-1)
   return total
 
 
