@@ -336,10 +336,10 @@ def _transposed_product(a: jax.Array, x: jax.Array) -> jax.Array:
   """``a^T x`` per leading index: ``[..., i, j]``, ``[..., i, c]`` -> ``[..., j, c]``.
 
   Computed as ``(x^T a)^T``: XLA:CPU runs either as a plain dot over the shared axis ``i``,
-  at two to four times the rate with the narrow ``x`` first (a ``[c, j]`` result; ``[8, 2048,
-  128]`` by ``[8, 2048, 16]``: 0.34x the time; 32 blocks of ``[512, 128]`` by ``[512, 16]``:
-  0.24x), and transposing the small result costs little. The barrier keeps XLA from folding
-  the transpose back into the product, which it does for products with two batch axes.
+  several times faster with the narrow ``x`` first (a ``[c, j]`` result), and transposing
+  the small result costs little (docs/performance.md, "Attention"). The barrier keeps XLA
+  from folding the transpose back into the product, which it does for products with two
+  batch axes.
   """
   return jnp.swapaxes(jax.lax.optimization_barrier(jnp.einsum("...ic,...ij->...cj", x, a)),
                       -1, -2)
