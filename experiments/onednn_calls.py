@@ -12,9 +12,9 @@ side's oneDNN total beside its step's wall time. What a step spends outside
 oneDNN is its wall time less its oneDNN total.
 
     python experiments/onednn_calls.py --torch-python /path/to/torch-venv/bin/python \\
-        --model ms_predrnn_pp --batch 2
+        --model ms_predrnn_pp --batch 2 [--dtype bfloat16]
 
-Results go to ``experiments/results/onednn_calls_<model>.json``. Verbose
+Results go to ``experiments/results/onednn_calls_<model>_<dtype>.json``. Verbose
 logging adds a little to every call on both sides.
 """
 
@@ -37,6 +37,9 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument("--model", default="ms_predrnn_pp")
   p.add_argument("--batch", type=int, default=2)
   p.add_argument("--rounds", type=int, default=3, help="timed steps per process (after 1 warm-up)")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                 help="bfloat16: our model.dtype='bfloat16' against PyTorch under "
+                      "torch.autocast(bfloat16), as vs_torch.py --dtype bfloat16")
   p.add_argument("--torch-python", default=None,
                  help="an interpreter with torch; without it only our calls are listed")
   p.add_argument("--out", default=None)
@@ -50,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.error(f"unknown model {args.model!r}; valid: {', '.join(MODELS)}")
   if args.rounds < 1 or args.batch < 1:
     p.error("--rounds and --batch must be >= 1")
-  args.out = args.out or os.path.join(HERE, "results", f"onednn_calls_{args.model}.json")
+  args.out = args.out or os.path.join(HERE, "results",
+                                     f"onednn_calls_{args.model}_{args.dtype}.json")
   return args
 
 
@@ -62,7 +66,7 @@ def child(args: argparse.Namespace) -> None:
     backend.prepare_host(keep_freed_memory=True, restart_program=True)
     import jax
     from vs_torch import jax_step
-    step_fn, _, _ = jax_step(args.model, shape, "auto", "float32", "none")
+    step_fn, _, _ = jax_step(args.model, shape, "auto", args.dtype, "none")
 
     def step():
       jax.block_until_ready(step_fn())
@@ -78,7 +82,8 @@ def child(args: argparse.Namespace) -> None:
     frames = torch.rand(t, args.batch, 1, shape["size"], shape["size"], generator=generator)
 
     def step():
-      ref.train_step(model, opt, frames, t // 2, 0.5, generator)
+      ref.train_step(model, opt, frames, t // 2, 0.5, generator,
+                     autocast=args.dtype == "bfloat16")
   for line in sys.stdin:
     if line.strip() != "step":
       break
@@ -87,11 +92,13 @@ def child(args: argparse.Namespace) -> None:
     print(f"step {time.perf_counter() - start:.4f}", file=sys.stderr, flush=True)
 
 
-def executions(log: str) -> list[tuple[str, str, float]]:
-  """``(primitive kind, problem, ms)`` of every executed call in a verbose log.
+def executions(log: str) -> list[tuple[str, str, str, float]]:
+  """``(primitive kind, implementation, problem, ms)`` of every executed call in a verbose log.
 
   oneDNN 3.2 writes ``onednn_verbose,exec,cpu,PRIM,IMPL,PROP,MDS,ATTR,AUX,
-  PROBLEM,MS``; later versions insert ``v1,primitive,`` after the prefix.
+  PROBLEM,MS``; later versions insert ``v1,primitive,`` after the prefix. The
+  implementation is oneDNN's name for it with the source's data type, e.g.
+  ``brgconv:avx512_core_bf16 bf16``.
   """
   calls = []
   for line in log.splitlines():
@@ -102,9 +109,13 @@ def executions(log: str) -> list[tuple[str, str, float]]:
       f = f[2:]
     if f[0] != "exec":
       continue
-    prim, prop, problem, ms = f[2], f[4], f[-2], float(f[-1])
+    prim, impl, prop, problem, ms = f[2], f[3], f[4], f[-2], float(f[-1])
     kind = prim if prop in ("undef", "") else f"{prim} {prop.removesuffix('_training')}"
-    calls.append((kind, problem, ms))
+    # The first memory descriptor, 'src_bf16::blocked:...' (3.2) or 'src:bf16::...'.
+    src = f[5].split(" ")[0].replace(":", "_").split("_")
+    if len(src) > 1 and src[1]:
+      impl = f"{impl} {src[1]}"
+    calls.append((kind, impl, problem, float(ms)))
   return calls
 
 
@@ -117,7 +128,7 @@ class Side:
     self.name, self.log = side, os.path.join(folder, f"{side}.log")
     env = {**os.environ, "ONEDNN_VERBOSE": "1", "PYTHONPATH": ROOT}
     cmd = [python, os.path.abspath(__file__), "--child", side, "--model", args.model,
-           "--batch", str(args.batch), "--shape", json.dumps(shape)]
+           "--batch", str(args.batch), "--dtype", args.dtype, "--shape", json.dumps(shape)]
     with open(self.log, "w") as log:
       self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=log,
                                    stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
@@ -145,14 +156,16 @@ class Side:
     if rest or not per_step:
       raise SystemExit(f"the {self.name} steps executed different oneDNN calls ({len(calls)} "
                        f"calls in {rounds + 1} steps); nothing to compare per step")
-    table = collections.defaultdict(lambda: [0, 0.0])
-    for kind, problem, ms in calls[per_step:]:
+    table = collections.defaultdict(lambda: [0, 0.0, set()])
+    for kind, impl, problem, ms in calls[per_step:]:
       table[(kind, problem)][0] += 1
       table[(kind, problem)][1] += ms
+      table[(kind, problem)][2].add(impl)
     return {"step_s": self.seconds[1:], "calls_per_step": per_step,
             "onednn_ms_per_step": sum(ms for *_, ms in calls[per_step:]) / rounds,
-            "calls": {f"{k} | {p}": {"calls": n // rounds, "ms": ms / rounds}
-                      for (k, p), (n, ms) in table.items()}}
+            "calls": {f"{k} | {p}": {"calls": n // rounds, "ms": ms / rounds,
+                                     "impl": " / ".join(sorted(impls))}
+                      for (k, p), (n, ms, impls) in table.items()}}
 
 
 def main(argv=None) -> int:
@@ -171,21 +184,22 @@ def main(argv=None) -> int:
   keys = sorted(set().union(*(s["calls"] for s in sides.values())),
                 key=lambda k: -max(s["calls"].get(k, {"ms": 0})["ms"] for s in sides.values()))
   names = list(sides)
-  print("| primitive | problem | " + " | ".join(f"{n} calls | {n} ms" for n in names) + " |")
-  print("|---|---|" + "---|---|" * len(names))
+  print("| primitive | problem | "
+        + " | ".join(f"{n} calls | {n} ms | {n} implementation" for n in names) + " |")
+  print("|---|---|" + "---|---|---|" * len(names))
   for k in keys:
     kind, problem = k.split(" | ")
-    cells = [(s["calls"].get(k, {}).get("calls", 0), s["calls"].get(k, {}).get("ms", 0.0))
-             for s in sides.values()]
-    print(f"| {kind} | {problem} | " + " | ".join(f"{n} | {ms:.0f}" for n, ms in cells) + " |")
+    cells = [s["calls"].get(k, {"calls": 0, "ms": 0.0, "impl": "-"}) for s in sides.values()]
+    print(f"| {kind} | {problem} | "
+          + " | ".join(f"{c['calls']} | {c['ms']:.0f} | {c['impl']}" for c in cells) + " |")
   for n, s in sides.items():
     wall = sum(s["step_s"]) / len(s["step_s"])
     print(f"{n}: {s['calls_per_step']} oneDNN calls per step, {s['onednn_ms_per_step'] / 1e3:.2f} s "
           f"of a {wall:.2f} s step (outside oneDNN: {wall - s['onednn_ms_per_step'] / 1e3:.2f} s)")
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w") as f:
-    json.dump({"model": args.model, "batch": args.batch, "rounds": args.rounds, "quick": args.quick,
-               **sides}, f, indent=1)
+    json.dump({"model": args.model, "batch": args.batch, "dtype": args.dtype,
+               "rounds": args.rounds, "quick": args.quick, **sides}, f, indent=1)
   print(f"wrote {args.out}")
   return 0
 

@@ -136,14 +136,21 @@ def test_covered_seconds_count_overlapping_intervals_once():
 
 
 def test_onednn_calls_quick(tmp_path):
-  """Our step's oneDNN calls: the warm-up step left out, the rest counted per step."""
+  """Our step's oneDNN calls: the warm-up step left out, the rest counted per step.
+
+  In bfloat16 where oneDNN has bfloat16 kernels (the step's dtype reaches the child).
+  """
+  from msrnn_jax.backend import onednn
+  dtype, short = ("bfloat16", "bf16") if onednn.bf16_supported() else ("float32", "f32")
   out = tmp_path / "calls.json"
   proc = _quick("onednn_calls.py", "--model", "convlstm", "--batch", "1", "--rounds", "2",
-                f"--out={out}")
+                f"--dtype={dtype}", f"--out={out}")
   ours = json.loads(out.read_text())["ours"]
   kinds = {key.split(" | ")[0] for key in ours["calls"]}
   assert {"convolution forward", "convolution backward_data",
           "convolution backward_weights"} <= kinds, kinds
+  convs = [c["impl"] for key, c in ours["calls"].items() if key.startswith("convolution")]
+  assert all(impl.endswith(f" {short}") for impl in convs), convs
   assert sum(c["calls"] for c in ours["calls"].values()) == ours["calls_per_step"]
   assert abs(sum(c["ms"] for c in ours["calls"].values()) - ours["onednn_ms_per_step"]) < 1e-6
   assert len(ours["step_s"]) == 2 and "oneDNN calls per step" in proc.stdout
@@ -164,8 +171,9 @@ def test_onednn_calls_reads_both_verbose_formats():
       "onednn_verbose,v1,primitive,exec,cpu,reorder,jit:uni,undef,src dst,,,192x192x3x3,0.12",
       "some other output"])
   assert onednn_calls.executions(log) == [
-      ("convolution forward", problem, 30.5), ("convolution backward_weights", problem, 44.25),
-      ("reorder", "192x192x3x3", 0.12)]
+      ("convolution forward", "brgconv:avx2 f32", problem, 30.5),
+      ("convolution backward_weights", "jit:avx2 f32", problem, 44.25),
+      ("reorder", "jit:uni", "192x192x3x3", 0.12)]
 
 
 def test_onednn_calls_bad_model_is_one_line():
