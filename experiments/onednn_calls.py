@@ -115,7 +115,7 @@ def executions(log: str) -> list[tuple[str, str, str, float]]:
     src = f[5].split(" ")[0].replace(":", "_").split("_")
     if len(src) > 1 and src[1]:
       impl = f"{impl} {src[1]}"
-    calls.append((kind, impl, problem, float(ms)))
+    calls.append((kind, impl, problem, ms))
   return calls
 
 
